@@ -1,0 +1,56 @@
+"""twistd's entry point: options and ``makeService``, which only wires."""
+
+from __future__ import annotations
+
+from twisted.application.service import IService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IReactorCore
+from twisted.python.usage import Options as _Options
+from twisted.python.usage import UsageError
+
+from heartbeat.app import HeartbeatApp
+from heartbeat.config import SETTINGS, Settings, listen_endpoint, load_settings
+from heartbeat.http import HeartbeatSite
+from heartbeat.hub import Hub
+from heartbeat.identity import proxy_identity
+from heartbeat.service import HeartbeatService
+from heartbeat.store import MemoryStore
+
+
+class Options(_Options):
+    """Every setting as a ``--option``; unset ones fall back to the environment."""
+
+    optParameters = [
+        [s.option, None, None, f"{s.help} [env {s.name}, default {s.default!r}]"]
+        for s in SETTINGS
+    ]
+
+
+def makeService(config: Options, reactor: IReactorCore | None = None) -> IService:
+    """Build the service tree; a bad setting exits with one line naming it."""
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor  # type: ignore[assignment]
+    try:
+        settings = load_settings(config)
+        endpoint = _endpoint(reactor, settings)
+    except UsageError as e:
+        raise SystemExit(f"heartbeat: {e}") from None
+    return build_service(settings, reactor, endpoint)
+
+
+def _endpoint(reactor, settings: Settings):  # type: ignore[no-untyped-def]
+    description = listen_endpoint(settings.listen, settings.backlog)
+    try:
+        return serverFromString(reactor, description)
+    except Exception as e:  # endpoint parsers raise anything from ValueError to KeyError
+        raise UsageError(f"bad setting LISTEN={settings.listen!r}: {e}") from None
+
+
+def build_service(settings: Settings, reactor, endpoint) -> HeartbeatService:  # type: ignore[no-untyped-def]
+    store = MemoryStore()
+    hub = Hub(store)
+    app = HeartbeatApp(store, hub, reactor, proxy_identity)
+    site = HeartbeatSite(app.resource(), reactor=reactor)
+    return HeartbeatService(endpoint, site, hub, store, settings.keepalive)

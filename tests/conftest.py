@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import Daemon, RedisServer
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator:
+    """Start real daemons (``start_daemon(args, env)``); all stopped at the end."""
+    started: list[Daemon] = []
+
+    def start(args: list[str] = (), env: dict[str, str] | None = None,
+              port: int | None = None) -> Daemon:
+        daemon = Daemon(tmp_path, list(args), env, port).start()
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+@pytest.fixture
+def daemon(start_daemon) -> Daemon:
+    return start_daemon()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()

@@ -1,0 +1,252 @@
+"""Real parts for end-to-end tests: the daemon, redis-server, an SSE reader."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {port} after {timeout}s")
+
+
+def need_binary(name: str) -> str:
+    """The binary's path; skip when missing, except under CI where it must exist."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is required under CI but was not found")
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+class Daemon:
+    """``twistd -n heartbeat`` as a user runs it, on a free loopback port."""
+
+    def __init__(self, cwd: Path, args: list[str] = (), env: Mapping[str, str] | None = None,
+                 port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.cwd = cwd
+        self.args = list(args)
+        self.env = dict(env or {})
+        self.proc: subprocess.Popen | None = None
+        self.log = cwd / f"heartbeat-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Daemon":
+        env = {k: v for k, v in os.environ.items() if k not in _SETTINGS_ENV}
+        env.update(self.env)
+        cmd = [TWISTD, "-n", "--pidfile=", "heartbeat",
+               "--listen", f"tcp:{self.port}:interface=127.0.0.1", *self.args]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, cwd=self.cwd, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        wait_for_port(self.port, self.proc)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+_SETTINGS_ENV = {"LISTEN", "REDIS", "REDIS_PREFIX", "KEEPALIVE", "JWT_SECRET",
+                 "CORS_ORIGINS", "MAX_USERS_PER_STREAM", "BACKLOG", "WORKERS"}
+
+
+class RedisServer:
+    """A private redis-server on a free port, never the machine's own 6379."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.binary = need_binary("redis-server")
+        self.port = port or free_port()
+        self.directory = directory
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "RedisServer":
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def command(self, *args: str) -> bytes:
+        """One command via redis-cli, for checks from outside the daemon."""
+        cli = need_binary("redis-cli")
+        return subprocess.run([cli, "-p", str(self.port), *args], check=True,
+                              capture_output=True).stdout
+
+
+class SSEClient:
+    """A raw-socket EventSource reader: sees exactly the bytes the server sends."""
+
+    def __init__(self, port: int, path: str, headers: Mapping[str, str] | None = None) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n"
+                          f"Accept: text/event-stream\r\n{extra}\r\n".encode())
+        self.buffer = b""
+        head = self._read_until(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        self.status = int(status_line.split()[1])
+        self.headers = {k.lower(): v.strip() for k, v in
+                        (line.split(":", 1) for line in header_lines if line)}
+        self.chunked = self.headers.get("transfer-encoding") == "chunked"
+        self.body = b""
+
+    def _read_until(self, marker: bytes) -> bytes:
+        while marker not in self.buffer:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed")
+            self.buffer += data
+        head, self.buffer = self.buffer.split(marker, 1)
+        return head
+
+    def _fill_body(self) -> bool:
+        """Move one more piece of the body into ``self.body``; False at its end."""
+        if not self.chunked:
+            if not self.buffer:
+                data = self.sock.recv(65536)
+                if not data:
+                    return False
+                self.buffer = data
+            self.body += self.buffer
+            self.buffer = b""
+            return True
+        size = int(self._read_until(b"\r\n").split(b";")[0], 16)
+        if size == 0:
+            return False
+        while len(self.buffer) < size + 2:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed mid-chunk")
+            self.buffer += data
+        self.body += self.buffer[:size]
+        self.buffer = self.buffer[size + 2:]
+        return True
+
+    def frame(self, timeout: float = 5) -> bytes:
+        """The next raw frame (up to and including its blank line)."""
+        self.sock.settimeout(timeout)
+        while b"\n\n" not in self.body:
+            if not self._fill_body():
+                raise ConnectionError("stream ended")
+        frame, self.body = self.body.split(b"\n\n", 1)
+        return frame + b"\n\n"
+
+    def event(self, timeout: float = 5) -> dict:
+        """The next event's data as JSON, skipping comments and field-only frames."""
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = self.frame(max(0.01, deadline - time.monotonic()))
+            data = [line[5:].lstrip(b" ") for line in frame.split(b"\n")
+                    if line.startswith(b"data:")]
+            if data:
+                return json.loads(b"\n".join(data))
+
+    def no_event(self, wait: float = 0.5) -> None:
+        """Assert that no event arrives within ``wait`` seconds."""
+        try:
+            event = self.event(wait)
+        except (socket.timeout, TimeoutError):
+            return
+        raise AssertionError(f"unexpected event {event}")
+
+    def ended(self, timeout: float = 5) -> bool:
+        """Whether the response ends (cleanly) within ``timeout``."""
+        self.sock.settimeout(timeout)
+        try:
+            while self._fill_body():
+                pass
+        except ConnectionError:
+            return True
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def post_ping(port: int, body: bytes | str, userid: str | None = "alice",
+              content_type: str | None = None, headers: Mapping[str, str] | None = None,
+              path: str = "/ping") -> tuple[int, dict[str, str], bytes]:
+    """POST a ping over a fresh connection; (status, headers, body)."""
+    import http.client
+
+    if isinstance(body, str):
+        body = body.encode()
+    all_headers = dict(headers or {})
+    if userid is not None:
+        all_headers.setdefault("X-User-Claim", json.dumps({"userid": userid, "clientid": "c1"}))
+    if content_type is not None:
+        all_headers["Content-Type"] = content_type
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", path, body=body, headers=all_headers)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def get(port: int, path: str, headers: Mapping[str, str] | None = None,
+        method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, headers=dict(headers or {}))
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
