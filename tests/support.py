@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
+# The daemon runs this checkout's code (its heartbeat/ and twisted/plugins/),
+# the same code the unit tests import.
+REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -65,6 +68,7 @@ class Daemon:
 
     def start(self) -> "Daemon":
         env = {k: v for k, v in os.environ.items() if k not in _SETTINGS_ENV}
+        env["PYTHONPATH"] = str(REPO)
         env.update(self.env)
         cmd = [TWISTD, "-n", "--pidfile=", "heartbeat",
                "--listen", f"tcp:{self.port}:interface=127.0.0.1", *self.args]
