@@ -64,7 +64,8 @@ class HeartbeatChannel(HTTPChannel):
         # Half-close and drain: closing with unread input would reset the
         # connection and could destroy the 413 before the client reads it.
         self.setTimeout(None)
-        self.transport.loseWriteConnection()
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        (half_close or self.transport.loseConnection)()
         self._linger = self.callLater(_LINGER, self.transport.abortConnection)
 
     def dataReceived(self, data: bytes) -> None:

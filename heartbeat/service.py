@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.web.server import Site
 
@@ -30,6 +30,7 @@ class HeartbeatService(MultiService):
         hub: Hub,
         store: Store,
         keepalive: float,
+        clock: IReactorTime,
     ) -> None:
         super().__init__()
         self.hub = hub
@@ -37,6 +38,7 @@ class HeartbeatService(MultiService):
         self.listener = StreamServerEndpointService(endpoint, site)
         self.listener.setServiceParent(self)
         self.keepalive = TimerService(keepalive, hub.keepalive)
+        self.keepalive.clock = clock
         self.keepalive.setServiceParent(self)
 
     def stopService(self) -> Deferred[None]:

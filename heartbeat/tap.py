@@ -53,4 +53,4 @@ def build_service(settings: Settings, reactor, endpoint) -> HeartbeatService:  #
     hub = Hub(store)
     app = HeartbeatApp(store, hub, reactor, proxy_identity)
     site = HeartbeatSite(app.resource(), reactor=reactor)
-    return HeartbeatService(endpoint, site, hub, store, settings.keepalive)
+    return HeartbeatService(endpoint, site, hub, store, settings.keepalive, reactor)

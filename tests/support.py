@@ -208,13 +208,16 @@ class SSEClient:
         raise AssertionError(f"unexpected event {event}")
 
     def ended(self, timeout: float = 5) -> bool:
-        """Whether the response ends (cleanly) within ``timeout``."""
+        """Whether the response ends cleanly (its last chunk) within ``timeout``.
+
+        False when the connection drops mid-response instead; a timeout raises.
+        """
         self.sock.settimeout(timeout)
         try:
             while self._fill_body():
                 pass
         except ConnectionError:
-            return True
+            return False
         return True
 
     def close(self) -> None:

@@ -1,0 +1,162 @@
+"""The service in memory: framing, ordering, keep-alives, cleanup, errors."""
+
+import json
+
+from heartbeat.presence import Ping
+from heartbeat.sse import encode_event
+from tests.memory import MemoryServer, response
+
+
+def subscribe(server: MemoryServer, path: str = "/subscribe/alice"):
+    conn = server.request("GET", path)
+    head = conn.take()
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    return conn, head
+
+
+def chunks(data: bytes) -> list[bytes]:
+    """Decode a run of HTTP chunks into their payloads."""
+    out = []
+    while data:
+        size, _, rest = data.partition(b"\r\n")
+        n = int(size, 16)
+        out.append(rest[:n])
+        data = rest[n + 2:]
+    return out
+
+
+def test_event_framing_is_one_json_data_line():
+    frame = encode_event(Ping("a\nb", 5, "x\r\ny"))
+    assert frame.startswith(b"data: ") and frame.endswith(b"\n\n")
+    assert frame.count(b"\n") == 2 and b"\r" not in frame
+    assert json.loads(frame[6:]) == {"time": 5, "status": "x\r\ny", "userid": "a\nb"}
+
+
+def test_stream_headers_are_sent_at_once():
+    server = MemoryServer()
+    _, head = subscribe(server)
+    assert b"Content-Type: text/event-stream\r\n" in head
+    assert b"Cache-Control: no-cache\r\n" in head
+    assert b"X-Accel-Buffering: no\r\n" in head
+
+
+def test_stored_ping_first_then_live_pings_in_order():
+    server = MemoryServer()
+    assert server.ping("alice", '{"status": "1"}') == (200, b"")
+    conn, head = subscribe(server)
+    assert head.endswith(b"\r\n\r\n" + b"%x\r\n" % len(encode_event(Ping("alice", 1_800_000_000, "1")))
+                         + encode_event(Ping("alice", 1_800_000_000, "1")) + b"\r\n")
+    server.clock.advance(3)
+    for status in ("2", "3", "0"):
+        server.ping("alice", status)
+    assert chunks(conn.take()) == [
+        encode_event(Ping("alice", 1_800_000_003, s)) for s in ("2", "3", "0")
+    ]
+
+
+def test_no_stored_ping_means_no_first_event():
+    server = MemoryServer()
+    conn, head = subscribe(server)
+    assert head.endswith(b"\r\n\r\n")
+    server.ping("bob", "1")
+    assert conn.take() == b""
+
+
+def test_client_route_is_the_same_stream():
+    server = MemoryServer()
+    server.ping("alice", "2")
+    conn, head = subscribe(server, "/subscribe/alice/client/phone?token=abc")
+    assert b'"status":"2"' in head
+
+
+def test_keepalive_comment_every_interval():
+    server = MemoryServer(KEEPALIVE="10")
+    conn, _ = subscribe(server)
+    server.service.keepalive.startService()
+    conn.take()  # TimerService ticks once at start
+    server.clock.advance(9.9)
+    assert conn.take() == b""
+    server.clock.advance(0.1)
+    assert chunks(conn.take()) == [b":\n\n"]
+    server.clock.advance(10)
+    assert chunks(conn.take()) == [b":\n\n"]
+
+
+def test_disconnect_removes_the_stream_at_once():
+    server = MemoryServer()
+    first, _ = subscribe(server)
+    second, _ = subscribe(server)
+    assert len(server.hub.streams) == 2 and server.hub.users == 1
+    first.close()
+    assert len(server.hub.streams) == 1 and server.hub.users == 1
+    second.close()
+    assert len(server.hub.streams) == 0 and server.hub.users == 0
+    assert server.store._subscribed == set()
+
+
+def test_close_all_ends_streams_cleanly():
+    server = MemoryServer()
+    conn, _ = subscribe(server)
+    server.hub.close_all()
+    assert conn.take().endswith(b"0\r\n\r\n")
+    assert not server.hub.streams
+
+
+def test_rejected_ping_stores_nothing():
+    server = MemoryServer()
+    server.ping("alice", "1")
+    assert server.ping("alice", "x" * 65)[0] == 400
+    assert server.ping("alice", b"", "application/json")[0] == 400
+    assert server.store._pings["alice"].status == "1"
+
+
+def test_oversized_declared_body_is_refused_before_it_is_read():
+    server = MemoryServer()
+    conn = server.connect()
+    conn.send(b"POST /ping HTTP/1.1\r\nHost: x\r\nX-User-Claim: {\"userid\":\"a\"}\r\n"
+              b"Content-Length: 4097\r\n\r\n")
+    status, body = response(conn.take())
+    assert status == 413 and json.loads(body)["error"]
+    assert conn.transport.disconnecting
+    conn.send(b"x" * 4097)  # the rest of the body is read and dropped
+    assert conn.take() == b""
+
+
+def test_oversized_chunked_body_is_413():
+    server = MemoryServer()
+    conn = server.connect()
+    conn.send(b"POST /ping HTTP/1.1\r\nHost: x\r\nX-User-Claim: {\"userid\":\"a\"}\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n")
+    for _ in range(3):
+        conn.send(b"800\r\n" + b"a" * 0x800 + b"\r\n")
+    conn.send(b"0\r\n\r\n")
+    status, body = response(conn.take())
+    assert status == 413 and "4096" in json.loads(body)["error"]
+    assert "a" not in server.store._pings
+
+
+def test_body_of_exactly_the_limit_is_read():
+    server = MemoryServer()
+    body = b'{"status":"1"}'
+    body = body[:1] + b" " * (4096 - len(body)) + body[1:]
+    assert len(body) == 4096
+    assert server.ping("alice", body) == (200, b"")
+
+
+def test_unknown_path_and_wrong_method_are_json():
+    server = MemoryServer()
+    status, body = response(server.request("GET", "/nope").take())
+    assert status == 404 and json.loads(body) == {"error": "no such path"}
+    status, body = response(server.request("DELETE", "/subscribe/alice").take())
+    assert status == 405 and "error" in json.loads(body)
+    status, body = response(server.request("GET", "/ping").take())
+    assert status == 405
+
+
+def test_service_stop_ends_streams():
+    server = MemoryServer()
+    server.service.startService()
+    conn, _ = subscribe(server)
+    d = server.service.stopService()
+    assert conn.take().endswith(b"0\r\n\r\n")
+    assert d.called

@@ -1,0 +1,47 @@
+"""The twistd plugin and the .tac file build the same service."""
+
+import subprocess
+
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import IPlugin, getPlugins
+from twisted.application.service import IServiceMaker
+
+from heartbeat.service import HeartbeatService
+from heartbeat.tap import Options, makeService
+from tests.support import REPO, TWISTD, SSEClient, free_port, post_ping, wait_for_port
+
+
+def test_plugin_is_found_by_twistd():
+    makers = {p.tapname: p for p in getPlugins(IServiceMaker) if IPlugin.providedBy(p)}
+    assert makers["heartbeat"].options is Options
+
+
+def test_make_service_builds_the_tree_without_listening():
+    options = Options()
+    options.parseOptions(["--listen", "127.0.0.1:9123", "--keepalive", "5"])
+    reactor = MemoryReactorClock()
+    service = makeService(options, reactor)
+    assert isinstance(service, HeartbeatService)
+    children = list(service)
+    assert any(isinstance(c, StreamServerEndpointService) for c in children)
+    assert service.keepalive.step == 5 and isinstance(service.keepalive, TimerService)
+    assert reactor.tcpServers == []
+    service.startService()
+    port, _, backlog, interface = reactor.tcpServers[0]
+    assert (port, backlog, interface) == (9123, 4096, "127.0.0.1")
+
+
+def test_tac_file_runs_the_same_service(tmp_path):
+    port = free_port()
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "LISTEN": f"127.0.0.1:{port}"}
+    with open(tmp_path / "log", "wb") as log:
+        proc = subprocess.Popen([TWISTD, "-n", "--pidfile=", "-y", str(REPO / "heartbeat.tac")],
+                                cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc)
+        assert post_ping(port, "1")[0] == 200
+        assert SSEClient(port, "/subscribe/alice").event()["status"] == "1"
+    finally:
+        proc.terminate()
+        proc.wait(10)
