@@ -1,11 +1,14 @@
-"""The HTTP API: Klein routes for pinging and subscribing.
+"""The HTTP API: Klein routes for pinging, subscribing and reading presence.
 
-The ping path is ``ping`` (identity → status → store); the subscribe path is
-``subscribe`` (a :class:`~heartbeat.sse.Stream` handed to the hub).
+The ping path is ``ping`` (identity → status → store); the subscribe paths
+are ``subscribe`` (one user) and ``subscribe_many`` (a :class:`~heartbeat.sse.Stream`
+handed to the hub); ``status`` reads stored pings. CORS wraps them all in
+``resource``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from klein import Klein
@@ -15,31 +18,40 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from heartbeat.config import Settings
+from heartbeat.cors import with_cors
 from heartbeat.errors import ApiError, render_error
 from heartbeat.hub import Hub
 from heartbeat.presence import Ping
 from heartbeat.sse import Stream
 from heartbeat.status import MAX_BODY, parse_status
 from heartbeat.store import Store
+from heartbeat.users import requested_users
 
 Identify = Callable[[IRequest], str]
 
 
 class HeartbeatApp:
-    """Routes; the store, hub, clock and identity check come in from outside."""
+    """Routes; the store, hub, clock, identity check and settings come in from outside."""
 
     app = Klein()
 
     def __init__(
-        self, store: Store, hub: Hub, clock: IReactorTime, identify: Identify
+        self,
+        store: Store,
+        hub: Hub,
+        clock: IReactorTime,
+        identify: Identify,
+        settings: Settings,
     ) -> None:
         self.store = store
         self.hub = hub
         self.clock = clock
         self.identify = identify
+        self.settings = settings
 
     def resource(self):  # type: ignore[no-untyped-def]
-        return self.app.resource()
+        return with_cors(self.app.resource(), self.settings.cors_origins)
 
     @app.route("/ping", methods=["POST"])
     def ping(self, request: IRequest) -> Deferred[bytes]:
@@ -58,10 +70,23 @@ class HeartbeatApp:
     def subscribe(
         self, request: IRequest, userid: str, clientid: str | None = None
     ) -> Deferred[bytes]:
-        stream = Stream(request, (userid,))
+        return self._stream(request, (userid,))
+
+    @app.route("/subscribe", methods=["GET"])
+    def subscribe_many(self, request: IRequest) -> Deferred[bytes]:
+        userids = requested_users(request, self.settings.max_users_per_stream)
+        return self._stream(request, userids)
+
+    def _stream(self, request: IRequest, userids: tuple[str, ...]) -> Deferred[bytes]:
+        stream = Stream(request, userids, request.getHeader(b"Last-Event-ID"))
         stream.start()
         self.hub.attach(stream)
         return stream.finished
+
+    @app.route("/status", methods=["GET"])
+    def status(self, request: IRequest) -> Deferred[bytes]:
+        userids = requested_users(request, self.settings.max_users_per_stream)
+        return self.store.get(userids).addCallback(_status_body, request)
 
     @app.handle_errors(ApiError)
     def api_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -78,3 +103,16 @@ class HeartbeatApp:
             request,
             ApiError(405, "method not allowed", {b"Allow": allowed.encode()}),
         )
+
+
+def _status_body(pings: dict[str, Ping | None], request: IRequest) -> bytes:
+    """``{"a": {"time": …, "status": …}, "b": null}`` in the order asked."""
+    body = json.dumps(
+        {userid: ping.as_status() if ping is not None else None
+         for userid, ping in pings.items()},
+        separators=(",", ":"),
+    ).encode("utf-8")
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-cache")
+    request.setHeader(b"Content-Length", str(len(body)).encode())
+    return body

@@ -86,7 +86,9 @@ class Hub:
     def _send_stored(self, pings: dict[str, Ping | None], stream: Stream) -> None:
         for userid, ping in pings.items():
             # A live ping that got here first is at least as new.
-            if ping is not None and userid not in stream.seen and not stream.closed:
+            if ping is None or userid in stream.seen or stream.closed:
+                continue
+            if not stream.skip_resumed(ping):
                 stream.send(ping, encode_event(ping))
 
     def _stored_failed(self, failure: Failure) -> None:

@@ -51,6 +51,6 @@ def _endpoint(reactor, settings: Settings):  # type: ignore[no-untyped-def]
 def build_service(settings: Settings, reactor, endpoint) -> HeartbeatService:  # type: ignore[no-untyped-def]
     store = MemoryStore()
     hub = Hub(store)
-    app = HeartbeatApp(store, hub, reactor, proxy_identity)
+    app = HeartbeatApp(store, hub, reactor, proxy_identity, settings)
     site = HeartbeatSite(app.resource(), reactor=reactor)
     return HeartbeatService(endpoint, site, hub, store, settings.keepalive, reactor)
