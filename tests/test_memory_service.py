@@ -3,7 +3,7 @@
 import json
 
 from heartbeat.presence import Ping
-from heartbeat.sse import encode_event
+from heartbeat.sse import RETRY, encode_event, event_id
 from tests.memory import MemoryServer, response
 
 
@@ -12,6 +12,10 @@ def subscribe(server: MemoryServer, path: str = "/subscribe/alice"):
     head = conn.take()
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     return conn, head
+
+
+# The end of a stream's head: the headers, then the retry: field chunk.
+STREAM_START = b"\r\n\r\n" + b"%x\r\n" % len(RETRY) + RETRY + b"\r\n"
 
 
 def chunks(data: bytes) -> list[bytes]:
@@ -25,11 +29,14 @@ def chunks(data: bytes) -> list[bytes]:
     return out
 
 
-def test_event_framing_is_one_json_data_line():
+def test_event_framing_is_an_id_and_one_json_data_line():
     frame = encode_event(Ping("a\nb", 5, "x\r\ny"))
-    assert frame.startswith(b"data: ") and frame.endswith(b"\n\n")
-    assert frame.count(b"\n") == 2 and b"\r" not in frame
-    assert json.loads(frame[6:]) == {"time": 5, "status": "x\r\ny", "userid": "a\nb"}
+    assert frame.endswith(b"\n\n")
+    assert frame.count(b"\n") == 3 and b"\r" not in frame
+    id_line, data_line = frame.split(b"\n")[:2]
+    assert id_line == b"id: " + event_id(Ping("a\nb", 5, "x\r\ny")).encode()
+    assert data_line.startswith(b"data: ")
+    assert json.loads(data_line[6:]) == {"time": 5, "status": "x\r\ny", "userid": "a\nb"}
 
 
 def test_stream_headers_are_sent_at_once():
@@ -44,7 +51,7 @@ def test_stored_ping_first_then_live_pings_in_order():
     server = MemoryServer()
     assert server.ping("alice", '{"status": "1"}') == (200, b"")
     conn, head = subscribe(server)
-    assert head.endswith(b"\r\n\r\n" + b"%x\r\n" % len(encode_event(Ping("alice", 1_800_000_000, "1")))
+    assert head.endswith(STREAM_START + b"%x\r\n" % len(encode_event(Ping("alice", 1_800_000_000, "1")))
                          + encode_event(Ping("alice", 1_800_000_000, "1")) + b"\r\n")
     server.clock.advance(3)
     for status in ("2", "3", "0"):
@@ -57,7 +64,7 @@ def test_stored_ping_first_then_live_pings_in_order():
 def test_no_stored_ping_means_no_first_event():
     server = MemoryServer()
     conn, head = subscribe(server)
-    assert head.endswith(b"\r\n\r\n")
+    assert head.endswith(STREAM_START)
     server.ping("bob", "1")
     assert conn.take() == b""
 
