@@ -22,6 +22,7 @@ setup(
             "pytest-twisted>=1.14",
             "treq>=23.11",
             "hypothesis>=6.100",
+            "playwright>=1.45",
         ],
     },
 )
