@@ -15,6 +15,7 @@ setup(
         "txredisapi>=1.4.10",
         "hiredis",
         "python-dotenv>=1.0",
+        "pyjwt>=2.8",
     ],
     extras_require={
         "test": [

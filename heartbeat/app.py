@@ -9,7 +9,6 @@ handed to the hub); ``status`` reads stored pings. CORS wraps them all in
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -22,17 +21,16 @@ from heartbeat.config import Settings
 from heartbeat.cors import with_cors
 from heartbeat.errors import ApiError, render_error
 from heartbeat.hub import Hub
+from heartbeat.identity import Identity
 from heartbeat.presence import Ping
 from heartbeat.sse import Stream
 from heartbeat.status import MAX_BODY, parse_status
 from heartbeat.store import Store
 from heartbeat.users import requested_users
 
-Identify = Callable[[IRequest], str]
-
 
 class HeartbeatApp:
-    """Routes; the store, hub, clock, identity check and settings come in from outside."""
+    """Routes; the store, hub, clock, identity and limits come in from outside."""
 
     app = Klein()
 
@@ -41,13 +39,13 @@ class HeartbeatApp:
         store: Store,
         hub: Hub,
         clock: IReactorTime,
-        identify: Identify,
+        identity: Identity,
         settings: Settings,
     ) -> None:
         self.store = store
         self.hub = hub
         self.clock = clock
-        self.identify = identify
+        self.identity = identity
         self.settings = settings
 
     def resource(self):  # type: ignore[no-untyped-def]
@@ -55,7 +53,7 @@ class HeartbeatApp:
 
     @app.route("/ping", methods=["POST"])
     def ping(self, request: IRequest) -> Deferred[bytes]:
-        userid = self.identify(request)
+        userid = self.identity.ping_user(request)
         if request.body_too_large:
             raise ApiError(413, f"request body is larger than {MAX_BODY} bytes")
         status = parse_status(
@@ -70,23 +68,43 @@ class HeartbeatApp:
     def subscribe(
         self, request: IRequest, userid: str, clientid: str | None = None
     ) -> Deferred[bytes]:
-        return self._stream(request, (userid,))
+        self.identity.authorize_read(request)
+        return self.open_stream(request, self.identity.check_userids((userid,)))
 
     @app.route("/subscribe", methods=["GET"])
     def subscribe_many(self, request: IRequest) -> Deferred[bytes]:
-        userids = requested_users(request, self.settings.max_users_per_stream)
-        return self._stream(request, userids)
+        self.identity.authorize_read(request)
+        return self.open_stream(request, self._requested_users(request))
 
-    def _stream(self, request: IRequest, userids: tuple[str, ...]) -> Deferred[bytes]:
-        stream = Stream(request, userids, request.getHeader(b"Last-Event-ID"))
+    def open_stream(self, request: IRequest, userids: tuple[str, ...]) -> Deferred[bytes]:
+        """Start an event stream of ``userids``: every streaming route ends here.
+
+        The open-stream limit is checked before any header is sent, so a
+        refused client gets a plain 503 rather than a stream that ends.
+        """
+        if len(self.hub.streams) >= self.settings.max_streams:
+            raise ApiError(
+                503, f"too many open streams (limit {self.settings.max_streams}), retry later",
+                {b"Retry-After": b"5"},
+            )
+        stream = Stream(
+            request, userids, self.clock, self.settings.stream_blocked_timeout,
+            request.getHeader(b"Last-Event-ID"),
+        )
         stream.start()
         self.hub.attach(stream)
         return stream.finished
 
     @app.route("/status", methods=["GET"])
     def status(self, request: IRequest) -> Deferred[bytes]:
-        userids = requested_users(request, self.settings.max_users_per_stream)
+        self.identity.authorize_read(request)
+        userids = self._requested_users(request)
         return self.store.get(userids).addCallback(_status_body, request)
+
+    def _requested_users(self, request: IRequest) -> tuple[str, ...]:
+        """The ``?user=`` list of the multi-user routes, each id within limits."""
+        userids = requested_users(request, self.settings.max_users_per_stream)
+        return self.identity.check_userids(userids)
 
     @app.handle_errors(ApiError)
     def api_error(self, request: IRequest, failure: Failure) -> bytes:

@@ -40,6 +40,11 @@ class Settings:
     max_users_per_stream: int
     backlog: int
     workers: int
+    max_streams: int
+    max_header_bytes: int
+    max_userid_length: int
+    request_timeout: float
+    stream_blocked_timeout: float
 
 
 # The endpoint types whose listen backlog we set from BACKLOG.
@@ -58,6 +63,14 @@ def _positive_float(value: str) -> float:
     number = float(value)
     if not number > 0 or number == float("inf"):
         raise ValueError("must be a positive number of seconds")
+    return number
+
+
+def _header_bytes(value: str) -> int:
+    number = int(value)
+    # Below this not even a browser's ordinary request fits.
+    if number < 1024:
+        raise ValueError("must be at least 1024 bytes")
     return number
 
 
@@ -155,6 +168,11 @@ SETTINGS = (
     Setting("MAX_USERS_PER_STREAM", "256", _positive_int, "most users one stream or status request may name"),
     Setting("BACKLOG", "4096", _positive_int, "listen backlog"),
     Setting("WORKERS", "1", _positive_int, "processes sharing the listening port (more than 1 needs REDIS)"),
+    Setting("MAX_STREAMS", "10000", _positive_int, "most open streams per process; beyond it subscribing answers 503"),
+    Setting("MAX_HEADER_BYTES", "16384", _header_bytes, "most bytes of request line and headers; beyond it 431"),
+    Setting("MAX_USERID_LENGTH", "256", _positive_int, "most characters in a user id; longer ones answer 400"),
+    Setting("REQUEST_TIMEOUT", "10", _positive_float, "seconds a client has to send a whole request (headers and body)"),
+    Setting("STREAM_BLOCKED_TIMEOUT", "60", _positive_float, "seconds a stream may stay blocked by a client that does not read"),
 )
 
 

@@ -1,15 +1,24 @@
-"""The HTTP layer under Klein: body limits enforced while bytes arrive.
+"""The HTTP layer under Klein: limits enforced while bytes arrive.
 
-twisted.web buffers a whole request body before any route runs, so the
-4 KiB ping limit has to live here: a declared ``Content-Length`` over it is
-answered 413 before the body is read, and an undeclared (chunked) body stops
-being kept once it passes the limit.
+twisted.web buffers a whole request before any route runs, so the limits on
+what a client may send live here, in the channel:
+
+- the 4 KiB ping body: a declared ``Content-Length`` over it is answered 413
+  before the body is read, and an undeclared (chunked) body stops being kept
+  once it passes the limit;
+- the request line and headers (``MAX_HEADER_BYTES``): 431;
+- the time to send a whole request (``REQUEST_TIMEOUT``): 408. Twisted's own
+  idle timeout restarts on every byte, so a client trickling one byte at a
+  time (slowloris) would hold its connection for ever without this.
+
+Every refusal is a JSON error, like the API's own.
 """
 
 from __future__ import annotations
 
 from io import BytesIO
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
@@ -17,7 +26,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from heartbeat.errors import error_body
+from heartbeat.errors import ApiError, error_body, render_error
 from heartbeat.status import MAX_BODY
 
 # How long a refused client may keep sending its body before it is cut off.
@@ -41,59 +50,152 @@ class HeartbeatRequest(Request):
             return
         self.content.write(data)
 
+    def process(self) -> None:
+        """Refuse a URL or Host that is not UTF-8 here, as JSON.
+
+        Klein answers those with an HTML 400 and logs a traceback per
+        request, which hostile clients could use to flood the log.
+        """
+        try:
+            unquote_to_bytes(self.path).decode("utf-8")
+            self.getRequestHostname().decode("utf-8")
+        except UnicodeDecodeError:
+            self.write(render_error(self, ApiError(400, "URL or Host is not valid UTF-8")))
+            self.finish()
+            return
+        super().process()
+
 
 class HeartbeatChannel(HTTPChannel):
-    """Refuses an announced oversized body at once, without reading it."""
+    """Refuses oversized or too-slow requests with a JSON error, then closes.
 
+    ``totalHeadersSize`` and ``request_timeout`` are set per connection by
+    :class:`HeartbeatSite` from the settings.
+    """
+
+    request_timeout = 10.0
     _refused = False
     _linger: IDelayedCall | None = None
+    _deadline: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # A client that connects and sends nothing is held to the deadline too.
+        self._arm_deadline()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        # The first bytes of the next request on a kept-alive connection.
+        if self._deadline is None and not self._handlingRequest:
+            self._arm_deadline()
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._refused:
+            return
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._refuse_headers_too_large()
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._refuse_headers_too_large()
 
     def allHeadersReceived(self) -> None:
         if self.length is not None and self.length > MAX_BODY:
-            self._refuse_too_large()
+            self._refuse(413, b"Request Entity Too Large",
+                         f"request body is larger than {MAX_BODY} bytes")
             return
         super().allHeadersReceived()
 
-    def _refuse_too_large(self) -> None:
-        body = error_body(f"request body is larger than {MAX_BODY} bytes")
-        self.transport.write(
-            b"HTTP/1.1 413 Request Entity Too Large\r\n"
-            b"Content-Type: application/json\r\n"
-            b"Connection: close\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-        )
-        self._refused = True
-        # Half-close and drain: closing with unread input would reset the
-        # connection and could destroy the 413 before the client reads it.
-        self.setTimeout(None)
-        half_close = getattr(self.transport, "loseWriteConnection", None)
-        (half_close or self.transport.loseConnection)()
-        self._linger = self.callLater(_LINGER, self.transport.abortConnection)
-
-    def dataReceived(self, data: bytes) -> None:
-        if not self._refused:
-            super().dataReceived(data)
+    def allContentReceived(self) -> None:
+        self._disarm_deadline()
+        super().allContentReceived()
 
     def rawDataReceived(self, data: bytes) -> None:
         # Body bytes that came in the same read as the refused headers.
         if not self._refused:
             super().rawDataReceived(data)
 
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """Twisted's own bad-request answer, as JSON like every other error."""
+        self._refuse(400, b"Bad Request", "malformed HTTP request")
+
+    def _refuse_headers_too_large(self) -> None:
+        self._refuse(431, b"Request Header Fields Too Large",
+                     f"request line and headers are larger than {self.totalHeadersSize} bytes")
+
+    def _arm_deadline(self) -> None:
+        self._deadline = self.callLater(self.request_timeout, self._too_slow)
+
+    def _disarm_deadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        self._refuse(408, b"Request Timeout",
+                     f"request not received within {self.request_timeout:g} seconds")
+
+    def _refuse(self, code: int, reason: bytes, message: str) -> None:
+        """Answer ``code`` with a JSON error and close, reading nothing more.
+
+        Only called before a request is dispatched, so no response of ours is
+        in progress on the connection.
+        """
+        if self._refused:
+            return
+        self._refused = True
+        self._disarm_deadline()
+        body = error_body(message)
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Connection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (code, reason, len(body), body)
+        )
+        # Stop the line parser from handing on what is left of this read.
+        self.setRawMode()
+        # Half-close and drain: closing with unread input would reset the
+        # connection and could destroy the answer before the client reads it.
+        self.setTimeout(None)
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        (half_close or self.transport.loseConnection)()
+        self._linger = self.callLater(_LINGER, self.transport.abortConnection)
+
     def connectionLost(self, reason: Failure) -> None:
+        self._disarm_deadline()
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         super().connectionLost(reason)
 
 
 class HeartbeatSite(Site):
+    """Builds channels with this process's header-size and time limits."""
+
     protocol = HeartbeatChannel
     requestFactory = HeartbeatRequest
 
-    def __init__(self, resource: IResource, **kwargs: Any) -> None:
+    def __init__(self, resource: IResource, *, reactor: Any = None,
+                 max_header_bytes: int = HTTPChannel.totalHeadersSize,
+                 request_timeout: float = HeartbeatChannel.request_timeout) -> None:
         # Ping bodies are parsed by heartbeat.status; twisted.web's own form
         # parsing (request.args) runs the email package's header parser on
         # every POST: a third of the ping path's time.
-        super().__init__(resource, parsePOSTFormSubmission=False, **kwargs)
+        super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
+        self.max_header_bytes = max_header_bytes
+        self.request_timeout = request_timeout
+
+    def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
+        channel = super().buildProtocol(addr)
+        channel.totalHeadersSize = self.max_header_bytes
+        # One line may be as long as all of them together, no longer.
+        channel.MAX_LENGTH = self.max_header_bytes
+        channel.request_timeout = self.request_timeout
+        return channel
 
     def log(self, request: Request) -> None:
         """No access log: a line per ping would dwarf everything else."""

@@ -6,9 +6,14 @@ import json
 from hashlib import blake2b
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
+from zope.interface import implementer
 
 from heartbeat.presence import Ping
+
+log = Logger()
 
 KEEPALIVE = b":\n\n"
 # How long a browser waits before reconnecting a dropped stream (ms); sent
@@ -45,18 +50,29 @@ def encode_event(ping: Ping) -> bytes:
     )
 
 
+@implementer(IPushProducer)
 class Stream:
     """One open ``text/event-stream`` response, watching one or more users.
 
     ``finished`` is what the route returns to Klein: it never fires on its
     own; the hub's close fires it (so Klein ends the response) and Klein
     cancels it when the client goes away.
+
+    The stream is the push producer of its response, so a client that stops
+    reading pauses it once the transport's buffer is full. While paused it
+    writes nothing and holds only the newest frame of each of its users (a
+    watcher wants the current presence, not the history), so its memory is
+    bounded by its number of users; a stream paused for longer than
+    ``blocked_timeout`` seconds is cut off. When not paused, ``send`` is a
+    plain write: fan-out stays cheap.
     """
 
     def __init__(
         self,
         request: IRequest,
         userids: tuple[str, ...],
+        clock: IReactorTime,
+        blocked_timeout: float,
         last_event_id: bytes | None = None,
     ) -> None:
         self.request = request
@@ -68,6 +84,11 @@ class Stream:
         self.seen: dict[str, Ping] = {}
         self.finished: Deferred[bytes] = Deferred()
         self.closed = False
+        self._clock = clock
+        self._blocked_timeout = blocked_timeout
+        # None while the client reads; while paused, the newest frame per user.
+        self.held: dict[str, bytes] | None = None
+        self._blocked: IDelayedCall | None = None
 
     def start(self) -> None:
         """Send the headers now, so the client sees the stream open at once."""
@@ -75,6 +96,7 @@ class Stream:
         request.setHeader(b"Content-Type", b"text/event-stream")
         request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"X-Accel-Buffering", b"no")
+        request.registerProducer(self, True)
         request.write(RETRY)
 
     def skip_resumed(self, ping: Ping) -> bool:
@@ -90,13 +112,57 @@ class Stream:
 
     def send(self, ping: Ping, frame: bytes) -> None:
         self.seen[ping.userid] = ping
-        self.request.write(frame)
+        if self.held is None:
+            self.request.write(frame)
+        else:
+            self.held[ping.userid] = frame
 
     def comment(self) -> None:
-        self.request.write(KEEPALIVE)
+        # A blocked client needs no keep-alive: its connection is not idle.
+        if self.held is None:
+            self.request.write(KEEPALIVE)
+
+    def pauseProducing(self) -> None:
+        if self.held is None and not self.closed:
+            self.held = {}
+            self._blocked = self._clock.callLater(self._blocked_timeout, self._cut_off)
+
+    def resumeProducing(self) -> None:
+        if self.held is None:
+            return
+        held, self.held = self.held, None
+        self._cancel_blocked()
+        for frame in held.values():
+            self.request.write(frame)
+
+    def stopProducing(self) -> None:
+        """The connection is going: keep nothing more for it."""
+        self._cancel_blocked()
+        self.held = {}
+
+    def _cut_off(self) -> None:
+        """Blocked too long: drop the connection, its buffered bytes with it.
+
+        A clean end would only queue behind the bytes the client is not
+        reading; aborting frees them now. Klein then sees the connection
+        lost and the hub forgets the stream.
+        """
+        self._blocked = None
+        log.info("closing a stream blocked for {seconds}s", seconds=self._blocked_timeout)
+        self.closed = True
+        self.held = {}
+        self.request.transport.abortConnection()
+
+    def _cancel_blocked(self) -> None:
+        if self._blocked is not None:
+            if self._blocked.active():
+                self._blocked.cancel()
+            self._blocked = None
 
     def close(self) -> None:
         """End the response cleanly (the client sees the stream end)."""
         if not self.closed:
             self.closed = True
+            self._cancel_blocked()
+            self.request.unregisterProducer()
             self.finished.callback(b"")

@@ -12,7 +12,7 @@ from heartbeat.app import HeartbeatApp
 from heartbeat.config import SETTINGS, Settings, listen_endpoint, load_settings
 from heartbeat.http import HeartbeatSite
 from heartbeat.hub import Hub
-from heartbeat.identity import proxy_identity
+from heartbeat.identity import Identity
 from heartbeat.service import HeartbeatService
 from heartbeat.store import MemoryStore
 
@@ -51,6 +51,12 @@ def _endpoint(reactor, settings: Settings):  # type: ignore[no-untyped-def]
 def build_service(settings: Settings, reactor, endpoint) -> HeartbeatService:  # type: ignore[no-untyped-def]
     store = MemoryStore()
     hub = Hub(store)
-    app = HeartbeatApp(store, hub, reactor, proxy_identity, settings)
-    site = HeartbeatSite(app.resource(), reactor=reactor)
+    identity = Identity(settings.jwt_secret, settings.max_userid_length)
+    identity.announce()
+    app = HeartbeatApp(store, hub, reactor, identity, settings)
+    site = HeartbeatSite(
+        app.resource(), reactor=reactor,
+        max_header_bytes=settings.max_header_bytes,
+        request_timeout=settings.request_timeout,
+    )
     return HeartbeatService(endpoint, site, hub, store, settings.keepalive, reactor)

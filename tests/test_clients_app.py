@@ -14,7 +14,7 @@ from heartbeat.app import HeartbeatApp
 from heartbeat.config import load_settings
 from heartbeat.hub import Hub
 from heartbeat.presence import Ping
-from heartbeat.identity import proxy_identity
+from heartbeat.identity import Identity
 from heartbeat.store import MemoryStore
 
 ORIGIN = "https://chat.example"
@@ -23,7 +23,8 @@ ORIGIN = "https://chat.example"
 def make_client(**env: str) -> tuple[StubTreq, MemoryStore]:
     store = MemoryStore()
     settings = load_settings({}, environ=env, dotenv={})
-    app = HeartbeatApp(store, Hub(store), Clock(), proxy_identity, settings)
+    app = HeartbeatApp(store, Hub(store), Clock(),
+                       Identity(None, settings.max_userid_length), settings)
     return StubTreq(app.resource()), store
 
 

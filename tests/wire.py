@@ -1,0 +1,155 @@
+"""The real site, wired by ``build_service``, spoken to over in-memory transports.
+
+Every byte goes through heartbeat's own channel, request, Klein routes, hub
+and store, with a fake clock and no sockets: fast and deterministic enough
+to run thousands of hostile requests.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from heartbeat.config import load_settings
+from heartbeat.http import HeartbeatChannel
+from heartbeat.tap import build_service
+
+
+class FakeTransport(StringTransport):
+    """A StringTransport that also half-closes, as the 4xx refusals do."""
+
+    write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[bytes, bytes]
+    body: bytes
+    complete: bool
+    rest: bytes = b""
+    chunks: list[bytes] = field(default_factory=list)
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+def parse_response(data: bytes) -> Response | None:
+    """The first response in ``data``; a chunked one may still be open."""
+    if b"\r\n\r\n" not in data:
+        return None
+    head, rest = data.split(b"\r\n\r\n", 1)
+    status_line, *lines = head.split(b"\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    status = int(status_line.split()[1])
+    if headers.get(b"transfer-encoding") == b"chunked":
+        return _dechunk(status, headers, rest)
+    length = int(headers.get(b"content-length", b"0"))
+    return Response(status, headers, rest[:length], len(rest) >= length, rest[length:])
+
+
+def _dechunk(status: int, headers: dict[bytes, bytes], data: bytes) -> Response:
+    chunks = []
+    at = 0
+    while True:
+        eol = data.find(b"\r\n", at)
+        if eol < 0:
+            break
+        size = int(data[at:eol], 16)
+        start = eol + 2
+        if len(data) < start + size + 2:
+            break
+        if size == 0:
+            return Response(status, headers, b"".join(chunks), True, data[start + 2:], chunks)
+        chunks.append(data[start:start + size])
+        at = start + size + 2
+    return Response(status, headers, b"".join(chunks), False, data[at:], chunks)
+
+
+class Connection:
+    """One client connection to the site."""
+
+    def __init__(self, wire: "Wire") -> None:
+        self.transport = FakeTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        self.channel: HeartbeatChannel = wire.site.buildProtocol(None)
+        self.channel.makeConnection(self.transport)
+
+    def send(self, data: bytes) -> None:
+        self.channel.dataReceived(data)
+
+    def response(self) -> Response | None:
+        return parse_response(self.transport.value())
+
+    def close(self) -> None:
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        self.channel.connectionLost(Failure(ConnectionDone()))
+
+
+class Wire:
+    """A whole heartbeat (in-process store) with settings from ``env``."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self.clock = MemoryReactorClock()
+        self.settings = load_settings({}, dict(env or {}), {})
+        self.service = build_service(self.settings, self.clock, None)
+        self.site = self.service.listener.factory
+        self.hub = self.service.hub
+        self.store = self.service.store
+
+    def connect(self) -> Connection:
+        return Connection(self)
+
+    def request(self, method: str, path: str, headers: Mapping[str, str | bytes] | None = None,
+                body: bytes = b"") -> Response:
+        """Send one request on a new connection; its (possibly still open) response."""
+        conn = self.connect()
+        conn.send(request_bytes(method, path, headers, body))
+        response = conn.response()
+        assert response is not None, f"no response to {method} {path}: {conn.transport.value()!r}"
+        return response
+
+    def ping(self, userid: str, body: bytes = b"0", headers: Mapping[str, str | bytes] | None = None,
+             path: str = "/ping") -> Response:
+        all_headers: dict[str, str | bytes] = {"X-User-Claim": claim(userid)}
+        all_headers.update(headers or {})
+        return self.request("POST", path, all_headers, body)
+
+
+def claim(userid: str, clientid: str = "c1") -> str:
+    return json.dumps({"userid": userid, "clientid": clientid})
+
+
+def request_bytes(method: str, path: str | bytes,
+                  headers: Mapping[str, str | bytes] | None = None, body: bytes = b"") -> bytes:
+    if isinstance(path, str):
+        path = path.encode()
+    lines = [method.encode() + b" " + path + b" HTTP/1.1", b"Host: localhost"]
+    for name, value in (headers or {}).items():
+        if isinstance(value, str):
+            value = value.encode()
+        lines.append(name.encode() + b": " + value)
+    if body or method == "POST":
+        lines.append(b"Content-Length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def events(response: Response) -> list[dict]:
+    """The data of every complete event in an SSE response so far."""
+    found = []
+    for frame in response.body.split(b"\n\n")[:-1]:
+        data = [line[6:] for line in frame.split(b"\n") if line.startswith(b"data: ")]
+        if data:
+            found.append(json.loads(b"\n".join(data)))
+    return found
