@@ -119,6 +119,17 @@ def test_subscribe_needs_a_valid_token(wire):
     assert wire.hub.streams == set()
 
 
+@pytest.mark.parametrize("path", ["/subscribe?user=bob&user=carol", "/status?user=bob"])
+def test_multi_user_routes_need_a_valid_token(wire, path):
+    assert wire.request("GET", path).status == 401
+    assert wire.request("GET", path, {"X-User-Claim": claim("bob")}).status == 401
+    assert wire.request("GET", path, {"Authorization": f"Bearer {token()}"}).status == 200
+
+
+def test_health_needs_no_token(wire):
+    assert wire.request("GET", "/health").status != 401
+
+
 def test_any_valid_token_may_watch_any_user(wire):
     """Watching contacts is the point: alice's token opens bob's stream."""
     ping(wire, {"Authorization": f"Bearer {token({'userid': 'bob'})}"})

@@ -70,6 +70,9 @@ def test_userid_over_the_limit_gets_400():
     assert wire.request("GET", "/subscribe/" + "a" * 8).status == 200
     assert_refused(wire.request("GET", "/subscribe/" + "a" * 9), 400)
     assert_refused(wire.request("GET", "/subscribe/" + "a" * 9 + "/client/c1"), 400)
+    assert_refused(wire.request("GET", "/subscribe?user=bob&user=" + "a" * 9), 400)
+    assert_refused(wire.request("GET", "/status?user=" + "a" * 9), 400)
+    assert wire.request("GET", "/status?user=" + "a" * 8).status == 200
 
 
 def test_body_over_4096_bytes_gets_413_declared_or_chunked():
