@@ -14,7 +14,7 @@ from heartbeat.http import HeartbeatSite
 from heartbeat.hub import Hub
 from heartbeat.identity import Identity
 from heartbeat.service import HeartbeatService
-from heartbeat.store import MemoryStore
+from heartbeat.store import MemoryStore, Store
 
 
 class Options(_Options):
@@ -49,7 +49,7 @@ def _endpoint(reactor, settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def build_service(settings: Settings, reactor, endpoint) -> HeartbeatService:  # type: ignore[no-untyped-def]
-    store = MemoryStore()
+    store = _store(settings, reactor)
     hub = Hub(store)
     identity = Identity(settings.jwt_secret, settings.max_userid_length)
     identity.announce()
@@ -59,4 +59,17 @@ def build_service(settings: Settings, reactor, endpoint) -> HeartbeatService:  #
         max_header_bytes=settings.max_header_bytes,
         request_timeout=settings.request_timeout,
     )
-    return HeartbeatService(endpoint, site, hub, store, settings.keepalive, reactor)
+    service = HeartbeatService(endpoint, site, hub, store, settings.keepalive, reactor)
+    if IService.providedBy(store):
+        # It connects when the service starts; HeartbeatService closes it last.
+        store.setServiceParent(service)
+    return service
+
+
+def _store(settings: Settings, reactor) -> Store:  # type: ignore[no-untyped-def]
+    if settings.redis is None:
+        return MemoryStore()
+    # Imported only when used: txredisapi imports the global reactor.
+    from heartbeat.redis_store import RedisStore
+
+    return RedisStore(settings.redis, settings.redis_prefix, reactor)

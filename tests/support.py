@@ -102,10 +102,12 @@ _SETTINGS_ENV = {"LISTEN", "REDIS", "REDIS_PREFIX", "KEEPALIVE", "JWT_SECRET",
 class RedisServer:
     """A private redis-server on a free port, never the machine's own 6379."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None,
+                 password: str | None = None) -> None:
         self.binary = need_binary("redis-server")
         self.port = port or free_port()
         self.directory = directory
+        self.password = password
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -115,7 +117,8 @@ class RedisServer:
     def start(self) -> "RedisServer":
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
+             "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port, self.proc)
@@ -129,7 +132,8 @@ class RedisServer:
     def command(self, *args: str) -> bytes:
         """One command via redis-cli, for checks from outside the daemon."""
         cli = need_binary("redis-cli")
-        return subprocess.run([cli, "-p", str(self.port), *args], check=True,
+        auth = ["--no-auth-warning", "-a", self.password] if self.password else []
+        return subprocess.run([cli, "-p", str(self.port), *auth, *args], check=True,
                               capture_output=True).stdout
 
 

@@ -1,0 +1,245 @@
+"""The Redis store against a real redis-server, in the test's own reactor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ClientCreator
+from twisted.internet.task import deferLater
+from twisted.logger import formatEvent, globalLogPublisher
+from txredisapi import MonitorProtocol
+
+from heartbeat.config import load_settings, parse_redis
+from heartbeat.presence import Ping
+from heartbeat.redis_store import RedisStore
+from heartbeat.store import MemoryStore, StoreUnavailable
+from heartbeat.tap import build_service
+from tests.support import RedisServer, free_port
+
+
+class Recorder:
+    """A listener that remembers what the store handed it."""
+
+    def __init__(self) -> None:
+        self.pings: list[Ping] = []
+        self.resyncs = 0
+
+    def deliver(self, ping: Ping) -> None:
+        self.pings.append(ping)
+
+    def resync(self) -> None:
+        self.resyncs += 1
+
+
+async def until(predicate: Callable[[], object], timeout: float = 10) -> None:
+    """Let the reactor run until ``predicate()`` holds; fail after ``timeout``."""
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"still not true after {timeout}s")
+        await deferLater(reactor, 0.01)
+
+
+@pytest_twisted.async_yield_fixture
+async def make_store(redis_server):
+    """``make_store(redis=..., prefix=...)``: a started store, closed afterwards."""
+    stores: list[RedisStore] = []
+
+    def make(redis: str | None = None, prefix: str = "heartbeat:") -> RedisStore:
+        store = RedisStore(parse_redis(redis or redis_server.address), prefix, reactor)
+        store.listener = Recorder()
+        store.startService()
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        await store.stopService()
+
+
+async def started(store: RedisStore) -> RedisStore:
+    await until(lambda: store.available and store.listener.resyncs)
+    return store
+
+
+def numsub(redis_server: RedisServer, channel: str) -> int:
+    return int(redis_server.command("PUBSUB", "NUMSUB", channel).split()[1])
+
+
+@pytest_twisted.ensureDeferred
+async def test_ping_is_stored_as_a_hash_and_reaches_another_instance(make_store, redis_server):
+    sender = await started(make_store())
+    receiver = await started(make_store())
+    await receiver.subscribe("alice")
+    await sender.ping(Ping("alice", 1700000000, "0 on a call"))
+    assert redis_server.command("HGETALL", "heartbeat:alice").split(b"\n")[:4] == [
+        b"time", b"1700000000", b"status", b"0 on a call"]
+    await until(lambda: receiver.listener.pings)
+    assert receiver.listener.pings == [Ping("alice", 1700000000, "0 on a call")]
+    # The sender watches nobody, so it hears nothing.
+    assert sender.listener.pings == []
+    assert await sender.get(["alice", "bob", "alice"]) == {
+        "alice": Ping("alice", 1700000000, "0 on a call"), "bob": None}
+    assert await sender.get([]) == {}
+
+
+class Monitor(MonitorProtocol):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def messageReceived(self, message: str) -> None:
+        self.lines.append(message)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ping_is_one_script_call_that_falls_back_to_eval(make_store, redis_server):
+    store = await started(make_store())
+    monitor = await ClientCreator(reactor, Monitor).connectTCP("127.0.0.1", redis_server.port)
+    # Written raw: txredisapi's monitor() leaves a reply waiting forever.
+    monitor.transport.write(b"MONITOR\r\n")
+    await until(lambda: monitor.lines)
+    await store.ping(Ping("alice", 1, "a"))  # a fresh server knows no script
+    await store.ping(Ping("alice", 2, "b"))
+    redis_server.command("SCRIPT", "FLUSH")
+    await store.ping(Ping("alice", 3, "c"))
+    redis_server.command("ECHO", "done")
+    await until(lambda: any('"done"' in line for line in monitor.lines))
+    monitor.transport.loseConnection()
+
+    from_client = [line.split("] ", 1)[1].split(" ")[0] for line in monitor.lines
+                   if "heartbeat:alice" in line and "lua]" not in line]
+    from_script = [line.split("] ", 1)[1].split(" ")[0] for line in monitor.lines
+                   if "heartbeat:alice" in line and "lua]" in line]
+    # One command per ping; HSET and PUBLISH only ever run inside the script.
+    assert from_client == ['"EVALSHA"', '"EVAL"', '"EVALSHA"', '"EVALSHA"', '"EVAL"']
+    assert from_script == ['"HSET"', '"PUBLISH"'] * 3
+    assert await store.get(["alice"]) == {"alice": Ping("alice", 3, "c")}
+
+
+@pytest_twisted.ensureDeferred
+async def test_prefix_names_keys_and_channels(make_store, redis_server):
+    store = await started(make_store(prefix="hb/test/"))
+    await store.subscribe("alice")
+    assert redis_server.command("PUBSUB", "CHANNELS").split() == [b"hb/test/alice"]
+    await store.ping(Ping("alice", 5, "1"))
+    assert redis_server.command("KEYS", "*").split() == [b"hb/test/alice"]
+    await until(lambda: store.listener.pings)
+    assert store.listener.pings == [Ping("alice", 5, "1")]
+
+
+@pytest.mark.parametrize("form, db", [
+    ("127.0.0.1:{port}", "0"),
+    (":{port}", "0"),
+    ("redis://127.0.0.1:{port}/3", "3"),
+])
+@pytest_twisted.ensureDeferred
+async def test_every_redis_form_reaches_its_database(make_store, redis_server, form, db):
+    store = await started(make_store(form.format(port=redis_server.port)))
+    await store.ping(Ping("alice", 7, "2"))
+    assert redis_server.command("-n", db, "HGET", "heartbeat:alice", "status") == b"2\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_password_and_database_from_a_url(make_store, tmp_path):
+    server = RedisServer(tmp_path, password="s@cret").start()
+    try:
+        store = await started(make_store(f"redis://:s%40cret@127.0.0.1:{server.port}/2"))
+        await store.subscribe("alice")
+        await store.ping(Ping("alice", 9, "3"))
+        await until(lambda: store.listener.pings)
+        assert server.command("-n", "2", "HGET", "heartbeat:alice", "time") == b"9\n"
+    finally:
+        server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wrong_password_is_logged_and_pings_get_503(make_store, tmp_path):
+    server = RedisServer(tmp_path, password="right").start()
+    errors: list[str] = []
+
+    def observe(event: dict) -> None:
+        if event.get("log_namespace") == "heartbeat.redis_link":
+            errors.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        store = make_store(f"redis://:wrong@127.0.0.1:{server.port}")
+        await until(lambda: errors)
+        assert "could not auth" in errors[0] and "REDIS" in errors[0]
+        assert not store.available
+        with pytest.raises(StoreUnavailable):
+            await store.ping(Ping("alice", 1, "0"))
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_channels_follow_subscribe_and_unsubscribe(make_store, redis_server):
+    store = await started(make_store())
+    await store.subscribe("alice")
+    assert numsub(redis_server, "heartbeat:alice") == 1
+    assert redis_server.command("PUBSUB", "NUMPAT") == b"0\n"
+    await store.unsubscribe("alice")
+    assert numsub(redis_server, "heartbeat:alice") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_down_at_start_then_up(make_store, tmp_path):
+    port = free_port()
+    store = make_store(f"127.0.0.1:{port}")
+    assert not store.available
+    with pytest.raises(StoreUnavailable):
+        await store.ping(Ping("alice", 1, "0"))
+    with pytest.raises(StoreUnavailable):
+        await store.get(["alice"])
+    subscribed: Deferred[None] = store.subscribe("alice")
+    assert not subscribed.called
+    server = RedisServer(tmp_path, port=port).start()
+    try:
+        await subscribed
+        assert numsub(server, "heartbeat:alice") == 1
+        await until(lambda: store.available)
+        await store.ping(Ping("alice", 2, "1"))
+        await until(lambda: store.listener.pings)
+        assert store.listener.pings == [Ping("alice", 2, "1")]
+    finally:
+        server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_redis_restarts_channels_are_resubscribed_and_hub_resyncs(
+        make_store, redis_server):
+    watcher = await started(make_store())
+    await watcher.subscribe("alice")
+    await watcher.subscribe("bob")
+    redis_server.stop()
+    await until(lambda: not watcher.available)
+    with pytest.raises(StoreUnavailable):
+        await watcher.ping(Ping("alice", 1, "0"))
+    resyncs = watcher.listener.resyncs
+    redis_server.start()
+    await until(lambda: watcher.available and watcher.listener.resyncs > resyncs)
+    assert numsub(redis_server, "heartbeat:alice") == 1
+    assert numsub(redis_server, "heartbeat:bob") == 1
+    sender = await started(make_store())
+    await sender.ping(Ping("bob", 2, "1"))
+    await until(lambda: watcher.listener.pings)
+    assert watcher.listener.pings == [Ping("bob", 2, "1")]
+
+
+def test_the_redis_setting_selects_the_redis_store():
+    def store_of(options: dict[str, str]):
+        settings = load_settings(options, environ={}, dotenv={})
+        return build_service(settings, reactor, endpoint=None).store
+
+    assert isinstance(store_of({}), MemoryStore)
+    store = store_of({"redis": ":6379", "redis-prefix": "x:"})
+    assert isinstance(store, RedisStore)
+    # Wired to connect when the service starts, not before.
+    assert store.parent is not None and store.available is False
