@@ -1,0 +1,128 @@
+"""Daemons sharing a real redis-server, over real sockets, as deployed."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+from tests.support import RedisServer, SSEClient, free_port, post_ping
+
+
+def eventually(predicate: Callable[[], object], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"still not true after {timeout}s"
+        time.sleep(0.02)
+
+
+def numsub(redis_server: RedisServer, channel: str) -> int:
+    return int(redis_server.command("PUBSUB", "NUMSUB", channel).split()[1])
+
+
+def assert_unavailable(answer: tuple[int, dict[str, str], bytes]) -> None:
+    code, headers, body = answer
+    assert code == 503
+    assert headers["retry-after"].isdigit()
+    assert "error" in json.loads(body)
+
+
+def ping_until_stored(port: int, status: str, userid: str = "alice",
+                      timeout: float = 10) -> int:
+    """POST until one is stored; every answer before it must be a proper 503.
+
+    Returns how many 503s came first.
+    """
+    deadline = time.monotonic() + timeout
+    refused = 0
+    while True:
+        answer = post_ping(port, status, userid)
+        if answer[0] == 200:
+            return refused
+        assert_unavailable(answer)
+        refused += 1
+        assert time.monotonic() < deadline, f"no 200 after {timeout}s"
+        time.sleep(0.05)
+
+
+def statuses_until(stream: SSEClient, status: str) -> list[str]:
+    """The statuses ``stream`` sends up to and including ``status``."""
+    seen = [stream.event()["status"]]
+    while seen[-1] != status:
+        seen.append(stream.event()["status"])
+    return seen
+
+
+def test_two_instances_share_pings_and_channels_follow_streams(redis_server, start_daemon):
+    args = ["--redis", redis_server.address]
+    one, two = start_daemon(args), start_daemon(args)
+    first = SSEClient(two.port, "/subscribe/alice")
+    second = SSEClient(two.port, "/subscribe/alice/client/c2")
+    eventually(lambda: numsub(redis_server, "heartbeat:alice") == 1)
+    assert post_ping(one.port, "1")[0] == 200
+    assert (first.event()["status"], second.event()["status"]) == ("1", "1")
+
+    first.close()
+    assert post_ping(one.port, "2")[0] == 200
+    event = second.event()
+    assert (event["userid"], event["status"]) == ("alice", "2")
+    assert numsub(redis_server, "heartbeat:alice") == 1
+    second.close()
+    eventually(lambda: numsub(redis_server, "heartbeat:alice") == 0)
+    assert redis_server.command("PUBSUB", "NUMPAT") == b"0\n"
+
+
+def test_a_restarted_daemon_still_has_the_stored_ping(redis_server, start_daemon):
+    args = ["--redis", redis_server.address]
+    daemon = start_daemon(args)
+    assert post_ping(daemon.port, '{"status": "2"}')[0] == 200
+    daemon.stop()
+    again = start_daemon(args)
+    stream = SSEClient(again.port, "/subscribe/alice")
+    event = stream.event()
+    assert (event["userid"], event["status"]) == ("alice", "2")
+    stream.close()
+
+
+def test_redis_outage_gives_503s_keeps_streams_and_loses_nothing(redis_server, start_daemon):
+    daemon = start_daemon(["--redis", redis_server.address])
+    alice = SSEClient(daemon.port, "/subscribe/alice")
+    bob = SSEClient(daemon.port, "/subscribe/bob")
+    eventually(lambda: numsub(redis_server, "heartbeat:bob") == 1)
+    assert post_ping(daemon.port, "1")[0] == 200
+    assert alice.event()["status"] == "1"
+    # A ping whose publish this instance will miss: stored (and saved, so it
+    # outlives the restart) without being published, as another instance's
+    # ping is while the subscriber is away.
+    redis_server.command("HSET", "heartbeat:bob", "time", "1700000000", "status", "7")
+    redis_server.command("SAVE")
+
+    redis_server.stop()
+    for _ in range(3):
+        assert_unavailable(post_ping(daemon.port, "2"))
+    alice.no_event(0.2)  # still open: an ended stream raises instead
+
+    redis_server.start()
+    ping_until_stored(daemon.port, "3")
+    # Nothing refused ever shows up; the stream ends with the latest ping.
+    assert set(statuses_until(alice, "3")) == {"3"}
+    assert bob.event() == {"time": 1700000000, "status": "7", "userid": "bob"}
+    assert post_ping(daemon.port, "8", "bob")[0] == 200
+    assert bob.event()["status"] == "8"
+    alice.close()
+    bob.close()
+
+
+def test_starts_with_redis_down_and_serves_once_it_comes(start_daemon, tmp_path):
+    port = free_port()
+    daemon = start_daemon(["--redis", f"127.0.0.1:{port}"])
+    assert_unavailable(post_ping(daemon.port, "1"))
+    stream = SSEClient(daemon.port, "/subscribe/alice")
+    assert stream.status == 200
+    server = RedisServer(tmp_path, port=port).start()
+    try:
+        ping_until_stored(daemon.port, "1")
+        assert stream.event()["status"] == "1"
+    finally:
+        stream.close()
+        server.stop()
