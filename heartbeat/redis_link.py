@@ -25,8 +25,8 @@ log = Logger()
 # a black-holed Redis host must not stall reconnection for the OS default.
 CONNECT_TIMEOUT = 3.0
 
-Ready = Callable[[RedisProtocol], None]
-Lost = Callable[[RedisProtocol], None]
+# Told about a connection that became usable, or was lost.
+ConnectionHook = Callable[[RedisProtocol], None]
 
 
 class RedisLink(RedisFactory):
@@ -44,8 +44,8 @@ class RedisLink(RedisFactory):
     def __init__(
         self,
         address: RedisAddress,
-        on_ready: Ready,
-        on_lost: Lost,
+        on_ready: ConnectionHook,
+        on_lost: ConnectionHook,
         on_message: Callable[[str, str], None] | None = None,
         reply_timeout: float | None = None,
     ) -> None:
