@@ -33,6 +33,9 @@ class HeartbeatApp:
     """Routes; the store, hub, clock, identity and limits come in from outside."""
 
     app = Klein()
+    # werkzeug would redirect /subscribe//x to /subscribe/x: another user's
+    # stream for the user id "/x". An empty segment is simply no such path.
+    app.url_map.merge_slashes = False
 
     def __init__(
         self,

@@ -1,0 +1,213 @@
+"""Hostile input, generated: any request gets a 2xx or 4xx, never a 5xx or a
+dropped connection; no frame broken by a smuggled line break; no one sees
+another user's data.
+
+Every example runs against the real site (channel, Klein routes, hub,
+in-process store) over in-memory transports, so thousands run in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote, quote_from_bytes
+
+import jwt
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.wire import Connection, Response, Wire, request_bytes
+
+SECRET = "a hostile-input test secret that is long enough for every HMAC hash"
+VICTIM = "victim"
+EXAMPLES = settings(max_examples=1000, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+# Header values as a client can put them on the wire: any byte but CR and LF
+# (those would end the header line; NUL is allowed here and must be refused).
+header_values = st.binary(max_size=300).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+content_types = st.one_of(
+    st.sampled_from([None, "application/json", "application/x-www-form-urlencoded",
+                     "text/plain", "application/json; charset=utf-8", "multipart/form-data"]),
+    header_values,
+)
+# User ids as JSON can carry them: any code point, line breaks and lone
+# surrogates included.
+userids = st.text(min_size=1, max_size=40) | st.sampled_from(
+    ["\r\n", "a\nb", "a\r\ndata: {}", "\x00", "\u2028", "\ud800", "..", "%2F", "a/b", VICTIM + "\n"])
+json_values = st.none() | st.booleans() | st.integers() | st.text(max_size=10)
+claims = st.builds(
+    lambda userid, extra, ascii_only: json.dumps({"userid": userid, **extra}, ensure_ascii=ascii_only)
+    .encode("utf-8", "surrogatepass"),
+    st.one_of(userids, json_values),
+    st.dictionaries(st.sampled_from(["clientid", "userid ", "x"]), json_values, max_size=2),
+    st.booleans(),
+)
+statuses = st.text(max_size=70) | st.sampled_from(["\r", "1\n\ndata: x", "\x85", "0\r\n"])
+
+
+def assert_answered(response: Response | None) -> Response:
+    """A complete 2xx or 4xx answer; errors as JSON."""
+    assert response is not None, "no answer"
+    assert 200 <= response.status < 300 or 400 <= response.status < 500, response
+    if response.status >= 400:
+        assert response.complete
+        assert response.headers[b"content-type"] == b"application/json", response
+        assert isinstance(json.loads(response.body)["error"], str)
+    return response
+
+
+def assert_clean_frames(body: bytes) -> list[dict]:
+    """Every frame is whole SSE fields; no CR anywhere; the events' data."""
+    assert b"\r" not in body
+    found = []
+    for frame in body.split(b"\n\n")[:-1]:
+        for line in frame.split(b"\n"):
+            field = line.split(b":", 1)[0]
+            assert field in (b"", b"id", b"data", b"retry"), frame
+            if field == b"data":
+                found.append(json.loads(line[6:]))
+    return found
+
+
+def watch(wire: Wire, path: str) -> Connection:
+    conn = wire.connect()
+    conn.send(request_bytes("GET", path))
+    return conn
+
+
+def events_of(conn: Connection) -> list[dict]:
+    response = assert_answered(conn.response())
+    return assert_clean_frames(response.body) if response.status == 200 else []
+
+
+@EXAMPLES
+@given(body=st.binary(max_size=5000) | statuses.map(lambda s: s.encode("utf-8", "surrogatepass")),
+       content_type=content_types)
+def test_any_ping_body(body, content_type):
+    wire = Wire()
+    victim = watch(wire, f"/subscribe/{VICTIM}")
+    alice = watch(wire, "/subscribe/alice")
+    headers = {"Content-Type": content_type} if content_type is not None else {}
+    response = assert_answered(wire.ping("alice", body, headers))
+    assert response.status in (200, 400, 413)
+    stored = wire.store._pings.get("alice")
+    assert (stored is not None) == (response.status == 200)
+    assert events_of(victim) == []
+    seen = events_of(alice)
+    if stored is not None:
+        assert [(e["userid"], e["status"]) for e in seen] == [("alice", stored.status)]
+
+
+@EXAMPLES
+@given(header=header_values | claims, body=statuses.map(lambda s: s.encode("utf-8", "surrogatepass")))
+def test_any_claim_header(header, body):
+    wire = Wire()
+    victim = watch(wire, f"/subscribe/{VICTIM}")
+    conn = wire.connect()
+    conn.send(request_bytes("POST", "/ping", {"X-User-Claim": header}, body))
+    response = assert_answered(conn.response())
+    if response.status == 200:
+        (userid,) = wire.store._pings
+        assert userid == json.loads(header)["userid"]
+    else:
+        assert wire.store._pings == {}
+    if VICTIM not in wire.store._pings:
+        assert events_of(victim) == []
+
+
+@EXAMPLES
+@given(userid=userids, status=statuses, clientid=st.text(max_size=20))
+def test_any_user_id_pinged_and_watched(userid, status, clientid):
+    """Ping as anyone, watch them by path and by ?user=: only their own frames, clean."""
+    wire = Wire()
+    path_id = quote(userid.encode("utf-8", "surrogatepass"), safe="")
+    by_path = watch(wire, f"/subscribe/{path_id}")
+    by_query = watch(wire, f"/subscribe?user={path_id}&user={VICTIM}")
+    victim = watch(wire, f"/subscribe/{VICTIM}")
+    claim = json.dumps({"userid": userid, "clientid": clientid})
+    response = assert_answered(wire.ping(userid, status.encode("utf-8", "surrogatepass"),
+                                         {"X-User-Claim": claim, "Content-Type": "text/plain"}))
+    for conn in (by_path, by_query):
+        for event in events_of(conn):
+            assert event["userid"] == userid
+            assert event["status"] == wire.store._pings[userid].status
+    if userid != VICTIM:
+        assert events_of(victim) == []
+    status_read = assert_answered(wire.request("GET", f"/status?user={path_id}"))
+    if status_read.status == 200:
+        assert set(json.loads(status_read.body)) == {userid}
+        if response.status != 200:
+            assert json.loads(status_read.body)[userid] is None
+
+
+@EXAMPLES
+@given(query=st.binary(max_size=200), route=st.sampled_from(
+    ["/status", "/subscribe", "/subscribe/alice", "/subscribe/alice/client/c", "/ping", "/nope"]))
+def test_any_query_string(query, route):
+    wire = Wire()
+    wire.store.ping(wire_ping("alice"))
+    wire.store.ping(wire_ping(VICTIM))
+    method = "POST" if route == "/ping" else "GET"
+    path = route.encode() + b"?" + quote_from_bytes(query, safe="=&;%+").encode()
+    conn = wire.connect()
+    conn.send(request_bytes(method, path, {"X-User-Claim": '{"userid": "alice"}'}, b"1"))
+    response = assert_answered(conn.response())
+    if route == "/status" and response.status == 200:
+        asked = {value.decode() for name, values in parse_query(path).items()
+                 if name == b"user" for value in values}
+        assert set(json.loads(response.body)) == asked
+
+
+@EXAMPLES
+@given(raw=st.binary(max_size=400) | st.builds(
+    lambda line, rest: line + b"\r\n" + rest,
+    st.sampled_from([b"GET /status?user=a HTTP/1.1", b"POST /ping HTTP/1.1",
+                     b"GET /subscribe/a HTTP/1.0", b"GET / HTTP/9.9", b"G\x00T / HTTP/1.1"]),
+    st.binary(max_size=300)))
+def test_any_bytes_on_the_wire(raw):
+    """Whatever arrives, the client gets an answer: at once, or 408 at the deadline."""
+    wire = Wire()
+    conn = wire.connect()
+    conn.send(raw)
+    wire.clock.advance(wire.settings.request_timeout)
+    assert_answered(conn.response())
+
+
+@EXAMPLES
+@given(claims=st.dictionaries(st.sampled_from(["userid", "clientid", "exp", "nbf", "iat", "aud"]),
+                              st.none() | st.booleans() | st.integers() | st.text(max_size=20)
+                              | st.lists(st.integers(), max_size=2)),
+       where=st.sampled_from(["header", "query"]))
+def test_any_jwt_claims(claims, where):
+    wire = Wire({"JWT_SECRET": SECRET})
+    token = jwt.encode(claims, SECRET, algorithm="HS256")
+    headers = {"Authorization": f"Bearer {token}"} if where == "header" else {}
+    path = "/ping" if where == "header" else f"/ping?token={token}"
+    response = assert_answered(wire.request("POST", path, headers, b"1"))
+    assert response.status in (200, 400, 401)
+    if response.status == 200:
+        assert list(wire.store._pings) == [claims["userid"]]
+    else:
+        assert wire.store._pings == {}
+
+
+@EXAMPLES
+@given(token=header_values)
+def test_any_token_text(token):
+    wire = Wire({"JWT_SECRET": SECRET})
+    conn = wire.connect()
+    conn.send(request_bytes("POST", "/ping", {"Authorization": b"Bearer " + token}, b"1"))
+    assert assert_answered(conn.response()).status in (400, 401)
+    assert wire.store._pings == {}
+
+
+def wire_ping(userid: str):
+    from heartbeat.presence import Ping
+
+    return Ping(userid, 1, "1")
+
+
+def parse_query(path: bytes) -> dict[bytes, list[bytes]]:
+    from urllib.parse import parse_qs
+
+    return parse_qs(path.split(b"?", 1)[1], keep_blank_values=True)
