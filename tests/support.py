@@ -140,8 +140,15 @@ class RedisServer:
 class SSEClient:
     """A raw-socket EventSource reader: sees exactly the bytes the server sends."""
 
-    def __init__(self, port: int, path: str, headers: Mapping[str, str] | None = None) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    def __init__(self, port: int, path: str, headers: Mapping[str, str] | None = None,
+                 rcvbuf: int | None = None) -> None:
+        # ``rcvbuf`` (set before connecting, so the window stays small) makes
+        # a client that stops reading block the server quickly.
+        self.sock = socket.socket()
+        self.sock.settimeout(10)
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.connect(("127.0.0.1", port))
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n"
                           f"Accept: text/event-stream\r\n{extra}\r\n".encode())
