@@ -16,6 +16,7 @@ setup(
         "hiredis",
         "python-dotenv>=1.0",
         "pyjwt>=2.8",
+        "prometheus_client>=0.20",
     ],
     extras_require={
         "test": [

@@ -20,8 +20,10 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from heartbeat.config import Settings
 from heartbeat.cors import with_cors
 from heartbeat.errors import ApiError, render_error
+from heartbeat.health import health
 from heartbeat.hub import Hub
 from heartbeat.identity import Identity
+from heartbeat.metrics import Metrics
 from heartbeat.presence import Ping
 from heartbeat.sse import Stream
 from heartbeat.status import MAX_BODY, parse_status
@@ -44,12 +46,14 @@ class HeartbeatApp:
         clock: IReactorTime,
         identity: Identity,
         settings: Settings,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
         self.clock = clock
         self.identity = identity
         self.settings = settings
+        self.metrics = metrics or Metrics(hub, store)
 
     def resource(self):  # type: ignore[no-untyped-def]
         return with_cors(self.app.resource(), self.settings.cors_origins)
@@ -108,6 +112,14 @@ class HeartbeatApp:
         """The ``?user=`` list of the multi-user routes, each id within limits."""
         userids = requested_users(request, self.settings.max_users_per_stream)
         return self.identity.check_userids(userids)
+
+    @app.route("/health", methods=["GET"])
+    def get_health(self, request: IRequest) -> bytes:
+        return health(request, self.store, self.hub)
+
+    @app.route("/metrics", methods=["GET"])
+    def get_metrics(self, request: IRequest) -> bytes:
+        return self.metrics.render(request)
 
     @app.handle_errors(ApiError)
     def api_error(self, request: IRequest, failure: Failure) -> bytes:

@@ -45,6 +45,7 @@ class Settings:
     max_userid_length: int
     request_timeout: float
     stream_blocked_timeout: float
+    log_format: str
 
 
 # The endpoint types whose listen backlog we set from BACKLOG.
@@ -85,6 +86,12 @@ def _origins(value: str) -> tuple[str, ...]:
 def _prefix(value: str) -> str:
     if not value:
         raise ValueError("must not be empty")
+    return value
+
+
+def _log_format(value: str) -> str:
+    if value not in ("text", "json"):
+        raise ValueError("must be text or json")
     return value
 
 
@@ -173,6 +180,7 @@ SETTINGS = (
     Setting("MAX_USERID_LENGTH", "256", _positive_int, "most characters in a user id; longer ones answer 400"),
     Setting("REQUEST_TIMEOUT", "10", _positive_float, "seconds a client has to send a whole request (headers and body)"),
     Setting("STREAM_BLOCKED_TIMEOUT", "60", _positive_float, "seconds a stream may stay blocked by a client that does not read"),
+    Setting("LOG_FORMAT", "text", _log_format, "log lines as text, or json (one JSON object per line, for log shippers)"),
 )
 
 

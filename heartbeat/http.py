@@ -11,7 +11,8 @@ what a client may send live here, in the channel:
   idle timeout restarts on every byte, so a client trickling one byte at a
   time (slowloris) would hold its connection for ever without this.
 
-Every refusal is a JSON error, like the API's own.
+Every refusal is a JSON error, like the API's own. The site also sees every
+answer, so it reports ping outcomes to the metrics.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from heartbeat.errors import ApiError, error_body, render_error
+from heartbeat.metrics import Metrics
 from heartbeat.status import MAX_BODY
 
 # How long a refused client may keep sending its body before it is cut off.
@@ -37,6 +39,8 @@ class HeartbeatRequest(Request):
     """A request that keeps at most ``MAX_BODY`` bytes of its body."""
 
     body_too_large = False
+    # When the complete request was handed to the app, for ping latency.
+    received_at = 0.0
 
     def gotLength(self, length: int | None) -> None:
         self.content = BytesIO()
@@ -63,6 +67,7 @@ class HeartbeatRequest(Request):
             self.write(render_error(self, ApiError(400, "URL or Host is not valid UTF-8")))
             self.finish()
             return
+        self.received_at = self.channel.site.reactor.seconds()
         super().process()
 
 
@@ -104,6 +109,8 @@ class HeartbeatChannel(HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         if self.length is not None and self.length > MAX_BODY:
+            if self.site.metrics is not None and _is_ping(self._command, self._path):
+                self.site.metrics.ping_answered(413, None)
             self._refuse(413, b"Request Entity Too Large",
                          f"request body is larger than {MAX_BODY} bytes")
             return
@@ -173,6 +180,10 @@ class HeartbeatChannel(HTTPChannel):
         super().connectionLost(reason)
 
 
+def _is_ping(method: bytes | None, uri: bytes | None) -> bool:
+    return method == b"POST" and uri is not None and uri.split(b"?", 1)[0] == b"/ping"
+
+
 class HeartbeatSite(Site):
     """Builds channels with this process's header-size and time limits."""
 
@@ -180,6 +191,7 @@ class HeartbeatSite(Site):
     requestFactory = HeartbeatRequest
 
     def __init__(self, resource: IResource, *, reactor: Any = None,
+                 metrics: Metrics | None = None,
                  max_header_bytes: int = HTTPChannel.totalHeadersSize,
                  request_timeout: float = HeartbeatChannel.request_timeout) -> None:
         # Ping bodies are parsed by heartbeat.status; twisted.web's own form
@@ -188,6 +200,7 @@ class HeartbeatSite(Site):
         super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
         self.max_header_bytes = max_header_bytes
         self.request_timeout = request_timeout
+        self.metrics = metrics
 
     def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
         channel = super().buildProtocol(addr)
@@ -198,4 +211,8 @@ class HeartbeatSite(Site):
         return channel
 
     def log(self, request: Request) -> None:
-        """No access log: a line per ping would dwarf everything else."""
+        """No access log (a line per ping would dwarf everything else); count pings."""
+        if self.metrics is not None and _is_ping(request.method, request.uri):
+            self.metrics.ping_answered(
+                request.code, self.reactor.seconds() - request.received_at
+            )

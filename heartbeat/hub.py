@@ -55,6 +55,10 @@ class Hub:
         store.listener = self
         self._interest: dict[str, _Interest] = {}
         self.streams: set[Stream] = set()
+        # Plain counts for /metrics, read when scraped: an addition per ping
+        # fanned out is all they cost here.
+        self.delivered = 0
+        self.keepalives_sent = 0
 
     @property
     def users(self) -> int:
@@ -90,6 +94,7 @@ class Hub:
                 continue
             if not stream.skip_resumed(ping):
                 stream.send(ping, encode_event(ping))
+                self.delivered += 1
 
     def _stored_failed(self, failure: Failure) -> None:
         log.failure("reading stored pings failed", failure, log_level=LogLevel.warn)
@@ -117,7 +122,9 @@ class Hub:
         if interest is None:
             return
         frame = encode_event(ping)
-        for stream in tuple(interest.streams):
+        streams = tuple(interest.streams)
+        self.delivered += len(streams)
+        for stream in streams:
             stream.send(ping, frame)
 
     def resync(self) -> Deferred[None]:
@@ -138,9 +145,12 @@ class Hub:
             for stream in tuple(interest.streams):
                 if stream.seen.get(userid) != ping:
                     stream.send(ping, frame)
+                    self.delivered += 1
 
     def keepalive(self) -> None:
-        for stream in tuple(self.streams):
+        streams = tuple(self.streams)
+        self.keepalives_sent += len(streams)
+        for stream in streams:
             stream.comment()
 
     def close_all(self) -> None:

@@ -26,6 +26,7 @@ from txredisapi import ConnectionError as RedisConnectionError
 from txredisapi import RedisProtocol
 
 from heartbeat.config import RedisAddress
+from heartbeat.metrics import STORE_RECONNECTS
 from heartbeat.presence import Ping
 from heartbeat.redis_link import RedisLink
 from heartbeat.redis_scripts import READ_MANY, STORE_AND_PUBLISH, from_fields, from_message
@@ -61,6 +62,8 @@ class RedisStore(Service):
         # is back and has subscribed to everything wanted.
         self._pending: list[Deferred[None]] = []
         self._closed = False
+        # Links that have been connected once: a later ready is a reconnect.
+        self._connected_once: set[str] = set()
         self._command_link = RedisLink(
             address, self._commands_ready, self._commands_lost, reply_timeout=REPLY_TIMEOUT
         )
@@ -156,6 +159,7 @@ class RedisStore(Service):
 
     def _commands_ready(self, conn: RedisProtocol) -> None:
         self._commands = conn
+        self._count_connect("commands")
         log.info("redis commands connected to {where}", where=self._where)
         self._resync()
 
@@ -166,6 +170,7 @@ class RedisStore(Service):
 
     def _subscriber_ready(self, conn: RedisProtocol) -> None:
         self._subscriber = conn
+        self._count_connect("subscriber")
         log.info(
             "redis subscriber connected to {where}, subscribing to {count} channels",
             where=self._where, count=len(self._wanted),
@@ -182,6 +187,11 @@ class RedisStore(Service):
             lambda f: log.failure("redis resubscribe failed", f.value.subFailure),
             (conn,),
         )
+
+    def _count_connect(self, link: str) -> None:
+        if link in self._connected_once:
+            STORE_RECONNECTS.labels(link).inc()
+        self._connected_once.add(link)
 
     def _resubscribed_all(self, _: object, conn: RedisProtocol) -> None:
         if self._subscriber is not conn:

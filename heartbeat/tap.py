@@ -13,6 +13,8 @@ from heartbeat.config import SETTINGS, Settings, listen_endpoint, load_settings
 from heartbeat.http import HeartbeatSite
 from heartbeat.hub import Hub
 from heartbeat.identity import Identity
+from heartbeat.logs import log_observer, log_settings
+from heartbeat.metrics import Metrics
 from heartbeat.service import HeartbeatService
 from heartbeat.store import MemoryStore, Store
 
@@ -49,17 +51,21 @@ def _endpoint(reactor, settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def build_service(settings: Settings, reactor, endpoint) -> HeartbeatService:  # type: ignore[no-untyped-def]
+    log_settings(settings)
     store = _store(settings, reactor)
     hub = Hub(store)
     identity = Identity(settings.jwt_secret, settings.max_userid_length)
     identity.announce()
-    app = HeartbeatApp(store, hub, reactor, identity, settings)
+    metrics = Metrics(hub, store)
+    app = HeartbeatApp(store, hub, reactor, identity, settings, metrics)
     site = HeartbeatSite(
-        app.resource(), reactor=reactor,
+        app.resource(), reactor=reactor, metrics=metrics,
         max_header_bytes=settings.max_header_bytes,
         request_timeout=settings.request_timeout,
     )
-    service = HeartbeatService(endpoint, site, hub, store, settings.keepalive, reactor)
+    service = HeartbeatService(
+        endpoint, site, hub, store, settings.keepalive, reactor, log_observer(settings)
+    )
     if IService.providedBy(store):
         # It connects when the service starts; HeartbeatService closes it last.
         store.setServiceParent(service)

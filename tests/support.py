@@ -96,7 +96,7 @@ class Daemon:
 _SETTINGS_ENV = {"LISTEN", "REDIS", "REDIS_PREFIX", "KEEPALIVE", "JWT_SECRET",
                  "CORS_ORIGINS", "MAX_USERS_PER_STREAM", "BACKLOG", "WORKERS",
                  "MAX_STREAMS", "MAX_HEADER_BYTES", "MAX_USERID_LENGTH", "REQUEST_TIMEOUT",
-                 "STREAM_BLOCKED_TIMEOUT"}
+                 "STREAM_BLOCKED_TIMEOUT", "LOG_FORMAT"}
 
 
 class RedisServer:

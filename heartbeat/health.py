@@ -1,0 +1,39 @@
+"""``GET /health``: whether this instance can serve, for load balancers and probes.
+
+It answers from local state only (no store round trip), so probing it is
+free, and it never asks for credentials: a load balancer has none.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.web.iweb import IRequest
+
+from heartbeat.hub import Hub
+from heartbeat.store import MemoryStore, Store, StoreUnavailable
+
+
+def store_kind(store: Store) -> str:
+    """``memory`` or ``redis``: the two stores §3 of the spec defines."""
+    return "memory" if isinstance(store, MemoryStore) else "redis"
+
+
+def health(request: IRequest, store: Store, hub: Hub) -> bytes:
+    """200 while the store takes pings; 503 with ``Retry-After`` while it is unreachable."""
+    body: dict[str, object] = {
+        "status": "ok",
+        "store": store_kind(store),
+        "streams": len(hub.streams),
+        "users": hub.users,
+    }
+    if not store.available:
+        unavailable = StoreUnavailable()
+        request.setResponseCode(unavailable.code)
+        for name, value in unavailable.headers.items():
+            request.setHeader(name, value)
+        body["status"] = "unavailable"
+        body["error"] = unavailable.message
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(body).encode()
