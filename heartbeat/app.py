@@ -20,6 +20,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from heartbeat.config import Settings
 from heartbeat.cors import with_cors
 from heartbeat.errors import ApiError, render_error
+from heartbeat.fastpath import PingFastPath
 from heartbeat.health import health
 from heartbeat.hub import Hub
 from heartbeat.identity import Identity
@@ -56,7 +57,8 @@ class HeartbeatApp:
         self.metrics = metrics or Metrics(hub, store)
 
     def resource(self):  # type: ignore[no-untyped-def]
-        return with_cors(self.app.resource(), self.settings.cors_origins)
+        routes = PingFastPath(self.app.resource(), self.ping)
+        return with_cors(routes, self.settings.cors_origins)
 
     @app.route("/ping", methods=["POST"])
     def ping(self, request: IRequest) -> Deferred[bytes]:

@@ -167,3 +167,16 @@ def test_service_stop_ends_streams():
     d = server.service.stopService()
     assert conn.take().endswith(b"0\r\n\r\n")
     assert d.called
+
+
+def test_ping_fast_path_answers_like_the_router():
+    """POST /ping skips Klein; its answers and errors must not change."""
+    server = MemoryServer()
+    assert server.ping("alice", "1") == (200, b"")
+    status, body = server.ping("alice", "x" * 65)
+    assert status == 400 and json.loads(body)["error"]
+    status, body = response(server.request("POST", "/ping", b"1").take())
+    assert status == 400 and "X-User-Claim" in json.loads(body)["error"]
+    # Anything else still goes through Klein's routing.
+    assert response(server.request("POST", "/ping/extra", b"1").take())[0] == 404
+    assert response(server.request("PUT", "/ping", b"1").take())[0] == 405
