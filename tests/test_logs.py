@@ -12,7 +12,7 @@ from twisted.python.usage import UsageError
 
 from heartbeat.config import load_settings
 from heartbeat.logs import log_observer, masked
-from tests.ops_support import fake_service
+from tests.memory import MemoryServer
 
 
 def test_secrets_are_masked_and_everything_else_shown():
@@ -55,7 +55,7 @@ def test_text_keeps_twistds_observer():
 
 
 def test_the_application_gets_the_json_observer():
-    service, _ = fake_service(LOG_FORMAT="json")
+    service = MemoryServer(LOG_FORMAT="json").service
     application = Application("heartbeat")
     service.setServiceParent(application)
     assert application.getComponent(ILogObserver) is service.log_observer is not None
