@@ -12,7 +12,8 @@ what a client may send live here, in the channel:
   time (slowloris) would hold its connection for ever without this.
 
 Every refusal is a JSON error, like the API's own. The site also sees every
-answer, so it reports ping outcomes to the metrics.
+answer and every connection, so it reports ping outcomes to the metrics and,
+at shutdown, drains its connections.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from io import BytesIO
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -83,8 +85,13 @@ class HeartbeatChannel(HTTPChannel):
     _linger: IDelayedCall | None = None
     _deadline: IDelayedCall | None = None
 
+    # Set at shutdown: answer the request in progress, then hang up.
+    _draining = False
+
     def connectionMade(self) -> None:
         super().connectionMade()
+        self._lost: Deferred[None] = Deferred()
+        self.site.channels.add(self)
         # A client that connects and sends nothing is held to the deadline too.
         self._arm_deadline()
 
@@ -173,11 +180,34 @@ class HeartbeatChannel(HTTPChannel):
         (half_close or self.transport.loseConnection)()
         self._linger = self.callLater(_LINGER, self.transport.abortConnection)
 
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        if self._draining:
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        return bool(super().checkPersistence(request, version))
+
+    def hang_up(self) -> Deferred[None]:
+        """Close once the request in progress is answered; fires when closed.
+
+        Closing lets the transport flush first, so a stream's last chunk
+        reaches the client before the process exits.
+        """
+        self._draining = True
+        self.persistent = False
+        for request in self.requests:
+            if not request.startedWriting:
+                request.setHeader(b"Connection", b"close")
+        if not self.requests:
+            self.loseConnection()
+        return self._lost
+
     def connectionLost(self, reason: Failure) -> None:
         self._disarm_deadline()
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         super().connectionLost(reason)
+        self.site.channels.discard(self)
+        self._lost.callback(None)
 
 
 def _is_ping(method: bytes | None, uri: bytes | None) -> bool:
@@ -201,6 +231,7 @@ class HeartbeatSite(Site):
         self.max_header_bytes = max_header_bytes
         self.request_timeout = request_timeout
         self.metrics = metrics
+        self.channels: set[HeartbeatChannel] = set()
 
     def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
         channel = super().buildProtocol(addr)
@@ -216,3 +247,22 @@ class HeartbeatSite(Site):
             self.metrics.ping_answered(
                 request.code, self.reactor.seconds() - request.received_at
             )
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """Hang up every connection as its request in progress is answered.
+
+        Fires when all are closed, or after ``timeout`` seconds, when the
+        rest (clients that stopped reading) are aborted.
+        """
+        deadline = self.reactor.callLater(timeout, self._abort_all)
+
+        def closed(_: object) -> None:
+            if deadline.active():
+                deadline.cancel()
+
+        closing = DeferredList([channel.hang_up() for channel in tuple(self.channels)])
+        return closing.addCallback(closed)
+
+    def _abort_all(self) -> None:
+        for channel in tuple(self.channels):
+            channel.transport.abortConnection()

@@ -1,27 +1,55 @@
-"""The running service: listening, keep-alives, and an orderly stop."""
+"""The running service: listening, keep-alives, readiness and an orderly stop."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IServiceCollection, MultiService
-from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
+from zope.interface import implementer
 
+from heartbeat import systemd
 from heartbeat.http import HeartbeatSite
 from heartbeat.hub import Hub
 from heartbeat.store import Store
 
 log = Logger()
 
+# Seconds the stop waits for pings in flight and for the last bytes of every
+# connection to leave, before aborting what is left: with the store's close
+# after it, well inside the 5 s a supervisor allows.
+DRAIN_TIMEOUT = 3.0
+
+
+@implementer(IStreamServerEndpoint)
+class _ObservedEndpoint:
+    """An endpoint that also tells the service when it is listening."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint) -> None:
+        self._endpoint = endpoint
+        self.listening: Deferred[IListeningPort] = Deferred()
+
+    def listen(self, factory: Any) -> Deferred[IListeningPort]:
+        d = self._endpoint.listen(factory)
+        d.addCallback(self._listening)
+        return d
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        self.listening.callback(port)
+        return port
+
 
 class HeartbeatService(MultiService):
     """Owns the listening port, the hub's keep-alive timer and the store.
 
     ``MultiService`` stops children concurrently; here order matters (stop
-    accepting, end the open streams, then close the store), so ``stopService``
-    does it step by step.
+    accepting, end the open streams, let pings in flight finish and every
+    connection flush, then close the store), so ``stopService`` does it
+    step by step. Under systemd it also reports readiness and stopping.
     """
 
     def __init__(
@@ -39,7 +67,10 @@ class HeartbeatService(MultiService):
         self.hub = hub
         self.store = store
         self.log_observer = log_observer
-        self.listener = StreamServerEndpointService(endpoint, site)
+        self.clock = clock
+        self._endpoint = _ObservedEndpoint(endpoint)
+        self._ready: Deferred[object] | None = None
+        self.listener = StreamServerEndpointService(self._endpoint, site)
         self.listener.setServiceParent(self)
         self.keepalive = TimerService(keepalive, hub.keepalive)
         self.keepalive.clock = clock
@@ -56,13 +87,30 @@ class HeartbeatService(MultiService):
         if self.log_observer is not None and isinstance(parent, Componentized):
             parent.setComponent(ILogObserver, self.log_observer)
 
+    def startService(self) -> None:
+        super().startService()
+        self._ready = gatherResults(
+            [self._endpoint.listening, systemd.store_ready(self.store, self.clock)],
+            consumeErrors=True,
+        )
+        self._ready.addCallback(self._serving)
+        self._ready.addErrback(lambda _: None)
+
+    def _serving(self, _: object) -> None:
+        log.info("heartbeat serving")
+        systemd.notify("READY=1\nSTATUS=serving")
+
     def stopService(self) -> Deferred[None]:
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
         self.running = False
+        systemd.notify("STOPPING=1")
+        if self._ready is not None:
+            self._ready.cancel()
         await self.listener.stopService()
         await self.keepalive.stopService()
         self.hub.close_all()
+        await self.site.drain(DRAIN_TIMEOUT)
         await self.store.close()
         log.info("heartbeat stopped")

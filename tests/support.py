@@ -66,15 +66,18 @@ class Daemon:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "Daemon":
+    def command(self) -> list[str]:
+        return [TWISTD, "-n", "--pidfile=", "heartbeat",
+                "--listen", f"tcp:{self.port}:interface=127.0.0.1", *self.args]
+
+    def start(self, **popen) -> "Daemon":
+        """Spawn ``command()``; ``popen`` adds Popen arguments (e.g. ``pass_fds``)."""
         env = {k: v for k, v in os.environ.items() if k not in _SETTINGS_ENV}
         env["PYTHONPATH"] = str(REPO)
         env.update(self.env)
-        cmd = [TWISTD, "-n", "--pidfile=", "heartbeat",
-               "--listen", f"tcp:{self.port}:interface=127.0.0.1", *self.args]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=self.cwd, env=env, stdout=log,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(self.command(), cwd=self.cwd, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT, **popen)
         wait_for_port(self.port, self.proc)
         return self
 

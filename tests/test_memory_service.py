@@ -166,6 +166,9 @@ def test_service_stop_ends_streams():
     conn, _ = subscribe(server)
     d = server.service.stopService()
     assert conn.take().endswith(b"0\r\n\r\n")
+    # Hung up after the last chunk; the stop is done once the connection is.
+    assert conn.transport.disconnecting and not d.called
+    conn.close()
     assert d.called
 
 

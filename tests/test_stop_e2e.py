@@ -1,0 +1,81 @@
+"""SIGTERM with thousands of streams open: every one ends cleanly, and fast."""
+
+from __future__ import annotations
+
+import resource
+import selectors
+import signal
+import socket
+import time
+
+from tests.support import get
+
+STREAMS = 2000
+
+
+def _room_for(n: int) -> int:
+    """Raise our open-file limit (the daemon inherits it); how many streams fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = n + 200
+    if soft < want and (hard == resource.RLIM_INFINITY or hard >= want):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        soft = want
+    return min(n, soft - 200)
+
+
+def _open_streams(port: int, n: int) -> list[socket.socket]:
+    socks = []
+    for i in range(n):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(f"GET /subscribe/u{i % 200} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        socks.append(sock)
+    for sock in socks:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200")
+    return socks
+
+
+def _read_to_end(socks: list[socket.socket], timeout: float) -> dict[socket.socket, bytes]:
+    """Everything each socket receives until the server closes it."""
+    received = {sock: b"" for sock in socks}
+    with selectors.DefaultSelector() as selector:
+        for sock in socks:
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        open_ = len(socks)
+        while open_ and time.monotonic() < deadline:
+            for key, _ in selector.select(0.5):
+                data = key.fileobj.recv(65536)
+                received[key.fileobj] += data
+                if not data:
+                    selector.unregister(key.fileobj)
+                    open_ -= 1
+    assert open_ == 0, f"{open_} connections still open"
+    return received
+
+
+def test_sigterm_ends_thousands_of_streams_cleanly_within_5s(start_daemon):
+    n = _room_for(STREAMS)
+    assert n >= 1000, "the open-file limit leaves too little room for the test"
+    daemon = start_daemon()
+    socks = _open_streams(daemon.port, n)
+    try:
+        assert f"heartbeat_open_streams {n}.0" in get(daemon.port, "/metrics")[2].decode()
+
+        started = time.monotonic()
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(10) == -signal.SIGTERM
+        took = time.monotonic() - started
+        print(f"stopped with {n} streams open in {took:.2f}s")
+        assert took < 5
+
+        received = _read_to_end(socks, timeout=10)
+        # Each response ended with its terminating chunk, then the connection closed.
+        assert all(data.endswith(b"0\r\n\r\n") for data in received.values())
+    finally:
+        for sock in socks:
+            sock.close()
+    assert "heartbeat stopped" in daemon.output()
