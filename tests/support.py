@@ -70,8 +70,13 @@ class Daemon:
         return [TWISTD, "-n", "--pidfile=", "heartbeat",
                 "--listen", f"tcp:{self.port}:interface=127.0.0.1", *self.args]
 
-    def start(self, **popen) -> "Daemon":
-        """Spawn ``command()``; ``popen`` adds Popen arguments (e.g. ``pass_fds``)."""
+    def start(self, healthy: bool = True, **popen) -> "Daemon":
+        """Spawn ``command()`` and wait until it listens and, if ``healthy``, serves.
+
+        Listening comes before the store connects (Redis mode), so a test
+        that pings right away waits for ``/health`` to say 200 first.
+        ``popen`` adds Popen arguments (e.g. ``pass_fds``).
+        """
         env = {k: v for k, v in os.environ.items() if k not in _SETTINGS_ENV}
         env["PYTHONPATH"] = str(REPO)
         env.update(self.env)
@@ -79,7 +84,16 @@ class Daemon:
             self.proc = subprocess.Popen(self.command(), cwd=self.cwd, env=env, stdout=log,
                                          stderr=subprocess.STDOUT, **popen)
         wait_for_port(self.port, self.proc)
+        if healthy:
+            self.wait_healthy()
         return self
+
+    def wait_healthy(self, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while get(self.port, "/health")[0] != 200:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"daemon on {self.port} not healthy after {timeout}s")
+            time.sleep(0.05)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
         if self.proc is None or self.proc.poll() is not None:

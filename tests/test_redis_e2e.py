@@ -115,7 +115,7 @@ def test_redis_outage_gives_503s_keeps_streams_and_loses_nothing(redis_server, s
 
 def test_starts_with_redis_down_and_serves_once_it_comes(start_daemon, tmp_path):
     port = free_port()
-    daemon = start_daemon(["--redis", f"127.0.0.1:{port}"])
+    daemon = start_daemon(["--redis", f"127.0.0.1:{port}"], healthy=False)
     assert_unavailable(post_ping(daemon.port, "1"))
     stream = SSEClient(daemon.port, "/subscribe/alice")
     assert stream.status == 200
