@@ -34,7 +34,8 @@ def test_ready_when_serving_and_stopping_on_sigterm(start_daemon, notify_socket)
 def test_ready_waits_for_redis(start_daemon, notify_socket, tmp_path):
     address, sock = notify_socket
     port = free_port()
-    daemon = start_daemon(["--redis", f"127.0.0.1:{port}"], env={"NOTIFY_SOCKET": address})
+    daemon = start_daemon(["--redis", f"127.0.0.1:{port}"], env={"NOTIFY_SOCKET": address},
+                          healthy=False)
     sock.settimeout(0.5)
     with pytest.raises(socket.timeout):
         sock.recv(4096)  # listening, but Redis is not there: not ready
