@@ -7,6 +7,7 @@ free, and it never asks for credentials: a load balancer has none.
 from __future__ import annotations
 
 import json
+import os
 
 from twisted.web.iweb import IRequest
 
@@ -26,6 +27,8 @@ def health(request: IRequest, store: Store, hub: Hub) -> bytes:
         "store": store_kind(store),
         "streams": len(hub.streams),
         "users": hub.users,
+        # Which process answered: with WORKERS > 1 several share the port.
+        "pid": os.getpid(),
     }
     if not store.available:
         unavailable = StoreUnavailable()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.application.service import IServiceCollection, MultiService
-from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+from twisted.application.service import IServiceCollection, MultiService, Service
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
@@ -31,15 +31,26 @@ class _ObservedEndpoint:
 
     def __init__(self, endpoint: IStreamServerEndpoint) -> None:
         self._endpoint = endpoint
-        self.listening: Deferred[IListeningPort] = Deferred()
+        self._port: IListeningPort | None = None
+        self._waiting: list[Deferred[IListeningPort]] = []
 
     def listen(self, factory: Any) -> Deferred[IListeningPort]:
         d = self._endpoint.listen(factory)
         d.addCallback(self._listening)
         return d
 
+    def when_listening(self) -> Deferred[IListeningPort]:
+        if self._port is not None:
+            return succeed(self._port)
+        d: Deferred[IListeningPort] = Deferred()
+        self._waiting.append(d)
+        return d
+
     def _listening(self, port: IListeningPort) -> IListeningPort:
-        self.listening.callback(port)
+        self._port = port
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(port)
         return port
 
 
@@ -70,6 +81,7 @@ class HeartbeatService(MultiService):
         self.clock = clock
         self._endpoint = _ObservedEndpoint(endpoint)
         self._ready: Deferred[object] | None = None
+        self.workers: Service | None = None
         self.listener = StreamServerEndpointService(self._endpoint, site)
         self.listener.setServiceParent(self)
         self.keepalive = TimerService(keepalive, hub.keepalive)
@@ -90,11 +102,24 @@ class HeartbeatService(MultiService):
     def startService(self) -> None:
         super().startService()
         self._ready = gatherResults(
-            [self._endpoint.listening, systemd.store_ready(self.store, self.clock)],
+            [self._endpoint.when_listening(), systemd.store_ready(self.store, self.clock)],
             consumeErrors=True,
         )
         self._ready.addCallback(self._serving)
         self._ready.addErrback(lambda _: None)
+
+    def when_listening(self) -> Deferred[IListeningPort]:
+        """Fires with the listening port once there is one."""
+        return self._endpoint.when_listening()
+
+    def add_workers(self, pool: Service) -> None:
+        """Run ``pool`` (the ``WORKERS`` processes) with this service.
+
+        It is stopped alongside the primary's own stop, not after it: every
+        process drains its own streams at once.
+        """
+        self.workers = pool
+        pool.setServiceParent(self)
 
     def _serving(self, _: object) -> None:
         log.info("heartbeat serving")
@@ -106,6 +131,7 @@ class HeartbeatService(MultiService):
     async def _stop(self) -> None:
         self.running = False
         systemd.notify("STOPPING=1")
+        workers_stopped = self.workers.stopService() if self.workers else None
         if self._ready is not None:
             self._ready.cancel()
         await self.listener.stopService()
@@ -113,4 +139,6 @@ class HeartbeatService(MultiService):
         self.hub.close_all()
         await self.site.drain(DRAIN_TIMEOUT)
         await self.store.close()
+        if workers_stopped is not None:
+            await workers_stopped
         log.info("heartbeat stopped")

@@ -39,7 +39,13 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         endpoint = _endpoint(reactor, settings)
     except UsageError as e:
         raise SystemExit(f"heartbeat: {e}") from None
-    return build_service(settings, reactor, endpoint)
+    service = build_service(settings, reactor, endpoint)
+    if settings.workers > 1:
+        from heartbeat.workers import WorkerPool
+
+        pool = WorkerPool(reactor, settings.workers - 1, config, service.when_listening)
+        service.add_workers(pool)
+    return service
 
 
 def _endpoint(reactor, settings: Settings):  # type: ignore[no-untyped-def]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from tests.memory import MemoryServer
 from tests.test_metrics import dechunk
@@ -18,7 +19,8 @@ def test_ok_with_the_in_process_store_and_no_credentials():
     head, body = probe(server)
     assert head.startswith(b"HTTP/1.1 200")
     assert b"Content-Type: application/json" in head
-    assert body == {"status": "ok", "store": "memory", "streams": 0, "users": 0}
+    assert body == {"status": "ok", "store": "memory", "streams": 0, "users": 0,
+                    "pid": os.getpid()}
 
 
 def test_counts_open_streams():

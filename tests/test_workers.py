@@ -1,0 +1,148 @@
+"""WORKERS: extra processes on the primary's listening socket."""
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+
+import pytest
+from twisted.internet.defer import succeed
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from heartbeat.workers import WorkerPool, inherited_endpoint, worker_command
+from tests.support import SSEClient, get, post_ping
+
+
+def test_worker_command_keeps_options_but_listen_and_workers():
+    command = worker_command(
+        {"redis": ":6379", "keepalive": "5", "listen": ":8080", "workers": "3", "cors-origins": None},
+        socket.AF_INET6,
+    )
+    assert command[:2] == [sys.executable, "-c"]
+    assert command[3:6] == ["-n", "--pidfile=", "heartbeat"]
+    assert "--redis=:6379" in command and "--keepalive=5" in command
+    assert command[-2:] == ["--listen=heartbeat-fd:3:domain=INET6", "--workers=1"]
+    assert not any(arg.startswith(("--cors-origins", "--listen=:8080", "--workers=3")) for arg in command)
+
+
+def test_inherited_endpoint_domains():
+    assert inherited_endpoint(None, "3", "UNIX").addressFamily == socket.AF_UNIX
+    assert inherited_endpoint(None, "5").fileno == 5
+    with pytest.raises(ValueError):
+        inherited_endpoint(None, "3", "BLUETOOTH")
+
+
+class _Process:
+    def __init__(self, pid):
+        self.pid = pid
+        self.signals = []
+
+    def signalProcess(self, name):
+        self.signals.append(name)
+
+
+class _Port:
+    class socket:
+        family = socket.AF_INET
+
+    def fileno(self):
+        return 7
+
+
+class _Reactor(Clock):
+    """A clock that records spawned processes."""
+
+    def __init__(self):
+        super().__init__()
+        self.spawned = []
+
+    def spawnProcess(self, protocol, executable, args, env, childFDs):
+        process = _Process(1000 + len(self.spawned))
+        self.spawned.append((protocol, args, env, childFDs, process))
+        return process
+
+
+def test_pool_spawns_on_the_listening_socket_restarts_and_stops(monkeypatch):
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    reactor = _Reactor()
+    pool = WorkerPool(reactor, 2, {"redis": ":6379"}, lambda: succeed(_Port()))
+    pool.startService()
+    assert len(reactor.spawned) == 2
+    protocol, args, env, fds, process = reactor.spawned[0]
+    assert fds == {0: 0, 1: 1, 2: 2, 3: 7}
+    assert "NOTIFY_SOCKET" not in env  # readiness is the primary's to tell
+    # A worker that dies is started again after a pause.
+    protocol.processEnded(Failure(ProcessTerminated(signal=9)))
+    assert len(reactor.spawned) == 2
+    reactor.advance(1)
+    assert len(reactor.spawned) == 3
+    # Stopping signals every live worker and waits for them.
+    stopped = pool.stopService()
+    live = [entry for entry in reactor.spawned[1:]]
+    assert all(p.signals == ["TERM"] for *_, p in live)
+    assert not stopped.called
+    for protocol, *_ in live:
+        protocol.processEnded(Failure(ProcessDone(0)))
+    assert stopped.called
+    reactor.advance(10)
+    assert len(reactor.spawned) == 3  # nothing restarted, nothing killed
+    assert all(p.signals == ["TERM"] for *_, p in live)
+
+
+def test_a_worker_that_ignores_sigterm_is_killed():
+    reactor = _Reactor()
+    pool = WorkerPool(reactor, 1, {}, lambda: succeed(_Port()))
+    pool.startService()
+    pool.stopService()
+    reactor.advance(5)
+    assert reactor.spawned[0][4].signals == ["TERM", "KILL"]
+
+
+def _children(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return {int(p) for p in f.read().split()}
+
+
+def _wait(predicate, timeout: float = 15):
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+    return result
+
+
+def test_two_workers_share_the_port_and_every_ping(redis_server, start_daemon):
+    daemon = start_daemon(["--redis", redis_server.address, "--workers", "2"])
+    primary = daemon.proc.pid
+    (worker,) = _wait(lambda: _children(primary))
+    # A worker that dies is replaced.
+    os.kill(worker, signal.SIGKILL)
+    (worker,) = _wait(lambda: _children(primary) - {worker})
+    # Both processes answer on the one port: connections land on either.
+    _wait(lambda: {_health_pid(daemon.port) for _ in range(20)} == {primary, worker})
+    # Streams land on both too, and every ping reaches every stream.
+    streams = [SSEClient(daemon.port, "/subscribe/alice") for _ in range(8)]
+    for status in ("0", "1", "2"):
+        assert post_ping(daemon.port, status)[0] == 200
+        assert [s.event()["status"] for s in streams] == [status] * 8
+    # SIGTERM to the primary stops every process, each ending its streams.
+    started = time.monotonic()
+    daemon.stop()
+    assert time.monotonic() - started < 5
+    assert all(s.ended() for s in streams)
+    assert not os.path.exists(f"/proc/{worker}") or _zombie(worker)
+
+
+def _health_pid(port: int) -> int | None:
+    """The pid of the process that answered, if it is ready to serve."""
+    status, _, body = get(port, "/health")
+    return json.loads(body)["pid"] if status == 200 else None
+
+
+def _zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] == "Z"
