@@ -1,0 +1,1 @@
+"""Benchmark harness for heartbeat beside the reference peer nchan (see README.md)."""

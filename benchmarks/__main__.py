@@ -1,0 +1,107 @@
+"""Run every scenario against every target; print one JSON line each, then the tables.
+
+Targets run one at a time (the others stopped), each on the same private Redis (flushed
+between targets), so the two cores are shared only by the target, Redis and the client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import procs, report
+from .scenarios import SCENARIOS, Sizes
+
+TARGETS = ("nchan", "heartbeat-redis", "heartbeat-inproc")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="benchmarks/run", description=__doc__)
+    p.add_argument("--targets", default=",".join(TARGETS),
+                   help=f"comma-separated, from {', '.join(TARGETS)}, heartbeat-redis-wN "
+                        "(default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="also run heartbeat-redis-wN: heartbeat in Redis mode with --workers N")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help="comma-separated subset of %(default)s")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply counts and durations (e.g. 0.1 for a smoke run)")
+    p.add_argument("--sseload", required=True, help="the built load client")
+    p.add_argument("--twistd", default="twistd", help="twistd of a venv with heartbeat's deps")
+    p.add_argument("--root", default=str(Path(__file__).resolve().parent.parent),
+                   help="the heartbeat checkout to run (default: this one)")
+    p.add_argument("--keep", action="store_true", help="keep the scratch dir (logs, configs)")
+    args = p.parse_args(argv)
+    args.targets = [t for t in args.targets.split(",") if t]
+    if args.workers > 1 and f"heartbeat-redis-w{args.workers}" not in args.targets:
+        args.targets.append(f"heartbeat-redis-w{args.workers}")
+    args.scenarios = [s for s in args.scenarios.split(",") if s]
+    for s in args.scenarios:
+        if s not in SCENARIOS:
+            p.error(f"unknown scenario {s!r}")
+    for t in args.targets:
+        if t not in TARGETS and not (t.startswith("heartbeat-redis-w") and t[17:].isdigit()):
+            p.error(f"unknown target {t!r}")
+    return args
+
+
+def start(name: str, scratch: Path, redis: procs.Redis, args) -> procs.Target:
+    if name == "nchan":
+        return procs.start_nchan(scratch, redis)
+    workers = int(name[17:]) if name.startswith("heartbeat-redis-w") else 1
+    return procs.start_heartbeat(scratch, args.twistd, Path(args.root), name,
+                                 None if name == "heartbeat-inproc" else redis, workers)
+
+
+def run(args, scratch: Path) -> dict:
+    redis = procs.Redis(scratch)
+    procs.log(f"redis-server on 127.0.0.1:{redis.port}; scratch {scratch}")
+    ctx = {"sseload": args.sseload, "sizes": Sizes(args.scale)}
+    results: dict[str, dict] = {}
+    for name in args.targets:
+        redis.command("FLUSHALL")
+        target = start(name, scratch, redis, args)
+        procs.require_loopback(target.host)
+        procs.log(f"{name} on {target.url} (pids {target.pids()})")
+        results[name] = {}
+        try:
+            for scenario in args.scenarios:
+                ctx["prefix"] = f"r{int(time.time()) % 100000}"
+                procs.log(f"{name}: {scenario}")
+                try:
+                    fig = SCENARIOS[scenario](target, redis if name != "heartbeat-inproc" else None, ctx)
+                except Exception as e:  # one broken scenario must not hide the others
+                    fig = {"error": f"{type(e).__name__}: {e}"}
+                results[name][scenario] = fig
+                print(json.dumps({"target": name, "scenario": scenario, "url": target.url,
+                                  **target.notes, **fig}), flush=True)
+        finally:
+            procs.stop(target.proc)
+    return results
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    scratch = Path(tempfile.mkdtemp(prefix="heartbeat-bench-"))
+    try:
+        results = run(args, scratch)
+    finally:
+        procs.stop_all()
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+    print()
+    print(report.table(results, args.targets))
+    print()
+    print(report.cpu_table(results, args.targets))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

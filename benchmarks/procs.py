@@ -1,0 +1,248 @@
+"""Servers under test and the private Redis: starting, readiness, /proc figures, stopping.
+
+Every process is started here and recorded, so that `stop_all` (called from a `finally`
+and on SIGTERM) ends exactly the processes this run started — by PID, never by name.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+NCHAN_TEMPLATE = HERE / "nchan.conf"  # a copy of the reference peer's template
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+STARTED: list[subprocess.Popen] = []
+
+# Settings heartbeat reads from the environment: a developer's shell must not change what
+# is measured, so they are removed and each target passes its own options.
+HEARTBEAT_ENV = (
+    "LISTEN", "REDIS", "REDIS_PREFIX", "KEEPALIVE", "JWT_SECRET", "CORS_ORIGINS",
+    "MAX_USERS_PER_STREAM", "BACKLOG", "WORKERS",
+)
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require_loopback(host: str) -> None:
+    """Refuse any address off this machine: the benchmark only ever loads loopback."""
+    if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
+        raise SystemExit(f"refusing non-loopback target host {host!r}")
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (nginx master + workers, heartbeat + its workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """user+sys CPU of the processes, from /proc/PID/stat (fields utime, stime)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def rss_kib(pids: list[int]) -> int:
+    """Sum of VmRSS over the processes, KiB."""
+    total = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        m = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+        total += int(m.group(1)) if m else 0
+    return total
+
+
+def machine_busy_seconds() -> float:
+    """user+nice+system CPU of the whole machine (all cores), from /proc/stat.
+
+    Interrupt and softirq time is left out: loopback TCP is processed there, on behalf of
+    our own processes, without being charged to them.
+    """
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:4]]
+    return sum(fields) / CLK_TCK
+
+
+def listen_drops() -> int:
+    """The kernel's count of SYNs dropped at a full accept queue (TcpExt ListenDrops)."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split())).get("ListenDrops", 0))
+    return 0
+
+
+def spawn(argv: list[str], logfile: Path, **kw) -> subprocess.Popen:
+    out = open(logfile, "ab")
+    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kw)
+    out.close()
+    STARTED.append(proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM the root, then SIGKILL whatever of its tree is left after `timeout`."""
+    if proc.poll() is not None:
+        return
+    members = tree(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        log(f"pid {proc.pid} ignored SIGTERM for {timeout}s; killing it")
+    for pid in members:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def stop_all() -> None:
+    while STARTED:
+        stop(STARTED.pop())
+
+
+@dataclass
+class Target:
+    """A server under test: what its requests look like, where it is, its processes."""
+
+    name: str
+    style: str  # "heartbeat" or "nchan": request shapes, see sseload.c and ping.lua
+    host: str
+    port: int
+    proc: subprocess.Popen | None = None
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def pids(self) -> list[int]:
+        return tree(self.proc.pid) if self.proc else []
+
+
+class Redis:
+    """A private redis-server on a free port (never 6379), no persistence."""
+
+    def __init__(self, scratch: Path):
+        self.port = free_port()
+        d = scratch / "redis"
+        d.mkdir()
+        self.proc = spawn(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(d), "--daemonize", "no"],
+            d / "redis.log",
+        )
+        deadline = time.monotonic() + 10
+        while self.command("PING") != b"+PONG":
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise SystemExit(f"redis-server did not start; see {d / 'redis.log'}")
+            time.sleep(0.05)
+
+    def command(self, *args: str) -> bytes | None:
+        """One inline command, first reply line; None if Redis is not answering yet."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+                s.sendall((" ".join(args) + "\r\n").encode())
+                return s.makefile("rb").readline().rstrip()
+        except OSError:
+            return None
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid]
+
+
+def wait_healthy(target: Target, logfile: Path, timeout: float = 30.0) -> None:
+    """Wait for GET /health to answer 200 (404: a server without /health, ready once it answers)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(target.url + "/health", timeout=2):
+                return
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return
+        except OSError:
+            pass
+        if target.proc.poll() is not None or time.monotonic() > deadline:
+            tail = logfile.read_text(errors="replace")[-2000:] if logfile.exists() else ""
+            raise SystemExit(f"{target.name} did not become healthy; log {logfile}:\n{tail}")
+        time.sleep(0.1)
+
+
+def start_nchan(scratch: Path, redis: Redis, workers: int = 1) -> Target:
+    """nginx + nchan from the reference template, on the shared Redis."""
+    prefix = scratch / "nchan"
+    prefix.mkdir()
+    target = Target("nchan", "nchan", "127.0.0.1", free_port())
+    conf = NCHAN_TEMPLATE.read_text()
+    for key, value in {"PORT": target.port, "REDIS_PORT": redis.port, "WORKERS": workers,
+                       "PREFIX": prefix}.items():
+        conf = conf.replace(f"@{key}@", str(value))
+    (prefix / "nginx.conf").write_text(conf)
+    logfile = prefix / "error.log"
+    target.proc = spawn(["nginx", "-p", str(prefix), "-e", str(logfile), "-c", str(prefix / "nginx.conf")],
+                        prefix / "stdout.log")
+    wait_healthy(target, logfile)
+    return target
+
+
+def start_heartbeat(scratch: Path, twistd: str, root: Path, name: str,
+                    redis: Redis | None, workers: int) -> Target:
+    """`twistd -n heartbeat` from this checkout, in a scratch directory (no stray .env)."""
+    workdir = scratch / name
+    workdir.mkdir()
+    target = Target(name, "heartbeat", "127.0.0.1", free_port())
+    argv = [twistd, "-n", "--pidfile=", "heartbeat",
+            "--listen", f"tcp:{target.port}:interface=127.0.0.1"]
+    if redis:
+        argv += ["--redis", f"127.0.0.1:{redis.port}"]
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+    env = {k: v for k, v in os.environ.items() if k not in HEARTBEAT_ENV}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    logfile = workdir / "twistd.log"
+    target.proc = spawn(argv, logfile, cwd=workdir, env=env)
+    target.notes["argv"] = " ".join(argv[1:])
+    wait_healthy(target, logfile)
+    return target

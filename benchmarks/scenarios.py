@@ -1,0 +1,178 @@
+"""The four scenarios.  Each takes a running target and returns one flat dict of figures.
+
+Server CPU is user+sys of the target's process tree (and of Redis, reported apart) read
+from /proc before and after the measured window; client CPU is the load client's own for
+the same window (sseload reports getrusage; wrk is measured as our reaped child).  Setup
+(opening subscribers before a fan-out) is outside the window.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import procs
+from .procs import Redis, Target, cpu_seconds, listen_drops, machine_busy_seconds, rss_kib
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Scenario sizes from the issue; `scale` shrinks them for a smoke run."""
+
+    scale: float = 1.0
+
+    def n(self, full: int) -> int:
+        return max(1, round(full * self.scale))
+
+    def secs(self, full: float) -> float:
+        return max(1.0, full * self.scale)
+
+
+class Window:
+    """CPU over a measured interval: server, Redis, client, and everything else.
+
+    `other_cpu_s` is what the rest of the machine used meanwhile: if it is large, something
+    outside the benchmark competed for the two cores and the figures are not trustworthy.
+    """
+
+    def __init__(self, target: Target, redis: Redis | None):
+        self.redis = redis
+        self.pids = target.pids()
+        self.t0 = time.monotonic()
+        self.machine0 = machine_busy_seconds()
+        self.server0 = cpu_seconds(self.pids)
+        self.redis0 = cpu_seconds(redis.pids()) if redis else 0.0
+
+    def close(self, client_cpu_s: float) -> dict:
+        server = cpu_seconds(self.pids) - self.server0
+        redis = cpu_seconds(self.redis.pids()) - self.redis0 if self.redis else 0.0
+        other = machine_busy_seconds() - self.machine0 - server - redis - client_cpu_s
+        out = {"wall_s": round(time.monotonic() - self.t0, 3), "server_cpu_s": round(server, 3),
+               "client_cpu_s": round(client_cpu_s, 3), "other_cpu_s": round(max(0.0, other), 2)}
+        if self.redis:
+            out["redis_cpu_s"] = round(redis, 3)
+        return out
+
+
+class SseLoad:
+    """One sseload process: subscribe, then `go` (publish) or `stop`, reading its JSON."""
+
+    def __init__(self, binary: str, target: Target, prefix: str, **opts):
+        argv = [binary, "--host", target.host, "--port", str(target.port),
+                "--style", target.style, "--prefix", prefix]
+        for key, value in opts.items():
+            argv += ["--" + key.replace("_", "-"), str(value)]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        procs.STARTED.append(self.proc)  # so an interrupted run ends it too
+
+    def read(self, event: str) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"sseload exited ({self.proc.wait()}) before '{event}'")
+        msg = json.loads(line)
+        assert msg.pop("event") == event, msg
+        return msg
+
+    def send(self, command: str) -> None:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def finish(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        self.proc.wait(30)
+        procs.STARTED.remove(self.proc)
+
+
+def settle(seconds: float = 1.0) -> None:
+    """Let the server finish bookkeeping (and its CPU go quiet) between phases."""
+    time.sleep(seconds)
+
+
+def idle(target: Target, redis: Redis | None, ctx: dict) -> dict:
+    """5,000 streams over 500 users opened at once: accept time, RSS growth per stream."""
+    streams, users = ctx["sizes"].n(5000), ctx["sizes"].n(500)
+    rss0 = rss_kib(target.pids())
+    drops0 = listen_drops()
+    win = Window(target, redis)
+    load = SseLoad(ctx["sseload"], target, ctx["prefix"] + "i", subs=streams, users=users,
+                   sub_timeout=30)
+    sub = load.read("subscribed")
+    out = {"streams": streams, "users": users, **sub, **win.close(sub.pop("client_cpu_s")),
+           "listen_drops": listen_drops() - drops0}
+    settle(2.0)
+    rss1 = rss_kib(target.pids())
+    load.send("stop")
+    load.finish()
+    out.update(rss_before_kib=rss0, rss_after_kib=rss1,
+               kib_per_stream=round((rss1 - rss0) / max(1, sub["subs_ok"]), 2))
+    settle(2.0)
+    return out
+
+
+def _publish(target: Target, redis: Redis | None, ctx: dict, prefix: str, **opts) -> dict:
+    """Open the subscribers, wait, then publish; the window covers only the publishing."""
+    load = SseLoad(ctx["sseload"], target, ctx["prefix"] + prefix, **opts)
+    sub = load.read("subscribed")
+    settle()  # a server may acknowledge a stream before its Redis SUBSCRIBE is done
+    win = Window(target, redis)
+    load.send("go")
+    done = load.read("done")
+    out = {"subs_ok": sub["subs_ok"], "subs_failed": sub["subs_failed"], **done,
+           **win.close(done.pop("client_cpu_s"))}
+    load.finish()
+    settle()
+    return out
+
+
+def fanout(target: Target, redis: Redis | None, ctx: dict) -> dict:
+    """One user, 2,000 subscribers, 200 pings back-to-back on one keep-alive connection."""
+    s = ctx["sizes"]
+    return _publish(target, redis, ctx, "f", subs=s.n(2000), users=1, pings=s.n(200),
+                    ping_users=1, rate=0, pub_conns=1, quiet=3, deadline=60)
+
+
+def mixed(target: Target, redis: Redis | None, ctx: dict) -> dict:
+    """1,000 users x 3 subscribers, 500 pings/s open loop for 10 s (round-robin users).
+
+    Latency counts from each ping's scheduled send time; 32 publisher connections, so a
+    ping waits for a free one only when 32 are already outstanding (that wait counts too).
+    """
+    s = ctx["sizes"]
+    users, rate = s.n(1000), 500
+    return _publish(target, redis, ctx, "m", subs=3 * users, users=users,
+                    pings=round(rate * s.secs(10)), ping_users=users, rate=rate,
+                    pub_conns=32, quiet=3, deadline=60)
+
+
+def pingrate(target: Target, redis: Redis | None, ctx: dict) -> dict:
+    """wrk, 64 keep-alive connections, pings for 10,000 distinct users, no subscribers."""
+    s = ctx["sizes"]
+    duration = s.secs(10)
+    argv = ["wrk", "-t1", "-c64", f"-d{duration:g}s", "--timeout", "5s", "-s",
+            str(HERE / "ping.lua"), target.url, "--", target.style,
+            ctx["prefix"] + "p", str(s.n(10000))]
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    win = Window(target, redis)
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = win.close(children1.ru_utime + children1.ru_stime
+                    - children0.ru_utime - children0.ru_stime)
+    lines = [l for l in run.stdout.splitlines() if l.startswith("WRKJSON ")]
+    if run.returncode or not lines:
+        raise RuntimeError(f"wrk failed ({run.returncode}): {run.stdout[-500:]} {run.stderr[-500:]}")
+    res = json.loads(lines[0][len("WRKJSON "):])
+    res["pings_per_s"] = round((res["requests"] - res["non_2xx"]) / res["duration_s"])  # 2xx only
+    settle()
+    return {"connections": 64, "users": s.n(10000), **res, **out}
+
+
+SCENARIOS = {"idle": idle, "fanout": fanout, "pingrate": pingrate, "mixed": mixed}

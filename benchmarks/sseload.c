@@ -1,0 +1,595 @@
+/*
+ * sseload — the load client of the heartbeat benchmark (one epoll loop, one core).
+ *
+ * Why C: the fan-out scenario delivers ~100,000 events/s over 2,000 sockets; a Python
+ * client would be the bottleneck and blur the server figures.  This program opens N
+ * Server-Sent-Events subscribers at once (the accept burst), then on "go" (a line on
+ * stdin) publishes P pings and records, per subscriber, which pings arrived and when.
+ *
+ * Pings are numbered: ping i carries status "s<i>" and goes to user (i % ping_users);
+ * subscriber j watches user (j % users).  Latency is measured from the ping's send time
+ * (--rate 0: back-to-back, one publisher connection, next ping once the previous is
+ * answered) or from its *scheduled* time (--rate R: open loop, R pings/s over a pool of
+ * connections, so a slow server cannot slow the schedule down — no coordinated omission).
+ *
+ * Protocol with the harness: stdout gets one JSON line {"event":"subscribed",...} once all
+ * subscribers have their response headers (or the timeout passed), then waits for "go" or
+ * "stop" on stdin; prints {"event":"done",...} and exits.  Every phase is bounded in time.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sseparse.h"
+
+enum style { HEARTBEAT, NCHAN };
+enum kind { SUB, PUB };
+enum { TAG_STDIN = -1, TAG_TIMER = -2 };
+
+struct conn {
+    int fd;
+    enum kind kind;
+    int idx;            /* subscriber index or publisher index */
+    int connected;
+    int headers_done;   /* response headers parsed */
+    int status;
+    int chunked;
+    long body_left;     /* publisher, identity body: bytes still to skip */
+    struct chunk_decoder chunks;
+    struct sse_parser sse;
+    int inflight;       /* publisher: ping seq in flight, -1 when idle */
+    double sent_at;
+    size_t rlen;
+    char rbuf[4096];
+};
+
+static struct {
+    enum style style;
+    struct addrinfo *addr;
+    char host[128];
+    const char *prefix;
+    int subs, users, pings, ping_users, pub_conns;
+    double rate, sub_timeout, quiet, deadline;
+} opt = {HEARTBEAT, NULL, "", "u", 0, 1, 0, 1, 1, 0.0, 30.0, 3.0, 60.0};
+
+static struct conn *subs;        /* opt.subs entries */
+static struct conn *pubs;        /* opt.pub_conns entries */
+/* Two epoll sets: the main one holds stdin, the timer, the publishers and the subscriber
+ * set itself, so a publisher's answer is handled at most SUB_BATCH subscriber reads after
+ * it arrives — otherwise back-to-back pings would wait behind 2,000 reads each time. */
+static int main_ep, sub_ep, timerfd;
+#define SUB_BATCH 128
+
+/* Per ping: reference time for latency, whether answered 2xx, publish latency. */
+static double *ping_ref;
+static char *ping_state;         /* 0 unsent, 1 in flight, 2 ok, 3 failed */
+static double *pub_lat;
+static int n_pub_lat;
+static uint8_t *seen;            /* bitmap subs x pings: first delivery recorded */
+static double *lat;              /* one entry per first delivery */
+static long n_lat;
+
+static long n_dups, n_stray, n_misrouted, n_sub_closed, n_sub_failed, n_sub_ok;
+static double t_last_accept, t_last_delivery, t_first_send, t_last_send, max_send_lag;
+static int next_send;            /* next ping seq to send */
+static double t_go;
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static double cpu_seconds(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec / 1e6;
+}
+
+static void die(const char *what) {
+    fprintf(stderr, "sseload: %s: %s\n", what, strerror(errno));
+    exit(2);
+}
+
+static void epoll_set(int ep, int op, int fd, uint32_t events, void *ptr) {
+    struct epoll_event ev = {.events = events, .data.ptr = ptr};
+    if (epoll_ctl(ep, op, fd, &ev) < 0) die("epoll_ctl");
+}
+
+static void user_name(char *out, size_t n, int user) {
+    snprintf(out, n, "%s%d", opt.prefix, user);
+}
+
+static int open_socket(void) {
+    int fd = socket(opt.addr->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) die("socket");
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(fd, opt.addr->ai_addr, opt.addr->ai_addrlen) < 0 && errno != EINPROGRESS)
+        die("connect");
+    return fd;
+}
+
+static void reset_response(struct conn *c) {
+    c->headers_done = 0;
+    c->status = 0;
+    c->chunked = 0;
+    c->body_left = 0;
+    chunk_decoder_init(&c->chunks);
+}
+
+static void close_conn(struct conn *c) {
+    if (c->fd >= 0) close(c->fd);
+    c->fd = -1;
+}
+
+/* Parse the status line and the headers we care about; returns header length or 0. */
+static size_t parse_headers(struct conn *c) {
+    char *end = memmem(c->rbuf, c->rlen, "\r\n\r\n", 4);
+    if (!end) return 0;
+    *end = '\0';
+    c->status = (strncmp(c->rbuf, "HTTP/1.", 7) == 0) ? atoi(c->rbuf + 9) : 0;
+    for (char *line = strstr(c->rbuf, "\r\n"); line; line = strstr(line, "\r\n")) {
+        line += 2;
+        if (strncasecmp(line, "transfer-encoding:", 18) == 0 && strcasestr(line, "chunked"))
+            c->chunked = 1;
+        else if (strncasecmp(line, "content-length:", 15) == 0)
+            c->body_left = atol(line + 15);
+    }
+    c->headers_done = 1;
+    return (size_t)(end - c->rbuf) + 4;
+}
+
+static void consume(struct conn *c, size_t n) {
+    memmove(c->rbuf, c->rbuf + n, c->rlen - n);
+    c->rlen -= n;
+}
+
+/* ---- subscribers ---------------------------------------------------------------- */
+
+static void on_event(struct conn *c, long seq) {
+    double t = now();
+    if (seq < 0 || seq >= opt.pings || ping_state[seq] == 0) {
+        n_stray++;  /* a stored ping from before the run, or a stranger */
+        return;
+    }
+    if ((int)(seq % opt.ping_users) != c->idx % opt.users) {
+        n_misrouted++;
+        return;
+    }
+    size_t bit = (size_t)c->idx * opt.pings + seq;
+    if (seen[bit >> 3] & (1u << (bit & 7))) {
+        n_dups++;
+        return;
+    }
+    seen[bit >> 3] |= 1u << (bit & 7);
+    lat[n_lat++] = t - ping_ref[seq];
+    t_last_delivery = t;
+}
+
+static void sub_request(struct conn *c) {
+    char user[64], req[512];
+    user_name(user, sizeof user, c->idx % opt.users);
+    int n = snprintf(req, sizeof req,
+                     "GET /subscribe/%s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n",
+                     user, opt.host);
+    if (write(c->fd, req, n) != n) {
+        n_sub_failed++;
+        close_conn(c);
+        return;
+    }
+    c->connected = 1;
+    epoll_set(sub_ep, EPOLL_CTL_MOD, c->fd, EPOLLIN, c);
+}
+
+/* Feed body bytes (after de-chunking) to the SSE parser; each complete event -> on_event. */
+static void sub_body(struct conn *c, const char *p, size_t n) {
+    long seqs[64];
+    while (n > 0) {
+        size_t used = n;
+        int k = sse_feed(&c->sse, p, &used, seqs, 64);
+        for (int i = 0; i < k; i++) on_event(c, seqs[i]);
+        p += used;
+        n -= used;
+    }
+}
+
+static void sub_readable(struct conn *c) {
+    ssize_t r = read(c->fd, c->rbuf + c->rlen, sizeof c->rbuf - c->rlen);
+    if (r <= 0) {
+        if (r < 0 && errno == EAGAIN) return;
+        if (!c->headers_done) n_sub_failed++;
+        else n_sub_closed++;
+        close_conn(c);
+        return;
+    }
+    c->rlen += r;
+    if (!c->headers_done) {
+        size_t h = parse_headers(c);
+        if (!h) {
+            if (c->rlen == sizeof c->rbuf) { n_sub_failed++; close_conn(c); }
+            return;
+        }
+        consume(c, h);
+        if (c->status != 200) { n_sub_failed++; close_conn(c); return; }
+        n_sub_ok++;
+        t_last_accept = now();
+    }
+    if (!c->chunked) {
+        sub_body(c, c->rbuf, c->rlen);
+        c->rlen = 0;
+        return;
+    }
+    char out[sizeof c->rbuf];
+    size_t in_used = c->rlen, out_len = sizeof out;
+    int rc = chunk_decode(&c->chunks, c->rbuf, &in_used, out, &out_len);
+    consume(c, in_used);
+    sub_body(c, out, out_len);
+    if (rc != 0) {  /* end of stream, or malformed framing */
+        n_sub_closed++;
+        close_conn(c);
+    }
+}
+
+/* ---- publishers ----------------------------------------------------------------- */
+
+static int pub_send(struct conn *c, int seq, double t) {
+    char user[64], body[256], req[1024];
+    user_name(user, sizeof user, seq % opt.ping_users);
+    int n;
+    if (opt.style == HEARTBEAT) {
+        int blen = snprintf(body, sizeof body, "{\"status\":\"s%d\"}", seq);
+        n = snprintf(req, sizeof req,
+                     "POST /ping HTTP/1.1\r\nHost: %s\r\n"
+                     "X-User-Claim: {\"userid\":\"%s\",\"clientid\":\"c\"}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+                     opt.host, user, blen, body);
+    } else {
+        int blen = snprintf(body, sizeof body,
+                            "{\"time\":%ld,\"status\":\"s%d\",\"userid\":\"%s\"}",
+                            (long)time(NULL), seq, user);
+        n = snprintf(req, sizeof req,
+                     "POST /ping/%s HTTP/1.1\r\nHost: %s\r\n"
+                     "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+                     user, opt.host, blen, body);
+    }
+    if (write(c->fd, req, n) != n) return -1;
+    c->inflight = seq;
+    c->sent_at = t;
+    ping_state[seq] = 1;
+    return 0;
+}
+
+static void pub_connect(struct conn *c, int idx) {
+    memset(c, 0, sizeof *c);
+    c->kind = PUB;
+    c->idx = idx;
+    c->inflight = -1;
+    c->fd = open_socket();
+    c->connected = 0;
+    reset_response(c);
+    epoll_set(main_ep, EPOLL_CTL_ADD, c->fd, EPOLLIN | EPOLLOUT, c);
+}
+
+static void pub_finish(struct conn *c, int ok) {
+    int seq = c->inflight;
+    if (seq >= 0) {
+        ping_state[seq] = ok ? 2 : 3;
+        pub_lat[n_pub_lat++] = now() - c->sent_at;
+    }
+    c->inflight = -1;
+    reset_response(c);
+}
+
+static void pub_readable(struct conn *c) {
+    ssize_t r = read(c->fd, c->rbuf + c->rlen, sizeof c->rbuf - c->rlen);
+    if (r <= 0) {
+        if (r < 0 && errno == EAGAIN) return;
+        pub_finish(c, 0);  /* server closed: the ping in flight failed; reconnect */
+        close_conn(c);
+        pub_connect(c, c->idx);
+        return;
+    }
+    c->rlen += r;
+    if (!c->headers_done) {
+        size_t h = parse_headers(c);
+        if (!h) return;
+        consume(c, h);
+    }
+    int ok = c->status >= 200 && c->status < 300;
+    if (c->chunked) {
+        char sink[sizeof c->rbuf];
+        size_t in_used = c->rlen, out_len = sizeof sink;
+        int done = chunk_decode(&c->chunks, c->rbuf, &in_used, sink, &out_len);
+        consume(c, in_used);
+        if (done == 1) pub_finish(c, ok);
+        return;
+    }
+    size_t skip = c->rlen < (size_t)c->body_left ? c->rlen : (size_t)c->body_left;
+    consume(c, skip);
+    c->body_left -= skip;
+    if (c->body_left == 0) pub_finish(c, ok);
+}
+
+/* Number of pings due by time t (all at once in back-to-back mode). */
+static int pings_due(double t) {
+    if (opt.rate <= 0) return opt.pings;
+    long due = (long)floor((t - t_go) * opt.rate) + 1;
+    return due > opt.pings ? opt.pings : (int)due;
+}
+
+static void arm_timer(void) {
+    struct itimerspec its = {0};
+    if (opt.rate > 0 && next_send < opt.pings) {
+        double at = t_go + next_send / opt.rate;
+        its.it_value.tv_sec = (time_t)at;
+        its.it_value.tv_nsec = (long)((at - floor(at)) * 1e9);
+        if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0) its.it_value.tv_nsec = 1;
+    }
+    timerfd_settime(timerfd, TFD_TIMER_ABSTIME, &its, NULL);
+}
+
+/* Send every due ping on an idle publisher connection; the rest wait (still due). */
+static void pump(void) {
+    double t = now();
+    int due = pings_due(t);
+    for (int i = 0; i < opt.pub_conns && next_send < due; i++) {
+        struct conn *c = &pubs[i];
+        if (c->fd < 0 || !c->connected || c->inflight >= 0) continue;
+        int seq = next_send;
+        double sched = opt.rate > 0 ? t_go + seq / opt.rate : t;
+        ping_ref[seq] = sched;
+        if (pub_send(c, seq, t) < 0) {
+            ping_state[seq] = 3;
+        } else if (t - sched > max_send_lag) {
+            max_send_lag = t - sched;
+        }
+        if (seq == 0) t_first_send = t;
+        t_last_send = t;
+        next_send++;
+    }
+    arm_timer();
+}
+
+/* ---- main loop ------------------------------------------------------------------ */
+
+static int stdin_command(void) {
+    char buf[64];
+    ssize_t r = read(0, buf, sizeof buf - 1);
+    if (r <= 0) return 's';
+    buf[r] = '\0';
+    return strncmp(buf, "go", 2) == 0 ? 'g' : 's';
+}
+
+static void on_connected(struct conn *c, uint32_t events) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err || !(events & EPOLLOUT)) {
+        if (c->kind == SUB) { n_sub_failed++; close_conn(c); }
+        else { close_conn(c); pub_connect(c, c->idx); }
+    } else if (c->kind == SUB) {
+        sub_request(c);
+    } else {
+        c->connected = 1;
+        epoll_set(main_ep, EPOLL_CTL_MOD, c->fd, EPOLLIN, c);
+    }
+}
+
+static void on_ready(struct conn *c, uint32_t events) {
+    if (c->fd < 0) return;
+    if (!c->connected) on_connected(c, events);
+    else if (c->kind == SUB) sub_readable(c);
+    else { pub_readable(c); pump(); }
+}
+
+/* Up to SUB_BATCH ready subscribers, without waiting. */
+static void poll_subs(void) {
+    struct epoll_event evs[SUB_BATCH];
+    int n = epoll_wait(sub_ep, evs, SUB_BATCH, 0);
+    for (int i = 0; i < n; i++) on_ready(evs[i].data.ptr, evs[i].events);
+}
+
+/* One round of the main set; returns a stdin command ('g' or 's') if one arrived, else 0. */
+static int poll_once(int timeout_ms) {
+    struct epoll_event evs[64];
+    int n = epoll_wait(main_ep, evs, 64, timeout_ms);
+    if (n < 0 && errno != EINTR) die("epoll_wait");
+    int cmd = 0;
+    for (int i = 0; i < n; i++) {
+        void *ptr = evs[i].data.ptr;
+        if (ptr == &opt.subs) {
+            cmd = stdin_command();
+        } else if (ptr == &sub_ep) {
+            poll_subs();
+        } else if (ptr == &timerfd) {
+            uint64_t x;
+            if (read(timerfd, &x, sizeof x) < 0 && errno != EAGAIN) die("timerfd");
+            pump();
+        } else {
+            on_ready(ptr, evs[i].events);
+        }
+    }
+    return cmd;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double pct(double *v, long n, double q) {
+    if (n == 0) return NAN;
+    long i = (long)ceil(q * n) - 1;
+    return v[i < 0 ? 0 : (i >= n ? n - 1 : i)];
+}
+
+static void print_ms(const char *key, double seconds) {
+    if (isnan(seconds)) printf(",\"%s\":null", key);
+    else printf(",\"%s\":%.3f", key, seconds * 1000);
+}
+
+static void report(double cpu_run) {
+    long ok = 0, failed = 0, unanswered = 0, expected = 0;
+    int *per_user = calloc(opt.ping_users, sizeof(int));
+    for (int j = 0; j < opt.subs; j++)
+        if (subs[j].headers_done && j % opt.users < opt.ping_users) per_user[j % opt.users]++;
+    for (int i = 0; i < opt.pings; i++) {
+        if (ping_state[i] == 2) { ok++; expected += per_user[i % opt.ping_users]; }
+        else if (ping_state[i] == 3) failed++;
+        else if (ping_state[i] == 1) unanswered++;
+    }
+    free(per_user);
+    qsort(lat, n_lat, sizeof *lat, cmp_double);
+    qsort(pub_lat, n_pub_lat, sizeof *pub_lat, cmp_double);
+    double span = n_lat ? t_last_delivery - t_first_send : NAN;
+    printf("{\"event\":\"done\",\"pings_sent\":%d,\"pings_ok\":%ld,\"pings_failed\":%ld,"
+           "\"pings_unanswered\":%ld,\"expected\":%ld,\"delivered\":%ld,\"lost\":%ld,"
+           "\"duplicates\":%ld,\"stray\":%ld,\"misrouted\":%ld,\"subs_closed\":%ld,"
+           "\"send_s\":%.3f,\"span_s\":%.3f,\"deliveries_per_s\":%.0f",
+           next_send, ok, failed, unanswered, expected, n_lat, expected - n_lat, n_dups,
+           n_stray, n_misrouted, n_sub_closed, t_last_send - t_first_send, span,
+           n_lat && span > 0 ? n_lat / span : 0.0);
+    print_ms("lat_p50_ms", pct(lat, n_lat, 0.50));
+    print_ms("lat_p99_ms", pct(lat, n_lat, 0.99));
+    print_ms("lat_max_ms", n_lat ? lat[n_lat - 1] : NAN);
+    print_ms("ping_p50_ms", pct(pub_lat, n_pub_lat, 0.50));
+    print_ms("ping_p99_ms", pct(pub_lat, n_pub_lat, 0.99));
+    print_ms("send_lag_max_ms", max_send_lag);
+    printf(",\"client_cpu_s\":%.3f}\n", cpu_run);
+    fflush(stdout);
+}
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: sseload --host H --port P [--style heartbeat|nchan] [--prefix U]\n"
+            "  --subs N --users U          N subscribers, subscriber j watches user j%%U\n"
+            "  --pings P --ping-users K    ping i goes to user i%%K (K <= U)\n"
+            "  --rate R --pub-conns C      R pings/s open loop on C connections (0: back-to-back)\n"
+            "  --sub-timeout S --quiet S --deadline S   bounds, seconds\n");
+    exit(2);
+}
+
+static void parse_args(int argc, char **argv) {
+    static struct option longopts[] = {
+        {"host", 1, 0, 'h'},  {"port", 1, 0, 'p'},       {"style", 1, 0, 's'},
+        {"prefix", 1, 0, 'x'}, {"subs", 1, 0, 'n'},      {"users", 1, 0, 'u'},
+        {"pings", 1, 0, 'P'}, {"ping-users", 1, 0, 'K'}, {"rate", 1, 0, 'r'},
+        {"pub-conns", 1, 0, 'c'}, {"sub-timeout", 1, 0, 't'}, {"quiet", 1, 0, 'q'},
+        {"deadline", 1, 0, 'd'}, {0, 0, 0, 0}};
+    const char *host = NULL, *port = NULL;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 'h': host = optarg; break;
+        case 'p': port = optarg; break;
+        case 's': opt.style = strcmp(optarg, "nchan") == 0 ? NCHAN : HEARTBEAT; break;
+        case 'x': opt.prefix = optarg; break;
+        case 'n': opt.subs = atoi(optarg); break;
+        case 'u': opt.users = atoi(optarg); break;
+        case 'P': opt.pings = atoi(optarg); break;
+        case 'K': opt.ping_users = atoi(optarg); break;
+        case 'r': opt.rate = atof(optarg); break;
+        case 'c': opt.pub_conns = atoi(optarg); break;
+        case 't': opt.sub_timeout = atof(optarg); break;
+        case 'q': opt.quiet = atof(optarg); break;
+        case 'd': opt.deadline = atof(optarg); break;
+        default: usage();
+        }
+    }
+    if (!host || !port || opt.users < 1 || opt.ping_users < 1 || opt.ping_users > opt.users ||
+        opt.pub_conns < 1 || opt.subs < 0 || opt.pings < 0)
+        usage();
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV};
+    if (getaddrinfo(host, port, &hints, &opt.addr) != 0) usage();
+    snprintf(opt.host, sizeof opt.host, strchr(host, ':') ? "[%s]:%s" : "%s:%s", host, port);
+}
+
+int main(int argc, char **argv) {
+    parse_args(argc, argv);
+    main_ep = epoll_create1(EPOLL_CLOEXEC);
+    sub_ep = epoll_create1(EPOLL_CLOEXEC);
+    timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (main_ep < 0 || sub_ep < 0 || timerfd < 0) die("epoll/timerfd");
+    epoll_set(main_ep, EPOLL_CTL_ADD, 0, EPOLLIN, &opt.subs);
+    epoll_set(main_ep, EPOLL_CTL_ADD, timerfd, EPOLLIN, &timerfd);
+    epoll_set(main_ep, EPOLL_CTL_ADD, sub_ep, EPOLLIN, &sub_ep);
+
+    subs = calloc(opt.subs ? opt.subs : 1, sizeof *subs);
+    pubs = calloc(opt.pub_conns, sizeof *pubs);
+    ping_ref = calloc(opt.pings + 1, sizeof *ping_ref);
+    ping_state = calloc(opt.pings + 1, 1);
+    pub_lat = calloc(opt.pings + 1, sizeof *pub_lat);
+    seen = calloc((size_t)opt.subs * opt.pings / 8 + 1, 1);
+    lat = calloc((size_t)opt.subs * opt.pings + 1, sizeof *lat);
+    if (!subs || !pubs || !ping_ref || !ping_state || !pub_lat || !seen || !lat) die("calloc");
+
+    /* Phase 1: the accept burst — every subscriber connects as fast as we can open
+     * sockets; connects are interleaved with handling answers, as many clients would be. */
+    double cpu0 = cpu_seconds(), t0 = now();
+    for (int j = 0; j < opt.subs; j++) {
+        struct conn *c = &subs[j];
+        c->kind = SUB;
+        c->idx = j;
+        c->fd = open_socket();
+        reset_response(c);
+        sse_init(&c->sse);
+        epoll_set(sub_ep, EPOLL_CTL_ADD, c->fd, EPOLLIN | EPOLLOUT, c);
+        if (j % 64 == 63) poll_once(0);
+    }
+    while (n_sub_ok + n_sub_failed < opt.subs && now() - t0 < opt.sub_timeout)
+        if (poll_once(50) == 's') break;
+    for (int i = 0; i < opt.pub_conns; i++) pub_connect(&pubs[i], i);
+    printf("{\"event\":\"subscribed\",\"subs_ok\":%ld,\"subs_failed\":%ld,"
+           "\"subs_pending\":%ld,\"accept_s\":%.4f,\"client_cpu_s\":%.3f}\n",
+           n_sub_ok, n_sub_failed, opt.subs - n_sub_ok - n_sub_failed, n_sub_ok ? t_last_accept - t0 : 0.0,
+           cpu_seconds() - cpu0);
+    fflush(stdout);
+
+    /* Phase 2: hold the streams until told to go (publish) or stop. */
+    int cmd = 0;
+    double t_hold = now();
+    while (cmd == 0 && now() - t_hold < opt.deadline) cmd = poll_once(100);
+    if (cmd != 'g' || opt.pings == 0) return 0;
+
+    /* Phase 3: publish and collect until everything arrived, quiet, or the deadline. */
+    long expected = 0;  /* if every ping succeeds: each accepted subscriber of its user */
+    for (int j = 0; j < opt.subs; j++)
+        if (subs[j].headers_done && j % opt.users < opt.ping_users)
+            expected += opt.pings / opt.ping_users + (j % opt.users < opt.pings % opt.ping_users);
+    double cpu1 = cpu_seconds();
+    t_go = now();
+    pump();
+    for (;;) {
+        if (poll_once(20) == 's') break;  /* stdin closed: the harness is gone */
+        double t = now();
+        int all_answered = next_send == opt.pings;
+        for (int i = 0; all_answered && i < opt.pub_conns; i++)
+            if (pubs[i].inflight >= 0) all_answered = 0;
+        if (all_answered) {
+            double last = t_last_delivery > t_last_send ? t_last_delivery : t_last_send;
+            if (n_lat >= expected || t - last > opt.quiet) break;
+        }
+        if (t - t_go > opt.deadline) break;
+    }
+    report(cpu_seconds() - cpu1);
+    return 0;
+}
