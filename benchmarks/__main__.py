@@ -54,6 +54,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def start(name: str, scratch: Path, redis: procs.Redis, args) -> procs.Target:
     if name == "nchan":
         return procs.start_nchan(scratch, redis)
+    if not shutil.which(args.twistd):
+        raise SystemExit(f"{args.twistd} not found: is heartbeat installed? (--targets nchan runs without it)")
     workers = int(name[17:]) if name.startswith("heartbeat-redis-w") else 1
     return procs.start_heartbeat(scratch, args.twistd, Path(args.root), name,
                                  None if name == "heartbeat-inproc" else redis, workers)
@@ -100,6 +102,9 @@ def main(argv: list[str]) -> int:
     print(report.table(results, args.targets))
     print()
     print(report.cpu_table(results, args.targets))
+    warning = report.noise_warning(results)
+    if warning:
+        print("\n" + warning)
     return 0
 
 

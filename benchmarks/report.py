@@ -56,3 +56,18 @@ def cpu_table(results: dict[str, dict[str, dict]], targets: list[str]) -> str:
                          f" in {r.get('wall_s', 0):.2f}")
         lines.append(f"  {t}: " + "; ".join(cells))
     return "\n".join(lines)
+
+
+def noise_warning(results: dict[str, dict[str, dict]], limit: float = 0.2) -> str | None:
+    """A warning when other processes used more than `limit` cores in some window."""
+    worst, where = 0.0, ""
+    for t, scenarios in results.items():
+        for scenario, r in scenarios.items():
+            if r.get("wall_s"):
+                cores = r.get("other_cpu_s", 0) / r["wall_s"]
+                if cores > worst:
+                    worst, where = cores, f"{t} {scenario}"
+    if worst <= limit:
+        return None
+    return (f"WARNING: other processes used up to {worst:.2f} of the 2 cores during a measured "
+            f"window ({where}): these figures are disturbed; rerun on a quiet machine.")
