@@ -454,13 +454,14 @@ static void report(double cpu_run) {
         unanswered += ping_state[i] == 1;
     }
     /* Each (ping answered 2xx, accepted subscriber of its user) pair should be delivered. */
+    int *lost_by_ping = calloc(opt.pings + 1, sizeof(int));
     for (int j = 0; j < opt.subs; j++) {
         if (!subs[j].headers_done || j % opt.users >= opt.ping_users) continue;
         for (int i = j % opt.users; i < opt.pings; i += opt.ping_users) {
             if (ping_state[i] != 2) continue;
             size_t bit = (size_t)j * opt.pings + i;
             expected++;
-            lost += !(seen[bit >> 3] & (1u << (bit & 7)));
+            if (!(seen[bit >> 3] & (1u << (bit & 7)))) { lost++; lost_by_ping[i]++; }
         }
     }
     qsort(lat, n_lat, sizeof *lat, cmp_double);
@@ -479,6 +480,12 @@ static void report(double cpu_run) {
     print_ms("ping_p50_ms", pct(pub_lat, n_pub_lat, 0.50));
     print_ms("ping_p99_ms", pct(pub_lat, n_pub_lat, 0.99));
     print_ms("send_lag_max_ms", max_send_lag);
+    /* Which pings went missing (first 10): one ping lost everywhere, or scattered losses? */
+    printf(",\"lost_by_ping\":{");
+    for (int i = 0, shown = 0; i < opt.pings && shown < 10; i++)
+        if (lost_by_ping[i]) printf("%s\"%d\":%d", shown++ ? "," : "", i, lost_by_ping[i]);
+    printf("}");
+    free(lost_by_ping);
     printf(",\"client_cpu_s\":%.3f}\n", cpu_run);
     fflush(stdout);
 }
