@@ -28,6 +28,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "(default: %(default)s)")
     p.add_argument("--workers", type=int, default=1,
                    help="also run heartbeat-redis-wN: heartbeat in Redis mode with --workers N")
+    p.add_argument("--external", action="append", default=[], metavar="NAME,STYLE,URL,PID",
+                   help="also measure a server started elsewhere (STYLE: heartbeat or nchan; "
+                        "PID: its root process, for CPU and RSS); repeatable")
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help="comma-separated subset of %(default)s")
     p.add_argument("--scale", type=float, default=1.0,
@@ -41,17 +44,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.targets = [t for t in args.targets.split(",") if t]
     if args.workers > 1 and f"heartbeat-redis-w{args.workers}" not in args.targets:
         args.targets.append(f"heartbeat-redis-w{args.workers}")
+    args.external = {t.name: t for t in map(procs.external, args.external)}
+    args.targets += list(args.external)
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     for s in args.scenarios:
         if s not in SCENARIOS:
             p.error(f"unknown scenario {s!r}")
     for t in args.targets:
-        if t not in TARGETS and not (t.startswith("heartbeat-redis-w") and t[17:].isdigit()):
+        if t not in TARGETS and t not in args.external and not (t.startswith("heartbeat-redis-w") and t[17:].isdigit()):
             p.error(f"unknown target {t!r}")
     return args
 
 
 def start(name: str, scratch: Path, redis: procs.Redis, args) -> procs.Target:
+    if name in args.external:
+        return args.external[name]
     if name == "nchan":
         return procs.start_nchan(scratch, redis)
     if not shutil.which(args.twistd):
@@ -71,20 +78,23 @@ def run(args, scratch: Path) -> dict:
         target = start(name, scratch, redis, args)
         procs.require_loopback(target.host)
         procs.log(f"{name} on {target.url} (pids {target.pids()})")
+        # whose Redis CPU to report: ours, unless the target does not use it
+        target_redis = None if name == "heartbeat-inproc" or name in args.external else redis
         results[name] = {}
         try:
             for scenario in args.scenarios:
                 ctx["prefix"] = f"r{int(time.time()) % 100000}"
                 procs.log(f"{name}: {scenario}")
                 try:
-                    fig = SCENARIOS[scenario](target, redis if name != "heartbeat-inproc" else None, ctx)
+                    fig = SCENARIOS[scenario](target, target_redis, ctx)
                 except Exception as e:  # one broken scenario must not hide the others
                     fig = {"error": f"{type(e).__name__}: {e}"}
                 results[name][scenario] = fig
                 print(json.dumps({"target": name, "scenario": scenario, "url": target.url,
                                   **target.notes, **fig}), flush=True)
         finally:
-            procs.stop(target.proc)
+            if target.proc:
+                procs.stop(target.proc)
     return results
 
 

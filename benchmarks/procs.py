@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,7 +151,8 @@ class Target:
     style: str  # "heartbeat" or "nchan": request shapes, see sseload.c and ping.lua
     host: str
     port: int
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen | None = None  # None: started elsewhere (--external), not ours to stop
+    pid: int = 0  # the server's root process, for CPU and RSS
     notes: dict = field(default_factory=dict)
 
     @property
@@ -158,7 +160,7 @@ class Target:
         return f"http://{self.host}:{self.port}"
 
     def pids(self) -> list[int]:
-        return tree(self.proc.pid) if self.proc else []
+        return tree(self.proc.pid if self.proc else self.pid)
 
 
 class Redis:
@@ -190,6 +192,19 @@ class Redis:
 
     def pids(self) -> list[int]:
         return [self.proc.pid]
+
+
+def external(spec: str) -> Target:
+    """`NAME,STYLE,URL,PID`: a server someone else started, e.g. the Go service."""
+    try:
+        name, style, url, pid = spec.split(",")
+        parsed = urllib.parse.urlsplit(url)
+        target = Target(name, style, parsed.hostname, parsed.port, pid=int(pid))
+    except ValueError:
+        raise SystemExit(f"--external {spec!r}: want NAME,STYLE,URL,PID") from None
+    if style not in ("heartbeat", "nchan") or not Path(f"/proc/{pid}").exists():
+        raise SystemExit(f"--external {spec!r}: STYLE is heartbeat or nchan, PID a live process")
+    return target
 
 
 def wait_healthy(target: Target, logfile: Path, timeout: float = 30.0) -> None:

@@ -63,8 +63,8 @@ def noise_warning(results: dict[str, dict[str, dict]], limit: float = 0.2) -> st
     worst, where = 0.0, ""
     for t, scenarios in results.items():
         for scenario, r in scenarios.items():
-            if r.get("wall_s"):
-                cores = r.get("other_cpu_s", 0) / r["wall_s"]
+            if r.get("wall_s") and r.get("other_cpu_s", 0) >= 0.1:  # above /proc's tick noise
+                cores = r["other_cpu_s"] / r["wall_s"]
                 if cores > worst:
                     worst, where = cores, f"{t} {scenario}"
     if worst <= limit:
