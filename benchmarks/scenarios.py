@@ -61,7 +61,8 @@ class Window:
 
 
 class SseLoad:
-    """One sseload process: subscribe, then `go` (publish) or `stop`, reading its JSON."""
+    """One sseload process: it subscribes, then publishes on `go`; leaving the `with`
+    block closes its stdin, its cue to close every stream and exit."""
 
     def __init__(self, binary: str, target: Target, prefix: str, **opts):
         argv = [binary, "--host", target.host, "--port", str(target.port),
@@ -76,19 +77,27 @@ class SseLoad:
         if not line:
             raise RuntimeError(f"sseload exited ({self.proc.wait()}) before '{event}'")
         msg = json.loads(line)
-        assert msg.pop("event") == event, msg
+        if msg.pop("event") != event:
+            raise RuntimeError(f"sseload said {msg} when '{event}' was due")
         return msg
 
     def send(self, command: str) -> None:
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
 
-    def finish(self) -> None:
+    def __enter__(self) -> SseLoad:
+        return self
+
+    def __exit__(self, *exc) -> None:
         try:
             self.proc.stdin.close()
         except BrokenPipeError:
             pass
-        self.proc.wait(30)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         procs.STARTED.remove(self.proc)
 
 
@@ -103,15 +112,13 @@ def idle(target: Target, redis: Redis | None, ctx: dict) -> dict:
     rss0 = rss_kib(target.pids())
     drops0 = listen_drops()
     win = Window(target, redis)
-    load = SseLoad(ctx["sseload"], target, ctx["prefix"] + "i", subs=streams, users=users,
-                   sub_timeout=30)
-    sub = load.read("subscribed")
-    out = {"streams": streams, "users": users, **sub, **win.close(sub.pop("client_cpu_s")),
-           "listen_drops": listen_drops() - drops0}
-    settle(2.0)
-    rss1 = rss_kib(target.pids())
-    load.send("stop")
-    load.finish()
+    with SseLoad(ctx["sseload"], target, ctx["prefix"] + "i", subs=streams, users=users,
+                 sub_timeout=30) as load:
+        sub = load.read("subscribed")
+        out = {"streams": streams, "users": users, **sub, **win.close(sub.pop("client_cpu_s")),
+               "listen_drops": listen_drops() - drops0}
+        settle(2.0)
+        rss1 = rss_kib(target.pids())
     out.update(rss_before_kib=rss0, rss_after_kib=rss1,
                kib_per_stream=round((rss1 - rss0) / max(1, sub["subs_ok"]), 2))
     settle(2.0)
@@ -120,15 +127,14 @@ def idle(target: Target, redis: Redis | None, ctx: dict) -> dict:
 
 def _publish(target: Target, redis: Redis | None, ctx: dict, prefix: str, **opts) -> dict:
     """Open the subscribers, wait, then publish; the window covers only the publishing."""
-    load = SseLoad(ctx["sseload"], target, ctx["prefix"] + prefix, **opts)
-    sub = load.read("subscribed")
-    settle()  # a server may acknowledge a stream before its Redis SUBSCRIBE is done
-    win = Window(target, redis)
-    load.send("go")
-    done = load.read("done")
-    out = {"subs_ok": sub["subs_ok"], "subs_failed": sub["subs_failed"], **done,
-           **win.close(done.pop("client_cpu_s"))}
-    load.finish()
+    with SseLoad(ctx["sseload"], target, ctx["prefix"] + prefix, **opts) as load:
+        sub = load.read("subscribed")
+        settle()  # a server may acknowledge a stream before its Redis SUBSCRIBE is done
+        win = Window(target, redis)
+        load.send("go")
+        done = load.read("done")
+        out = {"subs_ok": sub["subs_ok"], "subs_failed": sub["subs_failed"], **done,
+               **win.close(done.pop("client_cpu_s"))}
     settle()
     return out
 

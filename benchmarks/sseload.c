@@ -13,8 +13,9 @@
  * connections, so a slow server cannot slow the schedule down — no coordinated omission).
  *
  * Protocol with the harness: stdout gets one JSON line {"event":"subscribed",...} once all
- * subscribers have their response headers (or the timeout passed), then waits for "go" or
- * "stop" on stdin; prints {"event":"done",...} and exits.  Every phase is bounded in time.
+ * subscribers have their response headers (or the timeout passed), then waits for "go" on
+ * stdin (anything else, or EOF, means stop); after publishing it prints {"event":"done",...}
+ * and exits.  Every phase is bounded in time.
  */
 #define _GNU_SOURCE
 #include <errno.h>
