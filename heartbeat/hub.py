@@ -7,7 +7,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from heartbeat.presence import Ping
-from heartbeat.sse import Stream, encode_event
+from heartbeat.sse import Event, Stream
 from heartbeat.store import Store
 
 log = Logger()
@@ -93,7 +93,7 @@ class Hub:
             if ping is None or userid in stream.seen or stream.closed:
                 continue
             if not stream.skip_resumed(ping):
-                stream.send(ping, encode_event(ping))
+                stream.send(Event(ping))
                 self.delivered += 1
 
     def _stored_failed(self, failure: Failure) -> None:
@@ -121,11 +121,11 @@ class Hub:
         interest = self._interest.get(ping.userid)
         if interest is None:
             return
-        frame = encode_event(ping)
+        event = Event(ping)
         streams = tuple(interest.streams)
         self.delivered += len(streams)
         for stream in streams:
-            stream.send(ping, frame)
+            stream.send(event)
 
     def resync(self) -> Deferred[None]:
         """After a bus outage, send each stream what changed while it was down."""
@@ -141,10 +141,10 @@ class Hub:
             interest = self._interest.get(userid)
             if ping is None or interest is None:
                 continue
-            frame = encode_event(ping)
+            event = Event(ping)
             for stream in tuple(interest.streams):
                 if stream.seen.get(userid) != ping:
-                    stream.send(ping, frame)
+                    stream.send(event)
                     self.delivered += 1
 
     def keepalive(self) -> None:

@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from heartbeat.eager import eager_write
 from heartbeat.presence import Ping
 
 log = Logger()
@@ -50,6 +51,28 @@ def encode_event(ping: Ping) -> bytes:
     )
 
 
+class Event:
+    """A ping's event, framed once for every subscriber.
+
+    Streams write ``chunk`` (the frame as an HTTP/1.1 chunk) to their
+    connection directly, so fanning out costs no per-subscriber framing.
+    """
+
+    __slots__ = ("ping", "frame", "chunk")
+
+    def __init__(self, ping: Ping) -> None:
+        self.ping = ping
+        self.frame = encode_event(ping)
+        self.chunk = _chunk(self.frame)
+
+
+def _chunk(frame: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(frame), frame)
+
+
+_KEEPALIVE_CHUNK = _chunk(KEEPALIVE)
+
+
 @implementer(IPushProducer)
 class Stream:
     """One open ``text/event-stream`` response, watching one or more users.
@@ -87,7 +110,7 @@ class Stream:
         self._clock = clock
         self._blocked_timeout = blocked_timeout
         # None while the client reads; while paused, the newest frame per user.
-        self.held: dict[str, bytes] | None = None
+        self.held: dict[str, Event] | None = None
         self._blocked: IDelayedCall | None = None
 
     def start(self) -> None:
@@ -110,17 +133,26 @@ class Stream:
         self.seen[ping.userid] = ping
         return True
 
-    def send(self, ping: Ping, frame: bytes) -> None:
+    def send(self, event: Event) -> None:
+        ping = event.ping
         self.seen[ping.userid] = ping
         if self.held is None:
-            self.request.write(frame)
+            self._write(event.frame, event.chunk)
         else:
-            self.held[ping.userid] = frame
+            self.held[ping.userid] = event
 
     def comment(self) -> None:
         # A blocked client needs no keep-alive: its connection is not idle.
         if self.held is None:
-            self.request.write(KEEPALIVE)
+            self._write(KEEPALIVE, _KEEPALIVE_CHUNK)
+
+    def _write(self, frame: bytes, chunk: bytes) -> None:
+        """Past ``Request.write``: the headers went out in ``start``, and the
+        chunk framing is the event's own, built once for all subscribers."""
+        request = self.request
+        channel = request.channel
+        if channel is not None:  # None once the client is gone
+            eager_write(channel.transport, chunk if request.chunked else frame)
 
     def pauseProducing(self) -> None:
         if self.held is None and not self.closed:
@@ -132,8 +164,8 @@ class Stream:
             return
         held, self.held = self.held, None
         self._cancel_blocked()
-        for frame in held.values():
-            self.request.write(frame)
+        for event in held.values():
+            self._write(event.frame, event.chunk)
 
     def stopProducing(self) -> None:
         """The connection is going: keep nothing more for it."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from twisted.logger import globalLogPublisher
 
 from heartbeat.presence import Ping
-from heartbeat.sse import Stream
+from heartbeat.sse import Event, Stream
 from tests.wire import Connection, Wire, events, request_bytes
 
 PINGS = 20_000
@@ -52,9 +52,10 @@ def test_held_pings_are_one_per_user_and_the_newest():
     # The hub only routes alice's pings here; held is keyed per user, so a
     # stream of several users keeps one of each.
     for n in range(3):
-        stream.send(Ping("alice", n, f"a{n}"), b"data: a%d\n\n" % n)
-        stream.send(Ping("bob", n, f"b{n}"), b"data: b%d\n\n" % n)
-    assert stream.held == {"alice": b"data: a2\n\n", "bob": b"data: b2\n\n"}
+        stream.send(Event(Ping("alice", n, f"a{n}")))
+        stream.send(Event(Ping("bob", n, f"b{n}")))
+    assert {user: event.ping.status for user, event in stream.held.items()} == {
+        "alice": "a2", "bob": "b2"}
 
 
 def test_a_stream_blocked_past_the_limit_is_cut_off_and_forgotten():
