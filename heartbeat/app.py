@@ -20,7 +20,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from heartbeat.config import Settings
 from heartbeat.cors import with_cors
 from heartbeat.errors import ApiError, render_error
-from heartbeat.fastpath import PingFastPath
+from heartbeat.fastpath import HotRoutes
 from heartbeat.health import health
 from heartbeat.hub import Hub
 from heartbeat.identity import Identity
@@ -57,7 +57,7 @@ class HeartbeatApp:
         self.metrics = metrics or Metrics(hub, store)
 
     def resource(self):  # type: ignore[no-untyped-def]
-        routes = PingFastPath(self.app.resource(), self.ping)
+        routes = HotRoutes(self.app.resource(), self.ping, self.subscribe)
         return with_cors(routes, self.settings.cors_origins)
 
     @app.route("/ping", methods=["POST"])
