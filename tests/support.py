@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -19,6 +20,19 @@ TWISTD = str(Path(sys.executable).with_name("twistd"))
 # The daemon runs this checkout's code (its heartbeat/ and twisted/plugins/),
 # the same code the unit tests import.
 REPO = Path(__file__).resolve().parent.parent
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Run in each child: killed when the test run is, however it ends.
+
+    A pytest killed mid-run (a timeout, ^C twice) never reaches fixture
+    teardown; without this its daemons and redis-servers would live on.
+    """
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def free_port() -> int:
@@ -82,7 +96,8 @@ class Daemon:
         env.update(self.env)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.command(), cwd=self.cwd, env=env, stdout=log,
-                                         stderr=subprocess.STDOUT, **popen)
+                                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+                                         **popen)
         wait_for_port(self.port, self.proc)
         if healthy:
             self.wait_healthy()
@@ -137,6 +152,7 @@ class RedisServer:
              "--save", "", "--appendonly", "no", "--dir", str(self.directory),
              *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
         wait_for_port(self.port, self.proc)
         return self
