@@ -97,12 +97,12 @@ class HeartbeatApp:
                 {b"Retry-After": b"5"},
             )
         stream = Stream(
-            request, userids, self.clock, self.settings.stream_blocked_timeout,
+            userids, self.clock, self.settings.stream_blocked_timeout,
             request.getHeader(b"Last-Event-ID"),
         )
-        stream.start()
+        rest = stream.start(request)
         self.hub.attach(stream)
-        return stream.finished
+        return rest
 
     @app.route("/status", methods=["GET"])
     def status(self, request: IRequest) -> Deferred[bytes]:

@@ -23,11 +23,12 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IPushProducer, ITransport
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
+from zope.interface import implementer
 
 from heartbeat.errors import ApiError, error_body, render_error
 from heartbeat.metrics import Metrics
@@ -71,6 +72,45 @@ class HeartbeatRequest(Request):
             return
         self.received_at = self.channel.site.reactor.seconds()
         super().process()
+
+
+@implementer(ITransport, IPushProducer)
+class _Nowhere:
+    """Where a handed-over channel's last writes go: the connection is not its any more."""
+
+    # So the channel reads nothing more of what was buffered for it.
+    disconnecting = True
+    connected = False
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def writeSequence(self, data: object) -> None:
+        pass
+
+    def loseConnection(self) -> None:
+        pass
+
+    def abortConnection(self) -> None:
+        pass
+
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+_NOWHERE = _Nowhere()
 
 
 class HeartbeatChannel(HTTPChannel):
@@ -185,6 +225,24 @@ class HeartbeatChannel(HTTPChannel):
             request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
             return False
         return bool(super().checkPersistence(request, version))
+
+    def hand_over(self, protocol: IProtocol) -> ITransport:
+        """Give this connection to ``protocol`` and leave it; return its transport.
+
+        An event stream whose headers are sent needs nothing more of
+        twisted.web, yet the channel and its request (parsers, header
+        tables, Deferreds) would stay for the connection's life: over half
+        an idle stream's memory. The router still ends its request as
+        usual; the channel then writes into nowhere and is collected.
+        """
+        transport = self.transport
+        transport.unregisterProducer()  # the channel was its producer
+        transport.protocol = protocol
+        self._disarm_deadline()
+        self.site.channels.discard(self)
+        self.persistent = False
+        self.transport = self._networkProducer = _NOWHERE
+        return transport
 
     def hang_up(self) -> Deferred[None]:
         """Close once the request in progress is answered; fires when closed.

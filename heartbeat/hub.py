@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
@@ -72,7 +72,7 @@ class Hub:
         pings are sent.
         """
         self.streams.add(stream)
-        stream.finished.addBoth(self._finished, stream)
+        stream.ends = self
         waits = []
         for userid in stream.userids:
             interest = self._interest.get(userid)
@@ -98,10 +98,6 @@ class Hub:
 
     def _stored_failed(self, failure: Failure) -> None:
         log.failure("reading stored pings failed", failure, log_level=LogLevel.warn)
-
-    def _finished(self, result: object, stream: Stream) -> object:
-        self.detach(stream)
-        return result
 
     def detach(self, stream: Stream) -> None:
         """Forget ``stream``; unsubscribe users nobody here watches any more."""
@@ -153,8 +149,8 @@ class Hub:
         for stream in streams:
             stream.comment()
 
-    def close_all(self) -> None:
-        """End every open stream cleanly, as at shutdown."""
-        for stream in tuple(self.streams):
-            stream.close()
+    def close_all(self) -> Deferred[object]:
+        """End every open stream cleanly, as at shutdown; fires when all are gone."""
+        return DeferredList([stream.close() for stream in tuple(self.streams)])
+
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IServiceCollection, MultiService, Service
-from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults, succeed
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
@@ -15,6 +15,7 @@ from zope.interface import implementer
 from heartbeat import systemd
 from heartbeat.http import HeartbeatSite
 from heartbeat.hub import Hub
+from heartbeat.sse import Stream
 from heartbeat.store import Store
 
 log = Logger()
@@ -136,9 +137,19 @@ class HeartbeatService(MultiService):
             self._ready.cancel()
         await self.listener.stopService()
         await self.keepalive.stopService()
-        self.hub.close_all()
-        await self.site.drain(DRAIN_TIMEOUT)
+        # Streams own their connections; every other connection is the site's.
+        streams = tuple(self.hub.streams)
+        late = self.clock.callLater(DRAIN_TIMEOUT, _abort, streams)
+        await DeferredList([self.hub.close_all(), self.site.drain(DRAIN_TIMEOUT)])
+        if late.active():
+            late.cancel()
         await self.store.close()
         if workers_stopped is not None:
             await workers_stopped
         log.info("heartbeat stopped")
+
+
+def _abort(streams: tuple[Stream, ...]) -> None:
+    """Drop the streams still open at the drain's end: their clients stopped reading."""
+    for stream in streams:
+        stream.abort()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from hashlib import blake2b
+from typing import Protocol
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
@@ -73,54 +75,76 @@ def _chunk(frame: bytes) -> bytes:
 _KEEPALIVE_CHUNK = _chunk(KEEPALIVE)
 
 
+class Ends(Protocol):
+    """Who hears that a stream's connection is gone (the hub)."""
+
+    def detach(self, stream: "Stream") -> None: ...
+
+
 @implementer(IPushProducer)
 class Stream:
     """One open ``text/event-stream`` response, watching one or more users.
 
-    ``finished`` is what the route returns to Klein: it never fires on its
-    own; the hub's close fires it (so Klein ends the response) and Klein
-    cancels it when the client goes away.
+    Once ``start`` has sent the headers, the stream takes the connection
+    over from twisted.web (:meth:`HeartbeatChannel.hand_over`): it is the
+    connection's protocol and its producer, and writes its events to the
+    transport itself. An idle stream is then this object and its transport,
+    not a whole HTTP channel and request.
 
-    The stream is the push producer of its response, so a client that stops
-    reading pauses it once the transport's buffer is full. While paused it
-    writes nothing and holds only the newest frame of each of its users (a
-    watcher wants the current presence, not the history), so its memory is
-    bounded by its number of users; a stream paused for longer than
-    ``blocked_timeout`` seconds is cut off. When not paused, ``send`` is a
-    plain write: fan-out stays cheap.
+    The stream is the push producer of its connection, so a client that
+    stops reading pauses it once the transport's buffer is full. While
+    paused it writes nothing and holds only the newest event of each of its
+    users (a watcher wants the current presence, not the history), so its
+    memory is bounded by its number of users; a stream paused for longer
+    than ``blocked_timeout`` seconds is cut off. When not paused, ``send``
+    is a plain write: fan-out stays cheap.
     """
+
+    __slots__ = (
+        "userids", "last_event_id", "seen", "closed", "held", "transport", "chunked",
+        "ends", "_clock", "_blocked_timeout", "_blocked", "_gone", "_lost",
+    )
 
     def __init__(
         self,
-        request: IRequest,
         userids: tuple[str, ...],
         clock: IReactorTime,
         blocked_timeout: float,
         last_event_id: bytes | None = None,
     ) -> None:
-        self.request = request
         self.userids = userids
         # What a reconnecting browser says it saw last (``Last-Event-ID``).
         self.last_event_id = last_event_id
         # The last ping this stream was sent per user, to resend only what it
         # missed after the bus comes back.
         self.seen: dict[str, Ping] = {}
-        self.finished: Deferred[bytes] = Deferred()
         self.closed = False
+        # None while the client reads; while paused, the newest event per user.
+        self.held: dict[str, Event] | None = None
+        self.transport: ITransport | None = None
+        self.chunked = False
+        self.ends: Ends | None = None
         self._clock = clock
         self._blocked_timeout = blocked_timeout
-        # None while the client reads; while paused, the newest frame per user.
-        self.held: dict[str, Event] | None = None
         self._blocked: IDelayedCall | None = None
+        # Made only when someone waits for the connection to go (shutdown).
+        self._gone: Deferred[None] | None = None
+        self._lost = False
 
-    def start(self) -> None:
-        """Send the headers now, so the client sees the stream open at once."""
-        request = self.request
+    def start(self, request: IRequest) -> Deferred[bytes]:
+        """Send the headers now and take the connection over.
+
+        Returns what the route returns: the request's (empty) rest, so the
+        router ends its request as usual, on the channel left behind.
+        """
         request.setHeader(b"Content-Type", b"text/event-stream")
         request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"X-Accel-Buffering", b"no")
-        request.registerProducer(self, True)
         request.write(RETRY)
+        self.chunked = bool(request.chunked)
+        self.transport = request.channel.hand_over(self)
+        self.transport.registerProducer(self, True)
+        return succeed(b"")
 
     def skip_resumed(self, ping: Ping) -> bool:
         """Whether the client already has ``ping``, by its ``Last-Event-ID``.
@@ -147,12 +171,25 @@ class Stream:
             self._write(KEEPALIVE, _KEEPALIVE_CHUNK)
 
     def _write(self, frame: bytes, chunk: bytes) -> None:
-        """Past ``Request.write``: the headers went out in ``start``, and the
-        chunk framing is the event's own, built once for all subscribers."""
-        request = self.request
-        channel = request.channel
-        if channel is not None:  # None once the client is gone
-            eager_write(channel.transport, chunk if request.chunked else frame)
+        """The chunk framing is the event's own, built once for all subscribers."""
+        if not self.closed:
+            eager_write(self.transport, chunk if self.chunked else frame)
+
+    # The connection's protocol, once handed over.
+
+    def dataReceived(self, data: bytes) -> None:
+        """A client says nothing on an event stream; whatever it sends is dropped."""
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._lost = self.closed = True
+        self._cancel_blocked()
+        self.held = None
+        if self.ends is not None:
+            self.ends.detach(self)
+        if self._gone is not None:
+            self._gone.callback(None)
+
+    # The connection's producer.
 
     def pauseProducing(self) -> None:
         if self.held is None and not self.closed:
@@ -176,14 +213,14 @@ class Stream:
         """Blocked too long: drop the connection, its buffered bytes with it.
 
         A clean end would only queue behind the bytes the client is not
-        reading; aborting frees them now. Klein then sees the connection
-        lost and the hub forgets the stream.
+        reading; aborting frees them now, and the hub hears of it through
+        ``connectionLost``.
         """
         self._blocked = None
         log.info("closing a stream blocked for {seconds}s", seconds=self._blocked_timeout)
         self.closed = True
         self.held = {}
-        self.request.transport.abortConnection()
+        self.transport.abortConnection()
 
     def _cancel_blocked(self) -> None:
         if self._blocked is not None:
@@ -191,10 +228,28 @@ class Stream:
                 self._blocked.cancel()
             self._blocked = None
 
-    def close(self) -> None:
-        """End the response cleanly (the client sees the stream end)."""
+    def close(self) -> Deferred[None]:
+        """End the response cleanly (the client sees the stream end).
+
+        Fires once the connection is gone, its last bytes flushed; the
+        caller (shutdown) bounds the wait.
+        """
+        if self._gone is None:
+            self._gone = Deferred()
+            if self.transport is None or self._lost:
+                self._gone.callback(None)
         if not self.closed:
             self.closed = True
             self._cancel_blocked()
-            self.request.unregisterProducer()
-            self.finished.callback(b"")
+            if self.ends is not None:
+                self.ends.detach(self)
+            self.transport.unregisterProducer()
+            if self.chunked:
+                eager_write(self.transport, b"0\r\n\r\n")
+            self.transport.loseConnection()
+        return self._gone
+
+    def abort(self) -> None:
+        """Shutdown's last resort for a client that stopped reading."""
+        if self.transport is not None:
+            self.transport.abortConnection()

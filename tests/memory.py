@@ -19,9 +19,11 @@ class Connection:
         self.transport = StringTransport()
         self.channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         self.channel.makeConnection(self.transport)
+        # As a real transport knows its protocol: an event stream takes it over.
+        self.transport.protocol = self.channel
 
     def send(self, data: bytes) -> None:
-        self.channel.dataReceived(data)
+        self.transport.protocol.dataReceived(data)
 
     def take(self) -> bytes:
         data = self.transport.value()
@@ -32,7 +34,7 @@ class Connection:
         from twisted.internet.error import ConnectionDone
         from twisted.python.failure import Failure
 
-        self.channel.connectionLost(Failure(ConnectionDone()))
+        self.transport.protocol.connectionLost(Failure(ConnectionDone()))
 
 
 class MemoryServer:

@@ -83,9 +83,11 @@ class Connection:
         self.transport = FakeTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
         self.channel: HeartbeatChannel = wire.site.buildProtocol(None)
         self.channel.makeConnection(self.transport)
+        # As a real transport knows its protocol: an event stream takes it over.
+        self.transport.protocol = self.channel
 
     def send(self, data: bytes) -> None:
-        self.channel.dataReceived(data)
+        self.transport.protocol.dataReceived(data)
 
     def response(self) -> Response | None:
         return parse_response(self.transport.value())
@@ -94,7 +96,7 @@ class Connection:
         from twisted.internet.error import ConnectionDone
         from twisted.python.failure import Failure
 
-        self.channel.connectionLost(Failure(ConnectionDone()))
+        self.transport.protocol.connectionLost(Failure(ConnectionDone()))
 
 
 class Wire:
