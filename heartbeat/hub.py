@@ -80,9 +80,13 @@ class Hub:
                 interest = _Interest(self._store.subscribe(userid))
                 self._interest[userid] = interest
             interest.streams.add(stream)
-            waits.append(interest.when_subscribed())
-        d = gatherResults(waits)
-        d.addCallback(lambda _: self._store.get(stream.userids))
+            if not interest.subscribed:
+                waits.append(interest.when_subscribed())
+        if waits:
+            d = gatherResults(waits)
+            d.addCallback(lambda _: self._store.get(stream.userids))
+        else:  # the usual case, a user already watched here: no waiting to set up
+            d = self._store.get(stream.userids)
         d.addCallback(self._send_stored, stream)
         d.addErrback(self._stored_failed)
         return d
