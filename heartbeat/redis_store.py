@@ -61,6 +61,8 @@ class RedisStore(Service):
         # Subscribes asked for while the subscriber was down: fired once it
         # is back and has subscribed to everything wanted.
         self._pending: list[Deferred[None]] = []
+        # The gets of this reactor turn, read together at its end.
+        self._reads: list[tuple[list[str], Deferred[dict[str, Ping | None]]]] = []
         self._closed = False
         # Links that have been connected once: a later ready is a reconnect.
         self._connected_once: set[str] = set()
@@ -98,17 +100,48 @@ class RedisStore(Service):
         return d.addCallbacks(lambda _: None, self._unavailable)
 
     def get(self, userids: Iterable[str]) -> Deferred[dict[str, Ping | None]]:
+        """The stored pings, read with every other ``get`` of this reactor turn.
+
+        A burst of streams opening (clients reconnecting after a restart)
+        asks for thousands of users within a few turns; one script call per
+        turn instead of one per stream is most of the burst's Redis cost.
+        """
         users = list(dict.fromkeys(userids))
         if not users:
             return succeed({})
+        if self._commands is None:
+            return fail(StoreUnavailable())
+        d: Deferred[dict[str, Ping | None]] = Deferred()
+        if not self._reads:
+            self._reactor.callLater(0, self._read_batch)
+        self._reads.append((users, d))
+        return d
+
+    def _read_batch(self) -> None:
+        reads, self._reads = self._reads, []
+        users = list(dict.fromkeys(userid for wanted, _ in reads for userid in wanted))
         conn = self._commands
         if conn is None:
-            return fail(StoreUnavailable())
-        d = READ_MANY.run(conn, [self._key(userid) for userid in users])
-        d.addCallback(
-            lambda rows: {userid: from_fields(userid, row) for userid, row in zip(users, rows)}
-        )
-        return d.addErrback(self._unavailable)
+            batch: Deferred[list] = fail(StoreUnavailable())
+        else:
+            batch = READ_MANY.run(conn, [self._key(userid) for userid in users])
+        batch.addCallbacks(self._answer_reads, self._fail_reads, (users, reads), None, (reads,))
+
+    def _answer_reads(
+        self, rows: list, users: list[str], reads: list[tuple[list[str], Deferred]]
+    ) -> None:
+        pings = {userid: from_fields(userid, row) for userid, row in zip(users, rows)}
+        for wanted, d in reads:
+            d.callback({userid: pings[userid] for userid in wanted})
+
+    def _fail_reads(self, failure: Failure, reads: list[tuple[list[str], Deferred]]) -> None:
+        if not failure.check(StoreUnavailable):
+            try:
+                self._unavailable(failure)
+            except StoreUnavailable:
+                pass
+        for _, d in reads:
+            d.errback(StoreUnavailable())
 
     def subscribe(self, userid: str) -> Deferred[None]:
         self._wanted.add(userid)

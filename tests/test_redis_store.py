@@ -122,6 +122,27 @@ async def test_a_ping_is_one_script_call_that_falls_back_to_eval(make_store, red
 
 
 @pytest_twisted.ensureDeferred
+async def test_gets_of_one_reactor_turn_are_one_script_call(make_store, redis_server):
+    store = await started(make_store())
+    await store.ping(Ping("alice", 1, "a"))
+    await store.ping(Ping("bob", 2, "b"))
+    await store.get(["warm-up"])  # the script is known from here on
+    monitor = await ClientCreator(reactor, Monitor).connectTCP("127.0.0.1", redis_server.port)
+    monitor.transport.write(b"MONITOR\r\n")
+    await until(lambda: monitor.lines)
+    first, second, third = store.get(["alice"]), store.get(["bob", "alice"]), store.get(["carol"])
+    assert await first == {"alice": Ping("alice", 1, "a")}
+    assert await second == {"bob": Ping("bob", 2, "b"), "alice": Ping("alice", 1, "a")}
+    assert await third == {"carol": None}
+    redis_server.command("ECHO", "done")
+    await until(lambda: any('"done"' in line for line in monitor.lines))
+    monitor.transport.loseConnection()
+    calls = [line for line in monitor.lines if '"EVALSHA"' in line]
+    assert len(calls) == 1
+    assert all(f'"heartbeat:{user}"' in calls[0] for user in ("alice", "bob", "carol"))
+
+
+@pytest_twisted.ensureDeferred
 async def test_prefix_names_keys_and_channels(make_store, redis_server):
     store = await started(make_store(prefix="hb/test/"))
     await store.subscribe("alice")
