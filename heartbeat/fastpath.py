@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -60,12 +60,16 @@ class HotRoutes(Resource):
 
 
 def _run(request: IRequest, handler: Handler, *args: str) -> bytes | int:
-    """Call ``handler`` as Klein would: errors as JSON, cancelled if the client goes."""
+    """Call ``handler`` as Klein would, errors as JSON.
+
+    Unlike Klein, a client that goes away cancels nothing: a ping already
+    sent to Redis is stored whether or not anyone hears the answer, and a
+    stream's request is over once the stream has the connection.
+    """
     try:
         d = handler(request, *args)
     except ApiError as error:
         return render_error(request, error)
-    request.notifyFinish().addErrback(lambda _: d.cancel())
     d.addCallbacks(_answer, _fail, (request,), None, (request,))
     return NOT_DONE_YET
 
@@ -77,8 +81,6 @@ def _answer(body: bytes, request: IRequest) -> None:
 
 
 def _fail(failure: Failure, request: IRequest) -> None:
-    if failure.check(CancelledError):
-        return  # the client went away; nothing to answer
     if failure.check(ApiError):
         error = failure.value
     else:

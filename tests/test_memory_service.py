@@ -183,3 +183,24 @@ def test_ping_fast_path_answers_like_the_router():
     # Anything else still goes through Klein's routing.
     assert response(server.request("POST", "/ping/extra", b"1").take())[0] == 404
     assert response(server.request("PUT", "/ping", b"1").take())[0] == 405
+
+
+def test_a_ping_whose_client_left_is_still_stored_without_errors():
+    """The store's answer may come after the client is gone: nothing is cancelled."""
+    from twisted.internet.defer import Deferred
+    from twisted.logger import globalLogPublisher
+
+    server = MemoryServer()
+    stored = server.store.ping
+    answer: Deferred = Deferred()
+    server.store.ping = lambda ping: answer.addCallback(lambda _: stored(ping))
+    failures = []
+    globalLogPublisher.addObserver(failures.append)
+    try:
+        conn = server.request("POST", "/ping", b"1", {"X-User-Claim": '{"userid": "alice"}'})
+        conn.close()
+        answer.callback(None)
+    finally:
+        globalLogPublisher.removeObserver(failures.append)
+    assert server.store._pings["alice"].status == "1"
+    assert not [e for e in failures if "log_failure" in e]
