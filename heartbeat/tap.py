@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from twisted.application.service import IService
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.interfaces import IReactorCore
 from twisted.python.usage import Options as _Options
 from twisted.python.usage import UsageError
@@ -34,16 +34,27 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor  # type: ignore[assignment]
+    sockets = None
     try:
         settings = load_settings(config)
-        endpoint = _endpoint(reactor, settings)
+        if settings.workers > 1:
+            from heartbeat.workers import reuseport_sockets
+
+            description = listen_endpoint(settings.listen, settings.backlog)
+            sockets = reuseport_sockets(description, settings.workers)
+        if sockets:
+            endpoint = AdoptedStreamServerEndpoint(reactor, sockets[0].fileno(), sockets[0].family)
+        else:
+            endpoint = _endpoint(reactor, settings)
     except UsageError as e:
         raise SystemExit(f"heartbeat: {e}") from None
     service = build_service(settings, reactor, endpoint)
     if settings.workers > 1:
         from heartbeat.workers import WorkerPool
 
-        pool = WorkerPool(reactor, settings.workers - 1, config, service.when_listening)
+        pool = WorkerPool(
+            reactor, settings.workers - 1, config, service.when_listening, sockets or ()
+        )
         service.add_workers(pool)
     return service
 

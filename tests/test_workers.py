@@ -12,8 +12,9 @@ from twisted.internet.defer import succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
+from twisted.python.usage import UsageError
 
-from heartbeat.workers import WorkerPool, inherited_endpoint, worker_command
+from heartbeat.workers import WorkerPool, inherited_endpoint, reuseport_sockets, worker_command
 from tests.support import SSEClient, get, post_ping
 
 
@@ -49,8 +50,9 @@ class _Port:
     class socket:
         family = socket.AF_INET
 
-    def fileno(self):
-        return 7
+        @staticmethod
+        def fileno():
+            return 7
 
 
 class _Reactor(Clock):
@@ -146,3 +148,57 @@ def _health_pid(port: int) -> int | None:
 def _zombie(pid: int) -> bool:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().split()[2] == "Z"
+
+
+@pytest.mark.parametrize("description, expected", [
+    ("tcp:0:interface=127.0.0.1:backlog=64", ("127.0.0.1", socket.AF_INET)),
+    ("tcp6:0:interface=\\:\\:1:backlog=64", ("::1", socket.AF_INET6)),
+])
+def test_reuseport_sockets_share_one_address(description, expected):
+    sockets = reuseport_sockets(description, 3)
+    try:
+        addresses = {s.getsockname()[:2] for s in sockets}
+        assert len(sockets) == 3 and len(addresses) == 1
+        (host, port), = addresses
+        assert (host, sockets[0].family) == expected and port > 0
+        assert all(s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for s in sockets)
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest.mark.parametrize("description", [
+    "unix:/tmp/x.sock:backlog=5", "systemd:domain=INET:index=0", "tcp:8080:backlog=5:extra=1",
+])
+def test_other_endpoints_share_the_primary_socket(description):
+    assert reuseport_sockets(description, 2) is None
+
+
+def test_an_address_in_use_is_a_bad_listen_setting():
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        with pytest.raises(UsageError, match="^bad setting LISTEN"):
+            reuseport_sockets(f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1", 2)
+    finally:
+        taken.close()
+
+
+def test_connections_opened_together_reach_both_processes(redis_server, start_daemon):
+    """What wrk -c64 does: every keep-alive connection opened at once."""
+    daemon = start_daemon(["--redis", redis_server.address, "--workers", "2"])
+    (worker,) = _wait(lambda: _children(daemon.proc.pid))
+    _wait(lambda: _health_pid(daemon.port) is not None)
+    connections = [socket.create_connection(("127.0.0.1", daemon.port)) for _ in range(32)]
+    pids = set()
+    for conn in connections:
+        conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    for conn in connections:
+        conn.settimeout(10)
+        reply = b""
+        while b"}" not in reply.partition(b'"pid": ')[2]:
+            reply += conn.recv(4096)
+        pids.add(int(reply.partition(b'"pid": ')[2].split(b"}")[0]))
+        conn.close()
+    assert pids == {daemon.proc.pid, worker}
