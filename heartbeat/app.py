@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 from klein import Klein
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -26,7 +26,7 @@ from heartbeat.hub import Hub
 from heartbeat.identity import Identity
 from heartbeat.metrics import Metrics
 from heartbeat.presence import Ping
-from heartbeat.sse import Stream
+from heartbeat.sse import Stream, set_stream_headers
 from heartbeat.status import MAX_BODY, parse_status
 from heartbeat.store import Store
 from heartbeat.users import requested_users
@@ -96,6 +96,9 @@ class HeartbeatApp:
                 503, f"too many open streams (limit {self.settings.max_streams}), retry later",
                 {b"Retry-After": b"5"},
             )
+        if request.method == b"HEAD":  # what a GET would say, and no stream
+            set_stream_headers(request)
+            return succeed(b"")
         stream = Stream(
             userids, self.clock, self.settings.stream_blocked_timeout,
             request.getHeader(b"Last-Event-ID"),

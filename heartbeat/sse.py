@@ -75,6 +75,13 @@ def _chunk(frame: bytes) -> bytes:
 _KEEPALIVE_CHUNK = _chunk(KEEPALIVE)
 
 
+def set_stream_headers(request: IRequest) -> None:
+    """What an event stream's response says of itself (a HEAD gets them too)."""
+    request.setHeader(b"Content-Type", b"text/event-stream")
+    request.setHeader(b"Cache-Control", b"no-cache")
+    request.setHeader(b"X-Accel-Buffering", b"no")
+
+
 class Ends(Protocol):
     """Who hears that a stream's connection is gone (the hub)."""
 
@@ -137,9 +144,7 @@ class Stream:
         Returns what the route returns: the request's (empty) rest, so the
         router ends its request as usual, on the channel left behind.
         """
-        request.setHeader(b"Content-Type", b"text/event-stream")
-        request.setHeader(b"Cache-Control", b"no-cache")
-        request.setHeader(b"X-Accel-Buffering", b"no")
+        set_stream_headers(request)
         request.write(RETRY)
         self.chunked = bool(request.chunked)
         self.transport = request.channel.hand_over(self)

@@ -204,3 +204,15 @@ def test_a_ping_whose_client_left_is_still_stored_without_errors():
         globalLogPublisher.removeObserver(failures.append)
     assert server.store._pings["alice"].status == "1"
     assert not [e for e in failures if "log_failure" in e]
+
+
+def test_head_of_a_stream_is_its_headers_and_no_stream():
+    server = MemoryServer()
+    server.ping("alice", "1")
+    for path in ("/subscribe/alice", "/subscribe?user=alice"):
+        conn = server.request("HEAD", path)
+        head = conn.take()
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"Content-Type: text/event-stream\r\n" in head
+        assert head.endswith(b"\r\n\r\n")  # no body, not even retry:
+    assert not server.hub.streams
