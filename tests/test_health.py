@@ -10,7 +10,7 @@ from tests.test_metrics import dechunk
 
 
 def probe(server: MemoryServer) -> tuple[bytes, dict]:
-    head, _, body = server.request("GET", "/health").take().partition(b"\r\n\r\n")
+    head, _, body = server.send("GET", "/health").take().partition(b"\r\n\r\n")
     return head, json.loads(dechunk(body))
 
 
@@ -25,7 +25,7 @@ def test_ok_with_the_in_process_store_and_no_credentials():
 
 def test_counts_open_streams():
     server = MemoryServer()
-    server.request("GET", "/subscribe/alice")
+    server.send("GET", "/subscribe/alice")
     assert probe(server)[1]["streams"] == 1
 
 

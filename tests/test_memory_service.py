@@ -8,7 +8,7 @@ from tests.memory import MemoryServer, response
 
 
 def subscribe(server: MemoryServer, path: str = "/subscribe/alice"):
-    conn = server.request("GET", path)
+    conn = server.send("GET", path)
     head = conn.take()
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     return conn, head
@@ -49,13 +49,13 @@ def test_stream_headers_are_sent_at_once():
 
 def test_stored_ping_first_then_live_pings_in_order():
     server = MemoryServer()
-    assert server.ping("alice", '{"status": "1"}') == (200, b"")
+    assert server.ping_raw("alice", '{"status": "1"}') == (200, b"")
     conn, head = subscribe(server)
     assert head.endswith(STREAM_START + b"%x\r\n" % len(encode_event(Ping("alice", 1_800_000_000, "1")))
                          + encode_event(Ping("alice", 1_800_000_000, "1")) + b"\r\n")
     server.clock.advance(3)
     for status in ("2", "3", "0"):
-        server.ping("alice", status)
+        server.ping_raw("alice", status)
     assert chunks(conn.take()) == [
         encode_event(Ping("alice", 1_800_000_003, s)) for s in ("2", "3", "0")
     ]
@@ -65,13 +65,13 @@ def test_no_stored_ping_means_no_first_event():
     server = MemoryServer()
     conn, head = subscribe(server)
     assert head.endswith(STREAM_START)
-    server.ping("bob", "1")
+    server.ping_raw("bob", "1")
     assert conn.take() == b""
 
 
 def test_client_route_is_the_same_stream():
     server = MemoryServer()
-    server.ping("alice", "2")
+    server.ping_raw("alice", "2")
     conn, head = subscribe(server, "/subscribe/alice/client/phone?token=abc")
     assert b'"status":"2"' in head
 
@@ -111,9 +111,9 @@ def test_close_all_ends_streams_cleanly():
 
 def test_rejected_ping_stores_nothing():
     server = MemoryServer()
-    server.ping("alice", "1")
-    assert server.ping("alice", "x" * 65)[0] == 400
-    assert server.ping("alice", b"", "application/json")[0] == 400
+    server.ping_raw("alice", "1")
+    assert server.ping_raw("alice", "x" * 65)[0] == 400
+    assert server.ping_raw("alice", b"", "application/json")[0] == 400
     assert server.store._pings["alice"].status == "1"
 
 
@@ -124,7 +124,7 @@ def test_oversized_declared_body_is_refused_before_it_is_read():
               b"Content-Length: 4097\r\n\r\n")
     status, body = response(conn.take())
     assert status == 413 and json.loads(body)["error"]
-    assert conn.transport.disconnecting
+    assert conn.transport.write_closed  # half-closed: it drains, then closes
     conn.send(b"x" * 4097)  # the rest of the body is read and dropped
     assert conn.take() == b""
 
@@ -147,16 +147,16 @@ def test_body_of_exactly_the_limit_is_read():
     body = b'{"status":"1"}'
     body = body[:1] + b" " * (4096 - len(body)) + body[1:]
     assert len(body) == 4096
-    assert server.ping("alice", body) == (200, b"")
+    assert server.ping_raw("alice", body) == (200, b"")
 
 
 def test_unknown_path_and_wrong_method_are_json():
     server = MemoryServer()
-    status, body = response(server.request("GET", "/nope").take())
+    status, body = response(server.send("GET", "/nope").take())
     assert status == 404 and json.loads(body) == {"error": "no such path"}
-    status, body = response(server.request("DELETE", "/subscribe/alice").take())
+    status, body = response(server.send("DELETE", "/subscribe/alice").take())
     assert status == 405 and "error" in json.loads(body)
-    status, body = response(server.request("GET", "/ping").take())
+    status, body = response(server.send("GET", "/ping").take())
     assert status == 405
 
 
@@ -175,14 +175,14 @@ def test_service_stop_ends_streams():
 def test_ping_fast_path_answers_like_the_router():
     """POST /ping skips Klein; its answers and errors must not change."""
     server = MemoryServer()
-    assert server.ping("alice", "1") == (200, b"")
-    status, body = server.ping("alice", "x" * 65)
+    assert server.ping_raw("alice", "1") == (200, b"")
+    status, body = server.ping_raw("alice", "x" * 65)
     assert status == 400 and json.loads(body)["error"]
-    status, body = response(server.request("POST", "/ping", b"1").take())
+    status, body = response(server.send("POST", "/ping", b"1").take())
     assert status == 400 and "X-User-Claim" in json.loads(body)["error"]
     # Anything else still goes through Klein's routing.
-    assert response(server.request("POST", "/ping/extra", b"1").take())[0] == 404
-    assert response(server.request("PUT", "/ping", b"1").take())[0] == 405
+    assert response(server.send("POST", "/ping/extra", b"1").take())[0] == 404
+    assert response(server.send("PUT", "/ping", b"1").take())[0] == 405
 
 
 def test_a_ping_whose_client_left_is_still_stored_without_errors():
@@ -197,7 +197,7 @@ def test_a_ping_whose_client_left_is_still_stored_without_errors():
     failures = []
     globalLogPublisher.addObserver(failures.append)
     try:
-        conn = server.request("POST", "/ping", b"1", {"X-User-Claim": '{"userid": "alice"}'})
+        conn = server.send("POST", "/ping", b"1", {"X-User-Claim": '{"userid": "alice"}'})
         conn.close()
         answer.callback(None)
     finally:
@@ -208,9 +208,9 @@ def test_a_ping_whose_client_left_is_still_stored_without_errors():
 
 def test_head_of_a_stream_is_its_headers_and_no_stream():
     server = MemoryServer()
-    server.ping("alice", "1")
+    server.ping_raw("alice", "1")
     for path in ("/subscribe/alice", "/subscribe?user=alice"):
-        conn = server.request("HEAD", path)
+        conn = server.send("HEAD", path)
         head = conn.take()
         assert head.startswith(b"HTTP/1.1 200 OK\r\n")
         assert b"Content-Type: text/event-stream\r\n" in head

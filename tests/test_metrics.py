@@ -20,7 +20,7 @@ def dechunk(body: bytes) -> bytes:
 
 def samples(server: MemoryServer) -> dict[tuple[str, tuple], float]:
     """Every sample of a scrape, through the real route, keyed by name and labels."""
-    head, _, body = server.request("GET", "/metrics").take().partition(b"\r\n\r\n")
+    head, _, body = server.send("GET", "/metrics").take().partition(b"\r\n\r\n")
     assert b"Content-Type: text/plain; version=" in head
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -31,13 +31,13 @@ def samples(server: MemoryServer) -> dict[tuple[str, tuple], float]:
 
 def test_pings_accepted_rejected_and_timed():
     server = MemoryServer()
-    assert server.ping("alice", "1", "text/plain")[0] == 200
-    assert server.ping("alice", "", "text/plain")[0] == 400
-    assert response(server.request("POST", "/ping", b"1").take())[0] == 400  # no claim
+    assert server.ping_raw("alice", "1", "text/plain")[0] == 200
+    assert server.ping_raw("alice", "", "text/plain")[0] == 400
+    assert response(server.send("POST", "/ping", b"1").take())[0] == 400  # no claim
     # A ping whose store answers 0.25 s later.
     pending: Deferred[None] = Deferred()
     server.store.ping = lambda ping: pending
-    conn = server.request("POST", "/ping", b"2", {"X-User-Claim": '{"userid": "bob"}'})
+    conn = server.send("POST", "/ping", b"2", {"X-User-Claim": '{"userid": "bob"}'})
     server.clock.advance(0.25)
     pending.callback(None)
     assert conn.take().startswith(b"HTTP/1.1 200")
@@ -60,8 +60,8 @@ def test_oversized_ping_refused_unread_is_counted():
 
 def test_other_requests_are_not_pings():
     server = MemoryServer()
-    server.request("GET", "/ping")  # 405
-    server.request("GET", "/health")
+    server.send("GET", "/ping")  # 405
+    server.send("GET", "/health")
     got = samples(server)
     assert got[("heartbeat_ping_seconds_count", ())] == 0
     assert got[("heartbeat_pings_accepted_total", ())] == 0
@@ -70,20 +70,20 @@ def test_other_requests_are_not_pings():
 
 def test_streams_users_events_and_keepalives():
     server = MemoryServer()
-    streams = [server.request("GET", path)
+    streams = [server.send("GET", path)
                for path in ("/subscribe/alice", "/subscribe/alice", "/subscribe/bob")]
     got = samples(server)
     assert got[("heartbeat_open_streams", ())] == 3
     assert got[("heartbeat_subscribed_users", ())] == 2
 
-    assert server.ping("alice", "0", "text/plain")[0] == 200  # fanned out to 2 streams
+    assert server.ping_raw("alice", "0", "text/plain")[0] == 200  # fanned out to 2 streams
     server.hub.keepalive()
     got = samples(server)
     assert got[("heartbeat_events_delivered_total", ())] == 2
     assert got[("heartbeat_keepalives_sent_total", ())] == 3
 
     # A stream opened now gets the stored ping: one more event delivered.
-    server.request("GET", "/subscribe/alice")
+    server.send("GET", "/subscribe/alice")
     assert samples(server)[("heartbeat_events_delivered_total", ())] == 3
 
     streams[2].close()  # bob's only watcher goes away
@@ -110,6 +110,6 @@ def test_store_state_and_reconnects():
 
 def test_each_service_counts_its_own_pings():
     first, second = MemoryServer(), MemoryServer()
-    assert first.ping("alice", "1", "text/plain")[0] == 200
+    assert first.ping_raw("alice", "1", "text/plain")[0] == 200
     assert samples(first)[("heartbeat_pings_accepted_total", ())] == 1
     assert samples(second)[("heartbeat_pings_accepted_total", ())] == 0

@@ -20,11 +20,11 @@ def started() -> tuple[MemoryServer, list[bool]]:
 
 def test_streams_end_with_their_last_chunk_and_pings_in_flight_finish_first():
     server, closed = started()
-    stream = server.request("GET", "/subscribe/alice")
-    idle = server.request("POST", "/ping", b"0", CLAIM)
+    stream = server.send("GET", "/subscribe/alice")
+    idle = server.send("POST", "/ping", b"0", CLAIM)
     pending: Deferred[None] = Deferred()
     server.store.ping = lambda ping: pending
-    busy = server.request("POST", "/ping", b"1", CLAIM)
+    busy = server.send("POST", "/ping", b"1", CLAIM)
 
     stopping = server.service.stopService()
 
@@ -46,7 +46,7 @@ def test_streams_end_with_their_last_chunk_and_pings_in_flight_finish_first():
 
 def test_clients_that_do_not_go_away_are_aborted_after_the_drain_timeout():
     server, closed = started()
-    stuck = server.request("GET", "/subscribe/alice")
+    stuck = server.send("GET", "/subscribe/alice")
     stopping = server.service.stopService()
     server.clock.advance(DRAIN_TIMEOUT - 0.1)
     assert not stuck.transport.disconnected and not stopping.called

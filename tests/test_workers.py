@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -197,8 +198,8 @@ def test_connections_opened_together_reach_both_processes(redis_server, start_da
     for conn in connections:
         conn.settimeout(10)
         reply = b""
-        while b"}" not in reply.partition(b'"pid": ')[2]:
+        while (found := re.search(rb'"pid": (\d+)[,}]', reply)) is None:
             reply += conn.recv(4096)
-        pids.add(int(reply.partition(b'"pid": ')[2].split(b"}")[0]))
+        pids.add(int(found[1]))
         conn.close()
     assert pids == {daemon.proc.pid, worker}

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from heartbeat.config import load_settings
@@ -92,6 +93,12 @@ class Connection:
     def response(self) -> Response | None:
         return parse_response(self.transport.value())
 
+    def take(self) -> bytes:
+        """Every byte the server wrote since the last take."""
+        data = self.transport.value()
+        self.transport.clear()
+        return data
+
     def close(self) -> None:
         from twisted.internet.error import ConnectionDone
         from twisted.python.failure import Failure
@@ -105,7 +112,9 @@ class Wire:
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self.clock = MemoryReactorClock()
         self.settings = load_settings({}, dict(env or {}), {})
-        self.service = build_service(self.settings, self.clock, None)
+        # Listening on the fake reactor, so the service can start and stop.
+        endpoint = TCP4ServerEndpoint(self.clock, 8080)
+        self.service = build_service(self.settings, self.clock, endpoint)
         self.site = self.service.listener.factory
         self.hub = self.service.hub
         self.store = self.service.store
