@@ -15,11 +15,11 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from heartbeat.config import Settings
 from heartbeat.cors import with_cors
-from heartbeat.errors import ApiError, render_error
+from heartbeat.errors import ApiError, internal_error, render_error
 from heartbeat.fastpath import HotRoutes
 from heartbeat.health import health
 from heartbeat.hub import Hub
@@ -141,6 +141,15 @@ class HeartbeatApp:
             request,
             ApiError(405, "method not allowed", {b"Allow": allowed.encode()}),
         )
+
+    @app.handle_errors(HTTPException)
+    def other_http_error(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        return render_error(request, ApiError(error.code or 400, error.name.lower()))
+
+    @app.handle_errors(Exception)
+    def bug(self, request: IRequest, failure: Failure) -> bytes:
+        return render_error(request, internal_error(failure))
 
 
 def _status_body(pings: dict[str, Ping | None], request: IRequest) -> bytes:

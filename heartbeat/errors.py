@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+
+log = Logger()
 
 
 class ApiError(Exception):
@@ -36,3 +40,9 @@ def render_error(request: IRequest, error: ApiError) -> bytes:
     body = error_body(error.message)
     request.setHeader(b"Content-Length", str(len(body)).encode())
     return body
+
+
+def internal_error(failure: Failure) -> ApiError:
+    """A bug's answer: logged here with its traceback, a bare 500 to the client."""
+    log.failure("request failed", failure)
+    return ApiError(500, "internal error")

@@ -17,15 +17,12 @@ import re
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
-from heartbeat.errors import ApiError, render_error
-
-log = Logger()
+from heartbeat.errors import ApiError, internal_error, render_error
 
 Handler = Callable[..., Deferred[bytes]]
 
@@ -70,6 +67,8 @@ def _run(request: IRequest, handler: Handler, *args: str) -> bytes | int:
         d = handler(request, *args)
     except ApiError as error:
         return render_error(request, error)
+    except Exception:
+        return render_error(request, internal_error(Failure()))
     d.addCallbacks(_answer, _fail, (request,), None, (request,))
     return NOT_DONE_YET
 
@@ -81,9 +80,5 @@ def _answer(body: bytes, request: IRequest) -> None:
 
 
 def _fail(failure: Failure, request: IRequest) -> None:
-    if failure.check(ApiError):
-        error = failure.value
-    else:
-        log.failure("request failed", failure)
-        error = ApiError(500, "internal error")
+    error = failure.value if failure.check(ApiError) else internal_error(failure)
     _answer(render_error(request, error), request)

@@ -216,3 +216,25 @@ def test_head_of_a_stream_is_its_headers_and_no_stream():
         assert b"Content-Type: text/event-stream\r\n" in head
         assert head.endswith(b"\r\n\r\n")  # no body, not even retry:
     assert not server.hub.streams
+
+
+def test_a_bug_is_a_json_500_on_every_route(monkeypatch):
+    from twisted.logger import globalLogPublisher
+
+    server = MemoryServer()
+
+    def broken(*args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(server.store, "get", broken)
+    monkeypatch.setattr(server.store, "ping", broken)
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        for method, path in (("GET", "/status?user=alice"), ("POST", "/ping")):
+            conn = server.send(method, path, b"1", {"X-User-Claim": '{"userid": "alice"}'})
+            status, body = response(conn.take())
+            assert (status, json.loads(body)) == (500, {"error": "internal error"})
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert len([e for e in logged if "log_failure" in e]) == 2
