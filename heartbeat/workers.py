@@ -169,9 +169,6 @@ class WorkerPool(Service):
                      number=worker.number, why=reason.getErrorMessage())
         self._reactor.callLater(RESTART_DELAY, self._spawn, worker.number)
 
-    def pids(self) -> list[int]:
-        return [process.pid for _, process in self._workers.values()]
-
     def stopService(self) -> Deferred[object]:
         """SIGTERM every worker (each stops as gracefully as the primary), then wait."""
         super().stopService()

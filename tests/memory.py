@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.wire import Connection, Wire, claim, request_bytes
+from tests.wire import Connection, Wire, claim, parse_response, request_bytes
 
 
 class MemoryServer(Wire):
@@ -32,6 +32,6 @@ class MemoryServer(Wire):
 
 
 def response(raw: bytes) -> tuple[int, bytes]:
-    """(status, body) of a complete, non-chunked response."""
-    head, _, body = raw.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
+    """(status, body) of a response."""
+    parsed = parse_response(raw)
+    return parsed.status, parsed.body
