@@ -12,15 +12,17 @@ import json
 
 from klein import Klein
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, ITransport
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from heartbeat.config import Settings
-from heartbeat.cors import with_cors
+from heartbeat.cors import CorsPolicy, with_cors
+from heartbeat.eager import eager_write
 from heartbeat.errors import ApiError, internal_error, render_error
-from heartbeat.fastpath import HotRoutes
+from heartbeat.fastpath import HotRoutes, subscribe_path_user
+from heartbeat.front import Head, stream_response
 from heartbeat.health import health
 from heartbeat.hub import Hub
 from heartbeat.identity import Identity
@@ -55,10 +57,11 @@ class HeartbeatApp:
         self.identity = identity
         self.settings = settings
         self.metrics = metrics or Metrics(hub, store)
+        self.cors = CorsPolicy(settings.cors_origins)
 
     def resource(self):  # type: ignore[no-untyped-def]
         routes = HotRoutes(self.app.resource(), self.ping, self.subscribe)
-        return with_cors(routes, self.settings.cors_origins)
+        return with_cors(routes, self.cors)
 
     @app.route("/ping", methods=["POST"])
     def ping(self, request: IRequest) -> Deferred[bytes]:
@@ -77,13 +80,19 @@ class HeartbeatApp:
     def subscribe(
         self, request: IRequest, userid: str, clientid: str | None = None
     ) -> Deferred[bytes]:
-        self.identity.authorize_read(request)
-        return self.open_stream(request, self.identity.check_userids((userid,)))
+        return self.open_stream(request, self._one_user(request, userid))
 
     @app.route("/subscribe", methods=["GET"])
     def subscribe_many(self, request: IRequest) -> Deferred[bytes]:
+        return self.open_stream(request, self._many_users(request))
+
+    def _one_user(self, request: IRequest | Head, userid: str) -> tuple[str, ...]:
         self.identity.authorize_read(request)
-        return self.open_stream(request, self._requested_users(request))
+        return self.identity.check_userids((userid,))
+
+    def _many_users(self, request: IRequest | Head) -> tuple[str, ...]:
+        self.identity.authorize_read(request)
+        return self._requested_users(request)
 
     def open_stream(self, request: IRequest, userids: tuple[str, ...]) -> Deferred[bytes]:
         """Start an event stream of ``userids``: every streaming route ends here.
@@ -91,7 +100,7 @@ class HeartbeatApp:
         The open-stream limit is checked before any header is sent, so a
         refused client gets a plain 503 rather than a stream that ends.
         """
-        if len(self.hub.streams) >= self.settings.max_streams:
+        if self._streams_full():
             raise ApiError(
                 503, f"too many open streams (limit {self.settings.max_streams}), retry later",
                 {b"Retry-After": b"5"},
@@ -99,13 +108,46 @@ class HeartbeatApp:
         if request.method == b"HEAD":  # what a GET would say, and no stream
             set_stream_headers(request)
             return succeed(b"")
-        stream = Stream(
-            userids, self.clock, self.settings.stream_blocked_timeout,
-            request.getHeader(b"Last-Event-ID"),
-        )
+        stream = self._stream(userids, request)
         rest = stream.start(request)
         self.hub.attach(stream)
         return rest
+
+    def open_stream_now(self, head: Head, transport: ITransport) -> bool:
+        """Open the stream ``head`` asks for on ``transport``, past twisted.web.
+
+        The usual first request of a connection (:mod:`heartbeat.front`).
+        Refuses nothing itself: what the routes would refuse, or a stream
+        over the limit, is left to them (False), and they answer it.
+        """
+        userids = self._head_users(head)
+        if userids is None or self._streams_full():
+            return False
+        stream = self._stream(userids, head)
+        origin = head.getHeader(b"Origin")
+        eager_write(transport, stream_response(self.cors.headers(origin), self.clock.seconds()))
+        stream.take(transport)
+        self.hub.attach(stream)
+        return True
+
+    def _head_users(self, head: Head) -> tuple[str, ...] | None:
+        """Whom ``head`` asks to watch, if the routes would open its stream."""
+        try:
+            if head.path == b"/subscribe":
+                return self._many_users(head)
+            userid = subscribe_path_user(head.path)
+            return None if userid is None else self._one_user(head, userid)
+        except ApiError:
+            return None
+
+    def _streams_full(self) -> bool:
+        return len(self.hub.streams) >= self.settings.max_streams
+
+    def _stream(self, userids: tuple[str, ...], request: IRequest | Head) -> Stream:
+        return Stream(
+            userids, self.clock, self.settings.stream_blocked_timeout,
+            request.getHeader(b"Last-Event-ID"),
+        )
 
     @app.route("/status", methods=["GET"])
     def status(self, request: IRequest) -> Deferred[bytes]:
@@ -113,7 +155,7 @@ class HeartbeatApp:
         userids = self._requested_users(request)
         return self.store.get(userids).addCallback(_status_body, request)
 
-    def _requested_users(self, request: IRequest) -> tuple[str, ...]:
+    def _requested_users(self, request: IRequest | Head) -> tuple[str, ...]:
         """The ``?user=`` list of the multi-user routes, each id within limits."""
         userids = requested_users(request, self.settings.max_users_per_stream)
         return self.identity.check_userids(userids)

@@ -42,13 +42,25 @@ class CorsPolicy:
             return False
         return self.any_origin or _normalize(origin.decode("latin-1")) in self.origins
 
+    def headers(self, origin: bytes | None) -> tuple[tuple[bytes, bytes], ...]:
+        """Echo an allowed ``Origin``; the answer depends on it, hence ``Vary``.
+
+        Nothing at all when no origin is configured.
+        """
+        if not self.enabled:
+            return ()
+        if not self.allows(origin):
+            return ((b"Vary", b"Origin"),)
+        assert origin is not None
+        return (
+            (b"Vary", b"Origin"),
+            (b"Access-Control-Allow-Origin", origin),
+            (b"Access-Control-Expose-Headers", EXPOSE_HEADERS),
+        )
+
     def apply(self, request: IRequest) -> None:
-        """Echo an allowed ``Origin``; the answer depends on it, hence ``Vary``."""
-        request.setHeader(b"Vary", b"Origin")
-        origin = request.getHeader(b"Origin")
-        if self.allows(origin):
-            request.setHeader(b"Access-Control-Allow-Origin", origin)
-            request.setHeader(b"Access-Control-Expose-Headers", EXPOSE_HEADERS)
+        for name, value in self.headers(request.getHeader(b"Origin")):
+            request.setHeader(name, value)
 
 
 def is_preflight(request: IRequest) -> bool:
@@ -83,7 +95,6 @@ class CorsResource(Resource):
         return b""
 
 
-def with_cors(resource: IResource, origins: Iterable[str]) -> IResource:
-    """``resource`` behind the policy for ``origins``; unchanged when there are none."""
-    policy = CorsPolicy(origins)
+def with_cors(resource: IResource, policy: CorsPolicy) -> IResource:
+    """``resource`` behind ``policy``; unchanged when it allows no origin."""
     return CorsResource(resource, policy) if policy.enabled else resource

@@ -45,15 +45,25 @@ class HotRoutes(Resource):
         if method == b"POST" and path == b"/ping":
             return _run(request, self._ping)
         if method == b"GET":
-            match = _SUBSCRIBE.fullmatch(path)
-            if match is not None:
-                try:
-                    userid = match[1].decode("utf-8")
-                except UnicodeDecodeError:
-                    pass  # Klein answers that with its own JSON 400
-                else:
-                    return _run(request, self._subscribe, userid)
+            userid = subscribe_path_user(path)
+            if userid is not None:
+                return _run(request, self._subscribe, userid)
         return self._routes.render(request)
+
+
+def subscribe_path_user(path: bytes) -> str | None:
+    """The user of a plain ``/subscribe/<userid>[/client/<clientid>]`` path.
+
+    None for any other path, and for a user id that is not UTF-8 (Klein
+    answers that with its own JSON 400).
+    """
+    match = _SUBSCRIBE.fullmatch(path)
+    if match is None:
+        return None
+    try:
+        return match[1].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _run(request: IRequest, handler: Handler, *args: str) -> bytes | int:

@@ -11,6 +11,8 @@ what a client may send live here, in the channel:
   idle timeout restarts on every byte, so a client trickling one byte at a
   time (slowloris) would hold its connection for ever without this.
 
+A connection starts as a :class:`~heartbeat.front.Front`, which opens the
+usual event stream itself and hands everything else to a channel here.
 Every refusal is a JSON error, like the API's own. The site also sees every
 answer and every connection, so it reports ping outcomes to the metrics and,
 at shutdown, drains its connections.
@@ -18,12 +20,13 @@ at shutdown, drains its connections.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from io import BytesIO
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IDelayedCall, IProtocol, IPushProducer, ITransport
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITransport
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
@@ -31,6 +34,7 @@ from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from heartbeat.errors import ApiError, error_body, render_error
+from heartbeat.front import Deadlines, Front, Head
 from heartbeat.metrics import Metrics
 from heartbeat.status import MAX_BODY
 
@@ -121,6 +125,9 @@ class HeartbeatChannel(HTTPChannel):
     """
 
     request_timeout = 10.0
+    # When the first request is due, counted from the connection's start
+    # (set by the site: the connection began as a :class:`Front`).
+    first_due: float | None = None
     _refused = False
     _linger: IDelayedCall | None = None
     _deadline: IDelayedCall | None = None
@@ -133,7 +140,10 @@ class HeartbeatChannel(HTTPChannel):
         self._lost: Deferred[None] = Deferred()
         self.site.channels.add(self)
         # A client that connects and sends nothing is held to the deadline too.
-        self._arm_deadline()
+        if self.first_due is None:
+            self._arm_deadline()
+        else:
+            self._arm_deadline(max(0.0, self.first_due - self.site.reactor.seconds()))
 
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
@@ -180,8 +190,10 @@ class HeartbeatChannel(HTTPChannel):
         self._refuse(431, b"Request Header Fields Too Large",
                      f"request line and headers are larger than {self.totalHeadersSize} bytes")
 
-    def _arm_deadline(self) -> None:
-        self._deadline = self.callLater(self.request_timeout, self._too_slow)
+    def _arm_deadline(self, timeout: float | None = None) -> None:
+        if timeout is None:
+            timeout = self.request_timeout
+        self._deadline = self.callLater(timeout, self._too_slow)
 
     def _disarm_deadline(self) -> None:
         if self._deadline is not None:
@@ -226,8 +238,8 @@ class HeartbeatChannel(HTTPChannel):
             return False
         return bool(super().checkPersistence(request, version))
 
-    def hand_over(self, protocol: IProtocol) -> ITransport:
-        """Give this connection to ``protocol`` and leave it; return its transport.
+    def hand_over(self) -> ITransport:
+        """Leave this connection to whoever takes its transport, returned.
 
         An event stream whose headers are sent needs nothing more of
         twisted.web, yet the channel and its request (parsers, header
@@ -237,7 +249,6 @@ class HeartbeatChannel(HTTPChannel):
         """
         transport = self.transport
         transport.unregisterProducer()  # the channel was its producer
-        transport.protocol = protocol
         self._disarm_deadline()
         self.site.channels.discard(self)
         self.persistent = False
@@ -272,8 +283,16 @@ def _is_ping(method: bytes | None, uri: bytes | None) -> bool:
     return method == b"POST" and uri is not None and uri.split(b"?", 1)[0] == b"/ping"
 
 
+def _no_stream(head: Head, transport: ITransport) -> bool:
+    return False
+
+
 class HeartbeatSite(Site):
-    """Builds channels with this process's header-size and time limits."""
+    """Starts each connection as a :class:`Front`; builds the HTTP channels
+    it hands the rest to, with this process's header-size and time limits.
+
+    ``open_stream`` opens the event streams a front answers itself.
+    """
 
     protocol = HeartbeatChannel
     requestFactory = HeartbeatRequest
@@ -281,7 +300,8 @@ class HeartbeatSite(Site):
     def __init__(self, resource: IResource, *, reactor: Any = None,
                  metrics: Metrics | None = None,
                  max_header_bytes: int = HTTPChannel.totalHeadersSize,
-                 request_timeout: float = HeartbeatChannel.request_timeout) -> None:
+                 request_timeout: float = HeartbeatChannel.request_timeout,
+                 open_stream: Callable[[Head, ITransport], bool] = _no_stream) -> None:
         # Ping bodies are parsed by heartbeat.status; twisted.web's own form
         # parsing (request.args) runs the email package's header parser on
         # every POST: a third of the ping path's time.
@@ -289,10 +309,17 @@ class HeartbeatSite(Site):
         self.max_header_bytes = max_header_bytes
         self.request_timeout = request_timeout
         self.metrics = metrics
+        self.open_stream = open_stream
         self.channels: set[HeartbeatChannel] = set()
+        self.deadlines = Deadlines(self.reactor, request_timeout)
 
     def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
-        channel = super().buildProtocol(addr)
+        return Front(self)
+
+    def http_channel(self, first_due: float) -> HeartbeatChannel:
+        """A channel for a connection whose first request is due at ``first_due``."""
+        channel = super().buildProtocol(None)
+        channel.first_due = first_due
         channel.totalHeadersSize = self.max_header_bytes
         # One line may be as long as all of them together, no longer.
         channel.MAX_LENGTH = self.max_header_bytes
@@ -313,6 +340,9 @@ class HeartbeatSite(Site):
         rest (clients that stopped reading) are aborted.
         """
         deadline = self.reactor.callLater(timeout, self._abort_all)
+        self.deadlines.stop()
+        for front in self.deadlines.pending():
+            front.close()
 
         def closed(_: object) -> None:
             if deadline.active():

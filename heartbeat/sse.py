@@ -75,11 +75,19 @@ def _chunk(frame: bytes) -> bytes:
 _KEEPALIVE_CHUNK = _chunk(KEEPALIVE)
 
 
+# What an event stream's response says of itself (a HEAD gets them too).
+STREAM_HEADERS = (
+    (b"Content-Type", b"text/event-stream"),
+    (b"Cache-Control", b"no-cache"),
+    (b"X-Accel-Buffering", b"no"),
+)
+# The stream's first bytes after its headers, as a chunk.
+RETRY_CHUNK = _chunk(RETRY)
+
+
 def set_stream_headers(request: IRequest) -> None:
-    """What an event stream's response says of itself (a HEAD gets them too)."""
-    request.setHeader(b"Content-Type", b"text/event-stream")
-    request.setHeader(b"Cache-Control", b"no-cache")
-    request.setHeader(b"X-Accel-Buffering", b"no")
+    for name, value in STREAM_HEADERS:
+        request.setHeader(name, value)
 
 
 class Ends(Protocol):
@@ -92,8 +100,8 @@ class Ends(Protocol):
 class Stream:
     """One open ``text/event-stream`` response, watching one or more users.
 
-    Once ``start`` has sent the headers, the stream takes the connection
-    over from twisted.web (:meth:`HeartbeatChannel.hand_over`): it is the
+    Once its headers are sent, the stream takes the connection over
+    (``take``; from twisted.web, :meth:`HeartbeatChannel.hand_over`): it is the
     connection's protocol and its producer, and writes its events to the
     transport itself. An idle stream is then this object and its transport,
     not a whole HTTP channel and request.
@@ -146,10 +154,15 @@ class Stream:
         """
         set_stream_headers(request)
         request.write(RETRY)
-        self.chunked = bool(request.chunked)
-        self.transport = request.channel.hand_over(self)
-        self.transport.registerProducer(self, True)
+        self.take(request.channel.hand_over(), bool(request.chunked))
         return succeed(b"")
+
+    def take(self, transport: ITransport, chunked: bool = True) -> None:
+        """Become ``transport``'s protocol and producer; the headers are sent."""
+        self.transport = transport
+        self.chunked = chunked
+        transport.protocol = self  # type: ignore[attr-defined]
+        transport.registerProducer(self, True)
 
     def skip_resumed(self, ping: Ping) -> bool:
         """Whether the client already has ``ping``, by its ``Last-Event-ID``.

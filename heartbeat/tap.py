@@ -78,7 +78,7 @@ def build_service(settings: Settings, reactor, endpoint) -> HeartbeatService:  #
     site = HeartbeatSite(
         app.resource(), reactor=reactor, metrics=metrics,
         max_header_bytes=settings.max_header_bytes,
-        request_timeout=settings.request_timeout,
+        request_timeout=settings.request_timeout, open_stream=app.open_stream_now,
     )
     service = HeartbeatService(
         endpoint, site, hub, store, settings.keepalive, reactor, log_observer(settings)

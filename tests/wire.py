@@ -16,7 +16,6 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from heartbeat.config import load_settings
-from heartbeat.http import HeartbeatChannel
 from heartbeat.tap import build_service
 
 
@@ -78,14 +77,23 @@ def _dechunk(status: int, headers: dict[bytes, bytes], data: bytes) -> Response:
 
 
 class Connection:
-    """One client connection to the site."""
+    """One client connection to the site.
 
-    def __init__(self, wire: "Wire") -> None:
+    It starts as the site's :class:`~heartbeat.front.Front`, as every real
+    one does; with ``http=True`` as a twisted.web channel from the start,
+    which is what a front hands every request it does not answer itself.
+    """
+
+    def __init__(self, wire: "Wire", http: bool = False) -> None:
         self.transport = FakeTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
-        self.channel: HeartbeatChannel = wire.site.buildProtocol(None)
-        self.channel.makeConnection(self.transport)
-        # As a real transport knows its protocol: an event stream takes it over.
-        self.transport.protocol = self.channel
+        if http:
+            first_due = wire.clock.seconds() + wire.settings.request_timeout
+            protocol = wire.site.http_channel(first_due)
+        else:
+            protocol = wire.site.buildProtocol(None)
+        # As a real transport knows its protocol: fronts and streams take it over.
+        self.transport.protocol = protocol
+        protocol.makeConnection(self.transport)
 
     def send(self, data: bytes) -> None:
         self.transport.protocol.dataReceived(data)
@@ -119,8 +127,8 @@ class Wire:
         self.hub = self.service.hub
         self.store = self.service.store
 
-    def connect(self) -> Connection:
-        return Connection(self)
+    def connect(self, http: bool = False) -> Connection:
+        return Connection(self, http)
 
     def request(self, method: str, path: str, headers: Mapping[str, str | bytes] | None = None,
                 body: bytes = b"") -> Response:
