@@ -238,6 +238,8 @@ class RedisStore(Service):
     def _subscriber_lost(self, conn: RedisProtocol) -> None:
         self._subscriber = None
         self._resubscribed = False
+        if self.listener is not None:
+            self.listener.bus_lost()
         if not self._closed:
             log.warn("redis subscriber lost {where}: reconnecting", where=self._where)
 

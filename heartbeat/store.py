@@ -24,6 +24,9 @@ class Listener(Protocol):
     def deliver(self, ping: Ping) -> None:
         """A ping was stored for a user this process subscribed to."""
 
+    def bus_lost(self) -> None:
+        """The bus is down: pings may go unheard until ``resync``."""
+
     def resync(self) -> None:
         """The bus was down: pings may have been missed, re-read stored state."""
 

@@ -27,9 +27,13 @@ class Recorder:
     def __init__(self) -> None:
         self.pings: list[Ping] = []
         self.resyncs = 0
+        self.losses = 0
 
     def deliver(self, ping: Ping) -> None:
         self.pings.append(ping)
+
+    def bus_lost(self) -> None:
+        self.losses += 1
 
     def resync(self) -> None:
         self.resyncs += 1
@@ -241,6 +245,8 @@ async def test_after_redis_restarts_channels_are_resubscribed_and_hub_resyncs(
     await watcher.subscribe("bob")
     redis_server.stop()
     await until(lambda: not watcher.available)
+    # The hub stops trusting what the bus last said about anyone.
+    await until(lambda: watcher.listener.losses == 1)
     with pytest.raises(StoreUnavailable):
         await watcher.ping(Ping("alice", 1, "0"))
     resyncs = watcher.listener.resyncs

@@ -1,0 +1,115 @@
+"""The hub's memory of each watched user's last ping, against a store that answers late."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from heartbeat.hub import Hub
+from heartbeat.presence import Ping
+from heartbeat.sse import Stream
+from tests.wire import Wire, request_bytes
+
+
+class LateStore:
+    """Subscribes at once; every read waits until the test answers it."""
+
+    listener = None
+
+    def __init__(self) -> None:
+        self.reads: list[tuple[tuple[str, ...], Deferred]] = []
+
+    def subscribe(self, userid: str) -> Deferred[None]:
+        return succeed(None)
+
+    def unsubscribe(self, userid: str) -> Deferred[None]:
+        return succeed(None)
+
+    def get(self, userids) -> Deferred[dict[str, Ping | None]]:
+        d: Deferred[dict[str, Ping | None]] = Deferred()
+        self.reads.append((tuple(userids), d))
+        return d
+
+    def answer(self, **pings: Ping | None) -> None:
+        (userids, d) = self.reads.pop(0)
+        assert set(userids) == set(pings)
+        d.callback(pings)
+
+
+def open_stream(hub: Hub, *userids: str) -> tuple[Stream, StringTransport]:
+    stream = Stream(userids, Clock(), 60)
+    transport = StringTransport()
+    stream.take(transport, chunked=False)
+    hub.attach(stream)
+    return stream, transport
+
+
+def sent(transport: StringTransport) -> list[str]:
+    """The statuses written, in order."""
+    return [frame.split(b'"status":"')[1].split(b'"')[0].decode()
+            for frame in transport.value().split(b"\n\n") if b"data:" in frame]
+
+
+def test_one_read_per_user_however_many_streams_open_meanwhile_and_after():
+    store = LateStore()
+    hub = Hub(store)
+    early = [open_stream(hub, "alice")[1] for _ in range(3)]
+    assert [userids for userids, _ in store.reads] == [("alice",)]
+    store.answer(alice=Ping("alice", 10, "1"))
+    _, later = open_stream(hub, "alice")
+    assert store.reads == []
+    assert [sent(t) for t in early + [later]] == [["1"]] * 4
+
+
+def test_a_live_ping_that_crosses_the_read_wins_over_it():
+    store = LateStore()
+    hub = Hub(store)
+    _, first = open_stream(hub, "alice")
+    hub.deliver(Ping("alice", 11, "2"))
+    store.answer(alice=Ping("alice", 10, "1"))  # read before the ping was stored
+    _, later = open_stream(hub, "alice")
+    assert sent(first) == ["2"] and sent(later) == ["2"]
+
+
+def test_after_the_bus_is_lost_streams_read_the_store_until_resync():
+    store = LateStore()
+    hub = Hub(store)
+    open_stream(hub, "alice")
+    store.answer(alice=Ping("alice", 10, "1"))
+    hub.bus_lost()
+    _, during = open_stream(hub, "alice")
+    store.answer(alice=Ping("alice", 12, "3"))  # stored while nobody heard it
+    assert sent(during) == ["3"]
+    _, after = open_stream(hub, "alice")
+    assert store.reads == [] and sent(after) == ["3"]
+
+
+def test_resync_teaches_the_hub_what_it_missed():
+    store = LateStore()
+    hub = Hub(store)
+    _, watching = open_stream(hub, "alice", "bob")
+    store.answer(alice=None)
+    store.answer(bob=None)
+    hub.bus_lost()
+    hub.resync()
+    store.answer(alice=Ping("alice", 12, "3"), bob=None)
+    assert sent(watching) == ["3"]
+    _, later = open_stream(hub, "alice")
+    assert store.reads == [] and sent(later) == ["3"]
+
+
+def test_a_user_watched_here_is_sent_its_last_ping_without_reading_the_store():
+    wire = Wire()
+    wire.ping("alice", b"1")
+    reads: list[object] = []
+    get = wire.store.get
+    wire.store.get = lambda userids: reads.append(tuple(userids)) or get(userids)
+    first = wire.connect()
+    first.send(request_bytes("GET", "/subscribe/alice"))
+    wire.ping("alice", b"2")
+    later = wire.connect()
+    later.send(request_bytes("GET", "/subscribe/alice"))
+    assert reads == [("alice",)]
+    sent = later.take()
+    assert b'"status":"2"' in sent and b'"status":"1"' not in sent
