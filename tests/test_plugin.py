@@ -1,5 +1,6 @@
 """The twistd plugin and the .tac file build the same service."""
 
+import gc
 import subprocess
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
@@ -30,6 +31,18 @@ def test_make_service_builds_the_tree_without_listening():
     service.startService()
     port, _, backlog, interface = reactor.tcpServers[0]
     assert (port, backlog, interface) == (9123, 4096, "127.0.0.1")
+
+
+def test_make_service_takes_start_up_objects_out_of_garbage_collection():
+    threshold = gc.get_threshold()
+    try:
+        gc.unfreeze()
+        makeService(Options(), MemoryReactorClock())
+        assert gc.get_freeze_count() > 10_000
+        assert gc.get_threshold()[0] >= 10_000
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
 
 
 def test_tac_file_runs_the_same_service(tmp_path):
