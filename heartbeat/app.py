@@ -125,7 +125,8 @@ class HeartbeatApp:
             return False
         stream = self._stream(userids, head)
         origin = head.getHeader(b"Origin")
-        eager_write(transport, stream_response(self.cors.headers(origin), self.clock.seconds()))
+        response = stream_response(self.cors.headers(origin), int(self.clock.seconds()))
+        eager_write(transport, response)
         stream.take(transport)
         self.hub.attach(stream)
         return True

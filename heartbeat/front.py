@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Iterable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -194,16 +193,15 @@ class Deadlines:
         self._timer = None
 
 
-def stream_response(headers: Iterable[tuple[bytes, bytes]], now: float) -> bytes:
-    """An event stream's response head and first chunk, as twisted.web writes them."""
-    lines = [b"HTTP/1.1 200 OK", b"Server: " + version, b"Date: " + _http_date(int(now))]
+@lru_cache(maxsize=64)
+def stream_response(headers: tuple[tuple[bytes, bytes], ...], second: int) -> bytes:
+    """An event stream's response head and first chunk, as twisted.web writes them.
+
+    Built once a second per set of ``headers`` (CORS), however many
+    streams open in that second.
+    """
+    lines = [b"HTTP/1.1 200 OK", b"Server: " + version, b"Date: " + datetimeToString(second)]
     lines.extend(name + b": " + value for name, value in headers)
     lines.extend(name + b": " + value for name, value in STREAM_HEADERS)
     lines.append(b"Transfer-Encoding: chunked\r\n\r\n" + RETRY_CHUNK)
     return b"\r\n".join(lines)
-
-
-@lru_cache(maxsize=1)
-def _http_date(second: int) -> bytes:
-    """Formatted once a second, however many streams open in it."""
-    return datetimeToString(second)
