@@ -6,10 +6,13 @@ import socket
 
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
 from twisted.internet.protocol import Factory, Protocol
 
+from heartbeat.config import load_settings
 from heartbeat.service import _ObservedEndpoint
+from heartbeat.tap import build_service
+from tests.wire import request_bytes
 
 
 @pytest_twisted.ensureDeferred
@@ -38,3 +41,22 @@ async def test_every_pending_connection_is_accepted_in_one_turn():
         for protocol in accepted:
             protocol.transport.abortConnection()
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_whose_request_is_in_opens_as_it_is_accepted():
+    """No reactor turn between accepting a connection and answering its request."""
+    settings = load_settings({"listen": "tcp:0:interface=127.0.0.1"}, environ={}, dotenv={})
+    service = build_service(settings, reactor, serverFromString(reactor, settings.listen))
+    service.startService()
+    port = await service.when_listening()
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    try:
+        client.sendall(request_bytes("GET", "/subscribe/alice"))
+        port.doRead()
+        client.settimeout(5)
+        assert client.recv(4096).startswith(b"HTTP/1.1 200 OK\r\n")
+        assert len(service.hub.streams) == 1
+    finally:
+        client.close()
+        await service.stopService()
