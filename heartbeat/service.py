@@ -6,7 +6,6 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IServiceCollection, MultiService, Service
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults, succeed
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger
@@ -14,6 +13,7 @@ from twisted.python.components import Componentized
 from zope.interface import implementer
 
 from heartbeat import systemd
+from heartbeat.accept import take_bursts
 from heartbeat.http import HeartbeatSite
 from heartbeat.hub import Hub
 from heartbeat.sse import Stream
@@ -49,37 +49,12 @@ class _ObservedEndpoint:
         return d
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
-        if type(port) is tcp.Port:
-            # Endpoints (parsed or adopted) build Twisted's own port class and
-            # take no other; the listening port becomes ours in place.
-            port.__class__ = _AcceptingPort
-            port.numberAccepts = _ACCEPT_ALL
+        take_bursts(port)
         self._port = port
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(port)
         return port
-
-
-# As many connections as a listen backlog can hold (Linux caps it at 4096 by default).
-_ACCEPT_ALL = 4096
-
-
-class _AcceptingPort(tcp.Port):
-    """A TCP port that accepts every pending connection each time it is readable.
-
-    After a quiet spell Twisted's port accepts one connection per reactor
-    turn, then 20 more each turn. Under a reconnect burst the turns in
-    between serve the connections already accepted, the kernel's queue
-    fills meanwhile, and every connection past the backlog loses its
-    handshake and waits a second for the retry (seen in the benchmark: one
-    run in five took 1.2 s instead of 0.4 s for 5,000 streams, with ~400
-    drops). Accepting is cheap next to serving, so this takes all at once.
-    """
-
-    def doRead(self) -> None:
-        super().doRead()
-        self.numberAccepts = _ACCEPT_ALL
 
 
 class HeartbeatService(MultiService):

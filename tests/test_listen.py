@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 
 import pytest_twisted
@@ -60,3 +61,39 @@ async def test_a_stream_whose_request_is_in_opens_as_it_is_accepted():
     finally:
         client.close()
         await service.stopService()
+
+
+class _Listening:
+    """A listening socket stand-in: what the lean loop and Twisted's loop call."""
+
+    type = socket.SOCK_STREAM
+
+    def __init__(self, first_error: int) -> None:
+        self.first_error = first_error
+        self.twisted_accepts = 0
+
+    def _accept(self):  # type: ignore[no-untyped-def]
+        raise OSError(self.first_error, "refused")
+
+    def accept(self):  # type: ignore[no-untyped-def]
+        self.twisted_accepts += 1
+        raise BlockingIOError(errno.EAGAIN, "no more")
+
+
+@pytest_twisted.ensureDeferred
+async def test_accept_errors_are_left_to_twisted_and_a_bad_connection_stops_nothing():
+    endpoint = _ObservedEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+    failing = Factory()
+    failing.buildProtocol = lambda addr: 1 / 0  # type: ignore[method-assign]
+    port = await endpoint.listen(failing)
+    try:
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        port.doRead()  # the failure is logged, not raised into the reactor
+        client.close()
+        assert port.connected
+        listening, port.socket = port.socket, _Listening(errno.EMFILE)
+        port.doRead()
+        assert port.socket.twisted_accepts == 1
+        port.socket = listening
+    finally:
+        await port.stopListening()
