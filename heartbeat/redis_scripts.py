@@ -44,17 +44,33 @@ class Script:
         return maybeDeferred(conn.execute_command, "EVAL", self.source, len(keys), *keys, *args)
 
 
-# KEYS[1]: the user's key, which is also its channel. ARGV: time, status.
+# KEYS: the users' keys, which are also their channels, one per ping. ARGV: each
+# ping's time and status, in turn. Returns, per ping, 1 once stored and published, or
+# the error that kept it from being stored (a key holding something else): the other
+# pings of the call are stored all the same.
 STORE_AND_PUBLISH = Script(
-    "redis.call('HSET', KEYS[1], 'time', ARGV[1], 'status', ARGV[2])\n"
-    "return redis.call('PUBLISH', KEYS[1], ARGV[1] .. ' ' .. ARGV[2])\n"
+    "local results = {}\n"
+    "for i, key in ipairs(KEYS) do\n"
+    "  local time, status = ARGV[2 * i - 1], ARGV[2 * i]\n"
+    "  local stored = redis.pcall('HSET', key, 'time', time, 'status', status)\n"
+    "  if type(stored) == 'table' and stored.err then\n"
+    "    results[i] = stored.err\n"
+    "  else\n"
+    "    redis.call('PUBLISH', key, time .. ' ' .. status)\n"
+    "    results[i] = 1\n"
+    "  end\n"
+    "end\n"
+    "return results\n"
 )
 
-# KEYS: the users' keys. Returns one [time, status] pair per key (nils when absent).
+# KEYS: the users' keys. Returns one [time, status] pair per key (nils when absent, or
+# when the key holds something other than a hash).
 READ_MANY = Script(
     "local pings = {}\n"
     "for i, key in ipairs(KEYS) do\n"
-    "  pings[i] = redis.call('HMGET', key, 'time', 'status')\n"
+    "  local ping = redis.pcall('HMGET', key, 'time', 'status')\n"
+    "  if ping.err then ping = {false, false} end\n"
+    "  pings[i] = ping\n"
     "end\n"
     "return pings\n"
 )

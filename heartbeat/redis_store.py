@@ -16,7 +16,8 @@ was published meanwhile is gone and only the stored pings tell what changed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
@@ -29,7 +30,9 @@ from heartbeat.config import RedisAddress
 from heartbeat.metrics import STORE_RECONNECTS
 from heartbeat.presence import Ping
 from heartbeat.redis_link import RedisLink
-from heartbeat.redis_scripts import READ_MANY, STORE_AND_PUBLISH, from_fields, from_message
+from heartbeat.redis_scripts import (
+    READ_MANY, STORE_AND_PUBLISH, Script, from_fields, from_message,
+)
 from heartbeat.store import Listener, StoreUnavailable
 
 log = Logger()
@@ -61,7 +64,8 @@ class RedisStore(Service):
         # Subscribes asked for while the subscriber was down: fired once it
         # is back and has subscribed to everything wanted.
         self._pending: list[Deferred[None]] = []
-        # The gets of this reactor turn, read together at its end.
+        # The pings and gets of this reactor turn, each sent together at its end.
+        self._writes: list[tuple[Ping, Deferred[None]]] = []
         self._reads: list[tuple[list[str], Deferred[dict[str, Ping | None]]]] = []
         self._closed = False
         # Links that have been connected once: a later ready is a reconnect.
@@ -93,11 +97,16 @@ class RedisStore(Service):
     # The Store protocol.
 
     def ping(self, ping: Ping) -> Deferred[None]:
-        conn = self._commands
-        if conn is None:
+        """Store and publish ``ping`` with every other ping of this reactor turn.
+
+        Under load many connections' pings arrive in one turn; one script
+        call for all of them spares each its own command, reply and chain
+        of txredisapi Deferreds. Each ping is still stored and published
+        by one atomic script, in the order the pings came.
+        """
+        if self._commands is None:
             return fail(StoreUnavailable())
-        d = STORE_AND_PUBLISH.run(conn, [self._key(ping.userid)], [ping.time, ping.status])
-        return d.addCallbacks(lambda _: None, self._unavailable)
+        return self._queue(self._writes, ping, self._write_batch)
 
     def get(self, userids: Iterable[str]) -> Deferred[dict[str, Ping | None]]:
         """The stored pings, read with every other ``get`` of this reactor turn.
@@ -111,36 +120,57 @@ class RedisStore(Service):
             return succeed({})
         if self._commands is None:
             return fail(StoreUnavailable())
-        d: Deferred[dict[str, Ping | None]] = Deferred()
-        if not self._reads:
-            self._reactor.callLater(0, self._read_batch)
-        self._reads.append((users, d))
+        return self._queue(self._reads, users, self._read_batch)
+
+    def _queue(self, queue: list[tuple[Any, Deferred[Any]]], item: Any,
+               send: Callable[[], None]) -> Deferred[Any]:
+        """``item``'s answer, once ``send`` has sent it with the rest of this turn's ``queue``."""
+        d: Deferred[Any] = Deferred()
+        if not queue:
+            self._reactor.callLater(0, send)
+        queue.append((item, d))
         return d
+
+    def _write_batch(self) -> None:
+        writes, self._writes = self._writes, []
+        keys = [self._key(ping.userid) for ping, _ in writes]
+        args = [value for ping, _ in writes for value in (ping.time, ping.status)]
+        self._run(STORE_AND_PUBLISH, keys, args, writes, self._answer_writes)
+
+    def _answer_writes(self, results: list, writes: list[tuple[Ping, Deferred[None]]]) -> None:
+        for result, (ping, d) in zip(results, writes):
+            if result == 1:
+                d.callback(None)
+            else:  # e.g. WRONGTYPE: the user's key holds something else
+                log.error("redis refused to store {ping}: {error}", ping=ping, error=result)
+                d.errback(StoreUnavailable())
 
     def _read_batch(self) -> None:
         reads, self._reads = self._reads, []
-        users = list(dict.fromkeys(userid for wanted, _ in reads for userid in wanted))
-        conn = self._commands
-        if conn is None:
-            batch: Deferred[list] = fail(StoreUnavailable())
-        else:
-            batch = READ_MANY.run(conn, [self._key(userid) for userid in users])
-        batch.addCallbacks(self._answer_reads, self._fail_reads, (users, reads), None, (reads,))
+        keys = [self._key(userid) for userid in _read_users(reads)]
+        self._run(READ_MANY, keys, [], reads, self._answer_reads)
 
-    def _answer_reads(
-        self, rows: list, users: list[str], reads: list[tuple[list[str], Deferred]]
-    ) -> None:
+    def _answer_reads(self, rows: list, reads: list[tuple[list[str], Deferred]]) -> None:
+        users = _read_users(reads)
         pings = {userid: from_fields(userid, row) for userid, row in zip(users, rows)}
         for wanted, d in reads:
             d.callback({userid: pings[userid] for userid in wanted})
 
-    def _fail_reads(self, failure: Failure, reads: list[tuple[list[str], Deferred]]) -> None:
+    def _run(self, script: Script, keys: list[str], args: list[object],
+             waiting: list[tuple[Any, Deferred[Any]]],
+             answer: Callable[[Any, list[tuple[Any, Deferred[Any]]]], None]) -> None:
+        """One script call for a turn's batch; every caller hears of a failure."""
+        conn = self._commands
+        batch = fail(StoreUnavailable()) if conn is None else script.run(conn, keys, args)
+        batch.addCallbacks(answer, self._fail_batch, (waiting,), None, (waiting,))
+
+    def _fail_batch(self, failure: Failure, waiting: list[tuple[Any, Deferred[Any]]]) -> None:
         if not failure.check(StoreUnavailable):
             try:
                 self._unavailable(failure)
             except StoreUnavailable:
                 pass
-        for _, d in reads:
+        for _, d in waiting:
             d.errback(StoreUnavailable())
 
     def subscribe(self, userid: str) -> Deferred[None]:
@@ -264,6 +294,11 @@ class RedisStore(Service):
                 # An exception here would escape into the protocol and drop
                 # the subscriber connection for every stream of this process.
                 log.failure("delivering a ping failed")
+
+
+def _read_users(reads: list[tuple[list[str], Deferred]]) -> list[str]:
+    """Every user a turn's gets name, once each, in the order first named."""
+    return list(dict.fromkeys(userid for wanted, _ in reads for userid in wanted))
 
 
 def _connection_lost(failure: Failure) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.protocol import ClientCreator
 from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
@@ -144,6 +144,40 @@ async def test_gets_of_one_reactor_turn_are_one_script_call(make_store, redis_se
     calls = [line for line in monitor.lines if '"EVALSHA"' in line]
     assert len(calls) == 1
     assert all(f'"heartbeat:{user}"' in calls[0] for user in ("alice", "bob", "carol"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_pings_of_one_reactor_turn_are_one_script_call_in_order(make_store, redis_server):
+    store = await started(make_store())
+    await store.subscribe("alice")
+    await store.ping(Ping("warm-up", 1, "0"))  # the script is known from here on
+    monitor = await ClientCreator(reactor, Monitor).connectTCP("127.0.0.1", redis_server.port)
+    monitor.transport.write(b"MONITOR\r\n")
+    await until(lambda: monitor.lines)
+    pings = [Ping("alice", 2, "a"), Ping("bob", 2, "b"), Ping("alice", 3, "c")]
+    await gatherResults([store.ping(ping) for ping in pings])
+    redis_server.command("ECHO", "done")
+    await until(lambda: any('"done"' in line for line in monitor.lines))
+    monitor.transport.loseConnection()
+    calls = [line for line in monitor.lines if '"EVALSHA"' in line]
+    assert len(calls) == 1 and calls[0].count('"heartbeat:alice"') == 2
+    await until(lambda: len(store.listener.pings) == 2)
+    assert store.listener.pings == [Ping("alice", 2, "a"), Ping("alice", 3, "c")]
+    assert await store.get(["alice", "bob"]) == {"alice": pings[2], "bob": pings[1]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ping_redis_refuses_fails_alone(make_store, redis_server):
+    store = await started(make_store())
+    redis_server.command("SET", "heartbeat:bob", "not-a-hash")
+    alice, bob, carol = (store.ping(Ping(user, 5, "1")) for user in ("alice", "bob", "carol"))
+    await alice
+    with pytest.raises(StoreUnavailable):
+        await bob
+    await carol
+    assert await store.get(["alice", "bob", "carol"]) == {
+        "alice": Ping("alice", 5, "1"), "bob": None, "carol": Ping("carol", 5, "1")}
+    assert redis_server.command("GET", "heartbeat:bob") == b"not-a-hash\n"
 
 
 @pytest_twisted.ensureDeferred
