@@ -10,6 +10,7 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
 from twisted.internet.protocol import Factory, Protocol
 
+from heartbeat.accept import SERVED_BETWEEN_ACCEPTS
 from heartbeat.config import load_settings
 from heartbeat.service import _ObservedEndpoint
 from heartbeat.tap import build_service
@@ -41,6 +42,48 @@ async def test_every_pending_connection_is_accepted_in_one_turn():
             client.close()
         for protocol in accepted:
             protocol.transport.abortConnection()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_that_come_meanwhile_are_accepted_between_a_few_served():
+    """The kernel's queue is emptied every few connections served, not after all of them."""
+    few = SERVED_BETWEEN_ACCEPTS
+    events: list[str] = []
+    clients: list[socket.socket] = []
+
+    def connect() -> None:
+        clients.append(socket.create_connection(("127.0.0.1", port.getHost().port)))
+
+    class Recording(Protocol):
+        def __init__(self, number: int) -> None:
+            self.number = number
+
+        def connectionMade(self) -> None:
+            events.append(f"serve {self.number}")
+            if self.number == 0:
+                connect()  # one more comes while the first is served
+
+    class Numbering(Factory):
+        def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
+            number = sum(e.startswith("accept") for e in events)
+            events.append(f"accept {number}")
+            return Recording(number)
+
+    endpoint = _ObservedEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+    port = await endpoint.listen(Numbering())
+    try:
+        for _ in range(few + 1):
+            connect()
+        port.doRead()
+        assert events == (
+            [f"accept {n}" for n in range(few + 1)]
+            + [f"serve {n}" for n in range(few)]
+            + [f"accept {few + 1}", f"serve {few}", f"serve {few + 1}"]
+        )
+    finally:
+        for client in clients:
+            client.close()
         await port.stopListening()
 
 
