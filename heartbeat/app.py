@@ -91,8 +91,10 @@ class HeartbeatApp:
         return self.identity.check_userids((userid,))
 
     def _many_users(self, request: IRequest | Head) -> tuple[str, ...]:
+        """The ``?user=`` list of the multi-user routes, each id within limits."""
         self.identity.authorize_read(request)
-        return self._requested_users(request)
+        userids = requested_users(request, self.settings.max_users_per_stream)
+        return self.identity.check_userids(userids)
 
     def open_stream(self, request: IRequest, userids: tuple[str, ...]) -> Deferred[bytes]:
         """Start an event stream of ``userids``: every streaming route ends here.
@@ -152,14 +154,8 @@ class HeartbeatApp:
 
     @app.route("/status", methods=["GET"])
     def status(self, request: IRequest) -> Deferred[bytes]:
-        self.identity.authorize_read(request)
-        userids = self._requested_users(request)
+        userids = self._many_users(request)
         return self.store.get(userids).addCallback(_status_body, request)
-
-    def _requested_users(self, request: IRequest | Head) -> tuple[str, ...]:
-        """The ``?user=`` list of the multi-user routes, each id within limits."""
-        userids = requested_users(request, self.settings.max_users_per_stream)
-        return self.identity.check_userids(userids)
 
     @app.route("/health", methods=["GET"])
     def get_health(self, request: IRequest) -> bytes:

@@ -17,6 +17,7 @@ was published meanwhile is gone and only the stored pings tell what changed.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 from twisted.application.service import Service
@@ -147,11 +148,14 @@ class RedisStore(Service):
 
     def _read_batch(self) -> None:
         reads, self._reads = self._reads, []
-        keys = [self._key(userid) for userid in _read_users(reads)]
-        self._run(READ_MANY, keys, [], reads, self._answer_reads)
+        # Every user the turn's gets name, once each, in the order first named.
+        users = list(dict.fromkeys(userid for wanted, _ in reads for userid in wanted))
+        keys = [self._key(userid) for userid in users]
+        self._run(READ_MANY, keys, [], reads, partial(self._answer_reads, users))
 
-    def _answer_reads(self, rows: list, reads: list[tuple[list[str], Deferred]]) -> None:
-        users = _read_users(reads)
+    def _answer_reads(
+        self, users: list[str], rows: list, reads: list[tuple[list[str], Deferred]]
+    ) -> None:
         pings = {userid: from_fields(userid, row) for userid, row in zip(users, rows)}
         for wanted, d in reads:
             d.callback({userid: pings[userid] for userid in wanted})
@@ -165,11 +169,9 @@ class RedisStore(Service):
         batch.addCallbacks(answer, self._fail_batch, (waiting,), None, (waiting,))
 
     def _fail_batch(self, failure: Failure, waiting: list[tuple[Any, Deferred[Any]]]) -> None:
-        if not failure.check(StoreUnavailable):
-            try:
-                self._unavailable(failure)
-            except StoreUnavailable:
-                pass
+        # A lost connection was logged as it went; anything else is logged here.
+        if not failure.check(StoreUnavailable, RedisConnectionError):
+            log.failure("redis command failed", failure)
         for _, d in waiting:
             d.errback(StoreUnavailable())
 
@@ -199,11 +201,6 @@ class RedisStore(Service):
         return gatherResults([link.disconnect() for link in links]).addCallback(lambda _: None)
 
     # Failures.
-
-    def _unavailable(self, failure: Failure) -> None:
-        if not failure.check(RedisConnectionError):
-            log.failure("redis command failed", failure)
-        raise StoreUnavailable()
 
     def _subscribe_failed(self, failure: Failure) -> Deferred[None]:
         # The connection went while subscribing: the channel is subscribed
@@ -294,11 +291,6 @@ class RedisStore(Service):
                 # An exception here would escape into the protocol and drop
                 # the subscriber connection for every stream of this process.
                 log.failure("delivering a ping failed")
-
-
-def _read_users(reads: list[tuple[list[str], Deferred]]) -> list[str]:
-    """Every user a turn's gets name, once each, in the order first named."""
-    return list(dict.fromkeys(userid for wanted, _ in reads for userid in wanted))
 
 
 def _connection_lost(failure: Failure) -> None:
