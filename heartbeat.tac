@@ -2,7 +2,7 @@
 
 from twisted.application.service import Application
 
-from heartbeat.tap import Options, makeService
+from heartbeat.daemon.tap import Options, makeService
 
 options = Options()
 options.parseOptions([])

@@ -84,7 +84,7 @@ class Daemon:
         return [TWISTD, "-n", "--pidfile=", "heartbeat",
                 "--listen", f"tcp:{self.port}:interface=127.0.0.1", *self.args]
 
-    def start(self, healthy: bool = True, **popen) -> "Daemon":
+    def start(self, healthy: bool = True, **popen) -> Daemon:
         """Spawn ``command()`` and wait until it listens and, if ``healthy``, serves.
 
         Listening comes before the store connects (Redis mode), so a test
@@ -146,7 +146,7 @@ class RedisServer:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", str(self.directory),
@@ -249,7 +249,7 @@ class SSEClient:
         """Assert that no event arrives within ``wait`` seconds."""
         try:
             event = self.event(wait)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             return
         raise AssertionError(f"unexpected event {event}")
 

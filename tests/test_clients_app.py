@@ -10,12 +10,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from heartbeat.app import HeartbeatApp
-from heartbeat.config import load_settings
-from heartbeat.hub import Hub
-from heartbeat.presence import Ping
-from heartbeat.identity import Identity
-from heartbeat.store import MemoryStore
+from heartbeat.core.hub import Hub
+from heartbeat.core.identity import Identity
+from heartbeat.core.presence import Ping
+from heartbeat.daemon.config import load_settings
+from heartbeat.store.memory import MemoryStore
+from heartbeat.web.routes import HeartbeatApp
 
 ORIGIN = "https://chat.example"
 

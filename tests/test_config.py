@@ -6,11 +6,16 @@ import pytest
 from twisted.internet.testing import MemoryReactor
 from twisted.python.usage import UsageError
 
-from heartbeat.config import (
-    SETTINGS, RedisAddress, Settings, listen_endpoint, load_settings, parse_redis,
+from heartbeat.daemon.config import (
+    SETTINGS,
+    RedisAddress,
+    Settings,
+    listen_endpoint,
+    load_settings,
+    parse_redis,
     read_dotenv,
 )
-from heartbeat.tap import Options, makeService
+from heartbeat.daemon.tap import Options, makeService
 from tests.support import REPO, TWISTD
 
 

@@ -6,7 +6,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.tcp import Connection
 from twisted.internet.testing import MemoryReactor, StringTransport
 
-from heartbeat.eager import eager_write
+from heartbeat.twisted_internals import eager_write
 
 
 def connection() -> tuple[Connection, socket.socket, MemoryReactor]:

@@ -1,7 +1,7 @@
 """Event ids: one per ping, safe in a frame, telling pings apart."""
 
-from heartbeat.presence import Ping
-from heartbeat.sse import encode_event, event_id
+from heartbeat.core.presence import Ping
+from heartbeat.core.sse import encode_event, event_id
 
 
 def test_the_frame_carries_the_id_then_the_data():

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from twisted.logger import globalLogPublisher
 
-from heartbeat.presence import Ping
-from heartbeat.sse import Event, Stream
+from heartbeat.core.presence import Ping
+from heartbeat.core.sse import Event
+from heartbeat.core.stream import Stream
 from tests.wire import Connection, Wire, events, request_bytes
 
 PINGS = 20_000

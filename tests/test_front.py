@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from heartbeat.front import Deadlines, parse_head
-from heartbeat.sse import Stream
+from heartbeat.core.stream import Stream
+from heartbeat.web.front import Deadlines, parse_head
 from tests.wire import Connection, Response, Wire, claim, parse_response, request_bytes
 
 SECRET = "a front secret of thirty-two bytes"

@@ -202,7 +202,7 @@ def test_any_token_text(token):
 
 
 def wire_ping(userid: str):
-    from heartbeat.presence import Ping
+    from heartbeat.core.presence import Ping
 
     return Ping(userid, 1, "1")
 

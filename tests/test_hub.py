@@ -6,9 +6,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from heartbeat.hub import Hub
-from heartbeat.presence import Ping
-from heartbeat.sse import Stream
+from heartbeat.core.hub import Hub
+from heartbeat.core.presence import Ping
+from heartbeat.core.stream import Stream
 from tests.wire import Wire, request_bytes
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from heartbeat.config import load_settings
+from heartbeat.daemon.config import load_settings
 from tests.wire import Wire, claim, request_bytes
 
 

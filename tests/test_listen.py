@@ -10,10 +10,10 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
 from twisted.internet.protocol import Factory, Protocol
 
-from heartbeat.accept import SERVED_BETWEEN_ACCEPTS
-from heartbeat.config import load_settings
-from heartbeat.service import _ObservedEndpoint
-from heartbeat.tap import build_service
+from heartbeat.daemon.config import load_settings
+from heartbeat.daemon.service import _ObservedEndpoint
+from heartbeat.daemon.tap import build_service
+from heartbeat.twisted_internals import SERVED_BETWEEN_ACCEPTS
 from tests.wire import request_bytes
 
 

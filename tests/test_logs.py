@@ -10,8 +10,8 @@ from twisted.application.service import Application
 from twisted.logger import ILogObserver, Logger
 from twisted.python.usage import UsageError
 
-from heartbeat.config import load_settings
-from heartbeat.logs import log_observer, masked
+from heartbeat.daemon.config import load_settings
+from heartbeat.daemon.logs import log_observer, masked
 from tests.memory import MemoryServer
 
 

@@ -2,8 +2,8 @@
 
 import json
 
-from heartbeat.presence import Ping
-from heartbeat.sse import RETRY, encode_event, event_id
+from heartbeat.core.presence import Ping
+from heartbeat.core.sse import RETRY, encode_event, event_id
 from tests.memory import MemoryServer, response
 
 

@@ -4,12 +4,12 @@ import gc
 import subprocess
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import IPlugin, getPlugins
-from twisted.application.service import IServiceMaker
 
-from heartbeat.service import HeartbeatService
-from heartbeat.tap import Options, makeService
+from heartbeat.daemon.service import HeartbeatService
+from heartbeat.daemon.tap import Options, makeService
 from tests.support import REPO, TWISTD, SSEClient, free_port, post_ping, wait_for_port
 
 

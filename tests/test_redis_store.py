@@ -13,11 +13,12 @@ from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from txredisapi import MonitorProtocol
 
-from heartbeat.config import load_settings, parse_redis
-from heartbeat.presence import Ping
-from heartbeat.redis_store import RedisStore
-from heartbeat.store import MemoryStore, StoreUnavailable
-from heartbeat.tap import build_service
+from heartbeat.core.presence import Ping
+from heartbeat.daemon.config import load_settings, parse_redis
+from heartbeat.daemon.tap import build_service
+from heartbeat.store.interface import StoreUnavailable
+from heartbeat.store.memory import MemoryStore
+from heartbeat.store.redis.store import RedisStore
 from tests.support import RedisServer, free_port
 
 
@@ -222,7 +223,7 @@ async def test_a_wrong_password_is_logged_and_pings_get_503(make_store, tmp_path
     errors: list[str] = []
 
     def observe(event: dict) -> None:
-        if event.get("log_namespace") == "heartbeat.redis_link":
+        if event.get("log_namespace") == "heartbeat.store.redis.link":
             errors.append(formatEvent(event))
 
     globalLogPublisher.addObserver(observe)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred, succeed
 
-from heartbeat.service import DRAIN_TIMEOUT
+from heartbeat.daemon.service import DRAIN_TIMEOUT
 from tests.memory import MemoryServer
 
 CLAIM = {"X-User-Claim": '{"userid": "alice"}'}

@@ -8,8 +8,8 @@ import socket
 import pytest
 from twisted.internet.task import Clock
 
-from heartbeat import systemd
-from heartbeat.store import MemoryStore
+from heartbeat.daemon import systemd
+from heartbeat.store.memory import MemoryStore
 from tests.memory import MemoryServer
 
 

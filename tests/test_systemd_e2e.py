@@ -80,7 +80,7 @@ class ActivatedDaemon(Daemon):
     def command(self) -> list[str]:
         return [sys.executable, "-c", _AS_SYSTEMD, TWISTD, "-n", "--pidfile=", "heartbeat"]
 
-    def start(self) -> "ActivatedDaemon":
+    def start(self) -> ActivatedDaemon:
         super().start(pass_fds=(self.listening.fileno(),))
         return self
 

@@ -15,7 +15,12 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 
-from heartbeat.workers import WorkerPool, inherited_endpoint, reuseport_sockets, worker_command
+from heartbeat.daemon.workers import (
+    WorkerPool,
+    inherited_endpoint,
+    reuseport_sockets,
+    worker_command,
+)
 from tests.support import SSEClient, get, post_ping
 
 

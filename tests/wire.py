@@ -15,8 +15,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from heartbeat.config import load_settings
-from heartbeat.tap import build_service
+from heartbeat.daemon.config import load_settings
+from heartbeat.daemon.tap import build_service
 
 
 class FakeTransport(StringTransport):
@@ -84,7 +84,7 @@ class Connection:
     which is what a front hands every request it does not answer itself.
     """
 
-    def __init__(self, wire: "Wire", http: bool = False) -> None:
+    def __init__(self, wire: Wire, http: bool = False) -> None:
         self.transport = FakeTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
         if http:
             first_due = wire.clock.seconds() + wire.settings.request_timeout

@@ -7,7 +7,7 @@ from zope.interface import implementer
 
 heartbeat = ServiceMaker(
     "heartbeat",
-    "heartbeat.tap",
+    "heartbeat.daemon.tap",
     "Last-seen presence over Server-Sent Events",
     "heartbeat",
 )
@@ -20,7 +20,7 @@ class _InheritedSocket:
     prefix = "heartbeat-fd"
 
     def parseStreamServer(self, reactor, fd, domain="INET"):  # type: ignore[no-untyped-def]
-        from heartbeat.workers import inherited_endpoint
+        from heartbeat.daemon.workers import inherited_endpoint
 
         return inherited_endpoint(reactor, fd, domain)
 

@@ -1,0 +1,18 @@
+"""What core rules read of a request: its headers and query arguments, nothing of HTTP's machinery.
+
+Both the edge's own parsed requests and twisted.web's ``Request`` have this
+shape, so identity and user-list rules run unchanged on either.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Asking(Protocol):
+    """A request as core sees it."""
+
+    args: dict[bytes, list[bytes]]
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        """The last value of header ``name`` (any case), or None."""

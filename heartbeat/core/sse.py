@@ -1,0 +1,74 @@
+"""Server-Sent Events framing: each event's bytes, built once for every stream."""
+
+from __future__ import annotations
+
+import json
+from hashlib import blake2b
+
+from heartbeat.core.presence import Ping
+
+KEEPALIVE = b":\n\n"
+# How long a browser waits before reconnecting a dropped stream (ms); sent
+# first on every stream, so a restart costs clients seconds, not the
+# browser's own default.
+RETRY_MS = 2000
+RETRY = b"retry: %d\n\n" % RETRY_MS
+
+
+def event_id(ping: Ping) -> str:
+    """The ``id:`` of ``ping``'s event: ``<time>-<hash of userid and status>``.
+
+    A fingerprint of the ping alone, never of the stream, so one frame serves
+    every subscriber; ASCII with no line breaks whatever the user id holds.
+    A browser hands the last one back as ``Last-Event-ID`` on reconnect.
+    """
+    key = f"{ping.userid}\0{ping.status}".encode("utf-8", "surrogatepass")
+    return f"{ping.time}-{blake2b(key, digest_size=6).hexdigest()}"
+
+
+def encode_event(ping: Ping) -> bytes:
+    """One event's bytes, built once and written to every subscriber.
+
+    ``json.dumps`` escapes every control character and non-ASCII code point,
+    so no user id or status can smuggle a line break into the frame.
+    """
+    payload = json.dumps(
+        {"time": ping.time, "status": ping.status, "userid": ping.userid},
+        separators=(",", ":"),
+    )
+    return (
+        b"id: " + event_id(ping).encode("ascii")
+        + b"\ndata: " + payload.encode("ascii") + b"\n\n"
+    )
+
+
+class Event:
+    """A ping's event, framed once for every subscriber.
+
+    Streams write ``chunk`` (the frame as an HTTP/1.1 chunk) to their
+    connection directly, so fanning out costs no per-subscriber framing.
+    """
+
+    __slots__ = ("ping", "frame", "chunk")
+
+    def __init__(self, ping: Ping) -> None:
+        self.ping = ping
+        self.frame = encode_event(ping)
+        self.chunk = _chunk(self.frame)
+
+
+def _chunk(frame: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(frame), frame)
+
+
+KEEPALIVE_CHUNK = _chunk(KEEPALIVE)
+
+
+# What an event stream's response says of itself (a HEAD gets them too).
+STREAM_HEADERS = (
+    (b"Content-Type", b"text/event-stream"),
+    (b"Cache-Control", b"no-cache"),
+    (b"X-Accel-Buffering", b"no"),
+)
+# The stream's first bytes after its headers, as a chunk.
+RETRY_CHUNK = _chunk(RETRY)

@@ -1,0 +1,189 @@
+"""An open event stream: what it watches, what it was sent, and its connection."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from heartbeat.core.presence import Ping
+from heartbeat.core.sse import KEEPALIVE, KEEPALIVE_CHUNK, Event, event_id
+from heartbeat.twisted_internals import eager_write
+
+log = Logger()
+
+
+class Ends(Protocol):
+    """Who hears that a stream's connection is gone (the hub)."""
+
+    def detach(self, stream: Stream) -> None: ...
+
+
+@implementer(IPushProducer)
+class Stream:
+    """One open ``text/event-stream`` response, watching one or more users.
+
+    Once its headers are sent, the stream takes the connection over
+    (``take``): it is the
+    connection's protocol and its producer, and writes its events to the
+    transport itself. An idle stream is then this object and its transport,
+    not a whole HTTP channel and request.
+
+    The stream is the push producer of its connection, so a client that
+    stops reading pauses it once the transport's buffer is full. While
+    paused it writes nothing and holds only the newest event of each of its
+    users (a watcher wants the current presence, not the history), so its
+    memory is bounded by its number of users; a stream paused for longer
+    than ``blocked_timeout`` seconds is cut off. When not paused, ``send``
+    is a plain write: fan-out stays cheap.
+    """
+
+    __slots__ = (
+        "userids", "last_event_id", "seen", "closed", "held", "transport", "chunked",
+        "ends", "_clock", "_blocked_timeout", "_blocked", "_gone", "_lost",
+    )
+
+    def __init__(
+        self,
+        userids: tuple[str, ...],
+        clock: IReactorTime,
+        blocked_timeout: float,
+        last_event_id: bytes | None = None,
+    ) -> None:
+        self.userids = userids
+        # What a reconnecting browser says it saw last (``Last-Event-ID``).
+        self.last_event_id = last_event_id
+        # The last ping this stream was sent per user, to resend only what it
+        # missed after the bus comes back.
+        self.seen: dict[str, Ping] = {}
+        self.closed = False
+        # None while the client reads; while paused, the newest event per user.
+        self.held: dict[str, Event] | None = None
+        self.transport: ITransport | None = None
+        self.chunked = False
+        self.ends: Ends | None = None
+        self._clock = clock
+        self._blocked_timeout = blocked_timeout
+        self._blocked: IDelayedCall | None = None
+        # Made only when someone waits for the connection to go (shutdown).
+        self._gone: Deferred[None] | None = None
+        self._lost = False
+
+    def take(self, transport: ITransport, chunked: bool = True) -> None:
+        """Become ``transport``'s protocol and producer; the headers are sent."""
+        self.transport = transport
+        self.chunked = chunked
+        transport.protocol = self  # type: ignore[attr-defined]
+        transport.registerProducer(self, True)
+
+    def skip_resumed(self, ping: Ping) -> bool:
+        """Whether the client already has ``ping``, by its ``Last-Event-ID``.
+
+        A browser keeps only the last id it saw, so this spares at most one
+        user's stored ping on reconnect; that ping counts as seen.
+        """
+        if self.last_event_id != event_id(ping).encode("ascii"):
+            return False
+        self.seen[ping.userid] = ping
+        return True
+
+    def send(self, event: Event) -> None:
+        ping = event.ping
+        self.seen[ping.userid] = ping
+        if self.held is None:
+            self._write(event.frame, event.chunk)
+        else:
+            self.held[ping.userid] = event
+
+    def comment(self) -> None:
+        # A blocked client needs no keep-alive: its connection is not idle.
+        if self.held is None:
+            self._write(KEEPALIVE, KEEPALIVE_CHUNK)
+
+    def _write(self, frame: bytes, chunk: bytes) -> None:
+        """The chunk framing is the event's own, built once for all subscribers."""
+        if not self.closed:
+            eager_write(self.transport, chunk if self.chunked else frame)
+
+    # The connection's protocol, once handed over.
+
+    def dataReceived(self, data: bytes) -> None:
+        """A client says nothing on an event stream; whatever it sends is dropped."""
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._lost = self.closed = True
+        self._cancel_blocked()
+        self.held = None
+        if self.ends is not None:
+            self.ends.detach(self)
+        if self._gone is not None:
+            self._gone.callback(None)
+
+    # The connection's producer.
+
+    def pauseProducing(self) -> None:
+        if self.held is None and not self.closed:
+            self.held = {}
+            self._blocked = self._clock.callLater(self._blocked_timeout, self._cut_off)
+
+    def resumeProducing(self) -> None:
+        if self.held is None:
+            return
+        held, self.held = self.held, None
+        self._cancel_blocked()
+        for event in held.values():
+            self._write(event.frame, event.chunk)
+
+    def stopProducing(self) -> None:
+        """The connection is going: keep nothing more for it."""
+        self._cancel_blocked()
+        self.held = {}
+
+    def _cut_off(self) -> None:
+        """Blocked too long: drop the connection, its buffered bytes with it.
+
+        A clean end would only queue behind the bytes the client is not
+        reading; aborting frees them now, and the hub hears of it through
+        ``connectionLost``.
+        """
+        self._blocked = None
+        log.info("closing a stream blocked for {seconds}s", seconds=self._blocked_timeout)
+        self.closed = True
+        self.held = {}
+        self.transport.abortConnection()
+
+    def _cancel_blocked(self) -> None:
+        if self._blocked is not None:
+            if self._blocked.active():
+                self._blocked.cancel()
+            self._blocked = None
+
+    def close(self) -> Deferred[None]:
+        """End the response cleanly (the client sees the stream end).
+
+        Fires once the connection is gone, its last bytes flushed; the
+        caller (shutdown) bounds the wait.
+        """
+        if self._gone is None:
+            self._gone = Deferred()
+            if self.transport is None or self._lost:
+                self._gone.callback(None)
+        if not self.closed:
+            self.closed = True
+            self._cancel_blocked()
+            if self.ends is not None:
+                self.ends.detach(self)
+            self.transport.unregisterProducer()
+            if self.chunked:
+                eager_write(self.transport, b"0\r\n\r\n")
+            self.transport.loseConnection()
+        return self._gone
+
+    def abort(self) -> None:
+        """Shutdown's last resort for a client that stopped reading."""
+        if self.transport is not None:
+            self.transport.abortConnection()

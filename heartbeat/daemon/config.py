@@ -1,0 +1,182 @@
+"""Settings: each from a twistd option, the environment, ``.env``, or a default.
+
+One table lists every setting; the twistd ``Options`` and the loader are both
+built from it, so a setting is declared once. A bad value raises
+``UsageError`` naming the setting, which start-up turns into one line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+from twisted.python.usage import UsageError
+
+from heartbeat.store.redis.address import HOST_PORT, RedisAddress, parse_redis
+from heartbeat.twisted_internals import endpoint_types
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective configuration of one heartbeat process."""
+
+    listen: str
+    redis: RedisAddress | None
+    redis_prefix: str
+    keepalive: float
+    jwt_secret: str | None
+    cors_origins: tuple[str, ...]
+    max_users_per_stream: int
+    backlog: int
+    workers: int
+    max_streams: int
+    max_header_bytes: int
+    max_userid_length: int
+    request_timeout: float
+    stream_blocked_timeout: float
+    log_format: str
+
+
+# The endpoint types whose listen backlog we set from BACKLOG.
+_BACKLOG_TYPES = ("tcp", "tcp6", "ssl", "unix")
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0 or number == float("inf"):
+        raise ValueError("must be a positive number of seconds")
+    return number
+
+
+def _header_bytes(value: str) -> int:
+    number = int(value)
+    # Below this not even a browser's ordinary request fits.
+    if number < 1024:
+        raise ValueError("must be at least 1024 bytes")
+    return number
+
+
+def _optional(value: str) -> str | None:
+    return value or None
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    return tuple(origin.strip() for origin in value.split(",") if origin.strip())
+
+
+def _prefix(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _log_format(value: str) -> str:
+    if value not in ("text", "json"):
+        raise ValueError("must be text or json")
+    return value
+
+
+def listen_endpoint(value: str, backlog: int) -> str:
+    """A Twisted endpoint string for ``LISTEN``.
+
+    ``:8080``, ``host:8080`` and ``[::1]:8080`` are the Go service's forms;
+    anything else is taken as an endpoint string already.
+    """
+    match = HOST_PORT.fullmatch(value)
+    if match is not None and match["host"] not in endpoint_types():
+        port = match["port"]
+        if match["v6"] is not None:
+            interface = match["v6"].replace(":", r"\:")
+            value = f"tcp6:{port}:interface={interface}"
+        elif match["host"]:
+            value = f"tcp:{port}:interface={match['host']}"
+        else:
+            value = f"tcp:{port}"
+    kind = value.split(":", 1)[0]
+    if kind in _BACKLOG_TYPES and "backlog=" not in value:
+        value = f"{value}:backlog={backlog}"
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+
+    @property
+    def option(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+    @property
+    def field(self) -> str:
+        return self.name.lower()
+
+
+SETTINGS = (
+    Setting("LISTEN", ":8080", str, "where to listen: :8080, host:port, [::1]:8080 or a Twisted endpoint string"),
+    Setting("REDIS", "", parse_redis, "host:port, :port or redis://[:password@]host:port/db; unset: in-process store"),
+    Setting("REDIS_PREFIX", "heartbeat:", _prefix, "prefix of Redis keys and channels"),
+    Setting("KEEPALIVE", "25", _positive_float, "seconds between keep-alive comments on streams"),
+    Setting("JWT_SECRET", "", _optional, "HS256 secret; set: built-in JWT auth instead of X-User-Claim"),
+    Setting("CORS_ORIGINS", "", _origins, "comma-separated allowed origins, or *"),
+    Setting("MAX_USERS_PER_STREAM", "256", _positive_int, "most users one stream or status request may name"),
+    Setting("BACKLOG", "4096", _positive_int, "listen backlog"),
+    Setting("WORKERS", "1", _positive_int, "processes sharing the listening port (more than 1 needs REDIS)"),
+    Setting("MAX_STREAMS", "10000", _positive_int, "most open streams per process; beyond it subscribing answers 503"),
+    Setting("MAX_HEADER_BYTES", "16384", _header_bytes, "most bytes of request line and headers; beyond it 431"),
+    Setting("MAX_USERID_LENGTH", "256", _positive_int, "most characters in a user id; longer ones answer 400"),
+    Setting("REQUEST_TIMEOUT", "10", _positive_float, "seconds a client has to send a whole request (headers and body)"),
+    Setting("STREAM_BLOCKED_TIMEOUT", "60", _positive_float, "seconds a stream may stay blocked by a client that does not read"),
+    Setting("LOG_FORMAT", "text", _log_format, "log lines as text, or json (one JSON object per line, for log shippers)"),
+)
+
+
+def read_dotenv(directory: Path) -> dict[str, str]:
+    """``.env`` in ``directory`` (the Go service's habit), or nothing."""
+    path = directory / ".env"
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def load_settings(
+    options: Mapping[str, str | None],
+    environ: Mapping[str, str] | None = None,
+    dotenv: Mapping[str, str] | None = None,
+) -> Settings:
+    """Fill each setting, highest first: option, environment, ``.env``, default."""
+    environ = os.environ if environ is None else environ
+    dotenv = read_dotenv(Path.cwd()) if dotenv is None else dotenv
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = options.get(setting.option)
+        if raw is None:
+            raw = environ.get(setting.name)
+        if raw is None:
+            raw = dotenv.get(setting.name, setting.default)
+        try:
+            values[setting.field] = setting.parse(raw.strip())
+        except ValueError as e:
+            raise UsageError(f"bad setting {setting.name}={raw!r}: {e}") from None
+    settings = Settings(**values)
+    _check_together(settings)
+    return settings
+
+
+def _check_together(settings: Settings) -> None:
+    if settings.workers > 1 and settings.redis is None:
+        raise UsageError("bad setting WORKERS: more than 1 worker needs REDIS")
+

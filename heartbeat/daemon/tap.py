@@ -1,0 +1,117 @@
+"""twistd's entry point: options and ``makeService``, which only wires."""
+
+from __future__ import annotations
+
+import gc
+
+from twisted.application.service import IService
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+from twisted.internet.interfaces import IReactorCore
+from twisted.python.usage import Options as _Options
+from twisted.python.usage import UsageError
+
+from heartbeat.core.hub import Hub
+from heartbeat.core.identity import Identity
+from heartbeat.daemon.config import SETTINGS, Settings, listen_endpoint, load_settings
+from heartbeat.daemon.logs import log_observer, log_settings
+from heartbeat.daemon.metrics import Metrics
+from heartbeat.daemon.service import HeartbeatService
+from heartbeat.store.interface import Store
+from heartbeat.store.memory import MemoryStore
+from heartbeat.web.http import HeartbeatSite
+from heartbeat.web.routes import HeartbeatApp
+
+
+class Options(_Options):
+    """Every setting as a ``--option``; unset ones fall back to the environment."""
+
+    optParameters = [
+        [s.option, None, None, f"{s.help} [env {s.name}, default {s.default!r}]"]
+        for s in SETTINGS
+    ]
+
+
+def makeService(config: Options, reactor: IReactorCore | None = None) -> IService:
+    """Build the service tree; a bad setting exits with one line naming it."""
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor  # type: ignore[assignment]
+    sockets = None
+    try:
+        settings = load_settings(config)
+        if settings.workers > 1:
+            from heartbeat.daemon.workers import reuseport_sockets
+
+            description = listen_endpoint(settings.listen, settings.backlog)
+            sockets = reuseport_sockets(description, settings.workers)
+        if sockets:
+            endpoint = AdoptedStreamServerEndpoint(reactor, sockets[0].fileno(), sockets[0].family)
+        else:
+            endpoint = _endpoint(reactor, settings)
+    except UsageError as e:
+        raise SystemExit(f"heartbeat: {e}") from None
+    service = build_service(settings, reactor, endpoint)
+    if settings.workers > 1:
+        from heartbeat.daemon.workers import WorkerPool
+
+        pool = WorkerPool(
+            reactor, settings.workers - 1, config, service.when_listening, sockets or ()
+        )
+        service.add_workers(pool)
+    _settle_gc()
+    return service
+
+
+def _settle_gc() -> None:
+    """Keep the cyclic garbage collector off what start-up built, and rarer.
+
+    Every connection allocates a few dozen objects, so a burst of them ran
+    a young collection every few dozen connections and, now and then, a
+    full one through every module, class and function the daemon imported:
+    20 to 60 ms of the ~350 ms a 5,000-stream burst took (gc.callbacks).
+    Start-up's objects live as long as the process; frozen, no collection
+    walks them again.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
+def _endpoint(reactor, settings: Settings):  # type: ignore[no-untyped-def]
+    description = listen_endpoint(settings.listen, settings.backlog)
+    try:
+        return serverFromString(reactor, description)
+    except Exception as e:  # endpoint parsers raise anything from ValueError to KeyError
+        raise UsageError(f"bad setting LISTEN={settings.listen!r}: {e}") from None
+
+
+def build_service(settings: Settings, reactor, endpoint) -> HeartbeatService:  # type: ignore[no-untyped-def]
+    log_settings(settings)
+    store = _store(settings, reactor)
+    hub = Hub(store)
+    identity = Identity(settings.jwt_secret, settings.max_userid_length)
+    identity.announce()
+    metrics = Metrics(hub, store)
+    app = HeartbeatApp(store, hub, reactor, identity, settings, metrics)
+    site = HeartbeatSite(
+        app.resource(), reactor=reactor, metrics=metrics,
+        max_header_bytes=settings.max_header_bytes,
+        request_timeout=settings.request_timeout, open_stream=app.open_stream_now,
+    )
+    service = HeartbeatService(
+        endpoint, site, hub, store, settings.keepalive, reactor, log_observer(settings)
+    )
+    if IService.providedBy(store):
+        # It connects when the service starts; HeartbeatService closes it last.
+        store.setServiceParent(service)
+    return service
+
+
+def _store(settings: Settings, reactor) -> Store:  # type: ignore[no-untyped-def]
+    if settings.redis is None:
+        return MemoryStore()
+    # Imported only when used: txredisapi imports the global reactor.
+    from heartbeat.store.redis.store import RedisStore
+
+    return RedisStore(settings.redis, settings.redis_prefix, reactor)

@@ -1,0 +1,1 @@
+"""The Redis store: many instances sharing one Redis."""

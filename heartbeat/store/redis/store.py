@@ -1,0 +1,304 @@
+"""The Redis store: many instances share each user's last ping and its pings.
+
+Each user has a hash (``time``, ``status``) under ``REDIS_PREFIX + userid``,
+and a pub/sub channel of the same name. Every process holds two connections:
+one for commands (the store-and-publish script, reads) and one subscriber,
+subscribed to exactly the channels the hub asks for — no patterns, so an
+instance only receives pings somebody on it watches.
+
+Redis may vanish at any time. The store then refuses pings at once
+(:class:`StoreUnavailable`, a 503) rather than queueing them; its links
+reconnect with capped backoff; the subscriber subscribes again to every
+channel still wanted (Redis forgot them with the connection, and txredisapi
+does not remember them); then the hub is asked to ``resync``, because what
+was published meanwhile is gone and only the stored pings tell what changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from txredisapi import ConnectionError as RedisConnectionError
+from txredisapi import RedisProtocol
+
+from heartbeat.core.feed import Listener
+from heartbeat.core.presence import Ping
+from heartbeat.store.interface import StoreUnavailable
+from heartbeat.store.redis.address import RedisAddress
+from heartbeat.store.redis.link import RedisLink
+from heartbeat.store.redis.scripts import (
+    READ_MANY,
+    STORE_AND_PUBLISH,
+    Script,
+    from_fields,
+    from_message,
+)
+
+log = Logger()
+
+# Seconds a command may wait for its reply before the connection is dropped
+# (and remade): a Redis that hangs must turn into 503s, not hung requests.
+REPLY_TIMEOUT = 5.0
+
+
+class RedisStore(Service):
+    """The :class:`~heartbeat.store.Store` of a scaled-out deployment.
+
+    A service so that connecting starts with the application, not when
+    ``makeService`` builds it; ``close`` (called last by the parent service
+    on shutdown) drops both connections.
+    """
+
+    listener: Listener | None = None
+    kind = "redis"
+
+    def __init__(self, address: RedisAddress, prefix: str, reactor) -> None:  # type: ignore[no-untyped-def]
+        self._reactor = reactor
+        self._prefix = prefix
+        self._where = f"{address.host}:{address.port}"
+        self._commands: RedisProtocol | None = None
+        self._subscriber: RedisProtocol | None = None
+        # True once the subscriber holds every wanted channel again.
+        self._resubscribed = False
+        self._wanted: set[str] = set()
+        # Subscribes asked for while the subscriber was down: fired once it
+        # is back and has subscribed to everything wanted.
+        self._pending: list[Deferred[None]] = []
+        # The pings and gets of this reactor turn, each sent together at its end.
+        self._writes: list[tuple[Ping, Deferred[None]]] = []
+        self._reads: list[tuple[list[str], Deferred[dict[str, Ping | None]]]] = []
+        self._closed = False
+        # Links that have been connected once: a later ready is a reconnect.
+        self._connected_once: set[str] = set()
+        self.reconnects = {"commands": 0, "subscriber": 0}
+        self._command_link = RedisLink(
+            address, self._commands_ready, self._commands_lost, reply_timeout=REPLY_TIMEOUT
+        )
+        self._subscriber_link = RedisLink(
+            address, self._subscriber_ready, self._subscriber_lost, on_message=self._message
+        )
+
+    @property
+    def available(self) -> bool:
+        """Both links up: pings are stored and every wanted channel is heard."""
+        return self._commands is not None and self._resubscribed
+
+    def startService(self) -> None:
+        super().startService()
+        self._command_link.connect(self._reactor)
+        self._subscriber_link.connect(self._reactor)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.close()
+
+    def _key(self, userid: str) -> str:
+        return self._prefix + userid
+
+    # The Store protocol.
+
+    def ping(self, ping: Ping) -> Deferred[None]:
+        """Store and publish ``ping`` with every other ping of this reactor turn.
+
+        Under load many connections' pings arrive in one turn; one script
+        call for all of them spares each its own command, reply and chain
+        of txredisapi Deferreds. Each ping is still stored and published
+        by one atomic script, in the order the pings came.
+        """
+        if self._commands is None:
+            return fail(StoreUnavailable())
+        return self._queue(self._writes, ping, self._write_batch)
+
+    def get(self, userids: Iterable[str]) -> Deferred[dict[str, Ping | None]]:
+        """The stored pings, read with every other ``get`` of this reactor turn.
+
+        A burst of streams opening (clients reconnecting after a restart)
+        asks for thousands of users within a few turns; one script call per
+        turn instead of one per stream is most of the burst's Redis cost.
+        """
+        users = list(dict.fromkeys(userids))
+        if not users:
+            return succeed({})
+        if self._commands is None:
+            return fail(StoreUnavailable())
+        return self._queue(self._reads, users, self._read_batch)
+
+    def _queue(self, queue: list[tuple[Any, Deferred[Any]]], item: Any,
+               send: Callable[[], None]) -> Deferred[Any]:
+        """``item``'s answer, once ``send`` has sent it with the rest of this turn's ``queue``."""
+        d: Deferred[Any] = Deferred()
+        if not queue:
+            self._reactor.callLater(0, send)
+        queue.append((item, d))
+        return d
+
+    def _write_batch(self) -> None:
+        writes, self._writes = self._writes, []
+        keys = [self._key(ping.userid) for ping, _ in writes]
+        args = [value for ping, _ in writes for value in (ping.time, ping.status)]
+        self._run(STORE_AND_PUBLISH, keys, args, writes, self._answer_writes)
+
+    def _answer_writes(self, results: list, writes: list[tuple[Ping, Deferred[None]]]) -> None:
+        for result, (ping, d) in zip(results, writes):
+            if result == 1:
+                d.callback(None)
+            else:  # e.g. WRONGTYPE: the user's key holds something else
+                log.error("redis refused to store {ping}: {error}", ping=ping, error=result)
+                d.errback(StoreUnavailable())
+
+    def _read_batch(self) -> None:
+        reads, self._reads = self._reads, []
+        # Every user the turn's gets name, once each, in the order first named.
+        users = list(dict.fromkeys(userid for wanted, _ in reads for userid in wanted))
+        keys = [self._key(userid) for userid in users]
+        self._run(READ_MANY, keys, [], reads, partial(self._answer_reads, users))
+
+    def _answer_reads(
+        self, users: list[str], rows: list, reads: list[tuple[list[str], Deferred]]
+    ) -> None:
+        pings = {userid: from_fields(userid, row) for userid, row in zip(users, rows)}
+        for wanted, d in reads:
+            d.callback({userid: pings[userid] for userid in wanted})
+
+    def _run(self, script: Script, keys: list[str], args: list[object],
+             waiting: list[tuple[Any, Deferred[Any]]],
+             answer: Callable[[Any, list[tuple[Any, Deferred[Any]]]], None]) -> None:
+        """One script call for a turn's batch; every caller hears of a failure."""
+        conn = self._commands
+        batch = fail(StoreUnavailable()) if conn is None else script.run(conn, keys, args)
+        batch.addCallbacks(answer, self._fail_batch, (waiting,), None, (waiting,))
+
+    def _fail_batch(self, failure: Failure, waiting: list[tuple[Any, Deferred[Any]]]) -> None:
+        # A lost connection was logged as it went; anything else is logged here.
+        if not failure.check(StoreUnavailable, RedisConnectionError):
+            log.failure("redis command failed", failure)
+        for _, d in waiting:
+            d.errback(StoreUnavailable())
+
+    def subscribe(self, userid: str) -> Deferred[None]:
+        self._wanted.add(userid)
+        conn = self._subscriber
+        if conn is None:
+            return self._after_resubscribe()
+        d = maybeDeferred(conn.subscribe, self._key(userid))
+        return d.addCallbacks(lambda _: None, self._subscribe_failed)
+
+    def unsubscribe(self, userid: str) -> Deferred[None]:
+        self._wanted.discard(userid)
+        conn = self._subscriber
+        if conn is None:
+            return succeed(None)
+        # A lost connection has no subscriptions left to undo.
+        d = maybeDeferred(conn.unsubscribe, self._key(userid))
+        return d.addCallbacks(lambda _: None, _connection_lost)
+
+    def close(self) -> Deferred[None]:
+        self._closed = True
+        pending, self._pending = self._pending, []
+        for d in pending:
+            d.errback(StoreUnavailable())
+        links = (self._command_link, self._subscriber_link)
+        return gatherResults([link.disconnect() for link in links]).addCallback(lambda _: None)
+
+    # Failures.
+
+    def _subscribe_failed(self, failure: Failure) -> Deferred[None]:
+        # The connection went while subscribing: the channel is subscribed
+        # with all the others when it is back.
+        failure.trap(RedisConnectionError)
+        return self._after_resubscribe()
+
+    def _after_resubscribe(self) -> Deferred[None]:
+        if self._closed:
+            return fail(StoreUnavailable())
+        d: Deferred[None] = Deferred()
+        self._pending.append(d)
+        return d
+
+    # Connection state, reported by the links.
+
+    def _commands_ready(self, conn: RedisProtocol) -> None:
+        self._commands = conn
+        self._count_connect("commands")
+        log.info("redis commands connected to {where}", where=self._where)
+        self._resync()
+
+    def _commands_lost(self, conn: RedisProtocol) -> None:
+        self._commands = None
+        if not self._closed:
+            log.warn("redis commands lost {where}: pings get 503 until it is back", where=self._where)
+
+    def _subscriber_ready(self, conn: RedisProtocol) -> None:
+        self._subscriber = conn
+        self._count_connect("subscriber")
+        log.info(
+            "redis subscriber connected to {where}, subscribing to {count} channels",
+            where=self._where, count=len(self._wanted),
+        )
+        d = gatherResults(
+            [
+                conn.subscribe(self._key(userid)).addErrback(_connection_lost)
+                for userid in self._wanted
+            ],
+            consumeErrors=True,
+        )
+        d.addCallbacks(
+            self._resubscribed_all,
+            lambda f: log.failure("redis resubscribe failed", f.value.subFailure),
+            (conn,),
+        )
+
+    def _count_connect(self, link: str) -> None:
+        if link in self._connected_once:
+            self.reconnects[link] += 1
+        self._connected_once.add(link)
+
+    def _resubscribed_all(self, _: object, conn: RedisProtocol) -> None:
+        if self._subscriber is not conn:
+            return  # lost again meanwhile: the next connection starts over
+        self._resubscribed = True
+        pending, self._pending = self._pending, []
+        for d in pending:
+            d.callback(None)
+        self._resync()
+
+    def _subscriber_lost(self, conn: RedisProtocol) -> None:
+        self._subscriber = None
+        self._resubscribed = False
+        if self.listener is not None:
+            self.listener.bus_lost()
+        if not self._closed:
+            log.warn("redis subscriber lost {where}: reconnecting", where=self._where)
+
+    def _resync(self) -> None:
+        """Once both links are up, have the hub re-read what it may have missed.
+
+        Called on every (re)connection of either link: the subscriber missed
+        whatever was published while it was away, and a stream opened while
+        the command link was away could not read its stored pings.
+        """
+        if self.available and self.listener is not None:
+            self.listener.resync()
+
+    def _message(self, channel: str, text: str) -> None:
+        if not (isinstance(text, str) and channel.startswith(self._prefix)):
+            return
+        ping = from_message(channel[len(self._prefix):], text)
+        if ping is not None and self.listener is not None:
+            try:
+                self.listener.deliver(ping)
+            except Exception:
+                # An exception here would escape into the protocol and drop
+                # the subscriber connection for every stream of this process.
+                log.failure("delivering a ping failed")
+
+
+def _connection_lost(failure: Failure) -> None:
+    """Swallow a lost connection: whatever it was doing, the next one redoes."""
+    failure.trap(RedisConnectionError)

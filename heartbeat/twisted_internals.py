@@ -1,0 +1,160 @@
+"""Every use of Twisted's private API in heartbeat, each behind one named function.
+
+Twisted changes its private names without a deprecation cycle, so they live
+here and nowhere else, each covered by a contract test
+(``tests/test_twisted_internals.py``) that fails loudly when a Twisted
+release moves them. This module sits beneath every layer and imports
+nothing of heartbeat.
+
+What is used, and why:
+
+- :func:`eager_write`: a TCP transport's write buffer (``_tempDataBuffer``,
+  ``offset``, ``dataBuffer``), to send a small write at once when nothing
+  is queued before it instead of waiting a reactor turn and registering
+  the socket for writability twice (fan-out is one small write per stream).
+- :func:`read_now`: ``Connection.doRead`` on a connection just accepted,
+  whose request has nearly always arrived already.
+- :class:`AcceptingPort`: ``tcp.Port``'s accept internals (``socket._accept``,
+  ``_buildAddr``, ``sessionno``, ``transport``), to keep the kernel's accept
+  queue empty under a reconnect burst.
+- :func:`endpoint_types`: ``twisted.internet.endpoints._serverParsers``, the
+  endpoint prefixes built into Twisted, to tell ``host:port`` from an
+  endpoint string.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+
+from twisted.internet import tcp
+from twisted.internet.interfaces import IListeningPort, IProtocol, ITransport
+from twisted.logger import Logger
+
+log = Logger()
+
+# As many connections as a listen backlog can hold (Linux caps it at 4096 by default).
+ACCEPT_ALL = 4096
+# Connections served between two looks at the kernel's queue: few enough that it stays
+# nearly empty, enough that the look (an accept that fails with EAGAIN) costs little.
+SERVED_BETWEEN_ACCEPTS = 16
+
+
+def eager_write(transport: ITransport, data: bytes) -> None:
+    """Write ``data`` on ``transport``, sending it now if nothing is ahead of it.
+
+    Whatever the socket does not take, or any error, goes through the
+    transport as usual, so ordering, buffering and flow control stay
+    Twisted's. Other transports (TLS) are written to as usual.
+    """
+    if (
+        isinstance(transport, tcp.Connection)  # TCP and unix sockets, not TLS
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._tempDataBuffer
+        and transport.offset == len(transport.dataBuffer)
+    ):
+        sent = transport.writeSomeData(data)
+        if isinstance(sent, int):  # otherwise an error the transport will meet again
+            if sent == len(data):
+                return
+            data = data[sent:]
+    transport.write(data)
+
+
+def read_now(transport: ITransport) -> None:
+    """Read what a just-accepted TCP connection has already received, now.
+
+    Saves a poll and a dispatch per connection in a burst; if nothing is in
+    yet, or the client has gone, the reactor hears of it as usual. Other
+    transports are left to the reactor.
+    """
+    if not isinstance(transport, tcp.Connection):
+        return
+    try:
+        transport.doRead()
+    except Exception:
+        # As the reactor would: log, and drop the connection.
+        log.failure("reading a new connection failed")
+        transport.abortConnection()
+
+
+def endpoint_types() -> set[str]:
+    """The prefixes of every server endpoint string Twisted and its plugins parse."""
+    from twisted.internet.endpoints import _serverParsers
+    from twisted.internet.interfaces import IStreamServerEndpointStringParser
+    from twisted.plugin import getPlugins
+
+    return set(_serverParsers) | {
+        parser.prefix for parser in getPlugins(IStreamServerEndpointStringParser)
+    }
+
+
+def take_bursts(port: IListeningPort) -> None:
+    """Make ``port``, if a plain IPv4 TCP port, an :class:`AcceptingPort`.
+
+    IPv6 ports keep Twisted's loop, which also resolves scope ids.
+    """
+    if type(port) is tcp.Port and port.addressFamily == socket.AF_INET:
+        port.__class__ = AcceptingPort
+
+
+class AcceptingPort(tcp.Port):
+    """An IPv4 TCP port that keeps the kernel's queue of new connections empty.
+
+    After a quiet spell Twisted's port accepts one connection per reactor
+    turn, then 20 more each turn; under a reconnect burst the kernel's queue
+    fills meanwhile and connections past the backlog wait a second for the
+    SYN retry. Here every pending connection is accepted before each few are
+    served, so the queue never holds more than came in meanwhile. It is also
+    the lean path: no enum conversion of the address family per connection,
+    no generator and log buffer per accept. Errors, out of file descriptors
+    included, are left to Twisted's own loop, which knows how to recover.
+    """
+
+    def doRead(self) -> None:
+        accepted: deque[tuple[IProtocol, tcp.Server]] = deque()
+        budget = ACCEPT_ALL  # then the reactor's other work gets a turn
+        while True:
+            budget -= self._accept_pending(accepted, budget)
+            if not accepted:
+                return
+            for _ in range(min(SERVED_BETWEEN_ACCEPTS, len(accepted))):
+                protocol, transport = accepted.popleft()
+                try:
+                    protocol.makeConnection(transport)
+                except Exception:
+                    # As Twisted's loop does: one failed connection must not stop the port.
+                    log.failure("serving a new connection failed")
+                    transport.abortConnection()
+
+    def _accept_pending(self, accepted: deque[tuple[IProtocol, tcp.Server]], budget: int) -> int:
+        """Accept up to ``budget`` waiting connections into ``accepted``; how many."""
+        accept = self.socket._accept  # type: ignore[attr-defined]
+        kind = int(self.socket.type)
+        count = 0
+        while count < budget:
+            try:
+                fd, address = accept()
+            except BlockingIOError:
+                break
+            except OSError:
+                self.numberAccepts = ACCEPT_ALL
+                super().doRead()
+                break
+            skt = socket.socket(socket.AF_INET, kind, 0, fd)
+            try:
+                protocol = self.factory.buildProtocol(self._buildAddr(address))
+                if protocol is None:
+                    skt.close()
+                    continue
+                session = self.sessionno
+                self.sessionno = session + 1
+                transport = self.transport(skt, protocol, address, self, session, self.reactor)
+            except Exception:
+                log.failure("accepting a connection failed")
+                skt.close()
+                continue
+            accepted.append((protocol, transport))
+            count += 1
+        return count

@@ -1,0 +1,1 @@
+"""The HTTP edge: one protocol per connection, the Klein routes behind it, CORS, errors as HTTP."""
