@@ -227,13 +227,19 @@ class SSEClient:
         return True
 
     def frame(self, timeout: float = 5) -> bytes:
-        """The next raw frame (up to and including its blank line)."""
+        """The next raw frame: a comment or ``retry:`` line alone (heartbeat
+        sends those with no blank line after them), else up to and
+        including the blank line that ends an event."""
         self.sock.settimeout(timeout)
-        while b"\n\n" not in self.body:
+        while True:
+            if self.body.startswith((b":", b"retry:")) and b"\n" in self.body:
+                line, self.body = self.body.split(b"\n", 1)
+                return line + b"\n"
+            if b"\n\n" in self.body:
+                frame, self.body = self.body.split(b"\n\n", 1)
+                return frame + b"\n\n"
             if not self._fill_body():
                 raise ConnectionError("stream ended")
-        frame, self.body = self.body.split(b"\n\n", 1)
-        return frame + b"\n\n"
 
     def event(self, timeout: float = 5) -> dict:
         """The next event's data as JSON, skipping comments and field-only frames."""

@@ -15,6 +15,7 @@ from heartbeat.core.identity import Identity
 from heartbeat.core.presence import Ping
 from heartbeat.daemon.config import load_settings
 from heartbeat.store.memory import MemoryStore
+from heartbeat.web.api import Api
 from heartbeat.web.routes import HeartbeatApp
 
 ORIGIN = "https://chat.example"
@@ -23,8 +24,8 @@ ORIGIN = "https://chat.example"
 def make_client(**env: str) -> tuple[StubTreq, MemoryStore]:
     store = MemoryStore()
     settings = load_settings({}, environ=env, dotenv={})
-    app = HeartbeatApp(store, Hub(store), Clock(),
-                       Identity(None, settings.max_userid_length), settings)
+    app = HeartbeatApp(Api(store, Hub(store), Clock(),
+                           Identity(None, settings.max_userid_length), settings))
     return StubTreq(app.resource()), store
 
 

@@ -11,7 +11,8 @@ ORIGIN = "http://page.example:8000"
 
 def fields(frame: bytes) -> dict[str, str]:
     """An SSE frame's fields (one line each in what heartbeat sends)."""
-    return dict(line.decode().split(": ", 1) for line in frame.splitlines() if line)
+    return dict(line.decode().split(": ", 1) for line in frame.splitlines()
+                if line and not line.startswith(b":"))
 
 
 def next_event(stream: SSEClient) -> dict[str, str]:

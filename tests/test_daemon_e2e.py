@@ -101,6 +101,6 @@ def test_unknown_path_404_and_wrong_method_405(daemon):
 def test_keepalive_comments_arrive(start_daemon):
     daemon = start_daemon(["--keepalive", "0.2"])
     stream = SSEClient(daemon.port, "/subscribe/alice")
-    assert stream.frame(timeout=3) == b"retry: 2000\n\n"
-    assert stream.frame(timeout=3) == b":\n\n"
-    assert stream.frame(timeout=3) == b":\n\n"
+    assert stream.frame(timeout=3) == b"retry: 2000\n"
+    assert stream.frame(timeout=3) == b":\n"
+    assert stream.frame(timeout=3) == b":\n"

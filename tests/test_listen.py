@@ -11,9 +11,8 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
 from twisted.internet.protocol import Factory, Protocol
 
 from heartbeat.daemon.config import load_settings
-from heartbeat.daemon.service import _ObservedEndpoint
 from heartbeat.daemon.tap import build_service
-from heartbeat.twisted_internals import SERVED_BETWEEN_ACCEPTS
+from heartbeat.twisted_internals import SERVED_BETWEEN_ACCEPTS, take_bursts
 from tests.wire import request_bytes
 
 
@@ -27,8 +26,9 @@ async def test_every_pending_connection_is_accepted_in_one_turn():
             accepted.append(Protocol())
             return accepted[-1]
 
-    endpoint = _ObservedEndpoint(TCP4ServerEndpoint(reactor, 0, backlog=1024, interface="127.0.0.1"))
+    endpoint = TCP4ServerEndpoint(reactor, 0, backlog=1024, interface="127.0.0.1")
     port = await endpoint.listen(Counting())
+    take_bursts(port)
     clients = []
     try:
         for burst in (1, 300):
@@ -70,8 +70,9 @@ async def test_connections_that_come_meanwhile_are_accepted_between_a_few_served
             events.append(f"accept {number}")
             return Recording(number)
 
-    endpoint = _ObservedEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+    endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
     port = await endpoint.listen(Numbering())
+    take_bursts(port)
     try:
         for _ in range(few + 1):
             connect()
@@ -125,10 +126,11 @@ class _Listening:
 
 @pytest_twisted.ensureDeferred
 async def test_accept_errors_are_left_to_twisted_and_a_bad_connection_stops_nothing():
-    endpoint = _ObservedEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+    endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
     failing = Factory()
     failing.buildProtocol = lambda addr: 1 / 0  # type: ignore[method-assign]
     port = await endpoint.listen(failing)
+    take_bursts(port)
     try:
         client = socket.create_connection(("127.0.0.1", port.getHost().port))
         port.doRead()  # the failure is logged, not raised into the reactor

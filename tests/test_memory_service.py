@@ -84,9 +84,9 @@ def test_keepalive_comment_every_interval():
     server.clock.advance(9.9)
     assert conn.take() == b""
     server.clock.advance(0.1)
-    assert chunks(conn.take()) == [b":\n\n"]
+    assert chunks(conn.take()) == [b":\n"]
     server.clock.advance(10)
-    assert chunks(conn.take()) == [b":\n\n"]
+    assert chunks(conn.take()) == [b":\n"]
 
 
 def test_disconnect_removes_the_stream_at_once():

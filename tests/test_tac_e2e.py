@@ -20,7 +20,7 @@ def test_tac_serves_ping_subscribe_and_health(tmp_path):
         assert post_ping(daemon.port, '{"status": "1"}')[0] == 200
         stream = SSEClient(daemon.port, "/subscribe/alice")
         assert stream.event()["status"] == "1"
-        assert stream.frame() == b":\n\n"  # KEEPALIVE from the environment took effect
+        assert stream.frame() == b":\n"  # KEEPALIVE from the environment took effect
         assert get(daemon.port, "/health")[0] == 200
         stream.close()
     finally:

@@ -1,6 +1,6 @@
 """The real site, wired by ``build_service``, spoken to over in-memory transports.
 
-Every byte goes through heartbeat's own channel, request, Klein routes, hub
+Every byte goes through heartbeat's own edge, Klein routes, hub
 and store, with a fake clock and no sockets: fast and deterministic enough
 to run thousands of hostile requests.
 """
@@ -77,21 +77,11 @@ def _dechunk(status: int, headers: dict[bytes, bytes], data: bytes) -> Response:
 
 
 class Connection:
-    """One client connection to the site.
+    """One client connection to the edge, as every real one starts."""
 
-    It starts as the site's :class:`~heartbeat.front.Front`, as every real
-    one does; with ``http=True`` as a twisted.web channel from the start,
-    which is what a front hands every request it does not answer itself.
-    """
-
-    def __init__(self, wire: Wire, http: bool = False) -> None:
+    def __init__(self, wire: Wire) -> None:
         self.transport = FakeTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
-        if http:
-            first_due = wire.clock.seconds() + wire.settings.request_timeout
-            protocol = wire.site.http_channel(first_due)
-        else:
-            protocol = wire.site.buildProtocol(None)
-        # As a real transport knows its protocol: fronts and streams take it over.
+        protocol = wire.edge.buildProtocol(None)
         self.transport.protocol = protocol
         protocol.makeConnection(self.transport)
 
@@ -123,12 +113,12 @@ class Wire:
         # Listening on the fake reactor, so the service can start and stop.
         endpoint = TCP4ServerEndpoint(self.clock, 8080)
         self.service = build_service(self.settings, self.clock, endpoint)
-        self.site = self.service.listener.factory
+        self.edge = self.service.edge
         self.hub = self.service.hub
         self.store = self.service.store
 
-    def connect(self, http: bool = False) -> Connection:
-        return Connection(self, http)
+    def connect(self) -> Connection:
+        return Connection(self)
 
     def request(self, method: str, path: str, headers: Mapping[str, str | bytes] | None = None,
                 body: bytes = b"") -> Response:

@@ -7,12 +7,16 @@ from hashlib import blake2b
 
 from heartbeat.core.presence import Ping
 
-KEEPALIVE = b":\n\n"
+# A comment line, with no blank line after it: a blank line ends an event
+# block, and some clients (httpx-sse) hand every block out as an event, an
+# empty one for a block that held only a comment.
+KEEPALIVE = b":\n"
 # How long a browser waits before reconnecting a dropped stream (ms); sent
 # first on every stream, so a restart costs clients seconds, not the
-# browser's own default.
+# browser's own default. A field line only: it joins the first event's
+# block rather than making an event of its own.
 RETRY_MS = 2000
-RETRY = b"retry: %d\n\n" % RETRY_MS
+RETRY = b"retry: %d\n" % RETRY_MS
 
 
 def event_id(ping: Ping) -> str:

@@ -27,11 +27,10 @@ class Ends(Protocol):
 class Stream:
     """One open ``text/event-stream`` response, watching one or more users.
 
-    Once its headers are sent, the stream takes the connection over
-    (``take``): it is the
-    connection's protocol and its producer, and writes its events to the
-    transport itself. An idle stream is then this object and its transport,
-    not a whole HTTP channel and request.
+    Once its headers are sent, the stream ``take``s the connection's
+    transport: it writes its events there itself, pre-framed, and is the
+    transport's producer. The connection's protocol tells it when the
+    connection is lost.
 
     The stream is the push producer of its connection, so a client that
     stops reading pauses it once the transport's buffer is full. While
@@ -74,10 +73,13 @@ class Stream:
         self._lost = False
 
     def take(self, transport: ITransport, chunked: bool = True) -> None:
-        """Become ``transport``'s protocol and producer; the headers are sent."""
+        """Write to ``transport`` from now on, as its producer; the headers are sent.
+
+        ``chunked``: frame each write as an HTTP/1.1 chunk (the events carry
+        their chunk, built once for every stream).
+        """
         self.transport = transport
         self.chunked = chunked
-        transport.protocol = self  # type: ignore[attr-defined]
         transport.registerProducer(self, True)
 
     def skip_resumed(self, ping: Ping) -> bool:
@@ -109,10 +111,7 @@ class Stream:
         if not self.closed:
             eager_write(self.transport, chunk if self.chunked else frame)
 
-    # The connection's protocol, once handed over.
-
-    def dataReceived(self, data: bytes) -> None:
-        """A client says nothing on an event stream; whatever it sends is dropped."""
+    # Told by the connection's protocol.
 
     def connectionLost(self, reason: Failure) -> None:
         self._lost = self.closed = True

@@ -4,20 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.internet import TimerService
 from twisted.application.service import IServiceCollection, MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults, succeed
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    ensureDeferred,
+    gatherResults,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
+from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
-from zope.interface import implementer
+from twisted.python.failure import Failure
 
 from heartbeat.core.hub import Hub
 from heartbeat.core.stream import Stream
 from heartbeat.daemon import systemd
 from heartbeat.store.interface import Store
 from heartbeat.twisted_internals import take_bursts
-from heartbeat.web.http import HeartbeatSite
+from heartbeat.web.edge import Edge
 
 log = Logger()
 
@@ -27,34 +35,73 @@ log = Logger()
 DRAIN_TIMEOUT = 3.0
 
 
-@implementer(IStreamServerEndpoint)
-class _ObservedEndpoint:
-    """An endpoint that also tells the service when it is listening."""
+class Listener(Service):
+    """Listens on ``LISTEN`` as the service starts; a port it cannot have ends start-up.
 
-    def __init__(self, endpoint: IStreamServerEndpoint) -> None:
+    twisted's ``StreamServerEndpointService`` logs a failure to listen as an
+    unhandled error and lets the process run on, listening nowhere (under
+    systemd: "active", serving nothing). Here the failure, which every
+    endpoint heartbeat accepts reports at once, exits with one line.
+    """
+
+    def __init__(
+        self, endpoint: IStreamServerEndpoint, factory: Factory, setting: str, reactor: Any
+    ) -> None:
         self._endpoint = endpoint
+        self._reactor = reactor
+        self.factory = factory
+        self._setting = setting
         self._port: IListeningPort | None = None
+        self._listening: Deferred[IListeningPort] | None = None
         self._waiting: list[Deferred[IListeningPort]] = []
 
-    def listen(self, factory: Any) -> Deferred[IListeningPort]:
-        d = self._endpoint.listen(factory)
-        d.addCallback(self._listening)
-        return d
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
 
-    def when_listening(self) -> Deferred[IListeningPort]:
-        if self._port is not None:
-            return succeed(self._port)
-        d: Deferred[IListeningPort] = Deferred()
-        self._waiting.append(d)
-        return d
+    def startService(self) -> None:
+        super().startService()
+        self._listen()
 
-    def _listening(self, port: IListeningPort) -> IListeningPort:
+    def _listen(self) -> None:
+        if self._listening is not None:
+            return
+        failed: list[Failure] = []
+        self._listening = self._endpoint.listen(self.factory)
+        self._listening.addCallbacks(self._listened, failed.append)
+        if failed:
+            raise SystemExit(
+                f"heartbeat: cannot listen on LISTEN={self._setting!r}: "
+                f"{failed[0].getErrorMessage()}"
+            )
+        self._listening.addErrback(self._failed_later)
+
+    def _listened(self, port: IListeningPort) -> IListeningPort:
         take_bursts(port)
         self._port = port
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(port)
         return port
+
+    def _failed_later(self, failure: Failure) -> None:
+        log.critical("heartbeat: cannot listen on LISTEN={setting!r}: {why}",
+                     setting=self._setting, why=failure.getErrorMessage())
+        self._reactor.stop()
+
+    def when_listening(self) -> Deferred[IListeningPort]:
+        """Fires with the listening port once there is one."""
+        if self._port is not None:
+            return succeed(self._port)
+        d: Deferred[IListeningPort] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._port is None:
+            return succeed(None)
+        return maybeDeferred(self._port.stopListening)
 
 
 class HeartbeatService(MultiService):
@@ -69,23 +116,23 @@ class HeartbeatService(MultiService):
     def __init__(
         self,
         endpoint: IStreamServerEndpoint,
-        site: HeartbeatSite,
+        edge: Edge,
         hub: Hub,
         store: Store,
         keepalive: float,
         clock: IReactorTime,
         log_observer: ILogObserver | None = None,
+        listen_setting: str = "",
     ) -> None:
         super().__init__()
-        self.site = site
+        self.edge = edge
         self.hub = hub
         self.store = store
         self.log_observer = log_observer
         self.clock = clock
-        self._endpoint = _ObservedEndpoint(endpoint)
         self._ready: Deferred[object] | None = None
         self.workers: Service | None = None
-        self.listener = StreamServerEndpointService(self._endpoint, site)
+        self.listener = Listener(endpoint, edge, listen_setting, clock)
         self.listener.setServiceParent(self)
         self.keepalive = TimerService(keepalive, hub.keepalive)
         self.keepalive.clock = clock
@@ -105,7 +152,7 @@ class HeartbeatService(MultiService):
     def startService(self) -> None:
         super().startService()
         self._ready = gatherResults(
-            [self._endpoint.when_listening(), systemd.store_ready(self.store, self.clock)],
+            [self.listener.when_listening(), systemd.store_ready(self.store, self.clock)],
             consumeErrors=True,
         )
         self._ready.addCallback(self._serving)
@@ -113,7 +160,7 @@ class HeartbeatService(MultiService):
 
     def when_listening(self) -> Deferred[IListeningPort]:
         """Fires with the listening port once there is one."""
-        return self._endpoint.when_listening()
+        return self.listener.when_listening()
 
     def add_workers(self, pool: Service) -> None:
         """Run ``pool`` (the ``WORKERS`` processes) with this service.
@@ -139,10 +186,10 @@ class HeartbeatService(MultiService):
             self._ready.cancel()
         await self.listener.stopService()
         await self.keepalive.stopService()
-        # Streams own their connections; every other connection is the site's.
+        # Streams own their connections; every other connection is the edge's.
         streams = tuple(self.hub.streams)
         late = self.clock.callLater(DRAIN_TIMEOUT, _abort, streams)
-        await DeferredList([self.hub.close_all(), self.site.drain(DRAIN_TIMEOUT)])
+        await DeferredList([self.hub.close_all(), self.edge.drain(DRAIN_TIMEOUT)])
         if late.active():
             late.cancel()
         await self.store.close()

@@ -9,6 +9,7 @@ from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromSt
 from twisted.internet.interfaces import IReactorCore
 from twisted.python.usage import Options as _Options
 from twisted.python.usage import UsageError
+from twisted.web.server import Site
 
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity
@@ -18,7 +19,8 @@ from heartbeat.daemon.metrics import Metrics
 from heartbeat.daemon.service import HeartbeatService
 from heartbeat.store.interface import Store
 from heartbeat.store.memory import MemoryStore
-from heartbeat.web.http import HeartbeatSite
+from heartbeat.web.api import Api
+from heartbeat.web.edge import Edge
 from heartbeat.web.routes import HeartbeatApp
 
 
@@ -93,14 +95,12 @@ def build_service(settings: Settings, reactor, endpoint) -> HeartbeatService:  #
     identity = Identity(settings.jwt_secret, settings.max_userid_length)
     identity.announce()
     metrics = Metrics(hub, store)
-    app = HeartbeatApp(store, hub, reactor, identity, settings, metrics)
-    site = HeartbeatSite(
-        app.resource(), reactor=reactor, metrics=metrics,
-        max_header_bytes=settings.max_header_bytes,
-        request_timeout=settings.request_timeout, open_stream=app.open_stream_now,
-    )
+    api = Api(store, hub, reactor, identity, settings, metrics)
+    site = Site(HeartbeatApp(api).resource(), reactor=reactor)
+    edge = Edge(api, site, reactor, settings.max_header_bytes, settings.request_timeout)
     service = HeartbeatService(
-        endpoint, site, hub, store, settings.keepalive, reactor, log_observer(settings)
+        endpoint, edge, hub, store, settings.keepalive, reactor, log_observer(settings),
+        settings.listen,
     )
     if IService.providedBy(store):
         # It connects when the service starts; HeartbeatService closes it last.

@@ -1,0 +1,94 @@
+"""Many deadlines, one timer: a wheel of one-second slots.
+
+Thousands of connections each have a deadline (a request to finish, a
+token to expire) that is nearly always cancelled before it falls due.
+Arming and cancelling a reactor timer per item is what a burst of
+connections would then spend its time on; here arming is a set insertion,
+cancelling a set removal, and a single timer runs only while something is
+armed, waking once per occupied slot.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+T = TypeVar("T", bound=Hashable)
+
+
+class Deadlines(Generic[T]):
+    """Calls ``on_due(item)`` once each armed item's deadline has passed.
+
+    Deadlines are rounded up to the next ``resolution`` seconds, so an item
+    falls due no sooner than asked and at most ``resolution`` later.
+    """
+
+    def __init__(
+        self, clock: IReactorTime, on_due: Callable[[T], None], resolution: float = 1.0
+    ) -> None:
+        self._clock = clock
+        self._on_due = on_due
+        self._resolution = resolution
+        self._slots: dict[int, set[T]] = {}
+        self._slot_of: dict[T, int] = {}
+        self._timer: IDelayedCall | None = None
+        self._timer_slot: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._slot_of)
+
+    def __contains__(self, item: T) -> bool:
+        return item in self._slot_of
+
+    def arm(self, item: T, after: float) -> None:
+        """Call ``on_due(item)`` ``after`` seconds from now (replacing any earlier arming)."""
+        self.disarm(item)
+        slot = math.ceil((self._clock.seconds() + after) / self._resolution)
+        self._slots.setdefault(slot, set()).add(item)
+        self._slot_of[item] = slot
+        if self._timer_slot is None or slot < self._timer_slot:
+            self._schedule(slot)
+
+    def disarm(self, item: T) -> None:
+        slot = self._slot_of.pop(item, None)
+        if slot is None:
+            return
+        items = self._slots[slot]
+        items.discard(item)
+        if not items:
+            del self._slots[slot]
+
+    def items(self) -> tuple[T, ...]:
+        return tuple(self._slot_of)
+
+    def stop(self) -> None:
+        """Forget every deadline and the timer (shutdown)."""
+        self._slots.clear()
+        self._slot_of.clear()
+        self._cancel_timer()
+
+    def _schedule(self, slot: int) -> None:
+        self._cancel_timer()
+        self._timer_slot = slot
+        delay = max(0.0, slot * self._resolution - self._clock.seconds())
+        self._timer = self._clock.callLater(delay, self._expire)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._timer_slot = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._timer_slot = None
+        now = self._clock.seconds()
+        for slot in sorted(s for s in self._slots if s * self._resolution <= now):
+            for item in self._slots.pop(slot):
+                del self._slot_of[item]
+                self._on_due(item)
+        if self._slots:
+            self._schedule(min(self._slots))

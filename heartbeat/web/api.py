@@ -1,0 +1,136 @@
+"""What each route does, apart from how its request arrived.
+
+The edge (:mod:`heartbeat.web.edge`) serves the hot routes straight from
+its own parse and the Klein routes (:mod:`heartbeat.web.routes`) serve
+every route to any twisted.web site; both call these handlers, so a rule
+(who may ping, which users a stream may name, when streams are full) has
+one home.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Protocol
+from urllib.parse import unquote_to_bytes
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IRequest
+
+from heartbeat.core.asking import Asking
+from heartbeat.core.errors import BadInput, TooLarge, Unavailable
+from heartbeat.core.hub import Hub
+from heartbeat.core.identity import Identity
+from heartbeat.core.ping_body import MAX_BODY, parse_status
+from heartbeat.core.presence import Ping
+from heartbeat.core.stream import Stream
+from heartbeat.core.users import requested_users
+from heartbeat.store.interface import Store
+from heartbeat.web.cors import CorsPolicy
+
+
+class RouteSettings(Protocol):
+    """The settings the routes read (the daemon's ``Settings`` has them)."""
+
+    @property
+    def max_users_per_stream(self) -> int: ...
+    @property
+    def max_streams(self) -> int: ...
+    @property
+    def stream_blocked_timeout(self) -> float: ...
+    @property
+    def cors_origins(self) -> tuple[str, ...]: ...
+
+
+class Meter(Protocol):
+    """Where ping answers are counted and ``/metrics`` is rendered (the daemon's metrics)."""
+
+    def ping_answered(self, code: int, seconds: float | None) -> None: ...
+    def render(self, request: IRequest) -> bytes: ...
+
+
+def subscribe_target(path: bytes) -> tuple[str, str | None] | None:
+    """``(userid, clientid)`` of ``/subscribe/<userid>[/client/<clientid>]``, else None.
+
+    Segments are percent-decoded and must be UTF-8 (a 400 otherwise).
+    """
+    parts = path.split(b"/")
+    if len(parts) == 3 and parts[1] == b"subscribe" and parts[2]:
+        return _segment(parts[2]), None
+    if len(parts) == 5 and parts[1] == b"subscribe" and parts[3] == b"client" and parts[2] and parts[4]:
+        return _segment(parts[2]), _segment(parts[4])
+    return None
+
+
+def _segment(raw: bytes) -> str:
+    try:
+        return unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput("user id must be valid UTF-8") from None
+
+
+class Api:
+    """The handlers of every route; the store, hub, clock, identity and limits come from outside."""
+
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub,
+        clock: IReactorTime,
+        identity: Identity,
+        settings: RouteSettings,
+        meter: Meter | None = None,
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.clock = clock
+        self.identity = identity
+        self.settings = settings
+        self.meter = meter
+        self.cors = CorsPolicy(settings.cors_origins)
+
+    def ping(self, request: Asking, body: bytes, too_large: bool = False) -> Deferred[None]:
+        """Store the caller's ping; fails with a domain error when refused."""
+        userid = self.identity.ping_user(request)
+        if too_large:
+            raise TooLarge(f"request body is larger than {MAX_BODY} bytes")
+        status = parse_status(request.getHeader(b"Content-Type"), body)
+        return self.store.ping(Ping(userid, int(self.clock.seconds()), status))
+
+    def one_user(self, request: Asking, userid: str) -> tuple[str, ...]:
+        """The user of a ``/subscribe/<userid>`` route, if the caller may read it."""
+        self.identity.authorize_read(request)
+        return self.identity.check_userids((userid,))
+
+    def many_users(self, request: Asking) -> tuple[str, ...]:
+        """The ``?user=`` list of the multi-user routes, if the caller may read them."""
+        self.identity.authorize_read(request)
+        userids = requested_users(request, self.settings.max_users_per_stream)
+        return self.identity.check_userids(userids)
+
+    def new_stream(self, userids: tuple[str, ...], request: Asking) -> Stream:
+        """A stream of ``userids``, if there is room for one more (503 otherwise).
+
+        Checked before any header is sent, so a refused client gets a plain
+        503 rather than a stream that ends.
+        """
+        limit = self.settings.max_streams
+        if len(self.hub.streams) >= limit:
+            raise Unavailable(f"too many open streams (limit {limit}), retry later", 5)
+        return Stream(
+            userids, self.clock, self.settings.stream_blocked_timeout,
+            request.getHeader(b"Last-Event-ID"),
+        )
+
+    def status(self, request: Asking) -> Deferred[bytes]:
+        """``{"a": {"time": …, "status": …}, "b": null}`` in the order asked."""
+        userids = self.many_users(request)
+        return self.store.get(userids).addCallback(_status_body)
+
+
+def _status_body(pings: dict[str, Ping | None]) -> bytes:
+    return json.dumps(
+        {userid: ping.as_status() if ping is not None else None
+         for userid, ping in pings.items()},
+        separators=(",", ":"),
+    ).encode("utf-8")
