@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from . import procs, report
-from .scenarios import SCENARIOS, Sizes
+from .scenarios import (DEFAULT_SCENARIOS, POPULATION_CONTACTS, POPULATION_PERIOD_S,
+                        POPULATION_USERS, SCENARIOS, Sizes)
 
 TARGETS = ("nchan", "heartbeat-redis", "heartbeat-inproc")
 
@@ -31,8 +32,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--external", action="append", default=[], metavar="NAME,STYLE,URL,PID",
                    help="also measure a server started elsewhere (STYLE: heartbeat or nchan; "
                         "PID: its root process, for CPU and RSS); repeatable")
-    p.add_argument("--scenarios", default=",".join(SCENARIOS),
-                   help="comma-separated subset of %(default)s")
+    p.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                   help=f"comma-separated, from {', '.join(SCENARIOS)} (default: %(default)s)")
+    p.add_argument("--population-users", default=",".join(map(str, POPULATION_USERS)),
+                   help="population sizes U to try, before --scale (default: %(default)s)")
+    p.add_argument("--population-contacts", type=int, default=POPULATION_CONTACTS,
+                   help="users named by each population stream (default: %(default)s)")
+    p.add_argument("--population-period", type=float, default=POPULATION_PERIOD_S,
+                   help="seconds between one user's pings, before --scale (default: %(default)s)")
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiply counts and durations (e.g. 0.1 for a smoke run)")
     p.add_argument("--sseload", required=True, help="the built load client")
@@ -50,6 +57,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for s in args.scenarios:
         if s not in SCENARIOS:
             p.error(f"unknown scenario {s!r}")
+    try:
+        args.population_users = [int(u) for u in args.population_users.split(",") if u]
+    except ValueError:
+        p.error("--population-users: comma-separated integers")
+    if not 1 <= args.population_contacts <= 255:
+        p.error("--population-contacts: 1 to 255 (nchan's limit of channels per subscriber)")
+    # heartbeat refuses streams past MAX_STREAMS (10,000 per process by default): for the
+    # population scenario the cap is raised just above its largest size
+    args.max_streams = None
+    if "population" in args.scenarios:
+        largest = max(Sizes(args.scale).n(u) for u in args.population_users or [0])
+        if largest + 1000 > 10000:
+            args.max_streams = largest + 1000
     for t in args.targets:
         if t not in TARGETS and t not in args.external and not (t.startswith("heartbeat-redis-w") and t[17:].isdigit()):
             p.error(f"unknown target {t!r}")
@@ -65,19 +85,36 @@ def start(name: str, scratch: Path, redis: procs.Redis, args) -> procs.Target:
         raise SystemExit(f"{args.twistd} not found: is heartbeat installed? (--targets nchan runs without it)")
     workers = int(name[17:]) if name.startswith("heartbeat-redis-w") else 1
     return procs.start_heartbeat(scratch, args.twistd, Path(args.root), name,
-                                 None if name == "heartbeat-inproc" else redis, workers)
+                                 None if name == "heartbeat-inproc" else redis, workers,
+                                 args.max_streams)
 
 
 def run(args, scratch: Path) -> dict:
     redis = procs.Redis(scratch)
     procs.log(f"redis-server on 127.0.0.1:{redis.port}; scratch {scratch}")
-    ctx = {"sseload": args.sseload, "sizes": Sizes(args.scale)}
+    ctx = {"sseload": args.sseload, "sizes": Sizes(args.scale),
+           "population_users": args.population_users,
+           "population_contacts": args.population_contacts,
+           "population_period": args.population_period}
     results: dict[str, dict] = {}
     for name in args.targets:
         redis.command("FLUSHALL")
-        target = start(name, scratch, redis, args)
+        current = [start(name, scratch, redis, args)]
+        target = current[0]
         procs.require_loopback(target.host)
         procs.log(f"{name} on {target.url} (pids {target.pids()})")
+
+        def restart(name=name, current=current) -> procs.Target:
+            """A fresh server on a flushed Redis (for scenarios that measure per size)."""
+            procs.forget(current[0].proc)
+            redis.command("FLUSHALL")
+            current[0] = start(name, scratch, redis, args)
+            procs.require_loopback(current[0].host)
+            procs.log(f"{name} restarted on {current[0].url} (pids {current[0].pids()})")
+            return current[0]
+
+        # an --external server is not ours to restart
+        ctx["restart"] = restart if target.proc else None
         # whose Redis CPU to report: ours, unless the target does not use it
         target_redis = None if name == "heartbeat-inproc" or name in args.external else redis
         results[name] = {}
@@ -85,16 +122,17 @@ def run(args, scratch: Path) -> dict:
             for scenario in args.scenarios:
                 ctx["prefix"] = f"r{int(time.time()) % 100000}"
                 procs.log(f"{name}: {scenario}")
+                target = current[0]
                 try:
                     fig = SCENARIOS[scenario](target, target_redis, ctx)
                 except Exception as e:  # one broken scenario must not hide the others
                     fig = {"error": f"{type(e).__name__}: {e}"}
                 results[name][scenario] = fig
-                print(json.dumps({"target": name, "scenario": scenario, "url": target.url,
-                                  **target.notes, **fig}), flush=True)
+                print(json.dumps({"target": name, "scenario": scenario, "url": current[0].url,
+                                  **current[0].notes, **fig}), flush=True)
         finally:
-            if target.proc:
-                procs.stop(target.proc)
+            if current[0].proc:
+                procs.stop(current[0].proc)
     return results
 
 
@@ -112,9 +150,13 @@ def main(argv: list[str]) -> int:
     print(report.table(results, args.targets))
     print()
     print(report.cpu_table(results, args.targets))
-    warning = report.noise_warning(results)
-    if warning:
-        print("\n" + warning)
+    population = report.population_table(results, args.targets)
+    if population:
+        print()
+        print(population)
+    for warning in (report.noise_warning(results), report.client_warning(results)):
+        if warning:
+            print("\n" + warning)
     return 0
 
 

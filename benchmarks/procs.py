@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -29,7 +30,8 @@ STARTED: list[subprocess.Popen] = []
 # is measured, so they are removed and each target passes its own options.
 HEARTBEAT_ENV = (
     "LISTEN", "REDIS", "REDIS_PREFIX", "KEEPALIVE", "JWT_SECRET", "CORS_ORIGINS",
-    "MAX_USERS_PER_STREAM", "BACKLOG", "WORKERS",
+    "MAX_USERS_PER_STREAM", "BACKLOG", "WORKERS", "MAX_STREAMS", "MAX_HEADER_BYTES",
+    "MAX_USERID_LENGTH", "REQUEST_TIMEOUT", "STREAM_BLOCKED_TIMEOUT", "LOG_FORMAT",
 )
 
 
@@ -138,6 +140,18 @@ def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
     proc.wait()
 
 
+def forget(proc: subprocess.Popen) -> None:
+    """Stop `proc` and drop it from the processes `stop_all` will end."""
+    stop(proc)
+    if proc in STARTED:
+        STARTED.remove(proc)
+
+
+def open_files_limit() -> int:
+    """The open-files limit this run's processes (servers, load client) inherit."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def stop_all() -> None:
     while STARTED:
         stop(STARTED.pop())
@@ -154,6 +168,9 @@ class Target:
     proc: subprocess.Popen | None = None  # None: started elsewhere (--external), not ours to stop
     pid: int = 0  # the server's root process, for CPU and RSS
     notes: dict = field(default_factory=dict)
+    # the most client connections the server can hold (its fd limit, nginx's
+    # worker_connections, heartbeat's --max-streams); None: unknown (--external)
+    max_conns: int | None = None
 
     @property
     def url(self) -> str:
@@ -228,13 +245,19 @@ def wait_healthy(target: Target, logfile: Path, timeout: float = 30.0) -> None:
 def start_nchan(scratch: Path, redis: Redis, workers: int = 1) -> Target:
     """nginx + nchan from the reference template, on the shared Redis."""
     prefix = scratch / "nchan"
-    prefix.mkdir()
+    prefix.mkdir(exist_ok=True)  # a restart reuses it
     target = Target("nchan", "nchan", "127.0.0.1", free_port())
     conf = NCHAN_TEMPLATE.read_text()
     for key, value in {"PORT": target.port, "REDIS_PORT": redis.port, "WORKERS": workers,
                        "PREFIX": prefix}.items():
         conf = conf.replace(f"@{key}@", str(value))
     (prefix / "nginx.conf").write_text(conf)
+    # one worker holds every connection: worker_connections counts them (and its Redis
+    # links), worker_rlimit_nofile its descriptors, capped by the hard limit we inherit
+    conns = int(re.search(r"^\s*worker_connections\s+(\d+);", conf, re.M).group(1))
+    nofile = int(re.search(r"^\s*worker_rlimit_nofile\s+(\d+);", conf, re.M).group(1))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    target.max_conns = min(conns, nofile, hard if hard != resource.RLIM_INFINITY else nofile) - 32
     logfile = prefix / "error.log"
     target.proc = spawn(["nginx", "-p", str(prefix), "-e", str(logfile), "-c", str(prefix / "nginx.conf")],
                         prefix / "stdout.log")
@@ -243,10 +266,13 @@ def start_nchan(scratch: Path, redis: Redis, workers: int = 1) -> Target:
 
 
 def start_heartbeat(scratch: Path, twistd: str, root: Path, name: str,
-                    redis: Redis | None, workers: int) -> Target:
-    """`twistd -n heartbeat` from this checkout, in a scratch directory (no stray .env)."""
+                    redis: Redis | None, workers: int, max_streams: int | None = None) -> Target:
+    """`twistd -n heartbeat` from this checkout, in a scratch directory (no stray .env).
+
+    `max_streams` raises heartbeat's per-process stream cap (MAX_STREAMS, 10,000 by
+    default) for scenarios with more streams than that."""
     workdir = scratch / name
-    workdir.mkdir()
+    workdir.mkdir(exist_ok=True)  # a restart reuses it
     target = Target(name, "heartbeat", "127.0.0.1", free_port())
     argv = [twistd, "-n", "--pidfile=", "heartbeat",
             "--listen", f"tcp:{target.port}:interface=127.0.0.1"]
@@ -254,6 +280,12 @@ def start_heartbeat(scratch: Path, twistd: str, root: Path, name: str,
         argv += ["--redis", f"127.0.0.1:{redis.port}"]
     if workers > 1:
         argv += ["--workers", str(workers)]
+    if max_streams:
+        argv += ["--max-streams", str(max_streams)]
+    # one process holds all its connections (several workers: SO_REUSEPORT spreads them
+    # unevenly, so count on 90% of the sum)
+    per_process = min(max_streams or 10000, open_files_limit() - 64)
+    target.max_conns = per_process if workers == 1 else per_process * workers * 9 // 10
     env = {k: v for k, v in os.environ.items() if k not in HEARTBEAT_ENV}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     logfile = workdir / "twistd.log"

@@ -1,4 +1,5 @@
-"""The four scenarios.  Each takes a running target and returns one flat dict of figures.
+"""The scenarios.  Each takes a running target and returns one dict of figures (flat, but
+for `population`, which gives one dict per population size under "runs").
 
 Server CPU is user+sys of the target's process tree (and of Redis, reported apart) read
 from /proc before and after the measured window; client CPU is the load client's own for
@@ -9,6 +10,7 @@ the same window (sseload reports getrusage; wrk is measured as our reaped child)
 from __future__ import annotations
 
 import json
+import math
 import resource
 import subprocess
 import time
@@ -181,4 +183,123 @@ def pingrate(target: Target, redis: Redis | None, ctx: dict) -> dict:
     return {"connections": 64, "users": s.n(10000), **res, **out}
 
 
-SCENARIOS = {"idle": idle, "fanout": fanout, "pingrate": pingrate, "mixed": mixed}
+# population: sizes tried (before --scale), contacts per stream, ping period in seconds.
+# 18,000 rather than 20,000/40,000: on the development machine no process may hold more
+# than 20,000 descriptors (hard limit, no CAP_SYS_RESOURCE), server and client alike.
+POPULATION_USERS = (5000, 10000, 14000, 18000)
+POPULATION_CONTACTS = 20
+POPULATION_PERIOD_S = 20.0
+POPULATION_P99_LIMIT_MS = 50.0
+POPULATION_PUB_CONNS = 64
+POPULATION_GRACE_S = 5.0
+POPULATION_SEED = 1
+
+
+def population(target: Target, redis: Redis | None, ctx: dict) -> dict:
+    """U users, each holding one stream of C contacts and pinging every P seconds.
+
+    Per size U (each on a freshly started server and a flushed Redis, when the harness
+    can restart the target): open the U streams (at most 512 handshakes in flight), wait
+    until all have headers, then ping for 2 P seconds, user i at i P/U + k P (an open-loop
+    schedule of U/P pings/s); only the second period is measured (latency from each
+    ping's scheduled time, CPU, RSS), and a delivery still missing 5 s after the last ping
+    (of silence) is lost. The figure of merit is the largest U whose p99 stays under 50 ms
+    with nothing lost and every stream open.
+    """
+    s = ctx["sizes"]
+    contacts = ctx.get("population_contacts", POPULATION_CONTACTS)
+    period = s.secs(ctx.get("population_period", POPULATION_PERIOD_S))
+    restart = ctx.get("restart")
+    runs = []
+    for index, full in enumerate(ctx.get("population_users", POPULATION_USERS)):
+        users = s.n(full)
+        need = users + POPULATION_PUB_CONNS + 64  # the client's streams, publishers, slack
+        limits = [("this run's open-files limit (ulimit -n)", procs.open_files_limit())]
+        if target.max_conns is not None:
+            limits.append((f"{target.name}'s connection limit", target.max_conns + 64))
+        too_small = [f"{what} {limit:,}" for what, limit in limits if limit < need]
+        if contacts >= users:
+            too_small.append(f"{contacts} contacts need more than {contacts} users")
+        if too_small:
+            runs.append({"users": users, "skipped": f"needs ~{need:,} descriptors in one process: "
+                                                     + "; ".join(too_small)})
+            procs.log(f"population U={users}: skipped ({runs[-1]['skipped']})")
+            continue
+        if restart:
+            target = restart()  # no memory or subscriptions left from the previous size
+        procs.log(f"population U={users} C={contacts} P={period:g}s on {target.url}")
+        runs.append(_population_run(target, redis, ctx, users, contacts, period,
+                                    f"{ctx['prefix']}q{index}_", fresh=bool(restart)))
+    return {**_population_verdict(runs), "contacts": contacts, "period_s": period,
+            "p99_limit_ms": POPULATION_P99_LIMIT_MS, "runs": runs}
+
+
+def _population_run(target: Target, redis: Redis | None, ctx: dict, users: int,
+                    contacts: int, period: float, prefix: str, fresh: bool) -> dict:
+    settle()
+    rss0 = rss_kib(target.pids())
+    rate = users / period
+    # one source address per 20,000 connections keeps well inside the ephemeral ports
+    # (32768-60999) to one server port
+    sources = 1 if target.host in ("localhost", "::1") else math.ceil(
+        (users + POPULATION_PUB_CONNS) / 20000)
+    with SseLoad(ctx["sseload"], target, prefix, subs=users, users=users, ping_users=users,
+                 pings=2 * users, contacts=contacts, seed=POPULATION_SEED, rate=f"{rate:.6f}",
+                 measure_from=users, pub_conns=POPULATION_PUB_CONNS, quiet=POPULATION_GRACE_S,
+                 deadline=2 * period + POPULATION_GRACE_S + 60, sub_timeout=120,
+                 max_pending=512, source_addrs=sources) as load:
+        sub = load.read("subscribed")
+        procs.log(f"population U={users}: {sub['subs_ok']:,} streams open in {sub['accept_s']:.1f} s")
+        settle()  # a server may acknowledge a stream before its Redis SUBSCRIBE is done
+        rss_open = rss_kib(target.pids())
+        load.send("go")
+        load.read("window_start")
+        win = Window(target, redis)
+        end = load.read("window_end")
+        window = win.close(end["client_cpu_s"])
+        rss1 = rss_kib(target.pids())
+        done = load.read("done")
+    wall = window["wall_s"] or 1.0
+    out = {"users": users, "contacts": contacts, "period_s": period, "pings_per_s": round(rate, 1),
+           "fresh_server": fresh, "source_addrs": sources,
+           "subs_ok": sub["subs_ok"], "subs_failed": sub["subs_failed"],
+           "subs_pending": sub["subs_pending"], "open_s": sub["accept_s"],
+           **{k: v for k, v in done.items() if k != "client_cpu_s"},
+           "client_cpu_run_s": done["client_cpu_s"], **window,
+           "server_core_pct": round(100 * window["server_cpu_s"] / wall, 1),
+           "client_core_pct": round(100 * window["client_cpu_s"] / wall, 1),
+           "rss_before_kib": rss0, "rss_open_kib": rss_open, "rss_end_kib": rss1,
+           "rss_kib_per_user": round((rss1 - rss0) / users, 2),
+           "rss_open_kib_per_user": round((rss_open - rss0) / users, 2)}
+    if window.get("redis_cpu_s") is not None:
+        out["redis_core_pct"] = round(100 * window["redis_cpu_s"] / wall, 1)
+    # one core is all a single-threaded client has: near it, the client may be the limit
+    out["client_saturated"] = out["client_core_pct"] >= 90
+    p99 = out.get("lat_p99_ms")
+    out["p99_ok"] = (p99 is not None and p99 < POPULATION_P99_LIMIT_MS and out["lost"] == 0
+                     and out["subs_ok"] == users and out["pings_failed"] == 0
+                     and out["pings_unanswered"] == 0)
+    settle(2.0)
+    return out
+
+
+def _population_verdict(runs: list[dict]) -> dict:
+    """The largest U that passed, every smaller measured size passing too; whether a
+    larger measured size failed (else the figure is only a lower bound)."""
+    best, failing = 0, None
+    for r in sorted((r for r in runs if "skipped" not in r), key=lambda r: r["users"]):
+        if r["p99_ok"] and failing is None:
+            best = r["users"]
+        elif not r["p99_ok"] and failing is None:
+            failing = r["users"]
+    measured = [r["users"] for r in runs if "skipped" not in r]
+    return {"max_users_p99_under_50ms": best, "first_failing_users": failing,
+            "max_users_is_lower_bound": failing is None and bool(measured),
+            "client_saturated": any(r.get("client_saturated") for r in runs)}
+
+
+SCENARIOS = {"idle": idle, "fanout": fanout, "pingrate": pingrate, "mixed": mixed,
+             "population": population}
+# What a bare `bash benchmarks/run` runs (~3 minutes); population takes ~1 minute per
+# size per target, so it is asked for by name.
+DEFAULT_SCENARIOS = ("idle", "fanout", "pingrate", "mixed")

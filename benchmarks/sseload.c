@@ -12,6 +12,13 @@
  * answered) or from its *scheduled* time (--rate R: open loop, R pings/s over a pool of
  * connections, so a slow server cannot slow the schedule down — no coordinated omission).
  *
+ * Population mode (--contacts C): subscriber j is user j and its one stream names C
+ * contacts (GET /subscribe?user=a&user=b... for heartbeat, GET /subscribe/a,b,... for
+ * nchan), chosen from a seeded permutation so every user is watched by exactly C others.
+ * With --measure-from M, only pings M.. count in the latencies and `lost` (the earlier
+ * ones warm up), and with --rate the harness is told when that window opens and closes
+ * ({"event":"window_start"} / {"event":"window_end"}, the latter with the client's CPU).
+ *
  * Protocol with the harness: stdout gets one JSON line {"event":"subscribed",...} once all
  * subscribers have their response headers (or the timeout passed), then waits for "go" on
  * stdin (anything else, or EOF, means stop); after publishing it prints {"event":"done",...}
@@ -23,6 +30,7 @@
 #include <getopt.h>
 #include <math.h>
 #include <netdb.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdint.h>
@@ -67,7 +75,12 @@ static struct {
     const char *prefix;
     int subs, users, pings, ping_users, pub_conns;
     double rate, sub_timeout, quiet, deadline;
-} opt = {HEARTBEAT, NULL, "", "u", 0, 1, 0, 1, 1, 0.0, 30.0, 3.0, 60.0};
+    int contacts;       /* population mode: contacts per stream (0: one user per stream) */
+    unsigned long seed; /* of the contact graph */
+    int measure_from;   /* first ping counted in latencies and losses */
+    int max_pending;    /* subscriber handshakes in flight at once (0: no bound) */
+    int source_addrs;   /* spread connections over 127.0.0.1..N (IPv4 loopback only) */
+} opt = {HEARTBEAT, NULL, "", "u", 0, 1, 0, 1, 1, 0.0, 30.0, 3.0, 60.0, 0, 1, 0, 0, 1};
 
 static struct conn *subs;        /* opt.subs entries */
 static struct conn *pubs;        /* opt.pub_conns entries */
@@ -85,6 +98,15 @@ static int n_pub_lat;
 static uint8_t *seen;            /* bitmap subs x pings: first delivery recorded */
 static double *lat;              /* one entry per first delivery */
 static long n_lat;
+
+/* Population mode: pos[] is each user's place in a seeded permutation perm[]; contact k
+ * of user j is perm[(pos[j] + offset[k]) % users], the offsets distinct in 1..users-1. */
+static int *perm, *pos, *offset;
+static int rounds = 1;           /* pings per user: pings / ping_users, rounded up */
+static long n_delivered;         /* first deliveries, measured or not */
+static long n_warm;              /* ... of pings before --measure-from */
+static int win_state;            /* 0 before the measured window, 1 in it, 2 after */
+static double win_cpu0;
 
 static long n_dups, n_stray, n_misrouted, n_sub_closed, n_sub_failed, n_sub_ok;
 static double t_last_accept, t_last_delivery, t_first_send, t_last_send, max_send_lag;
@@ -118,11 +140,63 @@ static void user_name(char *out, size_t n, int user) {
     snprintf(out, n, "%s%d", opt.prefix, user);
 }
 
+static uint64_t rng_state;
+static uint64_t rng_next(void) {  /* splitmix64: the same graph for the same seed, anywhere */
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static void make_contacts(void) {
+    int n = opt.users, c = opt.contacts;
+    perm = malloc(n * sizeof *perm);
+    pos = malloc(n * sizeof *pos);
+    offset = malloc(c * sizeof *offset);
+    if (!perm || !pos || !offset) die("malloc");
+    rng_state = opt.seed;
+    for (int i = 0; i < n; i++) perm[i] = i;
+    for (int i = n - 1; i > 0; i--) {
+        int k = (int)(rng_next() % (uint64_t)(i + 1)), t = perm[i];
+        perm[i] = perm[k];
+        perm[k] = t;
+    }
+    for (int i = 0; i < n; i++) pos[perm[i]] = i;
+    for (int k = 0; k < c; k++) {
+        int d, dup;
+        do {
+            d = 1 + (int)(rng_next() % (uint64_t)(n - 1));
+            dup = 0;
+            for (int m = 0; m < k; m++) dup |= offset[m] == d;
+        } while (dup);
+        offset[k] = d;
+    }
+}
+
+static int contact(int j, int k) { return perm[(pos[j] + offset[k]) % opt.users]; }
+
+/* Which of subscriber j's contacts user u is, or -1. */
+static int contact_slot(int j, int u) {
+    int d = ((pos[u] - pos[j]) % opt.users + opt.users) % opt.users;
+    for (int k = 0; k < opt.contacts; k++)
+        if (offset[k] == d) return k;
+    return -1;
+}
+
 static int open_socket(void) {
     int fd = socket(opt.addr->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) die("socket");
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (opt.source_addrs > 1) {
+        /* Past ~28,000 connections one source address runs out of ephemeral ports to one
+         * server port; the kernel picks the port at connect() for the whole 4-tuple. */
+        static unsigned next_src;
+        struct sockaddr_in src = {.sin_family = AF_INET};
+        src.sin_addr.s_addr = htonl(0x7f000001u + next_src++ % (unsigned)opt.source_addrs);
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        if (bind(fd, (struct sockaddr *)&src, sizeof src) < 0) die("bind source address");
+    }
     if (connect(fd, opt.addr->ai_addr, opt.addr->ai_addrlen) < 0 && errno != EINPROGRESS)
         die("connect");
     return fd;
@@ -171,26 +245,51 @@ static void on_event(struct conn *c, long seq) {
         n_stray++;  /* a stored ping from before the run, or a stranger */
         return;
     }
-    if ((int)(seq % opt.ping_users) != c->idx % opt.users) {
-        n_misrouted++;
-        return;
+    size_t bit;
+    if (opt.contacts) {
+        int k = contact_slot(c->idx, (int)(seq % opt.ping_users));
+        if (k < 0) {
+            n_misrouted++;
+            return;
+        }
+        bit = ((size_t)c->idx * opt.contacts + k) * rounds + seq / opt.ping_users;
+    } else {
+        if ((int)(seq % opt.ping_users) != c->idx % opt.users) {
+            n_misrouted++;
+            return;
+        }
+        bit = (size_t)c->idx * opt.pings + seq;
     }
-    size_t bit = (size_t)c->idx * opt.pings + seq;
     if (seen[bit >> 3] & (1u << (bit & 7))) {
         n_dups++;
         return;
     }
     seen[bit >> 3] |= 1u << (bit & 7);
-    lat[n_lat++] = t - ping_ref[seq];
+    n_delivered++;
+    if (seq >= opt.measure_from) lat[n_lat++] = t - ping_ref[seq];
+    else n_warm++;
     t_last_delivery = t;
 }
 
 static void sub_request(struct conn *c) {
-    char user[64], req[512];
-    user_name(user, sizeof user, c->idx % opt.users);
+    char user[64], path[16384], req[17000];
+    size_t p = 0;
+    if (!opt.contacts) {
+        user_name(user, sizeof user, c->idx % opt.users);
+        p = snprintf(path, sizeof path, "/subscribe/%s", user);
+    } else {
+        /* heartbeat: /subscribe?user=a&user=b...; nchan: /subscribe/a,b,... (multiplexed) */
+        p = snprintf(path, sizeof path, opt.style == HEARTBEAT ? "/subscribe" : "/subscribe/");
+        for (int k = 0; k < opt.contacts && p < sizeof path; k++) {
+            user_name(user, sizeof user, contact(c->idx, k));
+            p += snprintf(path + p, sizeof path - p, "%s%s",
+                          opt.style == HEARTBEAT ? (k ? "&user=" : "?user=") : (k ? "," : ""), user);
+        }
+        if (p >= sizeof path) { errno = ENAMETOOLONG; die("subscribe path"); }
+    }
     int n = snprintf(req, sizeof req,
-                     "GET /subscribe/%s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n",
-                     user, opt.host);
+                     "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n",
+                     path, opt.host);
     if (write(c->fd, req, n) != n) {
         n_sub_failed++;
         close_conn(c);
@@ -447,8 +546,23 @@ static void print_ms(const char *key, double seconds) {
     else printf(",\"%s\":%.3f", key, seconds * 1000);
 }
 
+/* One (answered ping, open stream that names its user) pair: expected, delivered? */
+static void tally(int seq, size_t bit, long *expected, long *lost, long *expected_warm,
+                  long *lost_warm, int *lost_by_ping) {
+    if (ping_state[seq] != 2) return;
+    int missing = !(seen[bit >> 3] & (1u << (bit & 7)));
+    if (seq < opt.measure_from) {
+        (*expected_warm)++;
+        *lost_warm += missing;
+        return;
+    }
+    (*expected)++;
+    if (missing) { (*lost)++; lost_by_ping[seq]++; }
+}
+
 static void report(double cpu_run) {
-    long ok = 0, failed = 0, unanswered = 0, expected = 0, lost = 0;
+    long ok = 0, failed = 0, unanswered = 0, expected = 0, lost = 0, expected_warm = 0,
+         lost_warm = 0;
     for (int i = 0; i < opt.pings; i++) {
         ok += ping_state[i] == 2;
         failed += ping_state[i] == 3;
@@ -457,24 +571,35 @@ static void report(double cpu_run) {
     /* Each (ping answered 2xx, accepted subscriber of its user) pair should be delivered. */
     int *lost_by_ping = calloc(opt.pings + 1, sizeof(int));
     for (int j = 0; j < opt.subs; j++) {
-        if (!subs[j].headers_done || j % opt.users >= opt.ping_users) continue;
-        for (int i = j % opt.users; i < opt.pings; i += opt.ping_users) {
-            if (ping_state[i] != 2) continue;
-            size_t bit = (size_t)j * opt.pings + i;
-            expected++;
-            if (!(seen[bit >> 3] & (1u << (bit & 7)))) { lost++; lost_by_ping[i]++; }
+        if (!subs[j].headers_done) continue;
+        if (opt.contacts) {
+            for (int k = 0; k < opt.contacts; k++)
+                for (int r = 0; r < rounds; r++) {
+                    long seq = (long)r * opt.ping_users + contact(j, k);
+                    if (seq < opt.pings)
+                        tally((int)seq, ((size_t)j * opt.contacts + k) * rounds + r, &expected,
+                              &lost, &expected_warm, &lost_warm, lost_by_ping);
+                }
+            continue;
         }
+        if (j % opt.users >= opt.ping_users) continue;
+        for (int i = j % opt.users; i < opt.pings; i += opt.ping_users)
+            tally(i, (size_t)j * opt.pings + i, &expected, &lost, &expected_warm, &lost_warm,
+                  lost_by_ping);
     }
     qsort(lat, n_lat, sizeof *lat, cmp_double);
     qsort(pub_lat, n_pub_lat, sizeof *pub_lat, cmp_double);
-    double span = n_lat ? t_last_delivery - t_first_send : 0.0;
+    double span = n_delivered ? t_last_delivery - t_first_send : 0.0;
     printf("{\"event\":\"done\",\"pings_sent\":%d,\"pings_ok\":%ld,\"pings_failed\":%ld,"
            "\"pings_unanswered\":%ld,\"expected\":%ld,\"delivered\":%ld,\"lost\":%ld,"
            "\"duplicates\":%ld,\"stray\":%ld,\"misrouted\":%ld,\"subs_closed\":%ld,"
            "\"send_s\":%.3f,\"span_s\":%.3f,\"deliveries_per_s\":%.0f",
            next_send, ok, failed, unanswered, expected, n_lat, lost, n_dups, n_stray,
            n_misrouted, n_sub_closed, t_last_send - t_first_send, span,
-           span > 0 ? n_lat / span : 0.0);
+           span > 0 ? n_delivered / span : 0.0);
+    if (opt.measure_from > 0)
+        printf(",\"measured_from_ping\":%d,\"expected_warmup\":%ld,\"delivered_warmup\":%ld,"
+               "\"lost_warmup\":%ld", opt.measure_from, expected_warm, n_warm, lost_warm);
     print_ms("lat_p50_ms", pct(lat, n_lat, 0.50));
     print_ms("lat_p99_ms", pct(lat, n_lat, 0.99));
     print_ms("lat_max_ms", n_lat ? lat[n_lat - 1] : NAN);
@@ -497,7 +622,12 @@ static void usage(void) {
             "  --subs N --users U          N subscribers, subscriber j watches user j%%U\n"
             "  --pings P --ping-users K    ping i goes to user i%%K (K <= U)\n"
             "  --rate R --pub-conns C      R pings/s open loop on C connections (0: back-to-back)\n"
-            "  --sub-timeout S --quiet S --deadline S   bounds, seconds\n");
+            "  --sub-timeout S --quiet S --deadline S   bounds, seconds\n"
+            "  --contacts C --seed S       population: subscriber j is user j, its stream names\n"
+            "                              C seeded contacts (needs subs = users = ping-users)\n"
+            "  --measure-from M            only pings M.. count in latencies and losses\n"
+            "  --max-pending N             at most N subscriber handshakes in flight\n"
+            "  --source-addrs N            connect from 127.0.0.1..127.0.0.N\n");
     exit(2);
 }
 
@@ -507,7 +637,9 @@ static void parse_args(int argc, char **argv) {
         {"prefix", 1, 0, 'x'}, {"subs", 1, 0, 'n'},      {"users", 1, 0, 'u'},
         {"pings", 1, 0, 'P'}, {"ping-users", 1, 0, 'K'}, {"rate", 1, 0, 'r'},
         {"pub-conns", 1, 0, 'c'}, {"sub-timeout", 1, 0, 't'}, {"quiet", 1, 0, 'q'},
-        {"deadline", 1, 0, 'd'}, {0, 0, 0, 0}};
+        {"deadline", 1, 0, 'd'}, {"contacts", 1, 0, 'C'}, {"seed", 1, 0, 'S'},
+        {"measure-from", 1, 0, 'M'}, {"max-pending", 1, 0, 'm'}, {"source-addrs", 1, 0, 'A'},
+        {0, 0, 0, 0}};
     const char *host = NULL, *port = NULL;
     int ch;
     while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -525,16 +657,45 @@ static void parse_args(int argc, char **argv) {
         case 't': opt.sub_timeout = atof(optarg); break;
         case 'q': opt.quiet = atof(optarg); break;
         case 'd': opt.deadline = atof(optarg); break;
+        case 'C': opt.contacts = atoi(optarg); break;
+        case 'S': opt.seed = strtoul(optarg, NULL, 10); break;
+        case 'M': opt.measure_from = atoi(optarg); break;
+        case 'm': opt.max_pending = atoi(optarg); break;
+        case 'A': opt.source_addrs = atoi(optarg); break;
         default: usage();
         }
     }
     if (!host || !port || opt.users < 1 || opt.ping_users < 1 || opt.ping_users > opt.users ||
-        opt.pub_conns < 1 || opt.subs < 0 || opt.pings < 0)
+        opt.pub_conns < 1 || opt.subs < 0 || opt.pings < 0 || opt.contacts < 0 ||
+        (opt.contacts && (opt.subs != opt.users || opt.ping_users != opt.users ||
+                          opt.contacts >= opt.users)) ||
+        opt.measure_from < 0 || opt.max_pending < 0 || opt.source_addrs < 1 || opt.source_addrs > 254)
         usage();
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV};
     if (getaddrinfo(host, port, &hints, &opt.addr) != 0) usage();
+    if (opt.source_addrs > 1 && (opt.addr->ai_family != AF_INET ||
+        (ntohl(((struct sockaddr_in *)opt.addr->ai_addr)->sin_addr.s_addr) >> 24) != 127)) {
+        fprintf(stderr, "sseload: --source-addrs needs an IPv4 loopback host\n");
+        exit(2);
+    }
     snprintf(opt.host, sizeof opt.host, strchr(host, ':') ? "[%s]:%s" : "%s:%s", host, port);
+}
+
+/* Tell the harness when the measured pings' schedule starts and ends (open loop only). */
+static void window_events(double t) {
+    if (opt.measure_from <= 0 || opt.rate <= 0) return;
+    if (win_state == 0 && t >= t_go + opt.measure_from / opt.rate) {
+        win_cpu0 = cpu_seconds();
+        printf("{\"event\":\"window_start\"}\n");
+        fflush(stdout);
+        win_state = 1;
+    }
+    if (win_state == 1 && t >= t_go + opt.pings / opt.rate) {
+        printf("{\"event\":\"window_end\",\"client_cpu_s\":%.3f}\n", cpu_seconds() - win_cpu0);
+        fflush(stdout);
+        win_state = 2;
+    }
 }
 
 int main(int argc, char **argv) {
@@ -552,15 +713,24 @@ int main(int argc, char **argv) {
     ping_ref = calloc(opt.pings + 1, sizeof *ping_ref);
     ping_state = calloc(opt.pings + 1, 1);
     pub_lat = calloc(opt.pings + 1, sizeof *pub_lat);
-    seen = calloc((size_t)opt.subs * opt.pings / 8 + 1, 1);
-    /* subscriber j sees only the pings of its user: at most pings/ping_users + 1 each */
-    lat = calloc((size_t)opt.subs * (opt.pings / opt.ping_users + 1) + 1, sizeof *lat);
+    rounds = opt.pings / opt.ping_users + (opt.pings % opt.ping_users != 0);
+    if (rounds < 1) rounds = 1;
+    if (opt.contacts) make_contacts();
+    /* a bit per (stream, ping it should see): subs x pings, or in population mode
+     * subs x contacts x rounds; each stream sees at most rounds pings per user it names */
+    size_t watched = opt.contacts ? (size_t)opt.contacts : 1;
+    seen = calloc((opt.contacts ? (size_t)opt.subs * watched * rounds : (size_t)opt.subs * opt.pings)
+                  / 8 + 1, 1);
+    lat = calloc((size_t)opt.subs * watched * (opt.pings / opt.ping_users + 1) + 1, sizeof *lat);
     if (!subs || !pubs || !ping_ref || !ping_state || !pub_lat || !seen || !lat) die("calloc");
 
     /* Phase 1: the accept burst — every subscriber connects as fast as we can open
      * sockets; connects are interleaved with handling answers, as many clients would be. */
     double cpu0 = cpu_seconds(), t0 = now();
     for (int j = 0; j < opt.subs; j++) {
+        while (opt.max_pending && j - n_sub_ok - n_sub_failed >= opt.max_pending &&
+               now() - t0 < opt.sub_timeout)
+            poll_once(5);
         struct conn *c = &subs[j];
         c->kind = SUB;
         c->idx = j;
@@ -587,24 +757,33 @@ int main(int argc, char **argv) {
 
     /* Phase 3: publish and collect until everything arrived, quiet, or the deadline. */
     long expected = 0;  /* if every ping succeeds: each accepted subscriber of its user */
-    for (int j = 0; j < opt.subs; j++)
-        if (subs[j].headers_done && j % opt.users < opt.ping_users)
+    for (int j = 0; j < opt.subs; j++) {
+        if (!subs[j].headers_done) continue;
+        if (opt.contacts) {
+            for (int k = 0; k < opt.contacts; k++)
+                for (int r = 0; r < rounds; r++)
+                    expected += (long)r * opt.ping_users + contact(j, k) < opt.pings;
+        } else if (j % opt.users < opt.ping_users) {
             expected += opt.pings / opt.ping_users + (j % opt.users < opt.pings % opt.ping_users);
+        }
+    }
     double cpu1 = cpu_seconds();
     t_go = now();
     pump();
     for (;;) {
         if (poll_once(20) == 's') break;  /* stdin closed: the harness is gone */
         double t = now();
+        window_events(t);
         int all_answered = next_send == opt.pings;
         for (int i = 0; all_answered && i < opt.pub_conns; i++)
             if (pubs[i].inflight >= 0) all_answered = 0;
         if (all_answered) {
             double last = t_last_delivery > t_last_send ? t_last_delivery : t_last_send;
-            if (n_lat >= expected || t - last > opt.quiet) break;
+            if (n_delivered >= expected || t - last > opt.quiet) break;
         }
         if (t - t_go > opt.deadline) break;
     }
+    window_events(INFINITY);  /* a run cut short still closes its window */
     report(cpu_seconds() - cpu1);
     return 0;
 }
