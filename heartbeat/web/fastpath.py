@@ -27,7 +27,8 @@ from heartbeat.web.errors import HttpError, internal_error, render_error
 
 Handler = Callable[..., Deferred[bytes]]
 
-_SUBSCRIBE = re.compile(rb"/subscribe/([^/%]+)(?:/client/[^/%]+)?")
+# A device stream (``/client/<clientid>``) is left to Klein, which passes the device on.
+_SUBSCRIBE = re.compile(rb"/subscribe/([^/%]+)")
 
 
 class HotRoutes(Resource):
@@ -53,7 +54,7 @@ class HotRoutes(Resource):
 
 
 def subscribe_path_user(path: bytes) -> str | None:
-    """The user of a plain ``/subscribe/<userid>[/client/<clientid>]`` path.
+    """The user of a plain ``/subscribe/<userid>`` path.
 
     None for any other path, and for a user id that is not UTF-8 (Klein
     answers that with its own JSON 400).

@@ -2,7 +2,8 @@
 
 The ping path is ``ping`` (identity → status → store); the subscribe paths
 are ``subscribe`` (one user) and ``subscribe_many`` (a :class:`~heartbeat.sse.Stream`
-handed to the hub); ``status`` reads stored pings. CORS wraps them all in
+handed to the hub); ``leave`` takes a device offline; ``status`` reads stored
+presence. CORS wraps them all in
 ``resource``.
 """
 
@@ -22,7 +23,7 @@ from heartbeat.core.errors import Refused, TooLarge, Unavailable
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity
 from heartbeat.core.ping_body import MAX_BODY, parse_status
-from heartbeat.core.presence import Ping
+from heartbeat.core.presence import Ping, UserState
 from heartbeat.core.sse import RETRY, STREAM_HEADERS
 from heartbeat.core.stream import Stream
 from heartbeat.core.users import requested_users
@@ -86,22 +87,29 @@ class HeartbeatApp:
 
     @app.route("/ping", methods=["POST"])
     def ping(self, request: IRequest) -> Deferred[bytes]:
-        userid = self.identity.ping_user(request)
+        userid, clientid = self.identity.ping_user(request)
         if request.body_too_large:
             raise TooLarge(f"request body is larger than {MAX_BODY} bytes")
         status = parse_status(
             request.getHeader(b"Content-Type"), request.content.getvalue()
         )
-        ping = Ping(userid, int(self.clock.seconds()), status)
+        ping = Ping(userid, int(self.clock.seconds()), status, clientid)
         request.setHeader(b"Content-Length", b"0")
         return self.store.ping(ping).addCallback(lambda _: b"")
+
+    @app.route("/leave", methods=["POST"])
+    def leave(self, request: IRequest) -> Deferred[bytes]:
+        """The caller's device goes offline now; any body is ignored (sendBeacon)."""
+        userid, clientid = self.identity.ping_user(request)
+        request.setHeader(b"Content-Length", b"0")
+        return self.store.leave(userid, clientid).addCallback(lambda _: b"")
 
     @app.route("/subscribe/<userid>", methods=["GET"])
     @app.route("/subscribe/<userid>/client/<clientid>", methods=["GET"])
     def subscribe(
         self, request: IRequest, userid: str, clientid: str | None = None
     ) -> Deferred[bytes]:
-        return self.open_stream(request, self._one_user(request, userid))
+        return self.open_stream(request, self._one_user(request, userid), clientid)
 
     @app.route("/subscribe", methods=["GET"])
     def subscribe_many(self, request: IRequest) -> Deferred[bytes]:
@@ -117,8 +125,10 @@ class HeartbeatApp:
         userids = requested_users(request, self.settings.max_users_per_stream)
         return self.identity.check_userids(userids)
 
-    def open_stream(self, request: IRequest, userids: tuple[str, ...]) -> Deferred[bytes]:
-        """Start an event stream of ``userids``: every streaming route ends here.
+    def open_stream(self, request: IRequest, userids: tuple[str, ...],
+                    clientid: str | None = None) -> Deferred[bytes]:
+        """Start an event stream of ``userids`` (of one device of theirs with
+        ``clientid``): every streaming route ends here.
 
         The open-stream limit is checked before any header is sent, so a
         refused client gets a plain 503 rather than a stream that ends.
@@ -130,7 +140,7 @@ class HeartbeatApp:
         if request.method == b"HEAD":  # what a GET would say, and no stream
             set_stream_headers(request)
             return succeed(b"")
-        stream = self._stream(userids, request)
+        stream = self._stream(userids, request, clientid)
         set_stream_headers(request)
         request.write(RETRY)
         stream.take(request.channel.hand_over(), bool(request.chunked))
@@ -168,10 +178,11 @@ class HeartbeatApp:
     def _streams_full(self) -> bool:
         return len(self.hub.streams) >= self.settings.max_streams
 
-    def _stream(self, userids: tuple[str, ...], request: IRequest | Head) -> Stream:
+    def _stream(self, userids: tuple[str, ...], request: IRequest | Head,
+                clientid: str | None = None) -> Stream:
         return Stream(
             userids, self.clock, self.settings.stream_blocked_timeout,
-            request.getHeader(b"Last-Event-ID"),
+            request.getHeader(b"Last-Event-ID"), clientid,
         )
 
     @app.route("/status", methods=["GET"])
@@ -220,11 +231,12 @@ def set_stream_headers(request: IRequest) -> None:
         request.setHeader(name, value)
 
 
-def _status_body(pings: dict[str, Ping | None], request: IRequest) -> bytes:
-    """``{"a": {"time": …, "status": …}, "b": null}`` in the order asked."""
+def _status_body(states: dict[str, UserState | None], request: IRequest) -> bytes:
+    """``{"a": {"time": …, "status": …, "online": …, "devices": {…}}, "b": null}``
+    in the order asked."""
     body = json.dumps(
-        {userid: ping.as_status() if ping is not None else None
-         for userid, ping in pings.items()},
+        {userid: state.as_status() if state is not None else None
+         for userid, state in states.items()},
         separators=(",", ":"),
     ).encode("utf-8")
     request.setHeader(b"Content-Type", b"application/json")
