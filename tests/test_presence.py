@@ -11,6 +11,7 @@ from tests.memory import MemoryServer, response
 from tests.wire import Connection, claim, events, request_bytes
 
 T = 60  # PRESENCE_TIMEOUT's default
+SECRET = "a-test-secret-of-at-least-32-bytes!"
 
 
 def ping(server: MemoryServer, status: str, device: str = "phone", userid: str = "alice") -> int:
@@ -228,3 +229,18 @@ def test_the_deadline_wheel_moves_a_re_armed_device_and_yields_in_deadline_order
     wheel.disarm(("c", "1"))
     assert wheel.due(12) == []
     assert len(wheel) == 1 and wheel.due(13) == [("a", "1")] and len(wheel) == 0
+
+
+def test_the_device_of_a_token_is_its_clientid_claim():
+    import jwt
+
+    server = MemoryServer(JWT_SECRET=SECRET)
+    token = jwt.encode({"userid": "alice", "clientid": "phone"}, SECRET, algorithm="HS256")
+    bearer = {"Authorization": f"Bearer {token}"}
+    phone = watch(server, "/subscribe/alice/client/phone", bearer)
+    assert response(server.send("POST", "/ping", b"0", bearer).take())[0] == 200
+    assert [e["clientid"] for e in events(phone.response())] == ["phone"]
+    bad = jwt.encode({"userid": "alice", "clientid": 3}, SECRET, algorithm="HS256")
+    status, _ = response(server.send(
+        "POST", "/ping", b"0", {"Authorization": f"Bearer {bad}"}).take())
+    assert status == 401
