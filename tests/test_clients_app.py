@@ -22,7 +22,7 @@ ORIGIN = "https://chat.example"
 
 
 def make_client(**env: str) -> tuple[StubTreq, MemoryStore]:
-    store = MemoryStore()
+    store = MemoryStore(Clock(), 60)
     settings = load_settings({}, environ=env, dotenv={})
     app = HeartbeatApp(Api(store, Hub(store), Clock(),
                            Identity(None, settings.max_userid_length), settings))
@@ -56,8 +56,10 @@ def test_status_answers_stored_pings_and_null_in_the_order_asked():
     assert headers["content-type"] == "application/json"
     assert list(json.loads(body).items()) == [
         ("nobody", None),
-        ("bob", {"time": 1700000000, "status": "1"}),
-        ("élodie", {"time": 1700000005, "status": "2"}),
+        ("bob", {"time": 1700000000, "status": "1", "online": True,
+                 "devices": {"": {"time": 1700000000, "status": "1", "online": True}}}),
+        ("élodie", {"time": 1700000005, "status": "2", "online": True,
+                    "devices": {"": {"time": 1700000005, "status": "2", "online": True}}}),
     ]
 
 

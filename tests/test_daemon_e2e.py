@@ -10,7 +10,8 @@ from tests.support import SSEClient, get, post_ping
 FORM = "application/x-www-form-urlencoded"
 
 
-@pytest.mark.parametrize("path", ["/subscribe/alice", "/subscribe/alice/client/web-1?token=t"])
+# post_ping pings as the device "c1": the device route follows it.
+@pytest.mark.parametrize("path", ["/subscribe/alice", "/subscribe/alice/client/c1?token=t"])
 def test_both_subscribe_routes_stream_stored_then_live(daemon, path):
     assert post_ping(daemon.port, '{"status": "0"}', content_type="application/json")[0] == 200
     stream = SSEClient(daemon.port, path)

@@ -169,8 +169,9 @@ def test_a_device_route_path_with_escapes_is_decoded():
     wire = Wire()
     wire.ping("al ice", b"4")
     conn = wire.connect()
-    conn.send(request_bytes("GET", "/subscribe/al%20ice/client/web%2D1"))
-    assert b'"userid":"al ice"' in conn.take()
+    conn.send(request_bytes("GET", "/subscribe/al%20ice/client/c%31"))
+    data = conn.take()
+    assert b'"userid":"al ice"' in data and b'"clientid":"c1"' in data
 
 
 def test_a_path_that_is_not_utf8_is_a_json_400():

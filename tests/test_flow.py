@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from twisted.logger import globalLogPublisher
 
-from heartbeat.core.presence import Ping
+from heartbeat.core.presence import Ping, Presence
 from heartbeat.core.sse import Event
 from heartbeat.core.stream import Stream
 from tests.wire import Connection, Wire, events, request_bytes
@@ -53,9 +53,9 @@ def test_held_pings_are_one_per_user_and_the_newest():
     # The hub only routes alice's pings here; held is keyed per user, so a
     # stream of several users keeps one of each.
     for n in range(3):
-        stream.send(Event(Ping("alice", n, f"a{n}")))
-        stream.send(Event(Ping("bob", n, f"b{n}")))
-    assert {user: event.ping.status for user, event in stream.held.items()} == {
+        stream.send(Event(Presence("alice", n, f"a{n}")))
+        stream.send(Event(Presence("bob", n, f"b{n}")))
+    assert {user: event.change.status for user, event in stream.held.items()} == {
         "alice": "a2", "bob": "b2"}
 
 

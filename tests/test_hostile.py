@@ -15,7 +15,7 @@ import jwt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.wire import Connection, Response, Wire, request_bytes
+from tests.wire import Connection, Response, Wire, request_bytes, stored_pings
 
 SECRET = "a hostile-input test secret that is long enough for every HMAC hash"
 VICTIM = "victim"
@@ -90,7 +90,7 @@ def test_any_ping_body(body, content_type):
     headers = {"Content-Type": content_type} if content_type is not None else {}
     response = assert_answered(wire.ping("alice", body, headers))
     assert response.status in (200, 400, 413)
-    stored = wire.store._pings.get("alice")
+    stored = stored_pings(wire.store).get("alice")
     assert (stored is not None) == (response.status == 200)
     assert events_of(victim) == []
     seen = events_of(alice)
@@ -107,11 +107,11 @@ def test_any_claim_header(header, body):
     conn.send(request_bytes("POST", "/ping", {"X-User-Claim": header}, body))
     response = assert_answered(conn.response())
     if response.status == 200:
-        (userid,) = wire.store._pings
+        (userid,) = stored_pings(wire.store)
         assert userid == json.loads(header)["userid"]
     else:
-        assert wire.store._pings == {}
-    if VICTIM not in wire.store._pings:
+        assert stored_pings(wire.store) == {}
+    if VICTIM not in stored_pings(wire.store):
         assert events_of(victim) == []
 
 
@@ -130,7 +130,7 @@ def test_any_user_id_pinged_and_watched(userid, status, clientid):
     for conn in (by_path, by_query):
         for event in events_of(conn):
             assert event["userid"] == userid
-            assert event["status"] == wire.store._pings[userid].status
+            assert event["status"] == stored_pings(wire.store)[userid].status
     if userid != VICTIM:
         assert events_of(victim) == []
     status_read = assert_answered(wire.request("GET", f"/status?user={path_id}"))
@@ -186,9 +186,9 @@ def test_any_jwt_claims(claims, where):
     response = assert_answered(wire.request("POST", path, headers, b"1"))
     assert response.status in (200, 400, 401)
     if response.status == 200:
-        assert list(wire.store._pings) == [claims["userid"]]
+        assert list(stored_pings(wire.store)) == [claims["userid"]]
     else:
-        assert wire.store._pings == {}
+        assert stored_pings(wire.store) == {}
 
 
 @EXAMPLES
@@ -198,7 +198,7 @@ def test_any_token_text(token):
     conn = wire.connect()
     conn.send(request_bytes("POST", "/ping", {"Authorization": b"Bearer " + token}, b"1"))
     assert assert_answered(conn.response()).status in (400, 401)
-    assert wire.store._pings == {}
+    assert stored_pings(wire.store) == {}
 
 
 def wire_ping(userid: str):

@@ -1,4 +1,4 @@
-"""The hub's memory of each watched user's last ping, against a store that answers late."""
+"""The hub's memory of each watched user's state, against a store that answers late."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from heartbeat.core.hub import Hub
-from heartbeat.core.presence import Ping
+from heartbeat.core.presence import Presence, UserState
 from heartbeat.core.stream import Stream
 from tests.wire import Wire, request_bytes
 
@@ -26,15 +26,17 @@ class LateStore:
     def unsubscribe(self, userid: str) -> Deferred[None]:
         return succeed(None)
 
-    def get(self, userids) -> Deferred[dict[str, Ping | None]]:
-        d: Deferred[dict[str, Ping | None]] = Deferred()
+    def get(self, userids) -> Deferred[dict[str, UserState | None]]:
+        d: Deferred[dict[str, UserState | None]] = Deferred()
         self.reads.append((tuple(userids), d))
         return d
 
-    def answer(self, **pings: Ping | None) -> None:
+    def answer(self, **pings: tuple[int, str] | None) -> None:
+        """Each user's stored (time, status), or None."""
         (userids, d) = self.reads.pop(0)
         assert set(userids) == set(pings)
-        d.callback(pings)
+        d.callback({userid: None if ping is None else UserState(Presence(userid, *ping))
+                    for userid, ping in pings.items()})
 
 
 def open_stream(hub: Hub, *userids: str) -> tuple[Stream, StringTransport]:
@@ -56,7 +58,7 @@ def test_one_read_per_user_however_many_streams_open_meanwhile_and_after():
     hub = Hub(store)
     early = [open_stream(hub, "alice")[1] for _ in range(3)]
     assert [userids for userids, _ in store.reads] == [("alice",)]
-    store.answer(alice=Ping("alice", 10, "1"))
+    store.answer(alice=(10, "1"))
     _, later = open_stream(hub, "alice")
     assert store.reads == []
     assert [sent(t) for t in early + [later]] == [["1"]] * 4
@@ -66,8 +68,8 @@ def test_a_live_ping_that_crosses_the_read_wins_over_it():
     store = LateStore()
     hub = Hub(store)
     _, first = open_stream(hub, "alice")
-    hub.deliver(Ping("alice", 11, "2"))
-    store.answer(alice=Ping("alice", 10, "1"))  # read before the ping was stored
+    hub.deliver(Presence("alice", 11, "2"))
+    store.answer(alice=(10, "1"))  # read before the ping was stored
     _, later = open_stream(hub, "alice")
     assert sent(first) == ["2"] and sent(later) == ["2"]
 
@@ -76,10 +78,10 @@ def test_after_the_bus_is_lost_streams_read_the_store_until_resync():
     store = LateStore()
     hub = Hub(store)
     open_stream(hub, "alice")
-    store.answer(alice=Ping("alice", 10, "1"))
+    store.answer(alice=(10, "1"))
     hub.bus_lost()
     _, during = open_stream(hub, "alice")
-    store.answer(alice=Ping("alice", 12, "3"))  # stored while nobody heard it
+    store.answer(alice=(12, "3"))  # stored while nobody heard it
     assert sent(during) == ["3"]
     _, after = open_stream(hub, "alice")
     assert store.reads == [] and sent(after) == ["3"]
@@ -93,7 +95,7 @@ def test_resync_teaches_the_hub_what_it_missed():
     store.answer(bob=None)
     hub.bus_lost()
     hub.resync()
-    store.answer(alice=Ping("alice", 12, "3"), bob=None)
+    store.answer(alice=(12, "3"), bob=None)
     assert sent(watching) == ["3"]
     _, later = open_stream(hub, "alice")
     assert store.reads == [] and sent(later) == ["3"]

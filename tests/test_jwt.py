@@ -9,7 +9,7 @@ import time
 import jwt
 import pytest
 
-from tests.wire import Wire, claim, events, request_bytes
+from tests.wire import Wire, claim, events, request_bytes, stored_pings
 
 SECRET = "correct horse battery staple, long enough for HS256, HS384 and HS512 too"
 
@@ -36,7 +36,7 @@ def ping(wire: Wire, headers: dict, path: str = "/ping"):
 
 
 def stored(wire: Wire, userid: str):
-    return wire.store._pings.get(userid)
+    return stored_pings(wire.store).get(userid)
 
 
 def test_bearer_header_identifies_the_pinger(wire):
@@ -99,7 +99,7 @@ def test_every_bad_token_is_401_json_and_stores_nothing(wire, case):
     assert response.headers[b"content-type"] == b"application/json"
     assert response.headers[b"www-authenticate"].startswith(b"Bearer")
     assert response.json()["error"]
-    assert wire.store._pings == {}
+    assert stored_pings(wire.store) == {}
 
 
 def test_expired_token_says_so(wire):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from heartbeat.daemon.config import load_settings
-from tests.wire import Wire, claim, request_bytes
+from tests.wire import Wire, claim, request_bytes, stored_pings
 
 
 def assert_refused(response, status: int) -> None:
@@ -84,7 +84,7 @@ def test_body_over_4096_bytes_gets_413_declared_or_chunked():
               b"X-User-Claim: " + claim("alice").encode() + b"\r\n\r\n"
               + (b"%x\r\n%s\r\n" % (len(chunk), chunk)) * 2 + b"0\r\n\r\n")
     assert_refused(conn.response(), 413)
-    assert wire.store._pings == {}
+    assert stored_pings(wire.store) == {}
 
 
 def test_slow_headers_get_408_even_when_each_byte_comes_in_time():

@@ -2,9 +2,10 @@
 
 import json
 
-from heartbeat.core.presence import Ping
+from heartbeat.core.presence import Presence
 from heartbeat.core.sse import RETRY, encode_event, event_id
 from tests.memory import MemoryServer, response
+from tests.wire import claim, stored_pings
 
 
 def subscribe(server: MemoryServer, path: str = "/subscribe/alice"):
@@ -30,13 +31,13 @@ def chunks(data: bytes) -> list[bytes]:
 
 
 def test_event_framing_is_an_id_and_one_json_data_line():
-    frame = encode_event(Ping("a\nb", 5, "x\r\ny"))
+    frame = encode_event(Presence("a\nb", 5, "x\r\ny"))
     assert frame.endswith(b"\n\n")
     assert frame.count(b"\n") == 3 and b"\r" not in frame
     id_line, data_line = frame.split(b"\n")[:2]
-    assert id_line == b"id: " + event_id(Ping("a\nb", 5, "x\r\ny")).encode()
+    assert id_line == b"id: " + event_id(Presence("a\nb", 5, "x\r\ny")).encode()
     assert data_line.startswith(b"data: ")
-    assert json.loads(data_line[6:]) == {"time": 5, "status": "x\r\ny", "userid": "a\nb"}
+    assert json.loads(data_line[6:]) == {"time": 5, "status": "x\r\ny", "userid": "a\nb", "online": True}
 
 
 def test_stream_headers_are_sent_at_once():
@@ -51,13 +52,13 @@ def test_stored_ping_first_then_live_pings_in_order():
     server = MemoryServer()
     assert server.ping_raw("alice", '{"status": "1"}') == (200, b"")
     conn, head = subscribe(server)
-    assert head.endswith(STREAM_START + b"%x\r\n" % len(encode_event(Ping("alice", 1_800_000_000, "1")))
-                         + encode_event(Ping("alice", 1_800_000_000, "1")) + b"\r\n")
+    assert head.endswith(STREAM_START + b"%x\r\n" % len(encode_event(Presence("alice", 1_800_000_000, "1")))
+                         + encode_event(Presence("alice", 1_800_000_000, "1")) + b"\r\n")
     server.clock.advance(3)
     for status in ("2", "3", "0"):
         server.ping_raw("alice", status)
     assert chunks(conn.take()) == [
-        encode_event(Ping("alice", 1_800_000_003, s)) for s in ("2", "3", "0")
+        encode_event(Presence("alice", 1_800_000_003, s)) for s in ("2", "3", "0")
     ]
 
 
@@ -69,11 +70,13 @@ def test_no_stored_ping_means_no_first_event():
     assert conn.take() == b""
 
 
-def test_client_route_is_the_same_stream():
+def test_client_route_is_that_device_s_stream():
     server = MemoryServer()
-    server.ping_raw("alice", "2")
+    server.send("POST", "/ping", b"2", {"X-User-Claim": claim("alice", "phone")}).take()
+    server.ping_raw("alice", "3")  # another device: the user's latest, not the phone's
     conn, head = subscribe(server, "/subscribe/alice/client/phone?token=abc")
-    assert b'"status":"2"' in head
+    assert b'"status":"2","userid":"alice","online":true,"clientid":"phone"' in head
+    assert b'"status":"3"' not in head
 
 
 def test_keepalive_comment_every_interval():
@@ -114,7 +117,7 @@ def test_rejected_ping_stores_nothing():
     server.ping_raw("alice", "1")
     assert server.ping_raw("alice", "x" * 65)[0] == 400
     assert server.ping_raw("alice", b"", "application/json")[0] == 400
-    assert server.store._pings["alice"].status == "1"
+    assert stored_pings(server.store)["alice"].status == "1"
 
 
 def test_oversized_declared_body_is_refused_before_it_is_read():
@@ -139,7 +142,7 @@ def test_oversized_chunked_body_is_413():
     conn.send(b"0\r\n\r\n")
     status, body = response(conn.take())
     assert status == 413 and "4096" in json.loads(body)["error"]
-    assert "a" not in server.store._pings
+    assert "a" not in stored_pings(server.store)
 
 
 def test_body_of_exactly_the_limit_is_read():
@@ -202,7 +205,7 @@ def test_a_ping_whose_client_left_is_still_stored_without_errors():
         answer.callback(None)
     finally:
         globalLogPublisher.removeObserver(failures.append)
-    assert server.store._pings["alice"].status == "1"
+    assert stored_pings(server.store)["alice"].status == "1"
     assert not [e for e in failures if "log_failure" in e]
 
 

@@ -57,7 +57,7 @@ def test_two_instances_share_pings_and_channels_follow_streams(redis_server, sta
     args = ["--redis", redis_server.address]
     one, two = start_daemon(args), start_daemon(args)
     first = SSEClient(two.port, "/subscribe/alice")
-    second = SSEClient(two.port, "/subscribe/alice/client/c2")
+    second = SSEClient(two.port, "/subscribe/alice/client/c1")  # post_ping's device
     eventually(lambda: numsub(redis_server, "heartbeat:alice") == 1)
     assert post_ping(one.port, "1")[0] == 200
     assert (first.event()["status"], second.event()["status"]) == ("1", "1")
@@ -106,7 +106,8 @@ def test_redis_outage_gives_503s_keeps_streams_and_loses_nothing(redis_server, s
     ping_until_stored(daemon.port, "3")
     # Nothing refused ever shows up; the stream ends with the latest ping.
     assert set(statuses_until(alice, "3")) == {"3"}
-    assert bob.event() == {"time": 1700000000, "status": "7", "userid": "bob"}
+    # No heartbeat device ever pinged for bob: his state reads as offline.
+    assert bob.event() == {"time": 1700000000, "status": "7", "userid": "bob", "online": False}
     assert post_ping(daemon.port, "8", "bob")[0] == 200
     assert bob.event()["status"] == "8"
     alice.close()

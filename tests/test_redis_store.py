@@ -13,7 +13,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from txredisapi import MonitorProtocol
 
-from heartbeat.core.presence import Ping
+from heartbeat.core.presence import Ping, Presence, UserState
 from heartbeat.daemon.config import load_settings, parse_redis
 from heartbeat.daemon.tap import build_service
 from heartbeat.store.interface import StoreUnavailable
@@ -23,21 +23,30 @@ from tests.support import RedisServer, free_port
 
 
 class Recorder:
-    """A listener that remembers what the store handed it."""
+    """A listener that remembers what the store handed it: users' changes in
+    ``pings``, devices' in ``devices``."""
 
     def __init__(self) -> None:
-        self.pings: list[Ping] = []
+        self.pings: list[Presence] = []
+        self.devices: list[Presence] = []
         self.resyncs = 0
         self.losses = 0
 
-    def deliver(self, ping: Ping) -> None:
-        self.pings.append(ping)
+    def deliver(self, change: Presence) -> None:
+        (self.pings if change.clientid is None else self.devices).append(change)
 
     def bus_lost(self) -> None:
         self.losses += 1
 
     def resync(self) -> None:
         self.resyncs += 1
+
+
+def state(ping: Ping) -> UserState:
+    """What a store reads back for a user whose one device sent ``ping``."""
+    return UserState(Presence(ping.userid, ping.time, ping.status),
+                     {ping.clientid: Presence(ping.userid, ping.time, ping.status, True,
+                                              ping.clientid)})
 
 
 async def until(predicate: Callable[[], object], timeout: float = 10) -> None:
@@ -55,7 +64,7 @@ async def make_store(redis_server):
     stores: list[RedisStore] = []
 
     def make(redis: str | None = None, prefix: str = "heartbeat:") -> RedisStore:
-        store = RedisStore(parse_redis(redis or redis_server.address), prefix, reactor)
+        store = RedisStore(parse_redis(redis or redis_server.address), prefix, reactor, 60)
         store.listener = Recorder()
         store.startService()
         stores.append(store)
@@ -84,11 +93,11 @@ async def test_ping_is_stored_as_a_hash_and_reaches_another_instance(make_store,
     assert redis_server.command("HGETALL", "heartbeat:alice").split(b"\n")[:4] == [
         b"time", b"1700000000", b"status", b"0 on a call"]
     await until(lambda: receiver.listener.pings)
-    assert receiver.listener.pings == [Ping("alice", 1700000000, "0 on a call")]
+    assert receiver.listener.pings == [Presence("alice", 1700000000, "0 on a call")]
     # The sender watches nobody, so it hears nothing.
     assert sender.listener.pings == []
     assert await sender.get(["alice", "bob", "alice"]) == {
-        "alice": Ping("alice", 1700000000, "0 on a call"), "bob": None}
+        "alice": state(Ping("alice", 1700000000, "0 on a call")), "bob": None}
     assert await sender.get([]) == {}
 
 
@@ -120,10 +129,12 @@ async def test_a_ping_is_one_script_call_that_falls_back_to_eval(make_store, red
                    if "heartbeat:alice" in line and "lua]" not in line]
     from_script = [line.split("] ", 1)[1].split(" ")[0] for line in monitor.lines
                    if "heartbeat:alice" in line and "lua]" in line]
-    # One command per ping; HSET and PUBLISH only ever run inside the script.
+    # One command per ping; the writes and PUBLISH only ever run inside the script
+    # (the first ping also counts the user online).
     assert from_client == ['"EVALSHA"', '"EVAL"', '"EVALSHA"', '"EVALSHA"', '"EVAL"']
-    assert from_script == ['"HSET"', '"PUBLISH"'] * 3
-    assert await store.get(["alice"]) == {"alice": Ping("alice", 3, "c")}
+    again = ['"HSET"', '"HSET"', '"SADD"', '"PUBLISH"']
+    assert from_script == ['"HSET"', '"HSET"', '"SADD"', '"SCARD"', '"PUBLISH"'] + again * 2
+    assert await store.get(["alice"]) == {"alice": state(Ping("alice", 3, "c"))}
 
 
 @pytest_twisted.ensureDeferred
@@ -136,8 +147,8 @@ async def test_gets_of_one_reactor_turn_are_one_script_call(make_store, redis_se
     monitor.transport.write(b"MONITOR\r\n")
     await until(lambda: monitor.lines)
     first, second, third = store.get(["alice"]), store.get(["bob", "alice"]), store.get(["carol"])
-    assert await first == {"alice": Ping("alice", 1, "a")}
-    assert await second == {"bob": Ping("bob", 2, "b"), "alice": Ping("alice", 1, "a")}
+    assert await first == {"alice": state(Ping("alice", 1, "a"))}
+    assert await second == {"bob": state(Ping("bob", 2, "b")), "alice": state(Ping("alice", 1, "a"))}
     assert await third == {"carol": None}
     redis_server.command("ECHO", "done")
     await until(lambda: any('"done"' in line for line in monitor.lines))
@@ -163,8 +174,8 @@ async def test_pings_of_one_reactor_turn_are_one_script_call_in_order(make_store
     calls = [line for line in monitor.lines if '"EVALSHA"' in line]
     assert len(calls) == 1 and calls[0].count('"heartbeat:alice"') == 2
     await until(lambda: len(store.listener.pings) == 2)
-    assert store.listener.pings == [Ping("alice", 2, "a"), Ping("alice", 3, "c")]
-    assert await store.get(["alice", "bob"]) == {"alice": pings[2], "bob": pings[1]}
+    assert store.listener.pings == [Presence("alice", 2, "a"), Presence("alice", 3, "c")]
+    assert await store.get(["alice", "bob"]) == {"alice": state(pings[2]), "bob": state(pings[1])}
 
 
 @pytest_twisted.ensureDeferred
@@ -177,7 +188,7 @@ async def test_a_ping_redis_refuses_fails_alone(make_store, redis_server):
         await bob
     await carol
     assert await store.get(["alice", "bob", "carol"]) == {
-        "alice": Ping("alice", 5, "1"), "bob": None, "carol": Ping("carol", 5, "1")}
+        "alice": state(Ping("alice", 5, "1")), "bob": None, "carol": state(Ping("carol", 5, "1"))}
     assert redis_server.command("GET", "heartbeat:bob") == b"not-a-hash\n"
 
 
@@ -187,9 +198,12 @@ async def test_prefix_names_keys_and_channels(make_store, redis_server):
     await store.subscribe("alice")
     assert redis_server.command("PUBSUB", "CHANNELS").split() == [b"hb/test/alice"]
     await store.ping(Ping("alice", 5, "1"))
-    assert redis_server.command("KEYS", "*").split() == [b"hb/test/alice"]
+    # The compat key, then the user's and the deadline partition's keys, all prefixed.
+    keys = redis_server.command("KEYS", "*").split()
+    assert b"hb/test/alice" in keys and len(keys) == 5
+    assert all(key.startswith((b"hb/test/", b"{hb/test/")) for key in keys)
     await until(lambda: store.listener.pings)
-    assert store.listener.pings == [Ping("alice", 5, "1")]
+    assert store.listener.pings == [Presence("alice", 5, "1")]
 
 
 @pytest.mark.parametrize("form, db", [
@@ -267,7 +281,7 @@ async def test_redis_down_at_start_then_up(make_store, tmp_path):
         await until(lambda: store.available)
         await store.ping(Ping("alice", 2, "1"))
         await until(lambda: store.listener.pings)
-        assert store.listener.pings == [Ping("alice", 2, "1")]
+        assert store.listener.pings == [Presence("alice", 2, "1")]
     finally:
         server.stop()
 
@@ -292,7 +306,7 @@ async def test_after_redis_restarts_channels_are_resubscribed_and_hub_resyncs(
     sender = await started(make_store())
     await sender.ping(Ping("bob", 2, "1"))
     await until(lambda: watcher.listener.pings)
-    assert watcher.listener.pings == [Ping("bob", 2, "1")]
+    assert watcher.listener.pings == [Presence("bob", 2, "1")]
 
 
 def test_the_redis_setting_selects_the_redis_store():

@@ -3,7 +3,7 @@
 import pytest
 
 from heartbeat.core.errors import BadInput
-from heartbeat.core.identity import userid_from_claim
+from heartbeat.core.identity import user_from_claim
 from heartbeat.core.ping_body import parse_status
 
 JSON = b"application/json"
@@ -49,11 +49,18 @@ def test_rejected_with_400(content_type, body):
 @pytest.mark.parametrize("header", [
     None, b"", b"alice", b"[]", b'"alice"', b"{}", b'{"userid": ""}', b'{"userid": 5}',
     b'{"userid": null}', b'{"clientid": "c"}', b"{bad",
+    b'{"userid": "alice", "clientid": 5}', b'{"userid": "alice", "clientid": ["c"]}',
 ])
 def test_bad_claims_are_400(header):
     with pytest.raises(BadInput):
-        userid_from_claim(header)
+        user_from_claim(header)
 
 
-def test_claim_gives_userid():
-    assert userid_from_claim(b'{"userid": "alice", "clientid": "c1"}') == "alice"
+@pytest.mark.parametrize(("header", "device"), [
+    (b'{"userid": "alice", "clientid": "c1"}', "c1"),
+    (b'{"userid": "alice", "clientid": ""}', ""),
+    (b'{"userid": "alice", "clientid": null}', ""),
+    (b'{"userid": "alice"}', ""),
+])
+def test_claim_gives_user_and_device(header, device):
+    assert user_from_claim(header) == ("alice", device)

@@ -55,7 +55,8 @@ def test_notify_survives_a_missing_socket(tmp_path):
 
 
 def test_store_ready_waits_for_the_store():
-    store, clock = MemoryStore(), Clock()
+    clock = Clock()
+    store = MemoryStore(clock, 60)
     store.available = False
     ready = systemd.store_ready(store, clock)
     clock.advance(5)

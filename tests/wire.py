@@ -136,6 +136,11 @@ class Wire:
         return self.request("POST", path, all_headers, body)
 
 
+def stored_pings(store) -> dict:  # type: ignore[no-untyped-def]
+    """The in-process store's latest ping of each user who pinged."""
+    return {userid: devices.latest for userid, devices in store._users.items()}
+
+
 def claim(userid: str, clientid: str = "c1") -> str:
     return json.dumps({"userid": userid, "clientid": clientid})
 

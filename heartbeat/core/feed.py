@@ -11,14 +11,18 @@ from typing import Protocol
 
 from twisted.internet.defer import Deferred
 
-from heartbeat.core.presence import Ping
+from heartbeat.core.presence import Presence, UserState
 
 
 class Listener(Protocol):
     """What a store hands its bus traffic to (the hub)."""
 
-    def deliver(self, ping: Ping) -> None:
-        """A ping was stored for a user this process subscribed to."""
+    def deliver(self, change: Presence) -> None:
+        """A change was stored for a user this process subscribed to.
+
+        A ping is two changes, the user's then the device's; a device going
+        offline is the device's, then the user's if it was their last.
+        """
 
     def bus_lost(self) -> None:
         """The bus is down: pings may go unheard until ``resync``."""
@@ -28,15 +32,20 @@ class Listener(Protocol):
 
 
 class Feed(Protocol):
-    """Stored pings, and the bus that brings new ones for the users subscribed."""
+    """Stored presence, and the bus that brings its changes for the users subscribed."""
 
     listener: Listener | None
 
-    def get(self, userids: Iterable[str]) -> Deferred[dict[str, Ping | None]]:
-        """The stored ping of each user, in one round trip."""
+    def get(self, userids: Iterable[str]) -> Deferred[dict[str, UserState | None]]:
+        """Each user's stored state (None if they never pinged), in one round trip.
+
+        The state is the user's view (latest ping, online while any device
+        is) and every device's that ever pinged; ``online`` is as of the
+        last sweep, so it may lag a due timeout by up to a sweep.
+        """
 
     def subscribe(self, userid: str) -> Deferred[None]:
-        """Start delivering ``userid``'s pings; fires once that is in effect."""
+        """Start delivering ``userid``'s changes; fires once that is in effect."""
 
     def unsubscribe(self, userid: str) -> Deferred[None]:
-        """Stop delivering ``userid``'s pings."""
+        """Stop delivering ``userid``'s changes."""

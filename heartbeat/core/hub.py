@@ -1,4 +1,4 @@
-"""The hub: per user, the open streams watching them, fed by the store's bus."""
+"""The hub: per user and device, the open streams watching them, fed by the store's bus."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from heartbeat.core.feed import Feed
-from heartbeat.core.presence import Ping
+from heartbeat.core.presence import Presence, UserState
 from heartbeat.core.sse import Event
 from heartbeat.core.stream import Stream
 
@@ -15,35 +15,59 @@ log = Logger()
 
 
 class _Interest:
-    """One user's local streams, and the newest ping of theirs this process knows.
+    """One user's local streams, and the newest state of theirs this process knows.
 
-    The stored ping is read once, after the bus subscription is in effect;
-    from then on the bus brings every newer one, so a stream opening later
-    is sent ``latest`` without a store round trip. In a reconnect burst
-    that is one read per user instead of one per stream.
+    The stored state is read once, after the bus subscription is in effect;
+    from then on the bus brings every change, so a stream opening later is
+    sent the user's (or its device's) view without a store round trip. In a
+    reconnect burst that is one read per user instead of one per stream.
     """
 
-    __slots__ = ("streams", "subscribed", "loading", "loaded", "latest", "deliveries", "waiting")
+    __slots__ = (
+        "streams", "device_streams", "subscribed", "loading", "loaded", "user", "devices",
+        "deliveries", "waiting",
+    )
 
     def __init__(self) -> None:
+        # The user's streams, and apart from them each device's, so a
+        # user's change fans out without looking at device streams.
         self.streams: set[Stream] = set()
+        self.device_streams: dict[str, set[Stream]] = {}
         self.subscribed = False
         self.loading = False
-        # Whether ``latest`` is known to be current (read, then kept by the bus).
+        # Whether ``user`` and ``devices`` are known to be current (read,
+        # then kept by the bus).
         self.loaded = False
-        self.latest: Ping | None = None
-        # Pings delivered so far: a read that crossed one is older than it.
+        self.user: Presence | None = None
+        self.devices: dict[str, Presence] = {}
+        # Changes delivered so far: a read that crossed one is older than it.
         self.deliveries = 0
-        # Streams opened before ``latest`` was known, to send it to then.
+        # Streams opened before the state was known, to send it to then.
         self.waiting: list[Stream] = []
+
+    def view(self, stream: Stream) -> Presence | None:
+        clientid = stream.clientid
+        return self.user if clientid is None else self.devices.get(clientid)
+
+    def watchers(self, stream: Stream) -> set[Stream]:
+        if stream.clientid is None:
+            return self.streams
+        return self.device_streams.setdefault(stream.clientid, set())
+
+    def all_streams(self) -> tuple[Stream, ...]:
+        return (*self.streams, *(s for group in self.device_streams.values() for s in group))
+
+    def learn(self, state: UserState | None) -> None:
+        self.user = None if state is None else state.user
+        self.devices = {} if state is None else dict(state.devices)
 
 
 class Hub:
-    """Routes each ping from the bus to the streams watching its user.
+    """Routes each change from the bus to the streams watching its user or device.
 
     The hub, not the store, knows which users have local watchers: it asks the
     store to subscribe when a user's first stream opens and to unsubscribe
-    when the last closes, so the bus carries only pings someone here needs.
+    when the last closes, so the bus carries only changes someone here needs.
     """
 
     def __init__(self, store: Feed) -> None:
@@ -61,10 +85,10 @@ class Hub:
         return len(self._interest)
 
     def attach(self, stream: Stream) -> None:
-        """Register ``stream`` and send it each user's stored ping.
+        """Register ``stream`` and send it each user's stored state.
 
-        Subscribing comes before reading the stored ping, so a ping stored in
-        between is delivered live rather than missed.
+        Subscribing comes before reading the stored state, so a change stored
+        in between is delivered live rather than missed.
         """
         self.streams.add(stream)
         stream.ends = self
@@ -74,9 +98,9 @@ class Hub:
                 interest = self._interest[userid] = _Interest()
                 subscribing = self._store.subscribe(userid).addErrback(_subscribe_failed)
                 subscribing.addCallback(self._subscribed, userid, interest)
-            interest.streams.add(stream)
+            interest.watchers(stream).add(stream)
             if interest.loaded:
-                self._send_stored(stream, interest.latest)
+                self._send_stored(stream, interest.view(stream))
             else:
                 interest.waiting.append(stream)
                 if interest.subscribed and not interest.loading:
@@ -95,36 +119,37 @@ class Hub:
         )
 
     def _loaded(
-        self, pings: dict[str, Ping | None], userid: str, interest: _Interest, deliveries: int
+        self, states: dict[str, UserState | None], userid: str, interest: _Interest,
+        deliveries: int,
     ) -> None:
         interest.loading = False
-        self._learn(interest, pings[userid], deliveries)
+        self._learn(interest, states[userid], deliveries)
 
     def _load_failed(self, failure: Failure, interest: _Interest) -> None:
         # The streams wait for the store's resync, which reads every user.
         interest.loading = False
         self._stored_failed(failure)
 
-    def _learn(self, interest: _Interest, stored: Ping | None, deliveries: int) -> None:
-        """``stored`` was read when ``deliveries`` pings had come: send it to
-        every stream that has not seen the user, unless a ping came since."""
+    def _learn(self, interest: _Interest, stored: UserState | None, deliveries: int) -> None:
+        """``stored`` was read when ``deliveries`` changes had come: send it to
+        every stream that has not seen the user, unless a change came since."""
         if interest.deliveries == deliveries:
-            interest.latest = stored
+            interest.learn(stored)
         interest.loaded = True
         waiting, interest.waiting = interest.waiting, []
         for stream in waiting:
-            self._send_stored(stream, interest.latest)
+            self._send_stored(stream, interest.view(stream))
 
-    def _send_stored(self, stream: Stream, ping: Ping | None) -> None:
-        # A live ping that got here first is at least as new.
-        if ping is None or ping.userid in stream.seen or stream.closed:
+    def _send_stored(self, stream: Stream, change: Presence | None) -> None:
+        # A live change that got here first is at least as new.
+        if change is None or change.userid in stream.seen or stream.closed:
             return
-        if not stream.skip_resumed(ping):
-            stream.send(Event(ping))
+        if not stream.skip_resumed(change):
+            stream.send(Event(change))
             self.delivered += 1
 
     def _stored_failed(self, failure: Failure) -> None:
-        log.failure("reading stored pings failed", failure, log_level=LogLevel.warn)
+        log.failure("reading stored presence failed", failure, log_level=LogLevel.warn)
 
     def detach(self, stream: Stream) -> None:
         """Forget ``stream``; unsubscribe users nobody here watches any more."""
@@ -133,27 +158,37 @@ class Hub:
         self.streams.discard(stream)
         for userid in stream.userids:
             interest = self._interest[userid]
-            interest.streams.discard(stream)
-            if not interest.streams:
+            watchers = interest.watchers(stream)
+            watchers.discard(stream)
+            if not watchers and stream.clientid is not None:
+                del interest.device_streams[stream.clientid]
+            if not interest.streams and not interest.device_streams:
                 del self._interest[userid]
                 self._store.unsubscribe(userid).addErrback(
                     lambda f: log.failure("unsubscribe failed", f, log_level=LogLevel.warn)
                 )
 
-    def deliver(self, ping: Ping) -> None:
-        interest = self._interest.get(ping.userid)
+    def deliver(self, change: Presence) -> None:
+        interest = self._interest.get(change.userid)
         if interest is None:
             return
-        interest.latest = ping
         interest.deliveries += 1
-        event = Event(ping)
-        streams = tuple(interest.streams)
+        if change.clientid is None:
+            interest.user = change
+            streams = interest.streams
+        else:
+            interest.devices[change.clientid] = change
+            streams = interest.device_streams.get(change.clientid)
+        if not streams:
+            return
+        event = Event(change)
+        streams = tuple(streams)
         self.delivered += len(streams)
         for stream in streams:
             stream.send(event)
 
     def bus_lost(self) -> None:
-        """Pings may go unheard until ``resync``: streams opening meanwhile
+        """Changes may go unheard until ``resync``: streams opening meanwhile
         read the store rather than what the bus last said."""
         for interest in self._interest.values():
             interest.loaded = False
@@ -168,19 +203,27 @@ class Hub:
         d.addErrback(self._stored_failed)
         return d
 
-    def _send_changed(self, pings: dict[str, Ping | None], deliveries: dict[str, int]) -> None:
-        for userid, ping in pings.items():
+    def _send_changed(
+        self, states: dict[str, UserState | None], deliveries: dict[str, int]
+    ) -> None:
+        for userid, state in states.items():
             interest = self._interest.get(userid)
             if interest is None:
                 continue
-            # A live ping that came meanwhile is as new as the read, and sent.
+            # A live change that came meanwhile is as new as the read, and sent.
             current = interest.deliveries == deliveries[userid]
-            self._learn(interest, ping, deliveries[userid])
-            if ping is None or not current:
+            self._learn(interest, state, deliveries[userid])
+            if state is None or not current:
                 continue
-            event = Event(ping)
-            for stream in tuple(interest.streams):
-                if stream.seen.get(userid) != ping:
+            # One frame per view, however many streams want it.
+            events: dict[str | None, Event | None] = {}
+            for stream in interest.all_streams():
+                clientid = stream.clientid
+                if clientid not in events:
+                    view = state.view(clientid)
+                    events[clientid] = None if view is None else Event(view)
+                event = events[clientid]
+                if event is not None and stream.seen.get(userid) != event.change:
                     stream.send(event)
                     self.delivered += 1
 
@@ -193,8 +236,6 @@ class Hub:
     def close_all(self) -> Deferred[object]:
         """End every open stream cleanly, as at shutdown; fires when all are gone."""
         return DeferredList([stream.close() for stream in tuple(self.streams)])
-
-
 
 
 def _subscribe_failed(failure: Failure) -> None:

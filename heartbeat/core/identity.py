@@ -31,8 +31,8 @@ _BEARER = b"bearer"
 log = Logger()
 
 
-def userid_from_claim(header: bytes | None) -> str:
-    """The ``userid`` of a claim header, or a 400 saying what is wrong with it."""
+def user_from_claim(header: bytes | None) -> tuple[str, str]:
+    """The ``userid`` and device of a claim header, or a 400 saying what is wrong."""
     if header is None:
         raise BadInput("missing X-User-Claim header")
     try:
@@ -44,7 +44,10 @@ def userid_from_claim(header: bytes | None) -> str:
     userid = claim.get("userid")
     if not isinstance(userid, str) or not userid:
         raise BadInput("X-User-Claim needs a non-empty string userid")
-    return userid
+    clientid = claim.get("clientid")
+    if clientid is not None and not isinstance(clientid, str):
+        raise BadInput("X-User-Claim clientid must be a string")
+    return userid, clientid or ""
 
 
 def bearer_token(request: Asking) -> bytes:
@@ -87,13 +90,14 @@ class Identity:
                 "only be reachable through that proxy (set JWT_SECRET otherwise)"
             )
 
-    def ping_user(self, request: Asking) -> str:
-        """The user a ``POST /ping`` is for: 400/401 when there is none."""
+    def ping_user(self, request: Asking) -> tuple[str, str]:
+        """The user and device a ``POST /ping`` or ``/leave`` is for: 400/401
+        when there is none. No ``clientid`` (or an empty one) is the device ``""``."""
         if self.uses_jwt:
-            userid = self._token_userid(request)
+            userid, clientid = self._token_user(request)
         else:
-            userid = userid_from_claim(request.getHeader(CLAIM_HEADER))
-        return self.check_userid(userid)
+            userid, clientid = user_from_claim(request.getHeader(CLAIM_HEADER))
+        return self.check_userid(userid), clientid
 
     def authorize_read(self, request: Asking) -> None:
         """401 unless the caller may read presence (any valid token in JWT mode).
@@ -102,7 +106,7 @@ class Identity:
         point of the service.
         """
         if self.uses_jwt:
-            self.check_userid(self._token_userid(request))
+            self.check_userid(self._token_user(request)[0])
 
     def check_userid(self, userid: str) -> str:
         """``userid`` if it is a user id we accept, else a 400."""
@@ -115,7 +119,7 @@ class Identity:
     def check_userids(self, userids: Iterable[str]) -> tuple[str, ...]:
         return tuple(self.check_userid(userid) for userid in userids)
 
-    def _token_userid(self, request: Asking) -> str:
+    def _token_user(self, request: Asking) -> tuple[str, str]:
         token = bearer_token(request)
         try:
             claims = jwt.decode(token, self._secret, algorithms=JWT_ALGORITHMS)
@@ -126,4 +130,7 @@ class Identity:
         userid = claims.get("userid")
         if not isinstance(userid, str) or not userid:
             raise BadCredentials("token needs a non-empty string userid claim")
-        return userid
+        clientid = claims.get("clientid")
+        if clientid is not None and not isinstance(clientid, str):
+            raise BadCredentials("token's clientid claim must be a string")
+        return userid, clientid or ""

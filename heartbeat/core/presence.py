@@ -1,22 +1,126 @@
-"""The one value the whole service moves around: a user's last ping."""
+"""Presence values: what a device sends, and what watchers are told (SPEC §3).
+
+A :class:`Ping` is one device's report. A :class:`Presence` is one change as a
+watcher sees it: the user's (``clientid`` None: their latest ping, online
+while any device is) or one device's. :class:`UserState` is what a store
+reads back: the user's presence and each device's. :class:`Devices` holds
+the rules that turn pings, leaves and timeouts into changes, for the stores
+that keep state in this process; the Redis scripts follow the same rules.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True, slots=True)
 class Ping:
-    """What is stored per user and sent to every watcher of that user.
+    """One ping, as a device sent it: the store's input.
 
-    Frozen so the same object can be shared by the store, the hub and every
-    stream that saw it; slots because many streams keep one per watched user.
+    ``clientid`` is the device; a claim or token without one is the device ``""``.
     """
 
     userid: str
     time: int
     status: str
+    clientid: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """One change as watchers see it, and the JSON object of its event.
+
+    ``clientid`` None is the user's view (device streams never get it); a
+    string is that device's view (only its device streams get it). Frozen
+    so the same object can be shared by the store, the hub and every stream
+    that saw it; slots because many streams keep one per watched user.
+    """
+
+    userid: str
+    time: int
+    status: str
+    online: bool = True
+    clientid: str | None = None
 
     def as_status(self) -> dict[str, object]:
-        """The stored-ping shape of the public API (no ``userid``)."""
-        return {"time": self.time, "status": self.status}
+        """The ``/status`` shape of this view (no ``userid``)."""
+        return {"time": self.time, "status": self.status, "online": self.online}
+
+    def as_event(self) -> dict[str, object]:
+        """The event's JSON object: on streams and, as it is, on the bus."""
+        event: dict[str, object] = {
+            "time": self.time, "status": self.status, "userid": self.userid, "online": self.online,
+        }
+        if self.clientid is not None:
+            event["clientid"] = self.clientid
+        return event
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    """A user's stored presence and their devices', as a store reads it."""
+
+    user: Presence
+    devices: Mapping[str, Presence] = field(default_factory=dict)
+
+    def view(self, clientid: str | None) -> Presence | None:
+        """The user's view (``clientid`` None), or that device's if it ever pinged."""
+        return self.user if clientid is None else self.devices.get(clientid)
+
+    def as_status(self) -> dict[str, object]:
+        """``/status``'s object for this user, each device included."""
+        body = self.user.as_status()
+        body["devices"] = {clientid: device.as_status() for clientid, device in self.devices.items()}
+        return body
+
+
+class Devices:
+    """One user's devices and the changes each ping, leave or timeout makes.
+
+    Mutable, for the in-process stores; the user's ``time`` and ``status``
+    are those of the latest ping, whichever device sent it.
+    """
+
+    __slots__ = ("userid", "latest", "devices")
+
+    def __init__(self, userid: str) -> None:
+        self.userid = userid
+        self.latest: Ping | None = None
+        self.devices: dict[str, Presence] = {}
+
+    @property
+    def online(self) -> bool:
+        return any(device.online for device in self.devices.values())
+
+    def user(self) -> Presence | None:
+        latest = self.latest
+        if latest is None:
+            return None
+        return Presence(self.userid, latest.time, latest.status, self.online)
+
+    def state(self) -> UserState | None:
+        user = self.user()
+        return None if user is None else UserState(user, dict(self.devices))
+
+    def ping(self, ping: Ping) -> tuple[Presence, ...]:
+        """Record ``ping``: the user's change, then the device's."""
+        self.latest = ping
+        device = Presence(ping.userid, ping.time, ping.status, True, ping.clientid)
+        self.devices[ping.clientid] = device
+        return (Presence(ping.userid, ping.time, ping.status, True), device)
+
+    def offline(self, clientid: str) -> tuple[Presence, ...]:
+        """``clientid`` is offline: its change, then the user's if it was the last.
+
+        Nothing for a device that was not online, so a leave after a
+        timeout (or a second sweep) changes nothing.
+        """
+        device = self.devices.get(clientid)
+        if device is None or not device.online:
+            return ()
+        gone = self.devices[clientid] = replace(device, online=False)
+        if self.online:
+            return (gone,)
+        user = self.user()
+        return (gone,) if user is None else (gone, user)

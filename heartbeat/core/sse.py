@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from hashlib import blake2b
 
-from heartbeat.core.presence import Ping
+from heartbeat.core.presence import Presence
 
 # A comment line, with no blank line after it: a blank line ends an event
 # block, and some clients (httpx-sse) hand every block out as an event, an
@@ -19,45 +19,50 @@ RETRY_MS = 2000
 RETRY = b"retry: %d\n" % RETRY_MS
 
 
-def event_id(ping: Ping) -> str:
-    """The ``id:`` of ``ping``'s event: ``<time>-<hash of userid and status>``.
+def event_id(change: Presence) -> str:
+    """The ``id:`` of ``change``'s event: ``<time>-<hash of what else it says>``.
 
-    A fingerprint of the ping alone, never of the stream, so one frame serves
-    every subscriber; ASCII with no line breaks whatever the user id holds.
-    A browser hands the last one back as ``Last-Event-ID`` on reconnect.
+    A fingerprint of the change alone, never of the stream, so one frame
+    serves every subscriber; ASCII with no line breaks whatever the user id
+    holds. A browser hands the last one back as ``Last-Event-ID`` on
+    reconnect. An online user's id is what it was before presence existed;
+    offline and device views hash more, so a client that saw a ping's event
+    but not the offline event after it is sent the offline one.
     """
-    key = f"{ping.userid}\0{ping.status}".encode("utf-8", "surrogatepass")
-    return f"{ping.time}-{blake2b(key, digest_size=6).hexdigest()}"
+    key = f"{change.userid}\0{change.status}"
+    if not change.online:
+        key += "\0offline"
+    if change.clientid is not None:
+        key += f"\0client\0{change.clientid}"
+    digest = blake2b(key.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
+    return f"{change.time}-{digest}"
 
 
-def encode_event(ping: Ping) -> bytes:
+def encode_event(change: Presence) -> bytes:
     """One event's bytes, built once and written to every subscriber.
 
     ``json.dumps`` escapes every control character and non-ASCII code point,
     so no user id or status can smuggle a line break into the frame.
     """
-    payload = json.dumps(
-        {"time": ping.time, "status": ping.status, "userid": ping.userid},
-        separators=(",", ":"),
-    )
+    payload = json.dumps(change.as_event(), separators=(",", ":"))
     return (
-        b"id: " + event_id(ping).encode("ascii")
+        b"id: " + event_id(change).encode("ascii")
         + b"\ndata: " + payload.encode("ascii") + b"\n\n"
     )
 
 
 class Event:
-    """A ping's event, framed once for every subscriber.
+    """A change's event, framed once for every subscriber.
 
     Streams write ``chunk`` (the frame as an HTTP/1.1 chunk) to their
     connection directly, so fanning out costs no per-subscriber framing.
     """
 
-    __slots__ = ("ping", "frame", "chunk")
+    __slots__ = ("change", "frame", "chunk")
 
-    def __init__(self, ping: Ping) -> None:
-        self.ping = ping
-        self.frame = encode_event(ping)
+    def __init__(self, change: Presence) -> None:
+        self.change = change
+        self.frame = encode_event(change)
         self.chunk = _chunk(self.frame)
 
 

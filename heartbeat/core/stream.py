@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from heartbeat.core.presence import Ping
+from heartbeat.core.presence import Presence
 from heartbeat.core.sse import KEEPALIVE, KEEPALIVE_CHUNK, Event, event_id
 from heartbeat.twisted_internals import eager_write
 
@@ -27,6 +27,9 @@ class Ends(Protocol):
 class Stream:
     """One open ``text/event-stream`` response, watching one or more users.
 
+    A device stream (``clientid`` set) watches one user's one device and
+    is sent only that device's changes; every other stream gets the users'.
+
     Once its headers are sent, the stream ``take``s the connection's
     transport: it writes its events there itself, pre-framed, and is the
     transport's producer. The connection's protocol tells it when the
@@ -42,7 +45,7 @@ class Stream:
     """
 
     __slots__ = (
-        "userids", "last_event_id", "seen", "closed", "held", "transport", "chunked",
+        "userids", "clientid", "last_event_id", "seen", "closed", "held", "transport", "chunked",
         "ends", "_clock", "_blocked_timeout", "_blocked", "_gone", "_lost",
     )
 
@@ -52,13 +55,15 @@ class Stream:
         clock: IReactorTime,
         blocked_timeout: float,
         last_event_id: bytes | None = None,
+        clientid: str | None = None,
     ) -> None:
         self.userids = userids
+        self.clientid = clientid
         # What a reconnecting browser says it saw last (``Last-Event-ID``).
         self.last_event_id = last_event_id
-        # The last ping this stream was sent per user, to resend only what it
-        # missed after the bus comes back.
-        self.seen: dict[str, Ping] = {}
+        # The last change this stream was sent per user, to resend only what
+        # it missed after the bus comes back.
+        self.seen: dict[str, Presence] = {}
         self.closed = False
         # None while the client reads; while paused, the newest event per user.
         self.held: dict[str, Event] | None = None
@@ -82,24 +87,24 @@ class Stream:
         self.chunked = chunked
         transport.registerProducer(self, True)
 
-    def skip_resumed(self, ping: Ping) -> bool:
-        """Whether the client already has ``ping``, by its ``Last-Event-ID``.
+    def skip_resumed(self, change: Presence) -> bool:
+        """Whether the client already has ``change``, by its ``Last-Event-ID``.
 
         A browser keeps only the last id it saw, so this spares at most one
-        user's stored ping on reconnect; that ping counts as seen.
+        user's stored state on reconnect; that state counts as seen.
         """
-        if self.last_event_id != event_id(ping).encode("ascii"):
+        if self.last_event_id != event_id(change).encode("ascii"):
             return False
-        self.seen[ping.userid] = ping
+        self.seen[change.userid] = change
         return True
 
     def send(self, event: Event) -> None:
-        ping = event.ping
-        self.seen[ping.userid] = ping
+        change = event.change
+        self.seen[change.userid] = change
         if self.held is None:
             self._write(event.frame, event.chunk)
         else:
-            self.held[ping.userid] = event
+            self.held[change.userid] = event
 
     def comment(self) -> None:
         # A blocked client needs no keep-alive: its connection is not idle.

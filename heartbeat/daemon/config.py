@@ -28,6 +28,7 @@ class Settings:
     redis: RedisAddress | None
     redis_prefix: str
     keepalive: float
+    presence_timeout: float
     jwt_secret: str | None
     cors_origins: tuple[str, ...]
     max_users_per_stream: int
@@ -129,6 +130,7 @@ SETTINGS = (
     Setting("LISTEN", ":8080", str, "where to listen: :8080, host:port, [::1]:8080 or a Twisted endpoint string"),
     Setting("REDIS", "", parse_redis, "host:port, :port or redis://[:password@]host:port/db; unset: in-process store"),
     Setting("REDIS_PREFIX", "heartbeat:", _prefix, "prefix of Redis keys and channels"),
+    Setting("PRESENCE_TIMEOUT", "60", _positive_float, "seconds of silence after which a device is offline"),
     Setting("KEEPALIVE", "25", _positive_float, "seconds between keep-alive comments on streams"),
     Setting("JWT_SECRET", "", _optional, "HS256 secret; set: built-in JWT auth instead of X-User-Claim"),
     Setting("CORS_ORIGINS", "", _origins, "comma-separated allowed origins, or *"),

@@ -47,7 +47,7 @@ class _LiveState:
             value=hub.users,
         )
         yield CounterMetricFamily(
-            "heartbeat_events_delivered", "Ping events written to streams",
+            "heartbeat_events_delivered", "Presence events written to streams",
             value=hub.delivered,
         )
         yield CounterMetricFamily(
@@ -58,6 +58,18 @@ class _LiveState:
             "heartbeat_store_available",
             "1 while the store can take pings, 0 while it is unreachable",
             value=1 if self._store.available else 0,
+        )
+        online = self._store.online_users()
+        if online is not None:
+            yield GaugeMetricFamily(
+                "heartbeat_online_users",
+                "Users online now (any device pinged within PRESENCE_TIMEOUT), across instances",
+                value=online,
+            )
+        yield CounterMetricFamily(
+            "heartbeat_offline_transitions",
+            "Users this instance took offline (timeout or leave); sum over instances",
+            value=self._store.offline_transitions,
         )
         reconnects = CounterMetricFamily(
             "heartbeat_store_reconnects",

@@ -110,8 +110,8 @@ def build_service(settings: Settings, reactor, endpoint) -> HeartbeatService:  #
 
 def _store(settings: Settings, reactor) -> Store:  # type: ignore[no-untyped-def]
     if settings.redis is None:
-        return MemoryStore()
+        return MemoryStore(reactor, settings.presence_timeout)
     # Imported only when used: txredisapi imports the global reactor.
     from heartbeat.store.redis.store import RedisStore
 
-    return RedisStore(settings.redis, settings.redis_prefix, reactor)
+    return RedisStore(settings.redis, settings.redis_prefix, reactor, settings.presence_timeout)

@@ -1,10 +1,17 @@
-"""Where last pings live and how they reach the hub: the store interface.
+"""Where presence lives and how its changes reach the hub: the store interface.
 
 Two stores implement it: :class:`~heartbeat.store.memory.MemoryStore` (one
 process, the default) and the Redis store (many instances). Every method returns a Deferred because the
 Redis one talks over the network; the hub drives ``subscribe`` and
-``unsubscribe`` from its own interest, so a store only carries the pings that
-some local stream watches.
+``unsubscribe`` from its own interest, so a store only carries the changes
+that some local stream watches.
+
+Presence (SPEC §3) is the store's to decide, because only the store sees
+every instance's pings: it keeps each device's deadline (``PRESENCE_TIMEOUT``
+after its last ping), sweeps the due ones at most once a second, and
+publishes each device's and user's offline change exactly once, even when
+several processes share the store. The presence rules themselves are
+:class:`~heartbeat.core.presence.Devices`'.
 """
 
 from __future__ import annotations
@@ -30,10 +37,30 @@ class Store(Feed, Protocol):
     def available(self) -> bool:
         """Whether pings can be stored right now (drives 503s and /health)."""
 
-    def ping(self, ping: Ping) -> Deferred[None]:
-        """Store ``ping`` as its user's last and publish it, atomically.
+    # User online→offline changes this process made (a sweep or a leave);
+    # summed over the instances sharing a store, each transition counts once.
+    offline_transitions: int
 
-        Fails with :class:`StoreUnavailable` when the ping was not stored.
+    def online_users(self) -> int | None:
+        """Users online now, across every instance (None while not known)."""
+
+    def ping(self, ping: Ping) -> Deferred[None]:
+        """Store ``ping`` for its user and device, re-arm the device's
+        deadline, and publish the change, atomically.
+
+        The user's ``time`` and ``status`` become the ping's and the user and
+        device are online. Publishes the user's change, then the device's
+        (see :meth:`~heartbeat.core.feed.Listener.deliver`). Fails with
+        :class:`StoreUnavailable` when the ping was not stored.
+        """
+
+    def leave(self, userid: str, clientid: str) -> Deferred[None]:
+        """The device goes offline now, its deadline dropped, atomically.
+
+        Publishes the device's offline change, then the user's if that was
+        their last online device; nothing for a device not online (never
+        pinged, left already, timed out). Fails with
+        :class:`StoreUnavailable` when it was not stored.
         """
 
     def close(self) -> Deferred[None]:

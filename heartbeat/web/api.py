@@ -22,7 +22,7 @@ from heartbeat.core.errors import BadInput, TooLarge, Unavailable
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity
 from heartbeat.core.ping_body import MAX_BODY, parse_status
-from heartbeat.core.presence import Ping
+from heartbeat.core.presence import Ping, UserState
 from heartbeat.core.stream import Stream
 from heartbeat.core.users import requested_users
 from heartbeat.store.interface import Store
@@ -91,11 +91,16 @@ class Api:
 
     def ping(self, request: Asking, body: bytes, too_large: bool = False) -> Deferred[None]:
         """Store the caller's ping; fails with a domain error when refused."""
-        userid = self.identity.ping_user(request)
+        userid, clientid = self.identity.ping_user(request)
         if too_large:
             raise TooLarge(f"request body is larger than {MAX_BODY} bytes")
         status = parse_status(request.getHeader(b"Content-Type"), body)
-        return self.store.ping(Ping(userid, int(self.clock.seconds()), status))
+        return self.store.ping(Ping(userid, int(self.clock.seconds()), status, clientid))
+
+    def leave(self, request: Asking) -> Deferred[None]:
+        """The caller's device goes offline now; any body is ignored (sendBeacon)."""
+        userid, clientid = self.identity.ping_user(request)
+        return self.store.leave(userid, clientid)
 
     def one_user(self, request: Asking, userid: str) -> tuple[str, ...]:
         """The user of a ``/subscribe/<userid>`` route, if the caller may read it."""
@@ -108,8 +113,10 @@ class Api:
         userids = requested_users(request, self.settings.max_users_per_stream)
         return self.identity.check_userids(userids)
 
-    def new_stream(self, userids: tuple[str, ...], request: Asking) -> Stream:
-        """A stream of ``userids``, if there is room for one more (503 otherwise).
+    def new_stream(self, userids: tuple[str, ...], request: Asking,
+                   clientid: str | None = None) -> Stream:
+        """A stream of ``userids`` (of one device of theirs with ``clientid``),
+        if there is room for one more (503 otherwise).
 
         Checked before any header is sent, so a refused client gets a plain
         503 rather than a stream that ends.
@@ -119,18 +126,19 @@ class Api:
             raise Unavailable(f"too many open streams (limit {limit}), retry later", 5)
         return Stream(
             userids, self.clock, self.settings.stream_blocked_timeout,
-            request.getHeader(b"Last-Event-ID"),
+            request.getHeader(b"Last-Event-ID"), clientid,
         )
 
     def status(self, request: Asking) -> Deferred[bytes]:
-        """``{"a": {"time": …, "status": …}, "b": null}`` in the order asked."""
+        """``{"a": {"time": …, "status": …, "online": …, "devices": {…}}, "b": null}``
+        in the order asked."""
         userids = self.many_users(request)
         return self.store.get(userids).addCallback(_status_body)
 
 
-def _status_body(pings: dict[str, Ping | None]) -> bytes:
+def _status_body(states: dict[str, UserState | None]) -> bytes:
     return json.dumps(
-        {userid: ping.as_status() if ping is not None else None
-         for userid, ping in pings.items()},
+        {userid: state.as_status() if state is not None else None
+         for userid, state in states.items()},
         separators=(",", ":"),
     ).encode("utf-8")

@@ -310,6 +310,8 @@ class HttpConnection:
         try:
             if method == b"POST" and path == b"/ping":
                 self._ping(request)
+            elif method == b"POST" and path == b"/leave":
+                self._leave(request)
             elif method in (b"GET", b"HEAD") and path.startswith(b"/subscribe"):
                 if path == b"/subscribe":
                     self._open_stream(request, api.many_users(request))
@@ -318,7 +320,8 @@ class HttpConnection:
                 if target is None:
                     self._hand_over(request)
                 else:
-                    self._open_stream(request, api.one_user(request, target[0]))
+                    userid, clientid = target
+                    self._open_stream(request, api.one_user(request, userid), clientid)
             else:
                 self._hand_over(request)
         except (Refused, HttpError) as error:
@@ -328,15 +331,23 @@ class HttpConnection:
 
     def _ping(self, request: ParsedRequest) -> None:
         d = self.edge.api.ping(request, request.body, request.too_large)
-        d.addCallbacks(self._pinged, self._ping_failed, (request,), None, (request,))
+        d.addCallbacks(self._pinged, self._failed, (request,), None, (request,))
 
     def _pinged(self, _: object, request: ParsedRequest) -> None:
         edge = self.edge
         edge.ping_answered(200, edge.clock.seconds() - request.received_at)
-        self._answer(request, responses.whole(
-            200, edge.second(), self._cors(request), b"", self._connection(request)))
+        self._answer_empty(request)
 
-    def _ping_failed(self, failure: Failure, request: ParsedRequest) -> None:
+    def _leave(self, request: ParsedRequest) -> None:
+        d = self.edge.api.leave(request)
+        d.addCallbacks(lambda _: self._answer_empty(request), self._failed, None, None,
+                       (request,))
+
+    def _answer_empty(self, request: ParsedRequest) -> None:
+        self._answer(request, responses.whole(
+            200, self.edge.second(), self._cors(request), b"", self._connection(request)))
+
+    def _failed(self, failure: Failure, request: ParsedRequest) -> None:
         error = failure.value if failure.check(Refused, HttpError) else internal_error(failure)
         self._answer_error(request, error)
 
@@ -349,9 +360,10 @@ class HttpConnection:
             http, edge.second(), self._cors(request), self._connection(request),
             with_body=not request.is_head))
 
-    def _open_stream(self, request: ParsedRequest, userids: tuple[str, ...]) -> None:
+    def _open_stream(self, request: ParsedRequest, userids: tuple[str, ...],
+                     clientid: str | None = None) -> None:
         edge = self.edge
-        stream = edge.api.new_stream(userids, request)
+        stream = edge.api.new_stream(userids, request, clientid)
         cors = self._cors(request)
         if request.is_head:  # what a GET would say, and no stream
             headers = [*cors, *STREAM_HEADERS]

@@ -48,19 +48,25 @@ class HeartbeatApp:
         request.setHeader(b"Content-Length", b"0")
         return d.addCallback(lambda _: b"")
 
+    @app.route("/leave", methods=["POST"])
+    def leave(self, request: IRequest) -> Deferred[bytes]:
+        request.setHeader(b"Content-Length", b"0")
+        return self.api.leave(request).addCallback(lambda _: b"")
+
     @app.route("/subscribe/<userid>", methods=["GET"])
     @app.route("/subscribe/<userid>/client/<clientid>", methods=["GET"])
     def subscribe(
         self, request: IRequest, userid: str, clientid: str | None = None
     ) -> Deferred[bytes]:
-        return self._stream(request, self.api.one_user(request, userid))
+        return self._stream(request, self.api.one_user(request, userid), clientid)
 
     @app.route("/subscribe", methods=["GET"])
     def subscribe_many(self, request: IRequest) -> Deferred[bytes]:
         return self._stream(request, self.api.many_users(request))
 
-    def _stream(self, request: IRequest, userids: tuple[str, ...]) -> Deferred[bytes]:
-        stream = self.api.new_stream(userids, request)
+    def _stream(self, request: IRequest, userids: tuple[str, ...],
+                clientid: str | None = None) -> Deferred[bytes]:
+        stream = self.api.new_stream(userids, request, clientid)
         set_stream_headers(request)
         if request.method == b"HEAD":  # what a GET would say, and no stream
             return succeed(b"")

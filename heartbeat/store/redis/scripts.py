@@ -1,4 +1,4 @@
-"""The Lua scripts heartbeat runs in Redis, and the wire shapes of a ping.
+"""The Lua scripts heartbeat runs in Redis, and the wire shapes of presence.
 
 A script runs atomically on the server, so storing a ping and publishing it
 is one command that no crash can split; reading many users' pings is one
@@ -10,6 +10,7 @@ restarted server, or ``SCRIPT FLUSH``).
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 from txredisapi import RedisProtocol, ResponseError
 
-from heartbeat.core.presence import Ping
+from heartbeat.core.presence import Ping, Presence, UserState
 
 
 @dataclass(frozen=True)
@@ -44,48 +45,207 @@ class Script:
         return maybeDeferred(conn.execute_command, "EVAL", self.source, len(keys), *keys, *args)
 
 
-# KEYS: the users' keys, which are also their channels, one per ping. ARGV: each
-# ping's time and status, in turn. Returns, per ping, 1 once stored and published, or
-# the error that kept it from being stored (a key holding something else): the other
-# pings of the call are stored all the same.
+# The Lua that takes one device offline, shared by the sweep and a leave. It publishes
+# the device's offline event, then the user's if that was their last online device,
+# and counts the user out of their partition's online count. Returns 1 when the user
+# went offline, else 0 (also for a device that was not online: nothing is published).
+_OFFLINE = (
+    "local function offline(count, key, devices, online, userid, clientid)\n"
+    "  if redis.call('SREM', online, clientid) == 0 then return 0 end\n"
+    "  local device = redis.call('HGET', devices, clientid)\n"
+    "  local space = device and string.find(device, ' ', 1, true)\n"
+    "  if space then\n"
+    "    redis.call('PUBLISH', key, cjson.encode({userid = userid, clientid = clientid,\n"
+    "      online = false, time = tonumber(string.sub(device, 1, space - 1)),\n"
+    "      status = string.sub(device, space + 1)}))\n"
+    "  end\n"
+    "  if redis.call('SCARD', online) > 0 then return 0 end\n"
+    "  redis.call('DECR', count)\n"
+    "  local user = redis.pcall('HMGET', key, 'time', 'status')\n"
+    "  if not user.err and user[1] and user[2] then\n"
+    "    redis.call('PUBLISH', key, cjson.encode({userid = userid, online = false,\n"
+    "      time = tonumber(user[1]), status = user[2]}))\n"
+    "  end\n"
+    "  return 1\n"
+    "end\n"
+)
+
+# The server's clock, which every instance shares: deadlines never depend on whose
+# clock took the ping.
+_NOW = (
+    "local clock = redis.call('TIME')\n"
+    "local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000\n"
+)
+
+# KEYS: per ping, the user's key (also their channel), devices hash, online set, deadline
+# partition and the partition's online count. ARGV: the timeout, then per ping its time,
+# status, device, deadline member and event message. Returns, per ping, 1 once stored,
+# armed and published, or the error that kept it from being stored (the user's key
+# holding something else): the other pings of the call are stored all the same.
 STORE_AND_PUBLISH = Script(
+    _NOW
+    + "local deadline = string.format('%.6f', now + tonumber(ARGV[1]))\n"
     "local results = {}\n"
-    "for i, key in ipairs(KEYS) do\n"
-    "  local time, status = ARGV[2 * i - 1], ARGV[2 * i]\n"
+    "for i = 1, #KEYS / 5 do\n"
+    "  local key, devices, online, deadlines, count = KEYS[5 * i - 4], KEYS[5 * i - 3],\n"
+    "    KEYS[5 * i - 2], KEYS[5 * i - 1], KEYS[5 * i]\n"
+    "  local a = 5 * i - 3\n"
+    "  local time, status, clientid = ARGV[a], ARGV[a + 1], ARGV[a + 2]\n"
     "  local stored = redis.pcall('HSET', key, 'time', time, 'status', status)\n"
     "  if type(stored) == 'table' and stored.err then\n"
     "    results[i] = stored.err\n"
     "  else\n"
-    "    redis.call('PUBLISH', key, time .. ' ' .. status)\n"
+    "    redis.call('HSET', devices, clientid, time .. ' ' .. status)\n"
+    "    if redis.call('SADD', online, clientid) == 1 and redis.call('SCARD', online) == 1 then\n"
+    "      redis.call('INCR', count)\n"
+    "    end\n"
+    "    redis.call('ZADD', deadlines, deadline, ARGV[a + 3])\n"
+    "    redis.call('PUBLISH', key, ARGV[a + 4])\n"
     "    results[i] = 1\n"
     "  end\n"
     "end\n"
     "return results\n"
 )
 
-# KEYS: the users' keys. Returns one [time, status] pair per key (nils when absent, or
-# when the key holds something other than a hash).
-READ_MANY = Script(
-    "local pings = {}\n"
-    "for i, key in ipairs(KEYS) do\n"
-    "  local ping = redis.pcall('HMGET', key, 'time', 'status')\n"
-    "  if ping.err then ping = {false, false} end\n"
-    "  pings[i] = ping\n"
+# KEYS: every deadline partition, then every partition's online count. ARGV: the most
+# entries to take from one partition. Returns the users online (the counts' sum), then
+# each due entry as its partition's index and its member. Reads only: an entry is
+# claimed by EXPIRE_DUE, so instances sweeping at the same moment claim it once.
+DUE = Script(
+    _NOW
+    + "local partitions = #KEYS / 2\n"
+    "local out = {0}\n"
+    "local users = 0\n"
+    "for i = 1, partitions do\n"
+    "  users = users + (tonumber(redis.call('GET', KEYS[partitions + i])) or 0)\n"
+    "  local due = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', string.format('%.6f', now),\n"
+    "    'LIMIT', 0, ARGV[1])\n"
+    "  for _, member in ipairs(due) do\n"
+    "    out[#out + 1] = i - 1\n"
+    "    out[#out + 1] = member\n"
+    "  end\n"
     "end\n"
-    "return pings\n"
+    "out[1] = users\n"
+    "return out\n"
+)
+
+# KEYS: per entry, its partition, the partition's count, and the user's key, devices and
+# online set. ARGV: per entry its member, user and device. Each entry still due is
+# removed, and only if this call's ZREM removed it is the device taken offline and
+# published, in the same atomic step: an entry claimed twice is published once. A ping
+# since the DUE read moved the deadline on, and the entry is left. Returns the users
+# taken offline.
+EXPIRE_DUE = Script(
+    _OFFLINE + _NOW
+    + "local gone = 0\n"
+    "for i = 1, #ARGV / 3 do\n"
+    "  local k = 5 * i - 4\n"
+    "  local member = ARGV[3 * i - 2]\n"
+    "  local score = redis.call('ZSCORE', KEYS[k], member)\n"
+    "  if score and tonumber(score) <= now and redis.call('ZREM', KEYS[k], member) == 1 then\n"
+    "    gone = gone + offline(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4],\n"
+    "      ARGV[3 * i - 1], ARGV[3 * i])\n"
+    "  end\n"
+    "end\n"
+    "return gone\n"
+)
+
+# KEYS: the device's partition and its count, the user's key, devices and online set.
+# ARGV: the device's member, user and device. Returns 1 when the user went offline.
+LEAVE = Script(
+    _OFFLINE
+    + "redis.call('ZREM', KEYS[1], ARGV[1])\n"
+    "return offline(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[2], ARGV[3])\n"
+)
+
+# KEYS: per user their key, devices hash and online set. Returns per user
+# [time, status, devices as field/value pairs, online devices] (nils and empty lists
+# when absent, or when a key holds something else).
+READ_MANY = Script(
+    "local states = {}\n"
+    "for i = 1, #KEYS / 3 do\n"
+    "  local ping = redis.pcall('HMGET', KEYS[3 * i - 2], 'time', 'status')\n"
+    "  if ping.err then ping = {false, false} end\n"
+    "  local devices = redis.pcall('HGETALL', KEYS[3 * i - 1])\n"
+    "  if devices.err then devices = {} end\n"
+    "  local online = redis.pcall('SMEMBERS', KEYS[3 * i])\n"
+    "  if online.err then online = {} end\n"
+    "  states[i] = {ping[1], ping[2], devices, online}\n"
+    "end\n"
+    "return states\n"
 )
 
 
-def from_message(userid: str, text: str) -> Ping | None:
-    """The ping a published ``"time status"`` message carries (statuses may hold spaces)."""
-    time, _, status = text.partition(" ")
-    return _ping(userid, time, status)
+def ping_message(ping: Ping) -> str:
+    """What a ping publishes: its device's event, which is also the user's.
+
+    A ping makes the user's ``time`` and ``status`` its own and the user
+    online, so one message says both; :func:`from_message` reads it back
+    as the two changes.
+    """
+    device = Presence(ping.userid, ping.time, ping.status, True, ping.clientid)
+    return json.dumps(device.as_event(), separators=(",", ":"))
 
 
-def from_fields(userid: str, fields: Sequence[str | None]) -> Ping | None:
-    """The ping stored in a user's hash, from ``HMGET time status``."""
-    time, status = fields
-    return _ping(userid, time, status)
+def deadline_member(userid: str, clientid: str) -> str:
+    """A device's member in its deadline partition: both ids, unambiguously."""
+    return json.dumps([userid, clientid], separators=(",", ":"))
+
+
+def from_member(member: str) -> tuple[str, str] | None:
+    try:
+        userid, clientid = json.loads(member)
+    except (ValueError, TypeError):
+        return None
+    if not (isinstance(userid, str) and isinstance(clientid, str)):
+        return None
+    return userid, clientid
+
+
+def from_message(userid: str, text: str) -> tuple[Presence, ...]:
+    """The changes a message on ``userid``'s channel carries.
+
+    A JSON object with ``time`` and ``status`` (and optionally ``online``,
+    default true) is the user's change; with a string ``clientid`` too, the
+    device's, and when it is online (a ping) the user's as well. The Go
+    service's ``"time status"`` text is still read, as the user's change.
+    Anything else is ignored.
+    """
+    if not text.startswith("{"):
+        time, _, status = text.partition(" ")
+        ping = _ping(userid, time, status)
+        return () if ping is None else (Presence(userid, ping.time, ping.status),)
+    try:
+        event = json.loads(text)
+    except ValueError:
+        return ()
+    if not isinstance(event, dict):
+        return ()
+    time, status, online = event.get("time"), event.get("status"), event.get("online", True)
+    if (type(time) is not int or time < 0 or not isinstance(status, str) or not status
+            or not isinstance(online, bool)):
+        return ()
+    clientid = event.get("clientid")
+    user = Presence(userid, time, status, online)
+    if not isinstance(clientid, str):
+        return (user,)
+    device = Presence(userid, time, status, online, clientid)
+    return (user, device) if online else (device,)
+
+
+def from_row(userid: str, row: Sequence[Any]) -> UserState | None:
+    """A user's state from :data:`READ_MANY`'s row: None if they never pinged."""
+    time, status, fields, online = row
+    latest = _ping(userid, time, status)
+    if latest is None:
+        return None
+    up = set(online)
+    devices = {}
+    for clientid, value in zip(fields[::2], fields[1::2]):
+        ping = _ping(userid, *value.partition(" ")[::2])
+        if ping is not None:
+            devices[clientid] = Presence(userid, ping.time, ping.status, clientid in up, clientid)
+    return UserState(Presence(userid, latest.time, latest.status, bool(up)), devices)
 
 
 def _ping(userid: str, time: str | None, status: str | None) -> Ping | None:

@@ -1,7 +1,9 @@
-"""The Redis store: many instances share each user's last ping and its pings.
+"""The Redis store: many instances share each user's presence and its changes.
 
 Each user has a hash (``time``, ``status``) under ``REDIS_PREFIX + userid``,
-and a pub/sub channel of the same name. Every process holds two connections:
+and a pub/sub channel of the same name; their devices and online devices
+are keys of the same hash slot (:mod:`~heartbeat.store.redis.keys`). Every
+change is published on the channel as its event's JSON object. Every process holds two connections:
 one for commands (the store-and-publish script, reads) and one subscriber,
 subscribed to exactly the channels the hub asks for — no patterns, so an
 instance only receives pings somebody on it watches.
@@ -11,7 +13,15 @@ Redis may vanish at any time. The store then refuses pings at once
 reconnect with capped backoff; the subscriber subscribes again to every
 channel still wanted (Redis forgot them with the connection, and txredisapi
 does not remember them); then the hub is asked to ``resync``, because what
-was published meanwhile is gone and only the stored pings tell what changed.
+was published meanwhile is gone and only the stored state tells what changed.
+
+Presence needs no leader. Each ping re-arms its device's deadline (Redis's
+clock plus ``PRESENCE_TIMEOUT``) in a sorted set; every instance sweeps
+the due deadlines once a second, and the script that removes an entry
+publishes the offline change in the same atomic step, so however many
+instances sweep, and whichever of them died, each transition is published
+once. A sweep that cannot run (Redis away) runs when Redis is back, and
+publishes what fell due meanwhile, late.
 """
 
 from __future__ import annotations
@@ -22,22 +32,30 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txredisapi import ConnectionError as RedisConnectionError
 from txredisapi import RedisProtocol
 
 from heartbeat.core.feed import Listener
-from heartbeat.core.presence import Ping
+from heartbeat.core.presence import Ping, UserState
 from heartbeat.store.interface import StoreUnavailable
 from heartbeat.store.redis.address import RedisAddress
+from heartbeat.store.redis.keys import PARTITIONS, partition_keys, user_keys
 from heartbeat.store.redis.link import RedisLink
 from heartbeat.store.redis.scripts import (
+    DUE,
+    EXPIRE_DUE,
+    LEAVE,
     READ_MANY,
     STORE_AND_PUBLISH,
     Script,
-    from_fields,
+    deadline_member,
+    from_member,
     from_message,
+    from_row,
+    ping_message,
 )
 
 log = Logger()
@@ -45,6 +63,10 @@ log = Logger()
 # Seconds a command may wait for its reply before the connection is dropped
 # (and remade): a Redis that hangs must turn into 503s, not hung requests.
 REPLY_TIMEOUT = 5.0
+# Seconds between sweeps of the due deadlines, and the most entries one sweep
+# takes from a partition (a full one is swept again at once).
+SWEEP_INTERVAL = 1.0
+SWEEP_BATCH = 128
 
 
 class RedisStore(Service):
@@ -58,9 +80,18 @@ class RedisStore(Service):
     listener: Listener | None = None
     kind = "redis"
 
-    def __init__(self, address: RedisAddress, prefix: str, reactor) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, address: RedisAddress, prefix: str, reactor,  # type: ignore[no-untyped-def]
+                 timeout: float) -> None:
         self._reactor = reactor
         self._prefix = prefix
+        self._timeout = timeout
+        partitions = [partition_keys(prefix, n) for n in range(PARTITIONS)]
+        self._sweep_keys = [deadlines for deadlines, _ in partitions] + [c for _, c in partitions]
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.clock = reactor
+        self._sweeping = False
+        self._online_users: int | None = None
+        self.offline_transitions = 0
         self._where = f"{address.host}:{address.port}"
         self._commands: RedisProtocol | None = None
         self._subscriber: RedisProtocol | None = None
@@ -72,7 +103,7 @@ class RedisStore(Service):
         self._pending: list[Deferred[None]] = []
         # The pings and gets of this reactor turn, each sent together at its end.
         self._writes: list[tuple[Ping, Deferred[None]]] = []
-        self._reads: list[tuple[list[str], Deferred[dict[str, Ping | None]]]] = []
+        self._reads: list[tuple[list[str], Deferred[dict[str, UserState | None]]]] = []
         self._closed = False
         # Links that have been connected once: a later ready is a reconnect.
         self._connected_once: set[str] = set()
@@ -93,6 +124,7 @@ class RedisStore(Service):
         super().startService()
         self._command_link.connect(self._reactor)
         self._subscriber_link.connect(self._reactor)
+        self._sweeper.start(SWEEP_INTERVAL, now=False)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -115,8 +147,21 @@ class RedisStore(Service):
             return fail(StoreUnavailable())
         return self._queue(self._writes, ping, self._write_batch)
 
-    def get(self, userids: Iterable[str]) -> Deferred[dict[str, Ping | None]]:
-        """The stored pings, read with every other ``get`` of this reactor turn.
+    def online_users(self) -> int | None:
+        """As the last sweep counted them (None before the first)."""
+        return self._online_users
+
+    def leave(self, userid: str, clientid: str) -> Deferred[None]:
+        if self._commands is None:
+            return fail(StoreUnavailable())
+        keys = user_keys(self._prefix, userid).for_deadline(self._prefix)
+        args = [deadline_member(userid, clientid), userid, clientid]
+        d = LEAVE.run(self._commands, keys, args)
+        d.addCallbacks(self._count_offline, self._store_failed)
+        return d.addCallback(lambda _: None)
+
+    def get(self, userids: Iterable[str]) -> Deferred[dict[str, UserState | None]]:
+        """The stored states, read with every other ``get`` of this reactor turn.
 
         A burst of streams opening (clients reconnecting after a restart)
         asks for thousands of users within a few turns; one script call per
@@ -140,8 +185,14 @@ class RedisStore(Service):
 
     def _write_batch(self) -> None:
         writes, self._writes = self._writes, []
-        keys = [self._key(ping.userid) for ping, _ in writes]
-        args = [value for ping, _ in writes for value in (ping.time, ping.status)]
+        keys: list[str] = []
+        args: list[object] = [self._timeout]
+        for ping, _ in writes:
+            user = user_keys(self._prefix, ping.userid)
+            deadlines, count = partition_keys(self._prefix, user.partition)
+            keys += (user.key, user.devices, user.online, deadlines, count)
+            args += (ping.time, ping.status, ping.clientid,
+                     deadline_member(ping.userid, ping.clientid), ping_message(ping))
         self._run(STORE_AND_PUBLISH, keys, args, writes, self._answer_writes)
 
     def _answer_writes(self, results: list, writes: list[tuple[Ping, Deferred[None]]]) -> None:
@@ -156,15 +207,18 @@ class RedisStore(Service):
         reads, self._reads = self._reads, []
         # Every user the turn's gets name, once each, in the order first named.
         users = list(dict.fromkeys(userid for wanted, _ in reads for userid in wanted))
-        keys = [self._key(userid) for userid in users]
+        keys = []
+        for userid in users:
+            user = user_keys(self._prefix, userid)
+            keys += (user.key, user.devices, user.online)
         self._run(READ_MANY, keys, [], reads, partial(self._answer_reads, users))
 
     def _answer_reads(
         self, users: list[str], rows: list, reads: list[tuple[list[str], Deferred]]
     ) -> None:
-        pings = {userid: from_fields(userid, row) for userid, row in zip(users, rows)}
+        states = {userid: from_row(userid, row) for userid, row in zip(users, rows)}
         for wanted, d in reads:
-            d.callback({userid: pings[userid] for userid in wanted})
+            d.callback({userid: states[userid] for userid in wanted})
 
     def _run(self, script: Script, keys: list[str], args: list[object],
              waiting: list[tuple[Any, Deferred[Any]]],
@@ -175,11 +229,62 @@ class RedisStore(Service):
         batch.addCallbacks(answer, self._fail_batch, (waiting,), None, (waiting,))
 
     def _fail_batch(self, failure: Failure, waiting: list[tuple[Any, Deferred[Any]]]) -> None:
+        self._store_failed(failure)
+        for _, d in waiting:
+            d.errback(StoreUnavailable())
+
+    def _store_failed(self, failure: Failure) -> Failure:
         # A lost connection was logged as it went; anything else is logged here.
         if not failure.check(StoreUnavailable, RedisConnectionError):
             log.failure("redis command failed", failure)
-        for _, d in waiting:
-            d.errback(StoreUnavailable())
+        return Failure(StoreUnavailable())
+
+    # Presence deadlines.
+
+    def _sweep(self) -> None:
+        """Take offline every device whose deadline has passed, with the other instances.
+
+        Reading the due entries is one call; claiming them is another, where
+        an entry another instance claimed first (or a ping re-armed) is left
+        alone. Sweeps never overlap; a full batch is followed by another at once.
+        """
+        conn = self._commands
+        if conn is None or self._sweeping:
+            return
+        self._sweeping = True
+        d = DUE.run(conn, self._sweep_keys, [SWEEP_BATCH])
+        d.addCallback(self._claim_due, conn)
+        d.addErrback(self._store_failed)
+        d.addBoth(self._swept)
+
+    def _claim_due(self, found: list, conn: RedisProtocol) -> Deferred[bool] | bool:
+        self._online_users = max(0, int(found[0]))
+        entries = list(zip(found[1::2], found[2::2]))
+        keys: list[str] = []
+        args: list[str] = []
+        full = [0] * PARTITIONS
+        for partition, member in entries:
+            full[partition] += 1
+            device = from_member(member)
+            if device is None:  # not heartbeat's: claimed and dropped as it is
+                device = ("", "")
+            user = user_keys(self._prefix, device[0])
+            keys += (*partition_keys(self._prefix, partition), user.key, user.devices, user.online)
+            args += (member, *device)
+        again = any(count >= SWEEP_BATCH for count in full)
+        if not entries:
+            return False
+        d = EXPIRE_DUE.run(conn, keys, args)
+        return d.addCallback(self._count_offline).addCallback(lambda _: again)
+
+    def _count_offline(self, gone: int) -> int:
+        self.offline_transitions += int(gone)
+        return gone
+
+    def _swept(self, again: object) -> None:
+        self._sweeping = False
+        if again is True:
+            self._reactor.callLater(0, self._sweep)
 
     def subscribe(self, userid: str) -> Deferred[None]:
         self._wanted.add(userid)
@@ -200,6 +305,8 @@ class RedisStore(Service):
 
     def close(self) -> Deferred[None]:
         self._closed = True
+        if self._sweeper.running:
+            self._sweeper.stop()
         pending, self._pending = self._pending, []
         for d in pending:
             d.errback(StoreUnavailable())
@@ -289,10 +396,11 @@ class RedisStore(Service):
     def _message(self, channel: str, text: str) -> None:
         if not (isinstance(text, str) and channel.startswith(self._prefix)):
             return
-        ping = from_message(channel[len(self._prefix):], text)
-        if ping is not None and self.listener is not None:
+        changes = from_message(channel[len(self._prefix):], text)
+        if changes and self.listener is not None:
             try:
-                self.listener.deliver(ping)
+                for change in changes:
+                    self.listener.deliver(change)
             except Exception:
                 # An exception here would escape into the protocol and drop
                 # the subscriber connection for every stream of this process.

@@ -1,0 +1,94 @@
+"""Where a user's presence lives in Redis: key names, and the hash slots they share.
+
+The compat key ``REDIS_PREFIX + userid`` (a hash, ``time`` and ``status``)
+keeps the exact name Beep's services read, so it has no hash tag of ours:
+Redis Cluster puts it in the slot of CRC16 of the whole key (or of the tag
+it happens to contain). The user's other keys (devices, online devices)
+are named to land in that same slot: they start with a hash tag whose
+content is exactly what the compat key's slot is computed from —
+``{heartbeat:alice}:devices`` beside ``heartbeat:alice``. They start with
+``{``, so no user's compat key can be one of them (unless ``REDIS_PREFIX``
+itself starts with ``{``).
+
+One case has no such name: a compat key with no hash tag that contains
+``}`` (user ``a}b``), since a tag ends at the first ``}``. Such a user's
+other keys are ``{}``-prefixed (an empty tag: the whole key is hashed), so
+they work on one Redis but sit in other slots in a Cluster; the Cluster
+issue must refuse or accept those ids there.
+
+Deadlines are a sorted set split into :data:`PARTITIONS` partitions, each
+under its own tag so a Cluster spreads them; a device goes to partition
+``slot % PARTITIONS`` of its compat key's slot. A sweep's claim step
+touches one partition and the user's keys, which in a Cluster are in two
+slots: the Cluster issue must make partitions per slot (or per slot
+group on one node) so that step stays a single-slot script.
+"""
+
+from __future__ import annotations
+
+from binascii import crc_hqx
+from dataclasses import dataclass
+
+# Enough that no one sorted set is hot; few enough that a sweep reading
+# them all each second is one cheap call.
+PARTITIONS = 16
+CLUSTER_SLOTS = 16384
+
+
+def hash_tag(key: str) -> str | None:
+    """The part of ``key`` Redis Cluster hashes, if it has a (non-empty) tag."""
+    start = key.find("{")
+    if start < 0:
+        return None
+    end = key.find("}", start + 1)
+    if end <= start + 1:
+        return None
+    return key[start + 1:end]
+
+
+def slot(key: str) -> int:
+    """``key``'s Redis Cluster hash slot (CRC16-XMODEM, like ``CLUSTER KEYSLOT``)."""
+    tag = hash_tag(key)
+    return crc_hqx((key if tag is None else tag).encode("utf-8"), 0) % CLUSTER_SLOTS
+
+
+def _tagged_base(key: str) -> str:
+    """A start for the user's other keys that hashes like ``key`` (see above)."""
+    tag = hash_tag(key)
+    if tag is not None:
+        return "{" + tag + "}" + key
+    if "}" not in key:
+        return "{" + key + "}"
+    return "{}" + key
+
+
+@dataclass(frozen=True, slots=True)
+class UserKeys:
+    """One user's keys; ``key`` is also their pub/sub channel."""
+
+    key: str
+    devices: str
+    online: str
+    partition: int
+
+    def for_deadline(self, prefix: str) -> list[str]:
+        """The keys a deadline script needs for one of this user's devices:
+        its partition's, then the user's (see ``EXPIRE_DUE`` and ``LEAVE``)."""
+        deadlines, count = partition_keys(prefix, self.partition)
+        return [deadlines, count, self.key, self.devices, self.online]
+
+
+def user_keys(prefix: str, userid: str) -> UserKeys:
+    key = prefix + userid
+    base = _tagged_base(key)
+    return UserKeys(key, base + ":devices", base + ":online", slot(key) % PARTITIONS)
+
+
+def partition_keys(prefix: str, partition: int) -> tuple[str, str]:
+    """A deadline partition's sorted set and its online-users count.
+
+    Tagged, so a Cluster spreads partitions over slots; a user's keys all
+    end in ``:devices`` or ``:online``, so none of them is one of these.
+    """
+    deadlines = "{" + f"{prefix}deadlines:{partition}" + "}"
+    return deadlines, deadlines + ":count"
