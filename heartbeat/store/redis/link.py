@@ -178,16 +178,27 @@ class RedisLink(RedisFactory):
         stopped.addBoth(lambda _: None if self.disconnectCalled else self.connect())
 
     def addConnection(self, conn: RedisProtocol) -> None:
-        if not (self.route.follows_master and conn.connected):
-            self._usable(conn)
-            return
-        d = conn.role()
-        d.addCallbacks(self._role, lambda _: conn.transport.abortConnection(), (conn,))
+        """Hand ``conn`` out once the server has answered on it.
 
-    def _role(self, role: list, conn: RedisProtocol) -> None:
+        An open port is not a working server: a proxy may accept and never
+        forward, a Redis still loading answers ``-LOADING``. So the server
+        is asked first: ``ROLE`` when it must be the master, else ``PING``.
+        """
+        if not conn.connected:
+            super().addConnection(conn)  # gone already: txredisapi drops it
+            return
+        d = conn.role() if self.route.follows_master else conn.ping()
+        d.addCallbacks(self._answered, self._unready, (conn,), None, (conn,))
+
+    def _unready(self, failure: Failure, conn: RedisProtocol) -> None:
+        if conn.connected:
+            self.problem(f"{peer(conn)} is not ready: {failure.getErrorMessage()}")
+            conn.transport.abortConnection()
+
+    def _answered(self, reply: object, conn: RedisProtocol) -> None:
         # A subscriber connection hands on the last three items of a list
         # reply; a master's ROLE has exactly three, so its first is "master".
-        if role and role[0] == "master":
+        if not self.route.follows_master or (isinstance(reply, list) and reply[:1] == ["master"]):
             self._usable(conn)
             return
         where = peer(conn)
