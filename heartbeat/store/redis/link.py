@@ -29,8 +29,9 @@ from typing import Any, Protocol
 
 from OpenSSL.SSL import Error as TLSError
 from service_identity import VerificationError
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IReactorTime,
@@ -279,7 +280,10 @@ class _Reported:
         return d.addErrback(self._failed)
 
     def _failed(self, failure: Failure) -> Failure:
-        self._link.problem(f"cannot connect: {failure.getErrorMessage()} (check the REDIS setting)")
+        if not (self._link.disconnectCalled or failure.check(CancelledError)):
+            why = failure.value.osError if failure.check(ConnectError) and getattr(
+                failure.value, "osError", None) else failure.getErrorMessage()
+            self._link.problem(f"cannot connect: {why} (check the REDIS setting)")
         return failure
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from txredisapi import ConnectionError as RedisConnectionError
 from txredisapi import RedisProtocol
@@ -65,7 +65,10 @@ class SentinelRoute:
         self._sentinels = address.servers
         self._tls = address.tls
         self._trust = trust
+        # Where links connect now (None: ask the Sentinels), and the last
+        # master ever heard of, which a failover replaces.
         self._master: Server | None = None
+        self._known: Server | None = None
         self._links: list[RedisLink] = []
         self.failovers = 0
         self._watcher = RedisLink(
@@ -100,9 +103,8 @@ class SentinelRoute:
 
     async def master(self) -> Server:
         """The master's address: the last one known, else each Sentinel's answer in turn."""
-        if self._master is not None:
-            return self._master
-        self._master = await self._ask()
+        if self._master is None:
+            self._master = self._learn(await self._ask())
         return self._master
 
     async def _ask(self) -> Server:
@@ -120,7 +122,7 @@ class SentinelRoute:
 
     async def _ask_one(self, sentinel: Server) -> Any:
         endpoint = server_endpoint(self._reactor, sentinel, self._tls, self._trust)
-        conn = await connectProtocol(endpoint, RedisProtocol(replyTimeout=5.0, convertNumbers=False))
+        conn = await endpoint.connect(_OneQuestion())
         try:
             return await conn.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self._name)
         finally:
@@ -142,15 +144,32 @@ class SentinelRoute:
                      name=self._name, host=parts[3], port=parts[4])
             self._moved((parts[3], int(parts[4])))
 
+    def _learn(self, master: Server) -> Server:
+        """Count a master other than the last one known as a failover followed."""
+        old, self._known = self._known, master
+        if old is not None and old != master:
+            self.failovers += 1
+            log.warn("redis master {name} moved from {old} to {new}",
+                     name=self._name, old=_where(old), new=_where(master))
+        return master
+
     def _moved(self, master: Server) -> None:
-        old, self._master = self._master, master
+        old, self._master = self._master, self._learn(master)
         if old is None or old == master:
-            return  # nothing was connected to an old one
-        self.failovers += 1
-        log.warn("redis master {name} moved from {old} to {new}: reconnecting",
-                 name=self._name, old=_where(old), new=_where(master))
+            return  # the links connect to it on their next attempt anyway
         for link in self._links:
             link.reconnect_now()
+
+
+class _OneQuestion(Factory):
+    """The connection of one question to a Sentinel, not worth a log line."""
+
+    noisy = False
+
+    def buildProtocol(self, addr: Any) -> RedisProtocol:
+        conn = RedisProtocol(replyTimeout=5.0, convertNumbers=False)
+        conn.factory = self
+        return conn
 
 
 @implementer(IStreamClientEndpoint)
