@@ -31,7 +31,7 @@ from OpenSSL.SSL import Error as TLSError
 from service_identity import VerificationError
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.error import ConnectError
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IReactorTime,
@@ -98,7 +98,7 @@ class DirectRoute:
 
     # Nothing moves, so there is nothing to follow or to listen for.
     failovers = 0
-    watching: RedisLink | None = None
+    watchers: list[RedisLink] = []
 
     def follow(self, link: RedisLink) -> None:
         pass
@@ -177,6 +177,10 @@ class RedisLink(RedisFactory):
                 slot.protocol.transport.abortConnection()
         stopped = gatherResults([slot.stop() for slot in slots], consumeErrors=True)
         stopped.addBoth(lambda _: None if self.disconnectCalled else self.connect())
+
+    def on(self, where: str) -> bool:
+        """Whether the connection is up, to the server at ``where``."""
+        return any(peer(conn) == where for conn in self.pool)
 
     def addConnection(self, conn: RedisProtocol) -> None:
         """Hand ``conn`` out once the server has answered on it.
@@ -280,9 +284,9 @@ class _Reported:
         return d.addErrback(self._failed)
 
     def _failed(self, failure: Failure) -> Failure:
-        if not (self._link.disconnectCalled or failure.check(CancelledError)):
-            why = failure.value.osError if failure.check(ConnectError) and getattr(
-                failure.value, "osError", None) else failure.getErrorMessage()
+        # A cancelled attempt is the link's own doing: stopping, or moving.
+        if not failure.check(CancelledError, ConnectingCancelledError):
+            why = str(failure.value) or failure.getErrorMessage()
             self._link.problem(f"cannot connect: {why} (check the REDIS setting)")
         return failure
 

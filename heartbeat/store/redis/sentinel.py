@@ -8,17 +8,19 @@ every link of the store alike:
 - before each connection attempt the master is asked of the Sentinels, each
   in turn (``SENTINEL GET-MASTER-ADDR-BY-NAME``), and every link checks with
   ``ROLE`` that it reached a master (a replica sends it back to the Sentinels);
-- one subscriber connection to a Sentinel listens for ``+switch-master``;
-  when it names our master, every link is dropped and reconnected at once to
-  the promoted replica (the store then resubscribes and resyncs, and pings
-  get 503 until the command link is back).
+- a subscriber connection to each Sentinel listens for ``+switch-master``
+  (each, because only the Sentinel that led the failover announces it at
+  once; the others learn it up to seconds later); when it names our master,
+  every link is dropped and reconnected at once to the promoted replica (the
+  store then resubscribes and resyncs, and pings get 503 until the command
+  link is back).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -71,10 +73,13 @@ class SentinelRoute:
         self._known: Server | None = None
         self._links: list[RedisLink] = []
         self.failovers = 0
-        self._watcher = RedisLink(
-            _EachSentinel(self), RedisAddress("", 0, tls=address.tls),
-            self._watching, lambda _: None, on_message=self._announced, name="sentinel",
-        )
+        self.watchers = [
+            RedisLink(
+                _OneSentinel(self, sentinel), RedisAddress("", 0, tls=address.tls),
+                self._watching, lambda _: None, on_message=self._announced, name="sentinel",
+            )
+            for sentinel in self._sentinels
+        ]
 
     # The Route interface.
 
@@ -91,15 +96,12 @@ class SentinelRoute:
         self._links.append(link)
 
     def start(self) -> None:
-        self._watcher.connect()
+        for watcher in self.watchers:
+            watcher.connect()
 
     def stop(self) -> Deferred[None]:
-        return self._watcher.disconnect()
-
-    @property
-    def watching(self) -> RedisLink:
-        """The Sentinel subscriber connection (for its liveness count)."""
-        return self._watcher
+        stopped = gatherResults([watcher.disconnect() for watcher in self.watchers])
+        return stopped.addCallback(lambda _: None)
 
     async def master(self) -> Server:
         """The master's address: the last one known, else each Sentinel's answer in turn."""
@@ -142,7 +144,7 @@ class SentinelRoute:
         if len(parts) == 5 and parts[0] == self._name and parts[4].isdigit():
             log.info("redis sentinel: {name} switched to {host}:{port}",
                      name=self._name, host=parts[3], port=parts[4])
-            self._moved((parts[3], int(parts[4])))
+            self._moved((parts[3], int(parts[4])), announced=True)
 
     def _learn(self, master: Server) -> Server:
         """Count a master other than the last one known as a failover followed."""
@@ -153,12 +155,20 @@ class SentinelRoute:
                      name=self._name, old=_where(old), new=_where(master))
         return master
 
-    def _moved(self, master: Server) -> None:
+    def _moved(self, master: Server, announced: bool = False) -> None:
+        """Send every link to ``master`` now, unless it is there or on its way already.
+
+        An announced switch moves every link not on ``master``, even one that
+        is only waiting: it may have met the promoted replica a moment
+        before its promotion, been sent back, and be backing off.
+        """
         old, self._master = self._master, self._learn(master)
-        if old is None or old == master:
-            return  # the links connect to it on their next attempt anyway
+        where = _where(master)
         for link in self._links:
-            link.reconnect_now()
+            if link.on(where):
+                continue
+            if announced or (old is not None and old != master):
+                link.reconnect_now()
 
 
 class _OneQuestion(Factory):
@@ -195,20 +205,16 @@ class _MasterEndpoint:
             raise
 
 
-class _EachSentinel:
-    """The Sentinel watcher's route: the next Sentinel on every attempt."""
+class _OneSentinel:
+    """A Sentinel watcher's route: always its Sentinel."""
 
     follows_master = False
 
-    def __init__(self, route: SentinelRoute) -> None:
-        self._route = route
-        self._next = 0
+    def __init__(self, route: SentinelRoute, sentinel: Server) -> None:
+        self._endpoint = server_endpoint(route._reactor, sentinel, route._tls, route._trust)
 
     def endpoint(self) -> IStreamClientEndpoint:
-        route = self._route
-        sentinel = route._sentinels[self._next % len(route._sentinels)]
-        self._next += 1
-        return server_endpoint(route._reactor, sentinel, route._tls, route._trust)
+        return self._endpoint
 
     def replica_found(self, where: str) -> None:
         raise AssertionError("Sentinels have no role to check")

@@ -111,8 +111,11 @@ class RedisStore(Service):
     @property
     def liveness_failures(self) -> dict[str, int]:
         """Per connection: times it was dropped for not answering a PING."""
-        links = [self._command_link, self._subscriber_link, self._route.watching]
-        return {link.name: link.liveness_failures for link in links if link is not None}
+        links = [self._command_link, self._subscriber_link]
+        failures = {link.name: link.liveness_failures for link in links}
+        if self._route.watchers:  # Sentinel: its watchers, together
+            failures["sentinel"] = sum(link.liveness_failures for link in self._route.watchers)
+        return failures
 
     def startService(self) -> None:
         super().startService()
