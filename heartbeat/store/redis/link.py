@@ -147,7 +147,7 @@ class RedisLink(RedisFactory):
             convertNumbers=False,
         )
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor as clock
         self.clock: IReactorTime = clock  # type: ignore[assignment]
         self.protocol = _Subscriber if subscriber else _Commands
         self.route = route
@@ -171,7 +171,8 @@ class RedisLink(RedisFactory):
         For a master that moved: the old one is dead or a replica, and the
         backoff that the dead one built up must not delay reaching the new.
         """
-        slots, self.slots = self.slots, []
+        slots = list(self.slots)
+        del self.slots[:]
         for slot in slots:
             if slot.protocol is not None and slot.protocol.transport is not None:
                 slot.protocol.transport.abortConnection()

@@ -124,7 +124,7 @@ class SentinelRoute:
 
     async def _ask_one(self, sentinel: Server) -> Any:
         endpoint = server_endpoint(self._reactor, sentinel, self._tls, self._trust)
-        conn = await endpoint.connect(_OneQuestion())
+        conn: Any = await endpoint.connect(_OneQuestion())
         try:
             return await conn.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self._name)
         finally:

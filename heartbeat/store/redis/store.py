@@ -184,7 +184,8 @@ class RedisStore(Service):
         this connection's writes, so on any other it would count nothing.
         """
         d = maybeDeferred(conn.execute_command, "WAIT", self._wait_replicas, WAIT_TIMEOUT_MS)
-        d.addCallbacks(self._replicated, self._fail_batch, (results, writes), None, (writes,))
+        d.addCallbacks(self._replicated, self._fail_batch,
+                       callbackArgs=(results, writes), errbackArgs=(writes,))
 
     def _replicated(self, acknowledged: object, results: list,
                     writes: list[tuple[Ping, Deferred[None]]]) -> None:

@@ -9,14 +9,15 @@ private bundle, the usual setup of a self-hosted Redis.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from OpenSSL.crypto import Error as OpenSSLError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 
-# What trustRootFromCertificates makes: an TrustRoot, an interface
+# What trustRootFromCertificates makes: an IOpenSSLTrustRoot, an interface
 # Twisted keeps in a private module.
-TrustRoot = object
+TrustRoot = Any
 
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
