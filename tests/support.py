@@ -125,7 +125,8 @@ class Daemon:
         return self.log.read_text(errors="replace")
 
 
-_SETTINGS_ENV = {"LISTEN", "REDIS", "REDIS_PREFIX", "KEEPALIVE", "PRESENCE_TIMEOUT", "JWT_SECRET",
+_SETTINGS_ENV = {"LISTEN", "REDIS", "REDIS_PREFIX", "REDIS_CA_FILE", "REDIS_WAIT_REPLICAS",
+                 "KEEPALIVE", "PRESENCE_TIMEOUT", "JWT_SECRET",
                  "CORS_ORIGINS", "MAX_USERS_PER_STREAM", "BACKLOG", "WORKERS",
                  "MAX_STREAMS", "MAX_HEADER_BYTES", "MAX_USERID_LENGTH", "REQUEST_TIMEOUT",
                  "STREAM_BLOCKED_TIMEOUT", "LOG_FORMAT"}
@@ -135,11 +136,16 @@ class RedisServer:
     """A private redis-server on a free port, never the machine's own 6379."""
 
     def __init__(self, directory: Path, port: int | None = None,
-                 password: str | None = None) -> None:
+                 password: str | None = None, args: list[str] = (),
+                 cli_args: list[str] = ()) -> None:
         self.binary = need_binary("redis-server")
         self.port = port or free_port()
         self.directory = directory
         self.password = password
+        # ``args``: more redis-server options (TLS, ACL users, replicaof);
+        # ``cli_args``: what redis-cli then needs to reach it (--tls, --user).
+        self.args = list(args)
+        self.cli_args = list(cli_args)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -150,7 +156,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", str(self.directory),
-             *(["--requirepass", self.password] if self.password else [])],
+             *(["--requirepass", self.password] if self.password else []), *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
         )
@@ -166,7 +172,7 @@ class RedisServer:
         """One command via redis-cli, for checks from outside the daemon."""
         cli = need_binary("redis-cli")
         auth = ["--no-auth-warning", "-a", self.password] if self.password else []
-        return subprocess.run([cli, "-p", str(self.port), *auth, *args], check=True,
+        return subprocess.run([cli, "-p", str(self.port), *self.cli_args, *auth, *args], check=True,
                               capture_output=True).stdout
 
 

@@ -75,6 +75,17 @@ def test_listen_forms(value, expected):
     ("[::1]:6379", RedisAddress("::1", 6379)),
     ("redis://:s%40cret@10.0.0.1:6390/2", RedisAddress("10.0.0.1", 6390, "s@cret", 2)),
     ("redis://localhost", RedisAddress("localhost", 6379)),
+    ("redis://app:pa%3Ass@[::1]:6390", RedisAddress("::1", 6390, "pa:ss", 0, "app")),
+    ("rediss://app:pw@redis.example.com/1",
+     RedisAddress("redis.example.com", 6379, "pw", 1, "app", tls=True)),
+    ("redis+sentinel://s1:26380,s2,[::1]:26381/mymaster",
+     RedisAddress("s1", 26380, kind="sentinel", master="mymaster",
+                  servers=(("s1", 26380), ("s2", 26379), ("::1", 26381)))),
+    ("rediss+sentinel://u:p@s1:1/mymaster/4",
+     RedisAddress("s1", 1, "p", 4, "u", tls=True, kind="sentinel", master="mymaster",
+                  servers=(("s1", 1),))),
+    ("redis+cluster://n1:7000,n2:7001",
+     RedisAddress("n1", 7000, kind="cluster", servers=(("n1", 7000), ("n2", 7001)))),
 ])
 def test_redis_forms(value, expected):
     assert parse_redis(value) == expected
@@ -85,10 +96,32 @@ def test_redis_forms(value, expected):
     ("BACKLOG", "0"), ("BACKLOG", "x"), ("MAX_USERS_PER_STREAM", "1.5"),
     ("WORKERS", "0"), ("REDIS", "nohost"), ("REDIS", "host:99999"),
     ("REDIS", "http://x:1"), ("REDIS", "redis://h:1/db"), ("REDIS_PREFIX", ""),
+    ("REDIS", "redis+sentinel://h:1"), ("REDIS", "redis://a:1,b:2"),
+    ("REDIS", "redis://user@h:1"), ("REDIS", "redis://h:1/0/x"),
+    ("REDIS", "redis+sentinel://h:1/m/x"), ("REDIS", "redis+cluster://h:1/0"),
+    ("REDIS_WAIT_REPLICAS", "-1"), ("REDIS_WAIT_REPLICAS", "one"),
+    ("REDIS_CA_FILE", "/nonexistent/ca.pem"),
 ])
 def test_bad_values_name_the_setting(name, value):
     with pytest.raises(UsageError, match=f"^bad setting {name}"):
         settings(env={name: value})
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"REDIS": "redis+cluster://n1:7000"}, "^bad setting REDIS: Redis Cluster .* not supported yet"),
+    ({"REDIS": ":6379", "REDIS_CA_FILE": __file__}, "^bad setting REDIS_CA_FILE"),
+    ({"REDIS_WAIT_REPLICAS": "1"}, "^bad setting REDIS_WAIT_REPLICAS"),
+])
+def test_redis_settings_that_do_not_go_together(env, message):
+    with pytest.raises(UsageError, match=message):
+        settings(env=env)
+
+
+def test_a_ca_file_that_is_no_pem_bundle_is_a_bad_setting(tmp_path):
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("not a certificate\n")
+    with pytest.raises(UsageError, match="^bad setting REDIS_CA_FILE=.*no PEM certificate"):
+        settings(env={"REDIS": "rediss://h:1", "REDIS_CA_FILE": str(bundle)})
 
 
 def test_workers_need_redis():

@@ -30,6 +30,15 @@ def test_secrets_are_masked_and_everything_else_shown():
     assert shown["LOG_FORMAT"] == "text"
 
 
+@pytest.mark.parametrize("value, shown", [
+    ("rediss://app:pa55@redis.example.com:6390/1", "rediss://app:***@redis.example.com:6390/1"),
+    ("redis+sentinel://app:pa55@s1:26379,s2:26380/mymaster",
+     "redis+sentinel://app:***@s1:26379,s2:26380/mymaster/0"),
+])
+def test_every_redis_form_shows_without_its_password(value, shown):
+    assert masked(load_settings({}, environ={"REDIS": value}, dotenv={}))["REDIS"] == shown
+
+
 def test_unset_secrets_say_unset():
     shown = masked(load_settings({}, environ={"REDIS": ":6379"}, dotenv={}))
     assert shown["JWT_SECRET"] == "unset"

@@ -17,6 +17,7 @@ from dotenv import dotenv_values
 from twisted.python.usage import UsageError
 
 from heartbeat.store.redis.address import HOST_PORT, RedisAddress, parse_redis
+from heartbeat.store.redis.tls import load_trust_root
 from heartbeat.twisted_internals import endpoint_types
 
 
@@ -27,6 +28,8 @@ class Settings:
     listen: str
     redis: RedisAddress | None
     redis_prefix: str
+    redis_ca_file: str | None
+    redis_wait_replicas: int
     keepalive: float
     presence_timeout: float
     jwt_secret: str | None
@@ -66,6 +69,21 @@ def _header_bytes(value: str) -> int:
     if number < 1024:
         raise ValueError("must be at least 1024 bytes")
     return number
+
+
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be a whole number, 0 or more")
+    return number
+
+
+def _ca_file(value: str) -> str | None:
+    if not value:
+        return None
+    # Read now, so a missing or unreadable bundle stops start-up, not each connection.
+    load_trust_root(value)
+    return value
 
 
 def _optional(value: str) -> str | None:
@@ -128,8 +146,10 @@ class Setting:
 
 SETTINGS = (
     Setting("LISTEN", ":8080", str, "where to listen: :8080, host:port, [::1]:8080 or a Twisted endpoint string"),
-    Setting("REDIS", "", parse_redis, "host:port, :port or redis://[:password@]host:port/db; unset: in-process store"),
+    Setting("REDIS", "", parse_redis, "host:port, :port, redis[s]://[user:password@]host:port/db or redis[s]+sentinel://[user:password@]host:port[,host:port…]/master[/db]; unset: in-process store"),
     Setting("REDIS_PREFIX", "heartbeat:", _prefix, "prefix of Redis keys and channels"),
+    Setting("REDIS_CA_FILE", "", _ca_file, "PEM bundle of the CAs trusted for rediss:// (default: the system's)"),
+    Setting("REDIS_WAIT_REPLICAS", "0", _count, "replicas that must acknowledge a ping (WAIT) before it is answered 200"),
     Setting("PRESENCE_TIMEOUT", "60", _positive_float, "seconds of silence after which a device is offline"),
     Setting("KEEPALIVE", "25", _positive_float, "seconds between keep-alive comments on streams"),
     Setting("JWT_SECRET", "", _optional, "HS256 secret; set: built-in JWT auth instead of X-User-Claim"),
@@ -179,6 +199,16 @@ def load_settings(
 
 
 def _check_together(settings: Settings) -> None:
+    redis = settings.redis
+    if redis is not None and redis.kind == "cluster":
+        raise UsageError(
+            "bad setting REDIS: Redis Cluster (redis+cluster://) is not supported yet; "
+            "use redis:// or redis+sentinel://"
+        )
+    if settings.redis_ca_file is not None and not (redis is not None and redis.tls):
+        raise UsageError("bad setting REDIS_CA_FILE: it is only used with rediss:// in REDIS")
+    if settings.redis_wait_replicas and redis is None:
+        raise UsageError("bad setting REDIS_WAIT_REPLICAS: replicas need REDIS")
     if settings.workers > 1 and settings.redis is None:
         raise UsageError("bad setting WORKERS: more than 1 worker needs REDIS")
 

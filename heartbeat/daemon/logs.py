@@ -21,12 +21,6 @@ log = Logger()
 MASK = "***"
 
 
-def _redis_url(address: RedisAddress) -> str:
-    host = f"[{address.host}]" if ":" in address.host else address.host
-    auth = f":{MASK}@" if address.password else ""
-    return f"redis://{auth}{host}:{address.port}/{address.db}"
-
-
 def masked(settings: Settings) -> dict[str, str]:
     """Each setting's effective value as text, the JWT secret and Redis password hidden."""
     values: dict[str, str] = {}
@@ -37,7 +31,7 @@ def masked(settings: Settings) -> dict[str, str]:
         elif setting.field == "jwt_secret":
             text = MASK
         elif isinstance(value, RedisAddress):
-            text = _redis_url(value)
+            text = value.describe(MASK)
         elif isinstance(value, tuple):
             text = ",".join(value)
         else:

@@ -79,6 +79,27 @@ class _LiveState:
         for link, count in self._store.reconnects.items():
             reconnects.add_metric([link], count)
         yield reconnects
+        yield from _redis_health(self._store)
+
+
+def _redis_health(store: Store) -> Iterator[Metric]:
+    """What only the Redis store counts: failovers followed, connections found dead."""
+    failovers = getattr(store, "failovers", None)
+    if failovers is None:
+        return
+    yield CounterMetricFamily(
+        "heartbeat_store_failovers",
+        "Times the Redis master moved (Sentinel) and this instance followed it",
+        value=failovers,
+    )
+    liveness = CounterMetricFamily(
+        "heartbeat_store_liveness_failures",
+        "Times a Redis connection was dropped because it did not answer a PING in time",
+        labels=["link"],
+    )
+    for link, count in store.liveness_failures.items():  # type: ignore[attr-defined]
+        liveness.add_metric([link], count)
+    yield liveness
 
 
 class Metrics:

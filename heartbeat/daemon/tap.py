@@ -114,4 +114,5 @@ def _store(settings: Settings, reactor) -> Store:  # type: ignore[no-untyped-def
     # Imported only when used: txredisapi imports the global reactor.
     from heartbeat.store.redis.store import RedisStore
 
-    return RedisStore(settings.redis, settings.redis_prefix, reactor, settings.presence_timeout)
+    return RedisStore(settings.redis, settings.redis_prefix, reactor, settings.presence_timeout,
+                      settings.redis_ca_file, settings.redis_wait_replicas)

@@ -43,7 +43,7 @@ from heartbeat.core.presence import Ping, UserState
 from heartbeat.store.interface import StoreUnavailable
 from heartbeat.store.redis.address import RedisAddress
 from heartbeat.store.redis.keys import PARTITIONS, partition_keys, user_keys
-from heartbeat.store.redis.link import RedisLink
+from heartbeat.store.redis.link import RedisLink, peer
 from heartbeat.store.redis.scripts import (
     DUE,
     EXPIRE_DUE,
@@ -57,6 +57,8 @@ from heartbeat.store.redis.scripts import (
     from_row,
     ping_message,
 )
+from heartbeat.store.redis.sentinel import route_for
+from heartbeat.store.redis.tls import load_trust_root
 
 log = Logger()
 
@@ -67,6 +69,9 @@ REPLY_TIMEOUT = 5.0
 # takes from a partition (a full one is swept again at once).
 SWEEP_INTERVAL = 1.0
 SWEEP_BATCH = 128
+# Milliseconds a batch's WAIT gives the replicas (REDIS_WAIT_REPLICAS) to
+# acknowledge it: well inside REPLY_TIMEOUT, which would drop the connection.
+WAIT_TIMEOUT_MS = 1000
 
 
 class RedisStore(Service):
@@ -81,7 +86,7 @@ class RedisStore(Service):
     kind = "redis"
 
     def __init__(self, address: RedisAddress, prefix: str, reactor,  # type: ignore[no-untyped-def]
-                 timeout: float) -> None:
+                 timeout: float, ca_file: str | None = None, wait_replicas: int = 0) -> None:
         self._reactor = reactor
         self._prefix = prefix
         self._timeout = timeout
@@ -92,7 +97,9 @@ class RedisStore(Service):
         self._sweeping = False
         self._online_users: int | None = None
         self.offline_transitions = 0
-        self._where = f"{address.host}:{address.port}"
+        self._where = address.describe()
+        self._wait_replicas = wait_replicas
+        self._replicas_short = False
         self._commands: RedisProtocol | None = None
         self._subscriber: RedisProtocol | None = None
         # True once the subscriber holds every wanted channel again.
@@ -108,20 +115,41 @@ class RedisStore(Service):
         # Links that have been connected once: a later ready is a reconnect.
         self._connected_once: set[str] = set()
         self.reconnects = {"commands": 0, "subscriber": 0}
+        # Direct, or the master Sentinel names; both links follow it.
+        self._route = route_for(reactor, address, load_trust_root(ca_file) if ca_file else None)
         self._command_link = RedisLink(
-            address, self._commands_ready, self._commands_lost, reply_timeout=REPLY_TIMEOUT
+            self._route, address, self._commands_ready, self._commands_lost,
+            reply_timeout=REPLY_TIMEOUT,
         )
         self._subscriber_link = RedisLink(
-            address, self._subscriber_ready, self._subscriber_lost, on_message=self._message
+            self._route, address, self._subscriber_ready, self._subscriber_lost,
+            on_message=self._message, reply_timeout=REPLY_TIMEOUT, name="subscriber",
         )
+        self._route.follow(self._command_link)
+        self._route.follow(self._subscriber_link)
 
     @property
     def available(self) -> bool:
         """Both links up: pings are stored and every wanted channel is heard."""
         return self._commands is not None and self._resubscribed
 
+    @property
+    def failovers(self) -> int:
+        """Times the master moved (Sentinel) and both links followed it."""
+        return self._route.failovers
+
+    @property
+    def liveness_failures(self) -> dict[str, int]:
+        """Per connection: times it was dropped for not answering a PING."""
+        links = [self._command_link, self._subscriber_link]
+        failures = {link.name: link.liveness_failures for link in links}
+        if self._route.watchers:  # Sentinel: its watchers, together
+            failures["sentinel"] = sum(link.liveness_failures for link in self._route.watchers)
+        return failures
+
     def startService(self) -> None:
         super().startService()
+        self._route.start()
         self._command_link.connect(self._reactor)
         self._subscriber_link.connect(self._reactor)
         self._sweeper.start(SWEEP_INTERVAL, now=False)
@@ -193,7 +221,37 @@ class RedisStore(Service):
             keys += (user.key, user.devices, user.online, deadlines, count)
             args += (ping.time, ping.status, ping.clientid,
                      deadline_member(ping.userid, ping.clientid), ping_message(ping))
-        self._run(STORE_AND_PUBLISH, keys, args, writes, self._answer_writes)
+        answer = self._answer_writes
+        if self._wait_replicas:
+            answer = partial(self._wait_then_answer, self._commands)
+        self._run(STORE_AND_PUBLISH, keys, args, writes, answer)
+
+    def _wait_then_answer(self, conn: RedisProtocol, results: list,
+                          writes: list[tuple[Ping, Deferred[None]]]) -> None:
+        """Answer the batch once ``REDIS_WAIT_REPLICAS`` replicas acknowledged it.
+
+        On the connection that wrote it: WAIT counts the replicas holding
+        this connection's writes, so on any other it would count nothing.
+        """
+        d = maybeDeferred(conn.execute_command, "WAIT", self._wait_replicas, WAIT_TIMEOUT_MS)
+        d.addCallbacks(self._replicated, self._fail_batch,
+                       callbackArgs=(results, writes), errbackArgs=(writes,))
+
+    def _replicated(self, acknowledged: object, results: list,
+                    writes: list[tuple[Ping, Deferred[None]]]) -> None:
+        short = not (isinstance(acknowledged, (int, str)) and int(acknowledged) >= self._wait_replicas)
+        if short != self._replicas_short:
+            self._replicas_short = short
+            if short:
+                log.warn("redis: {acknowledged} of {wanted} replicas acknowledged (REDIS_WAIT_REPLICAS):"
+                         " pings get 503", acknowledged=acknowledged, wanted=self._wait_replicas)
+            else:
+                log.info("redis: replicas acknowledge pings again")
+        if short:
+            for _, d in writes:
+                d.errback(StoreUnavailable())
+        else:
+            self._answer_writes(results, writes)
 
     def _answer_writes(self, results: list, writes: list[tuple[Ping, Deferred[None]]]) -> None:
         for result, (ping, d) in zip(results, writes):
@@ -201,6 +259,7 @@ class RedisStore(Service):
                 d.callback(None)
             else:  # e.g. WRONGTYPE: the user's key holds something else
                 log.error("redis refused to store {ping}: {error}", ping=ping, error=result)
+                self._check_replica(result)
                 d.errback(StoreUnavailable())
 
     def _read_batch(self) -> None:
@@ -237,6 +296,7 @@ class RedisStore(Service):
         # A lost connection was logged as it went; anything else is logged here.
         if not failure.check(StoreUnavailable, RedisConnectionError):
             log.failure("redis command failed", failure)
+            self._check_replica(failure.value)
         return Failure(StoreUnavailable())
 
     # Presence deadlines.
@@ -286,6 +346,13 @@ class RedisStore(Service):
         if again is True:
             self._reactor.callLater(0, self._sweep)
 
+    def _check_replica(self, error: object) -> None:
+        """A write refused as READONLY: the command link is on a replica, so it moves."""
+        conn = self._commands
+        if conn is not None and self._route.follows_master and "READONLY" in str(error):
+            self._route.replica_found(peer(conn))
+            self._command_link.reconnect_now()
+
     def subscribe(self, userid: str) -> Deferred[None]:
         self._wanted.add(userid)
         conn = self._subscriber
@@ -311,7 +378,8 @@ class RedisStore(Service):
         for d in pending:
             d.errback(StoreUnavailable())
         links = (self._command_link, self._subscriber_link)
-        return gatherResults([link.disconnect() for link in links]).addCallback(lambda _: None)
+        stopping = [link.disconnect() for link in links] + [self._route.stop()]
+        return gatherResults(stopping).addCallback(lambda _: None)
 
     # Failures.
 
@@ -333,7 +401,7 @@ class RedisStore(Service):
     def _commands_ready(self, conn: RedisProtocol) -> None:
         self._commands = conn
         self._count_connect("commands")
-        log.info("redis commands connected to {where}", where=self._where)
+        log.info("redis commands connected to {where}", where=peer(conn))
         self._resync()
 
     def _commands_lost(self, conn: RedisProtocol) -> None:
@@ -346,7 +414,7 @@ class RedisStore(Service):
         self._count_connect("subscriber")
         log.info(
             "redis subscriber connected to {where}, subscribing to {count} channels",
-            where=self._where, count=len(self._wanted),
+            where=peer(conn), count=len(self._wanted),
         )
         d = gatherResults(
             [
