@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from heartbeat.core.errors import Refused, TooLarge, Unavailable
 from heartbeat.core.hub import Hub
-from heartbeat.core.identity import Identity
+from heartbeat.core.identity import Identity, Reading
 from heartbeat.core.ping_body import MAX_BODY, parse_status
 from heartbeat.core.presence import Ping
 from heartbeat.core.sse import RETRY, STREAM_HEADERS
@@ -107,18 +107,16 @@ class HeartbeatApp:
     def subscribe_many(self, request: IRequest) -> Deferred[bytes]:
         return self.open_stream(request, self._many_users(request))
 
-    def _one_user(self, request: IRequest | Head, userid: str) -> tuple[str, ...]:
-        self.identity.authorize_read(request)
-        return self.identity.check_userids((userid,))
+    def _one_user(self, request: IRequest | Head, userid: str) -> Reading:
+        return self.identity.authorize_read(request, (userid,))
 
-    def _many_users(self, request: IRequest | Head) -> tuple[str, ...]:
-        """The ``?user=`` list of the multi-user routes, each id within limits."""
-        self.identity.authorize_read(request)
+    def _many_users(self, request: IRequest | Head) -> Reading:
+        """The ``?user=`` list of the multi-user routes, if the caller may read them."""
         userids = requested_users(request, self.settings.max_users_per_stream)
-        return self.identity.check_userids(userids)
+        return self.identity.authorize_read(request, userids)
 
-    def open_stream(self, request: IRequest, userids: tuple[str, ...]) -> Deferred[bytes]:
-        """Start an event stream of ``userids``: every streaming route ends here.
+    def open_stream(self, request: IRequest, reading: Reading) -> Deferred[bytes]:
+        """Start an event stream of ``reading``: every streaming route ends here.
 
         The open-stream limit is checked before any header is sent, so a
         refused client gets a plain 503 rather than a stream that ends.
@@ -130,11 +128,11 @@ class HeartbeatApp:
         if request.method == b"HEAD":  # what a GET would say, and no stream
             set_stream_headers(request)
             return succeed(b"")
-        stream = self._stream(userids, request)
+        stream = self._stream(reading.userids, request)
         set_stream_headers(request)
         request.write(RETRY)
         stream.take(request.channel.hand_over(), bool(request.chunked))
-        self.hub.attach(stream)
+        self._attach(stream, reading)
         return succeed(b"")
 
     def open_stream_now(self, head: Head, transport: ITransport) -> bool:
@@ -144,18 +142,22 @@ class HeartbeatApp:
         Refuses nothing itself: what the routes would refuse, or a stream
         over the limit, is left to them (False), and they answer it.
         """
-        userids = self._head_users(head)
-        if userids is None or self._streams_full():
+        reading = self._head_users(head)
+        if reading is None or self._streams_full():
             return False
-        stream = self._stream(userids, head)
+        stream = self._stream(reading.userids, head)
         origin = head.getHeader(b"Origin")
         response = stream_response(self.cors.headers(origin), int(self.clock.seconds()))
         eager_write(transport, response)
         stream.take(transport)
-        self.hub.attach(stream)
+        self._attach(stream, reading)
         return True
 
-    def _head_users(self, head: Head) -> tuple[str, ...] | None:
+    def _attach(self, stream: Stream, reading: Reading) -> None:
+        """Hand an open stream to the hub."""
+        self.hub.attach(stream)
+
+    def _head_users(self, head: Head) -> Reading | None:
         """Whom ``head`` asks to watch, if the routes would open its stream."""
         try:
             if head.path == b"/subscribe":
@@ -176,7 +178,7 @@ class HeartbeatApp:
 
     @app.route("/status", methods=["GET"])
     def status(self, request: IRequest) -> Deferred[bytes]:
-        userids = self._many_users(request)
+        userids = self._many_users(request).userids
         return self.store.get(userids).addCallback(_status_body, request)
 
     @app.route("/health", methods=["GET"])
