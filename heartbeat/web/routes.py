@@ -19,6 +19,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from heartbeat.core.errors import Refused, TooLarge, Unavailable
+from heartbeat.core.expiry import Expiry
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity, Reading
 from heartbeat.core.ping_body import MAX_BODY, parse_status
@@ -79,6 +80,7 @@ class HeartbeatApp:
         self.settings = settings
         self.metrics = metrics
         self.cors = CorsPolicy(settings.cors_origins)
+        self.expiry = Expiry(clock)
 
     def resource(self):  # type: ignore[no-untyped-def]
         routes = HotRoutes(self.app.resource(), self.ping, self.subscribe)
@@ -154,8 +156,10 @@ class HeartbeatApp:
         return True
 
     def _attach(self, stream: Stream, reading: Reading) -> None:
-        """Hand an open stream to the hub."""
+        """Hand an open stream to the hub, to end when its token expires."""
         self.hub.attach(stream)
+        if reading.expires is not None:
+            self.expiry.add(stream, reading.expires)
 
     def _head_users(self, head: Head) -> Reading | None:
         """Whom ``head`` asks to watch, if the routes would open its stream."""
