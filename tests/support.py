@@ -125,7 +125,7 @@ class Daemon:
         return self.log.read_text(errors="replace")
 
 
-_SETTINGS_ENV = {"LISTEN", "REDIS", "REDIS_PREFIX", "KEEPALIVE", "JWT_SECRET",
+_SETTINGS_ENV = {"LISTEN", "REDIS", "REDIS_PREFIX", "KEEPALIVE", "HIDDEN_STATUSES", "JWT_SECRET",
                  "CORS_ORIGINS", "MAX_USERS_PER_STREAM", "BACKLOG", "WORKERS",
                  "MAX_STREAMS", "MAX_HEADER_BYTES", "MAX_USERID_LENGTH", "REQUEST_TIMEOUT",
                  "STREAM_BLOCKED_TIMEOUT", "LOG_FORMAT"}

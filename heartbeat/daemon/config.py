@@ -16,6 +16,7 @@ from typing import Any
 from dotenv import dotenv_values
 from twisted.python.usage import UsageError
 
+from heartbeat.core.hidden import parse_hidden_statuses
 from heartbeat.store.redis.address import HOST_PORT, RedisAddress, parse_redis
 from heartbeat.twisted_internals import endpoint_types
 
@@ -28,6 +29,7 @@ class Settings:
     redis: RedisAddress | None
     redis_prefix: str
     keepalive: float
+    hidden_statuses: tuple[str, ...]
     jwt_secret: str | None
     cors_origins: tuple[str, ...]
     max_users_per_stream: int
@@ -130,6 +132,7 @@ SETTINGS = (
     Setting("REDIS", "", parse_redis, "host:port, :port or redis://[:password@]host:port/db; unset: in-process store"),
     Setting("REDIS_PREFIX", "heartbeat:", _prefix, "prefix of Redis keys and channels"),
     Setting("KEEPALIVE", "25", _positive_float, "seconds between keep-alive comments on streams"),
+    Setting("HIDDEN_STATUSES", "", parse_hidden_statuses, "comma-separated statuses that make a user look offline (Beep: 3)"),
     Setting("JWT_SECRET", "", _optional, "HS256 secret; set: built-in JWT auth instead of X-User-Claim"),
     Setting("CORS_ORIGINS", "", _origins, "comma-separated allowed origins, or *"),
     Setting("MAX_USERS_PER_STREAM", "256", _positive_int, "most users one stream or status request may name"),
