@@ -1,11 +1,23 @@
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support import Daemon, RedisServer
+
+
+@pytest.fixture(autouse=True)
+def _garbage_collection_as_it_was() -> Iterator[None]:
+    """Undo what ``makeService`` does to the process's collector (freeze, thresholds)."""
+    threshold = gc.get_threshold()
+    frozen = gc.get_freeze_count()
+    yield
+    if gc.get_freeze_count() != frozen or gc.get_threshold() != threshold:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import jwt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from heartbeat.core.identity import MAX_WATCH
 from tests.wire import Connection, Response, Wire, request_bytes, stored_pings
 
 SECRET = "a hostile-input test secret that is long enough for every HMAC hash"
@@ -199,6 +200,55 @@ def test_any_token_text(token):
     conn.send(request_bytes("POST", "/ping", {"Authorization": b"Bearer " + token}, b"1"))
     assert assert_answered(conn.response()).status in (400, 401)
     assert stored_pings(wire.store) == {}
+
+
+# ``watch`` claims as a broken or hostile issuer might sign them: any JSON,
+# lists of anything, and lists just past the limit.
+def _huge(n: int, member: str) -> list[str]:
+    return [member] * n
+
+
+watch_claims = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=10),
+    st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+    st.lists(st.sampled_from(["bob", "carol", "alice", ""]) | st.text(max_size=5), max_size=8),
+    st.lists(st.none() | st.integers() | st.booleans() | st.text(max_size=5)
+             | st.lists(st.text(max_size=3), max_size=2), min_size=1, max_size=6),
+    st.builds(_huge, st.integers(MAX_WATCH - 2, MAX_WATCH + 50), st.sampled_from(["bob", "x"])),
+)
+
+
+def _valid_watch(watch: object) -> bool:
+    return (isinstance(watch, list) and len(watch) <= MAX_WATCH
+            and all(isinstance(member, str) for member in watch))
+
+
+@settings(EXAMPLES, max_examples=400)
+@given(watch=watch_claims,
+       asked=st.lists(st.sampled_from(["bob", "carol", "alice", "x"]), min_size=1, max_size=4),
+       route=st.sampled_from(["/subscribe/{0}", "/subscribe/{0}/client/c", "/subscribe?{all}",
+                              "/status?{all}", "/ping"]),
+       where=st.sampled_from(["header", "query"]))
+def test_any_watch_claim(watch, asked, route, where):
+    """A bad ``watch`` is a 401 on every route, never a 5xx; a good one scopes reads."""
+    wire = Wire({"JWT_SECRET": SECRET, "MAX_HEADER_BYTES": str(1 << 20)})
+    token = jwt.encode({"userid": "alice", "watch": watch}, SECRET, algorithm="HS256")
+    path = route.format(asked[0], all="&".join(f"user={u}" for u in asked))
+    headers = {"Authorization": f"Bearer {token}"} if where == "header" else {}
+    if where == "query":
+        path += ("&" if "?" in path else "?") + f"token={token}"
+    method, body = ("POST", b"0") if route == "/ping" else ("GET", b"")
+    response = assert_answered(wire.request(method, path, headers, body))
+    if not _valid_watch(watch):
+        assert response.status == 401, response
+    elif route == "/ping":
+        assert response.status == 200
+    else:
+        named = asked if "{all}" in route else asked[:1]
+        allowed = set(named) <= set(watch) | {"alice"}
+        assert response.status == (200 if allowed else 403), response
+    if response.status != 200:
+        assert stored_pings(wire.store) == {} and wire.hub.streams == set()
 
 
 def wire_ping(userid: str):

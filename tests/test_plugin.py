@@ -34,15 +34,11 @@ def test_make_service_builds_the_tree_without_listening():
 
 
 def test_make_service_takes_start_up_objects_out_of_garbage_collection():
-    threshold = gc.get_threshold()
-    try:
-        gc.unfreeze()
-        makeService(Options(), MemoryReactorClock())
-        assert gc.get_freeze_count() > 10_000
-        assert gc.get_threshold()[0] >= 10_000
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*threshold)
+    gc.unfreeze()
+    makeService(Options(), MemoryReactorClock())
+    # conftest's autouse fixture undoes both after the test.
+    assert gc.get_freeze_count() > 10_000
+    assert gc.get_threshold()[0] >= 10_000
 
 
 def test_tac_file_runs_the_same_service(tmp_path):

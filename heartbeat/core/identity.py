@@ -6,8 +6,13 @@ reachable through that proxy. With ``JWT_SECRET`` set, heartbeat checks an
 HS256 token itself and ignores ``X-User-Claim``, and reading presence
 (subscribe, status) needs a valid token too.
 
+A token may narrow what it reads (SPEC §1, "Who may watch whom"): its
+``watch`` claim lists the users it may read besides its own, and its ``exp``
+ends the streams it opened. Both are read once per request, so the fan-out
+path never looks at them.
+
 Routes call one :class:`Identity`: ``ping_user`` for the pinging user,
-``authorize_read`` before streaming or reading anyone's presence, and
+``authorize_read`` with the users a subscribe or status request names, and
 ``check_userid`` on every user id a client names.
 """
 
@@ -15,18 +20,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import jwt
 from twisted.logger import Logger
 
 from heartbeat.core.asking import Asking
-from heartbeat.core.errors import BadCredentials, BadInput
+from heartbeat.core.errors import BadCredentials, BadInput, NotAllowed
 
 CLAIM_HEADER = b"X-User-Claim"
 # The only algorithm accepted: pinning it is what stops ``alg: none`` and
 # algorithm-confusion tokens.
 JWT_ALGORITHMS = ["HS256"]
 _BEARER = b"bearer"
+# The longest ``watch`` list a token may carry. A contact list is far
+# shorter; a list beyond this is a broken or hostile issuer, and refusing it
+# bounds the set built per request. Forty times MAX_USERS_PER_STREAM's default.
+MAX_WATCH = 10_000
+# 9999-12-31T23:59:59Z: an ``exp`` later than this is as good as none, and
+# keeps a huge integer from overflowing the clock's float arithmetic.
+_FAR_FUTURE = 253_402_300_799
 
 log = Logger()
 
@@ -69,6 +82,60 @@ def bearer_token(request: Asking) -> bytes:
     return tokens[0]
 
 
+@dataclass(frozen=True, slots=True)
+class Token:
+    """What a valid token says: who it is, until when, and whom it may read.
+
+    ``watch`` is None when the token carries no ``watch`` claim (it reads
+    anyone, compat); ``exp`` is None when it never expires.
+    """
+
+    userid: str
+    exp: float | None = None
+    watch: frozenset[str] | None = None
+    # The device (``clientid`` claim); none is the device "".
+    clientid: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """A read the caller may make: the users (each checked), and when it must end.
+
+    ``expires`` is the token's ``exp``: a stream opened for this read is
+    ended then, so the client reconnects with whatever token it has now.
+    """
+
+    userids: tuple[str, ...]
+    expires: float | None = None
+
+
+def token_claims(claims: dict[str, object]) -> Token:
+    """The :class:`Token` of decoded, verified ``claims``, or a 401.
+
+    A ``watch`` that is not a list of at most ``MAX_WATCH`` strings spoils the
+    whole token: guessing what a broken issuer meant could widen what it reads.
+    """
+    userid = claims.get("userid")
+    if not isinstance(userid, str) or not userid:
+        raise BadCredentials("token needs a non-empty string userid claim")
+    clientid = claims.get("clientid")
+    if clientid is not None and not isinstance(clientid, str):
+        raise BadCredentials("token's clientid claim must be a string")
+    exp = None
+    if "exp" in claims:
+        # PyJWT has checked that int() takes it; it may still be a string.
+        exp = float(min(int(claims["exp"]), _FAR_FUTURE))  # type: ignore[call-overload]
+    watch = None
+    if "watch" in claims:
+        listed = claims["watch"]
+        if isinstance(listed, list) and len(listed) > MAX_WATCH:
+            raise BadCredentials(f"token's watch claim lists more than {MAX_WATCH} users")
+        if not isinstance(listed, list) or not all(isinstance(u, str) for u in listed):
+            raise BadCredentials("token's watch claim must be a list of user ids")
+        watch = frozenset(listed)
+    return Token(userid, exp, watch, clientid or "")
+
+
 class Identity:
     """The trust model of one process, with the user-id length limit."""
 
@@ -94,19 +161,35 @@ class Identity:
         """The user and device a ``POST /ping`` or ``/leave`` is for: 400/401
         when there is none. No ``clientid`` (or an empty one) is the device ``""``."""
         if self.uses_jwt:
-            userid, clientid = self._token_user(request)
+            token = self._token(request)
+            userid, clientid = token.userid, token.clientid
         else:
             userid, clientid = user_from_claim(request.getHeader(CLAIM_HEADER))
         return self.check_userid(userid), clientid
 
-    def authorize_read(self, request: Asking) -> None:
-        """401 unless the caller may read presence (any valid token in JWT mode).
+    def authorize_read(self, request: Asking, userids: Iterable[str]) -> Reading:
+        """The read of ``userids`` the caller may make: 401, 400, then 403.
 
-        Any authenticated user may watch any other: watching contacts is the
-        point of the service.
+        Without a token (the trusted-proxy mode) anyone may read anyone: the
+        proxy decides. A token without ``watch`` may read anyone too
+        (compat); with one, only those users and itself, and a request naming
+        anyone else is refused whole, saying how many but not whom.
         """
-        if self.uses_jwt:
-            self.check_userid(self._token_user(request)[0])
+        token = self._token(request) if self.uses_jwt else None
+        if token is not None:
+            self.check_userid(token.userid)
+        checked = self.check_userids(userids)
+        if token is None:
+            return Reading(checked)
+        if token.watch is not None:
+            refused = sum(
+                1 for userid in checked if userid != token.userid and userid not in token.watch
+            )
+            if refused:
+                raise NotAllowed(
+                    f"this token may not read {refused} of the {len(checked)} users asked for"
+                )
+        return Reading(checked, token.exp)
 
     def check_userid(self, userid: str) -> str:
         """``userid`` if it is a user id we accept, else a 400."""
@@ -119,7 +202,7 @@ class Identity:
     def check_userids(self, userids: Iterable[str]) -> tuple[str, ...]:
         return tuple(self.check_userid(userid) for userid in userids)
 
-    def _token_user(self, request: Asking) -> tuple[str, str]:
+    def _token(self, request: Asking) -> Token:
         token = bearer_token(request)
         try:
             claims = jwt.decode(token, self._secret, algorithms=JWT_ALGORITHMS)
@@ -127,10 +210,4 @@ class Identity:
             raise BadCredentials("token has expired") from None
         except jwt.PyJWTError:
             raise BadCredentials("token is not valid") from None
-        userid = claims.get("userid")
-        if not isinstance(userid, str) or not userid:
-            raise BadCredentials("token needs a non-empty string userid claim")
-        clientid = claims.get("clientid")
-        if clientid is not None and not isinstance(clientid, str):
-            raise BadCredentials("token's clientid claim must be a string")
-        return userid, clientid or ""
+        return token_claims(claims)

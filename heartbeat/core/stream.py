@@ -187,6 +187,19 @@ class Stream:
             self.transport.loseConnection()
         return self._gone
 
+    def expire(self) -> None:
+        """The token this stream was opened with has expired: end it now.
+
+        A client that reads gets the clean end (the last chunk), and
+        EventSource reconnects with the token it has now. One that is not
+        reading would never take that chunk, and a closing stream no longer
+        cuts off a blocked client, so its connection is dropped instead.
+        """
+        if self.held is None:
+            self.close()
+        else:
+            self.abort()
+
     def abort(self) -> None:
         """Shutdown's last resort for a client that stopped reading."""
         if self.transport is not None:

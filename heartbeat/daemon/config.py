@@ -16,6 +16,7 @@ from typing import Any
 from dotenv import dotenv_values
 from twisted.python.usage import UsageError
 
+from heartbeat.core.hidden import parse_hidden_statuses
 from heartbeat.store.redis.address import HOST_PORT, RedisAddress, parse_redis
 from heartbeat.store.redis.tls import load_trust_root
 from heartbeat.twisted_internals import endpoint_types
@@ -32,6 +33,7 @@ class Settings:
     redis_wait_replicas: int
     keepalive: float
     presence_timeout: float
+    hidden_statuses: tuple[str, ...]
     jwt_secret: str | None
     cors_origins: tuple[str, ...]
     max_users_per_stream: int
@@ -152,6 +154,7 @@ SETTINGS = (
     Setting("REDIS_WAIT_REPLICAS", "0", _count, "replicas that must acknowledge a ping (WAIT) before it is answered 200"),
     Setting("PRESENCE_TIMEOUT", "60", _positive_float, "seconds of silence after which a device is offline"),
     Setting("KEEPALIVE", "25", _positive_float, "seconds between keep-alive comments on streams"),
+    Setting("HIDDEN_STATUSES", "", parse_hidden_statuses, "comma-separated statuses that make a user look offline (Beep: 3)"),
     Setting("JWT_SECRET", "", _optional, "HS256 secret; set: built-in JWT auth instead of X-User-Claim"),
     Setting("CORS_ORIGINS", "", _origins, "comma-separated allowed origins, or *"),
     Setting("MAX_USERS_PER_STREAM", "256", _positive_int, "most users one stream or status request may name"),

@@ -70,10 +70,10 @@ def _settle_gc() -> None:
 
     Every connection allocates a few dozen objects, so a burst of them ran
     a young collection every few dozen connections and, now and then, a
-    full one through every module, class and function the daemon imported:
-    20 to 60 ms of the ~350 ms a 5,000-stream burst took (gc.callbacks).
+    full one through every module, class and function the daemon imported.
     Start-up's objects live as long as the process; frozen, no collection
-    walks them again.
+    walks them again. Process-wide: tests that call ``makeService`` get it
+    undone after them (``tests/conftest.py``).
     """
     gc.collect()
     gc.freeze()

@@ -19,8 +19,9 @@ from twisted.web.iweb import IRequest
 
 from heartbeat.core.asking import Asking
 from heartbeat.core.errors import BadInput, TooLarge, Unavailable
+from heartbeat.core.expiry import Expiry
 from heartbeat.core.hub import Hub
-from heartbeat.core.identity import Identity
+from heartbeat.core.identity import Identity, Reading
 from heartbeat.core.ping_body import MAX_BODY, parse_status
 from heartbeat.core.presence import Ping, UserState
 from heartbeat.core.stream import Stream
@@ -88,6 +89,7 @@ class Api:
         self.settings = settings
         self.meter = meter
         self.cors = CorsPolicy(settings.cors_origins)
+        self.expiry = Expiry(clock)
 
     def ping(self, request: Asking, body: bytes, too_large: bool = False) -> Deferred[None]:
         """Store the caller's ping; fails with a domain error when refused."""
@@ -102,18 +104,22 @@ class Api:
         userid, clientid = self.identity.ping_user(request)
         return self.store.leave(userid, clientid)
 
-    def one_user(self, request: Asking, userid: str) -> tuple[str, ...]:
+    def one_user(self, request: Asking, userid: str) -> Reading:
         """The user of a ``/subscribe/<userid>`` route, if the caller may read it."""
-        self.identity.authorize_read(request)
-        return self.identity.check_userids((userid,))
+        return self.identity.authorize_read(request, (userid,))
 
-    def many_users(self, request: Asking) -> tuple[str, ...]:
+    def many_users(self, request: Asking) -> Reading:
         """The ``?user=`` list of the multi-user routes, if the caller may read them."""
-        self.identity.authorize_read(request)
         userids = requested_users(request, self.settings.max_users_per_stream)
-        return self.identity.check_userids(userids)
+        return self.identity.authorize_read(request, userids)
 
-    def new_stream(self, userids: tuple[str, ...], request: Asking,
+    def attach(self, stream: Stream, reading: Reading) -> None:
+        """Hand an open stream to the hub, to end when its token expires."""
+        self.hub.attach(stream)
+        if reading.expires is not None:
+            self.expiry.add(stream, reading.expires)
+
+    def new_stream(self, reading: Reading, request: Asking,
                    clientid: str | None = None) -> Stream:
         """A stream of ``userids`` (of one device of theirs with ``clientid``),
         if there is room for one more (503 otherwise).
@@ -125,14 +131,14 @@ class Api:
         if len(self.hub.streams) >= limit:
             raise Unavailable(f"too many open streams (limit {limit}), retry later", 5)
         return Stream(
-            userids, self.clock, self.settings.stream_blocked_timeout,
+            reading.userids, self.clock, self.settings.stream_blocked_timeout,
             request.getHeader(b"Last-Event-ID"), clientid,
         )
 
     def status(self, request: Asking) -> Deferred[bytes]:
         """``{"a": {"time": …, "status": …, "online": …, "devices": {…}}, "b": null}``
         in the order asked."""
-        userids = self.many_users(request)
+        userids = self.many_users(request).userids
         return self.store.get(userids).addCallback(_status_body)
 
 

@@ -39,6 +39,7 @@ from zope.interface import implementer
 
 from heartbeat.core.deadlines import Deadlines
 from heartbeat.core.errors import Refused
+from heartbeat.core.identity import Reading
 from heartbeat.core.ping_body import MAX_BODY
 from heartbeat.core.sse import STREAM_HEADERS
 from heartbeat.core.stream import Stream
@@ -360,10 +361,10 @@ class HttpConnection:
             http, edge.second(), self._cors(request), self._connection(request),
             with_body=not request.is_head))
 
-    def _open_stream(self, request: ParsedRequest, userids: tuple[str, ...],
+    def _open_stream(self, request: ParsedRequest, reading: Reading,
                      clientid: str | None = None) -> None:
         edge = self.edge
-        stream = edge.api.new_stream(userids, request, clientid)
+        stream = edge.api.new_stream(reading, request, clientid)
         cors = self._cors(request)
         if request.is_head:  # what a GET would say, and no stream
             headers = [*cors, *STREAM_HEADERS]
@@ -380,7 +381,7 @@ class HttpConnection:
         edge.deadlines.disarm(self)
         edge.connections.discard(self)
         stream.take(transport, chunked)
-        edge.api.hub.attach(stream)
+        edge.api.attach(stream, reading)
 
     def _hand_over(self, request: ParsedRequest) -> None:
         """Let the Klein app answer ``request``; ``handed_done`` is called when it has."""

@@ -19,6 +19,7 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from heartbeat.core.errors import Refused
+from heartbeat.core.identity import Reading
 from heartbeat.core.ping_body import MAX_BODY
 from heartbeat.core.sse import RETRY, STREAM_HEADERS
 from heartbeat.web.api import Api
@@ -64,9 +65,9 @@ class HeartbeatApp:
     def subscribe_many(self, request: IRequest) -> Deferred[bytes]:
         return self._stream(request, self.api.many_users(request))
 
-    def _stream(self, request: IRequest, userids: tuple[str, ...],
+    def _stream(self, request: IRequest, reading: Reading,
                 clientid: str | None = None) -> Deferred[bytes]:
-        stream = self.api.new_stream(userids, request, clientid)
+        stream = self.api.new_stream(reading, request, clientid)
         set_stream_headers(request)
         if request.method == b"HEAD":  # what a GET would say, and no stream
             return succeed(b"")
@@ -75,7 +76,7 @@ class HeartbeatApp:
         # stream writes bare frames.
         stream.take(RequestTransport(request), chunked=False)
         request.notifyFinish().addBoth(stream.connectionLost)
-        self.api.hub.attach(stream)
+        self.api.attach(stream, reading)
         return Deferred()
 
     @app.route("/status", methods=["GET"])
