@@ -26,12 +26,19 @@ from __future__ import annotations
 
 import socket
 from collections import deque
+from typing import Protocol
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import IListeningPort, IProtocol, ITransport
 from twisted.logger import Logger
 
 log = Logger()
+
+
+class Writable(Protocol):
+    """Anything written to: a transport, or a stand-in for one."""
+
+    def write(self, data: bytes) -> None: ...
 
 # As many connections as a listen backlog can hold (Linux caps it at 4096 by default).
 ACCEPT_ALL = 4096
@@ -40,7 +47,7 @@ ACCEPT_ALL = 4096
 SERVED_BETWEEN_ACCEPTS = 16
 
 
-def eager_write(transport: ITransport, data: bytes) -> None:
+def eager_write(transport: Writable, data: bytes) -> None:
     """Write ``data`` on ``transport``, sending it now if nothing is ahead of it.
 
     Whatever the socket does not take, or any error, goes through the
@@ -130,7 +137,7 @@ class AcceptingPort(tcp.Port):
 
     def _accept_pending(self, accepted: deque[tuple[IProtocol, tcp.Server]], budget: int) -> int:
         """Accept up to ``budget`` waiting connections into ``accepted``; how many."""
-        accept = self.socket._accept  # type: ignore[attr-defined]
+        accept = self.socket._accept  # type: ignore[union-attr]
         kind = int(self.socket.type)
         count = 0
         while count < budget:
@@ -144,7 +151,7 @@ class AcceptingPort(tcp.Port):
                 break
             skt = socket.socket(socket.AF_INET, kind, 0, fd)
             try:
-                protocol = self.factory.buildProtocol(self._buildAddr(address))
+                protocol = self.factory.buildProtocol(self._buildAddr(address))  # type: ignore[union-attr]
                 if protocol is None:
                     skt.close()
                     continue

@@ -12,7 +12,9 @@ from typing import Protocol
 class Asking(Protocol):
     """A request as core sees it."""
 
-    args: dict[bytes, list[bytes]]
+    @property
+    def args(self) -> dict[bytes, list[bytes]]:
+        """The query's arguments, each name's values in order."""
 
     def getHeader(self, name: bytes) -> bytes | None:
         """The last value of header ``name`` (any case), or None."""

@@ -27,7 +27,7 @@ class Listener(Protocol):
     def bus_lost(self) -> None:
         """The bus is down: pings may go unheard until ``resync``."""
 
-    def resync(self) -> None:
+    def resync(self) -> object:
         """The bus was down: pings may have been missed, re-read stored state."""
 
 

@@ -115,7 +115,7 @@ class Hub:
         interest.loading = True
         self._store.get((userid,)).addCallbacks(
             self._loaded, self._load_failed,
-            (userid, interest, interest.deliveries), None, (interest,),
+            (userid, interest, interest.deliveries), {}, (interest,),
         )
 
     def _loaded(
@@ -175,14 +175,14 @@ class Hub:
         interest.deliveries += 1
         if change.clientid is None:
             interest.user = change
-            streams = interest.streams
+            watching: set[Stream] | None = interest.streams
         else:
             interest.devices[change.clientid] = change
-            streams = interest.device_streams.get(change.clientid)
-        if not streams:
+            watching = interest.device_streams.get(change.clientid)
+        if not watching:
             return
         event = Event(change)
-        streams = tuple(streams)
+        streams = tuple(watching)
         self.delivered += len(streams)
         for stream in streams:
             stream.send(event)
@@ -199,9 +199,8 @@ class Hub:
             return succeed(None)
         deliveries = {userid: i.deliveries for userid, i in self._interest.items()}
         d = self._store.get(list(self._interest))
-        d.addCallback(self._send_changed, deliveries)
-        d.addErrback(self._stored_failed)
-        return d
+        sent = d.addCallback(self._send_changed, deliveries)
+        return sent.addErrback(self._stored_failed)
 
     def _send_changed(
         self, states: dict[str, UserState | None], deliveries: dict[str, int]
@@ -235,7 +234,8 @@ class Hub:
 
     def close_all(self) -> Deferred[object]:
         """End every open stream cleanly, as at shutdown; fires when all are gone."""
-        return DeferredList([stream.close() for stream in tuple(self.streams)])
+        closing = DeferredList([stream.close() for stream in tuple(self.streams)])
+        return closing.addCallback(lambda _: None)
 
 
 def _subscribe_failed(failure: Failure) -> None:

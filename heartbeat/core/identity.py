@@ -205,7 +205,7 @@ class Identity:
     def _token(self, request: Asking) -> Token:
         token = bearer_token(request)
         try:
-            claims = jwt.decode(token, self._secret, algorithms=JWT_ALGORITHMS)
+            claims = jwt.decode(token, self._secret or "", algorithms=JWT_ALGORITHMS)
         except jwt.ExpiredSignatureError:
             raise BadCredentials("token has expired") from None
         except jwt.PyJWTError:

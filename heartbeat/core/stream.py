@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -15,6 +15,17 @@ from heartbeat.core.sse import KEEPALIVE, KEEPALIVE_CHUNK, Event, event_id
 from heartbeat.twisted_internals import eager_write
 
 log = Logger()
+
+
+class StreamTransport(Protocol):
+    """What a stream writes to: a connection's transport (TCP, TLS), or a
+    twisted.web request's body (:class:`heartbeat.web.routes.RequestTransport`)."""
+
+    def write(self, data: bytes) -> None: ...
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
+    def loseConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
 
 
 class Ends(Protocol):
@@ -67,7 +78,7 @@ class Stream:
         self.closed = False
         # None while the client reads; while paused, the newest event per user.
         self.held: dict[str, Event] | None = None
-        self.transport: ITransport | None = None
+        self.transport: StreamTransport | None = None
         self.chunked = False
         self.ends: Ends | None = None
         self._clock = clock
@@ -77,7 +88,7 @@ class Stream:
         self._gone: Deferred[None] | None = None
         self._lost = False
 
-    def take(self, transport: ITransport, chunked: bool = True) -> None:
+    def take(self, transport: StreamTransport, chunked: bool = True) -> None:
         """Write to ``transport`` from now on, as its producer; the headers are sent.
 
         ``chunked``: frame each write as an HTTP/1.1 chunk (the events carry
@@ -113,8 +124,9 @@ class Stream:
 
     def _write(self, frame: bytes, chunk: bytes) -> None:
         """The chunk framing is the event's own, built once for all subscribers."""
-        if not self.closed:
-            eager_write(self.transport, chunk if self.chunked else frame)
+        transport = self.transport
+        if transport is not None and not self.closed:
+            eager_write(transport, chunk if self.chunked else frame)
 
     # Told by the connection's protocol.
 
@@ -158,7 +170,8 @@ class Stream:
         log.info("closing a stream blocked for {seconds}s", seconds=self._blocked_timeout)
         self.closed = True
         self.held = {}
-        self.transport.abortConnection()
+        if self.transport is not None:
+            self.transport.abortConnection()
 
     def _cancel_blocked(self) -> None:
         if self._blocked is not None:
@@ -176,15 +189,16 @@ class Stream:
             self._gone = Deferred()
             if self.transport is None or self._lost:
                 self._gone.callback(None)
-        if not self.closed:
+        transport = self.transport
+        if not self.closed and transport is not None:
             self.closed = True
             self._cancel_blocked()
             if self.ends is not None:
                 self.ends.detach(self)
-            self.transport.unregisterProducer()
+            transport.unregisterProducer()
             if self.chunked:
-                eager_write(self.transport, b"0\r\n\r\n")
-            self.transport.loseConnection()
+                eager_write(transport, b"0\r\n\r\n")
+            transport.loseConnection()
         return self._gone
 
     def expire(self) -> None:

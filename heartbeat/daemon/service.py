@@ -11,7 +11,6 @@ from twisted.internet.defer import (
     DeferredList,
     ensureDeferred,
     gatherResults,
-    maybeDeferred,
     succeed,
 )
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
@@ -101,7 +100,8 @@ class Listener(Service):
         super().stopService()
         if self._port is None:
             return succeed(None)
-        return maybeDeferred(self._port.stopListening)
+        stopped = self._port.stopListening()
+        return stopped if isinstance(stopped, Deferred) else succeed(None)
 
 
 class HeartbeatService(MultiService):
@@ -151,12 +151,13 @@ class HeartbeatService(MultiService):
 
     def startService(self) -> None:
         super().startService()
-        self._ready = gatherResults(
-            [self.listener.when_listening(), systemd.store_ready(self.store, self.clock)],
-            consumeErrors=True,
-        )
-        self._ready.addCallback(self._serving)
-        self._ready.addErrback(lambda _: None)
+        waits: list[Deferred[Any]] = [
+            self.listener.when_listening(), systemd.store_ready(self.store, self.clock),
+        ]
+        ready: Deferred[Any] = gatherResults(waits, consumeErrors=True)
+        ready.addCallback(self._serving)
+        ready.addErrback(lambda _: None)
+        self._ready = ready
 
     def when_listening(self) -> Deferred[IListeningPort]:
         """Fires with the listening port once there is one."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import gc
+from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.interfaces import IReactorCore, IStreamServerEndpoint
 from twisted.python.usage import Options as _Options
 from twisted.python.usage import UsageError
 from twisted.web.server import Site
@@ -38,7 +39,7 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
-        reactor = default_reactor  # type: ignore[assignment]
+        reactor = default_reactor
     sockets = None
     try:
         settings = load_settings(config)
@@ -48,7 +49,9 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
             description = listen_endpoint(settings.listen, settings.backlog)
             sockets = reuseport_sockets(description, settings.workers)
         if sockets:
-            endpoint = AdoptedStreamServerEndpoint(reactor, sockets[0].fileno(), sockets[0].family)
+            endpoint: IStreamServerEndpoint = AdoptedStreamServerEndpoint(
+                reactor, sockets[0].fileno(), sockets[0].family
+            )
         else:
             endpoint = _endpoint(reactor, settings)
     except UsageError as e:
@@ -80,7 +83,7 @@ def _settle_gc() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
-def _endpoint(reactor, settings: Settings):  # type: ignore[no-untyped-def]
+def _endpoint(reactor: Any, settings: Settings) -> IStreamServerEndpoint:
     description = listen_endpoint(settings.listen, settings.backlog)
     try:
         return serverFromString(reactor, description)
@@ -88,7 +91,7 @@ def _endpoint(reactor, settings: Settings):  # type: ignore[no-untyped-def]
         raise UsageError(f"bad setting LISTEN={settings.listen!r}: {e}") from None
 
 
-def build_service(settings: Settings, reactor, endpoint) -> HeartbeatService:  # type: ignore[no-untyped-def]
+def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatService:
     log_settings(settings)
     store = _store(settings, reactor)
     hub = Hub(store)
@@ -108,7 +111,7 @@ def build_service(settings: Settings, reactor, endpoint) -> HeartbeatService:  #
     return service
 
 
-def _store(settings: Settings, reactor) -> Store:  # type: ignore[no-untyped-def]
+def _store(settings: Settings, reactor: Any) -> Store:
     if settings.redis is None:
         return MemoryStore(reactor, settings.presence_timeout)
     # Imported only when used: txredisapi imports the global reactor.

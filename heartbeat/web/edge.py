@@ -332,7 +332,7 @@ class HttpConnection:
 
     def _ping(self, request: ParsedRequest) -> None:
         d = self.edge.api.ping(request, request.body, request.too_large)
-        d.addCallbacks(self._pinged, self._failed, (request,), None, (request,))
+        d.addCallbacks(self._pinged, self._failed, (request,), {}, (request,))
 
     def _pinged(self, _: object, request: ParsedRequest) -> None:
         edge = self.edge
@@ -341,15 +341,16 @@ class HttpConnection:
 
     def _leave(self, request: ParsedRequest) -> None:
         d = self.edge.api.leave(request)
-        d.addCallbacks(lambda _: self._answer_empty(request), self._failed, None, None,
-                       (request,))
+        d.addCallbacks(lambda _: self._answer_empty(request), self._failed, (), {}, (request,))
 
     def _answer_empty(self, request: ParsedRequest) -> None:
         self._answer(request, responses.whole(
             200, self.edge.second(), self._cors(request), b"", self._connection(request)))
 
     def _failed(self, failure: Failure, request: ParsedRequest) -> None:
-        error = failure.value if failure.check(Refused, HttpError) else internal_error(failure)
+        error = failure.value
+        if not isinstance(error, (Refused, HttpError)):
+            error = internal_error(failure)
         self._answer_error(request, error)
 
     def _answer_error(self, request: ParsedRequest, error: Refused | HttpError) -> None:
@@ -502,7 +503,7 @@ class Edge(Factory):
         self.connections: set[HttpConnection] = set()
         self.deadlines: Deadlines[HttpConnection] = Deadlines(clock, HttpConnection.too_slow)
 
-    def buildProtocol(self, addr: object) -> HttpConnection:
+    def buildProtocol(self, addr: object) -> HttpConnection:  # type: ignore[override]
         return HttpConnection(self)
 
     def second(self) -> int:

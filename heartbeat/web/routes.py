@@ -65,7 +65,7 @@ class HeartbeatApp:
     def subscribe_many(self, request: IRequest) -> Deferred[bytes]:
         return self._stream(request, self.api.many_users(request))
 
-    def _stream(self, request: IRequest, reading: Reading,
+    def _stream(self, request: Any, reading: Reading,
                 clientid: str | None = None) -> Deferred[bytes]:
         stream = self.api.new_stream(reading, request, clientid)
         set_stream_headers(request)
@@ -95,7 +95,9 @@ class HeartbeatApp:
 
     @app.handle_errors(HttpError, Refused)
     def api_error(self, request: IRequest, failure: Failure) -> bytes:
-        return render_error(request, failure.value)
+        error = failure.value
+        assert isinstance(error, (HttpError, Refused))
+        return render_error(request, error)
 
     @app.handle_errors(NotFound)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:
@@ -103,7 +105,9 @@ class HeartbeatApp:
 
     @app.handle_errors(MethodNotAllowed)
     def wrong_method(self, request: IRequest, failure: Failure) -> bytes:
-        allowed = ", ".join(failure.value.valid_methods or ())
+        error = failure.value
+        assert isinstance(error, MethodNotAllowed)
+        allowed = ", ".join(error.valid_methods or ())
         return render_error(
             request,
             HttpError(405, "method not allowed", {b"Allow": allowed.encode()}),
@@ -112,6 +116,7 @@ class HeartbeatApp:
     @app.handle_errors(HTTPException)
     def other_http_error(self, request: IRequest, failure: Failure) -> bytes:
         error = failure.value
+        assert isinstance(error, HTTPException)
         return render_error(request, HttpError(error.code or 400, error.name.lower()))
 
     @app.handle_errors(Exception)
