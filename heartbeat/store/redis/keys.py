@@ -70,6 +70,8 @@ class UserKeys:
     devices: str
     online: str
     partition: int
+    # Redis Cluster only: the user's own device deadlines (see ``cluster_store``).
+    deadlines: str
 
     def for_deadline(self, prefix: str) -> list[str]:
         """The keys a deadline script needs for one of this user's devices:
@@ -81,14 +83,15 @@ class UserKeys:
 def user_keys(prefix: str, userid: str) -> UserKeys:
     key = prefix + userid
     base = _tagged_base(key)
-    return UserKeys(key, base + ":devices", base + ":online", slot(key) % PARTITIONS)
+    return UserKeys(key, base + ":devices", base + ":online", slot(key) % PARTITIONS,
+                    base + ":deadlines")
 
 
 def partition_keys(prefix: str, partition: int) -> tuple[str, str]:
     """A deadline partition's sorted set and its online-users count.
 
     Tagged, so a Cluster spreads partitions over slots; a user's keys all
-    end in ``:devices`` or ``:online``, so none of them is one of these.
+    end in ``:devices``, ``:online`` or ``:deadlines``, so none of them is one of these.
     """
     deadlines = "{" + f"{prefix}deadlines:{partition}" + "}"
     return deadlines, deadlines + ":count"
