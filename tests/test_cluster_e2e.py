@@ -1,0 +1,98 @@
+"""heartbeat on a real Redis Cluster: three masters, three replicas, started by the tests.
+
+One cluster serves the module (it takes seconds to build); each test uses
+its own users, so what one leaves behind does not matter to the next.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from itertools import count
+from pathlib import Path
+
+import pytest
+
+from heartbeat.store.redis.keys import slot
+from tests.redis_cluster import RedisCluster
+from tests.redis_ops import wait_until
+from tests.support import SSEClient, get, post_ping
+
+TIMEOUT = 2
+LATEST = TIMEOUT + 5
+_ids = count()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(Path(tmp_path_factory.mktemp("cluster"))).start()
+    yield cluster
+    cluster.stop()
+
+
+def users_on_every_master(cluster: RedisCluster, per_master: int = 2) -> list[str]:
+    """Fresh user ids, ``per_master`` of them in each master's slots."""
+    wanted: dict[str, list[str]] = {address: [] for address in cluster.masters()}
+    while any(len(users) < per_master for users in wanted.values()):
+        userid = f"user{next(_ids)}"
+        owner = cluster.owner(slot("heartbeat:" + userid)).address
+        if len(wanted[owner]) < per_master:
+            wanted[owner].append(userid)
+    return [userid for users in wanted.values() for userid in users]
+
+
+def shard_subscribers(cluster: RedisCluster, userid: str) -> int:
+    channel = "heartbeat:" + userid
+    reply = cluster.owner(slot(channel)).command("PUBSUB", "SHARDNUMSUB", channel)
+    return int(reply.split()[1])
+
+
+def ping(port: int, userid: str, status: str, clientid: str = "c1") -> int:
+    claim = {"X-User-Claim": json.dumps({"userid": userid, "clientid": clientid})}
+    return post_ping(port, status, None, headers=claim)[0]
+
+
+def cluster_daemons(start_daemon, cluster: RedisCluster, count: int = 2) -> list:
+    args = ["--redis", cluster.url, "--presence-timeout", str(TIMEOUT)]
+    return [start_daemon(args) for _ in range(count)]
+
+
+def test_pings_on_one_instance_reach_streams_on_another_on_every_master(cluster, start_daemon):
+    pinger, watcher = cluster_daemons(start_daemon, cluster)
+    users = users_on_every_master(cluster)
+    streams = {userid: SSEClient(watcher.port, f"/subscribe/{userid}") for userid in users}
+    for userid in users:
+        wait_until(lambda userid=userid: shard_subscribers(cluster, userid) == 1)
+    for userid in users:
+        assert ping(pinger.port, userid, f"s-{userid}") == 200
+    for userid, stream in streams.items():
+        event = stream.event()
+        assert (event["userid"], event["status"], event["online"]) == (userid, f"s-{userid}", True)
+    code, _, body = get(pinger.port, "/status?" + "&".join(f"user={u}" for u in users))
+    assert code == 200
+    states = json.loads(body)
+    assert [states[u]["status"] for u in users] == [f"s-{u}" for u in users]
+    assert all(states[u]["online"] and states[u]["devices"]["c1"]["online"] for u in users)
+    for stream in streams.values():
+        stream.close()
+
+
+def test_offline_events_come_once_from_every_instance_sweeping(cluster, start_daemon):
+    daemons = cluster_daemons(start_daemon, cluster)
+    users = users_on_every_master(cluster, 1)
+    streams = [(userid, SSEClient(d.port, f"/subscribe/{userid}")) for d in daemons for userid in users]
+    for userid in users:
+        wait_until(lambda userid=userid: shard_subscribers(cluster, userid) == 2)
+    sent = time.monotonic()
+    for userid in users:
+        assert ping(daemons[0].port, userid, "0") == 200
+    for _, stream in streams:
+        assert stream.event()["online"] is True
+    for userid, stream in streams:
+        event = stream.event(timeout=LATEST)
+        assert time.monotonic() - sent >= TIMEOUT
+        assert (event["userid"], event["online"]) == (userid, False)
+    for _, stream in streams:
+        stream.no_event(1.5)
+        stream.close()
