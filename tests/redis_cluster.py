@@ -91,3 +91,28 @@ class RedisCluster:
 
     def node_id(self, node: RedisServer) -> str:
         return node.command("CLUSTER", "MYID").decode().strip()
+
+
+def migrate_slot(cluster: RedisCluster, slot: int, target: RedisServer,
+                 pause: float = 0.0) -> None:
+    """Move ``slot`` to ``target`` by hand, key by key, as ``redis-cli --cluster reshard`` does.
+
+    ``pause`` seconds between steps leave clients time to meet ``ASK``
+    (keys gone already) and ``TRYAGAIN`` (a script's keys split between
+    the two nodes) on the way.
+    """
+    source = cluster.owner(slot)
+    if source is target:
+        return
+    source_id, target_id = cluster.node_id(source), cluster.node_id(target)
+    target.command("CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
+    source.command("CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
+    time.sleep(pause)
+    while True:
+        keys = source.command("CLUSTER", "GETKEYSINSLOT", str(slot), "1").decode().split()
+        if not keys:
+            break
+        source.command("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", *keys)
+        time.sleep(pause)
+    for node in (target, source, *(n for n in cluster.alive() if n not in (target, source))):
+        node.command("CLUSTER", "SETSLOT", str(slot), "NODE", target_id)

@@ -7,6 +7,7 @@ its own users, so what one leaves behind does not matter to the next.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from itertools import count
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from heartbeat.store.redis.keys import slot
-from tests.redis_cluster import RedisCluster
+from tests.redis_cluster import RedisCluster, migrate_slot
 from tests.redis_ops import wait_until
 from tests.support import SSEClient, get, post_ping
 
@@ -95,4 +96,71 @@ def test_offline_events_come_once_from_every_instance_sweeping(cluster, start_da
         assert (event["userid"], event["online"]) == (userid, False)
     for _, stream in streams:
         stream.no_event(1.5)
+        stream.close()
+
+
+class Pinger(threading.Thread):
+    """Pings each user with a rising counter until stopped; remembers what was acknowledged."""
+
+    def __init__(self, port: int, users: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.users = users
+        self.acknowledged: dict[str, int] = {}
+        self.refused = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self.stopping.is_set():
+            n += 1
+            for userid in self.users:
+                if ping(self.port, userid, str(n)) == 200:
+                    self.acknowledged[userid] = n
+                else:
+                    self.refused += 1
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
+
+
+def last_status(stream: SSEClient, wanted: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        event = stream.event(timeout=max(0.1, deadline - time.monotonic()))
+        if event["status"] == wanted:
+            return
+
+
+def test_slots_of_watched_users_resharded_under_load_lose_nothing(cluster, start_daemon):
+    pinger_daemon, watcher = cluster_daemons(start_daemon, cluster)
+    source, target, *_ = cluster.masters()
+    users = [u for u in users_on_every_master(cluster, 3)
+             if cluster.owner(slot("heartbeat:" + u)).address == source]
+    streams = {userid: SSEClient(watcher.port, f"/subscribe/{userid}") for userid in users}
+    for userid in users:
+        wait_until(lambda userid=userid: shard_subscribers(cluster, userid) == 1)
+    pinger = Pinger(pinger_daemon.port, users)
+    pinger.start()
+    try:
+        wait_until(lambda: len(pinger.acknowledged) == len(users))
+        for userid in users:
+            migrate_slot(cluster, slot("heartbeat:" + userid), cluster.node(target), pause=0.2)
+        time.sleep(1)
+    finally:
+        pinger.stop()
+
+    for userid in users:
+        node = cluster.owner(slot("heartbeat:" + userid))
+        assert node.address == target
+        stored = node.command("HGET", "heartbeat:" + userid, "status").decode().strip()
+        # Nothing acknowledged was lost: the stored ping is the last one answered 200
+        # (or one after it that was stored but whose answer was a 503).
+        assert int(stored) >= pinger.acknowledged[userid]
+        last_status(streams[userid], stored)
+        wait_until(lambda userid=userid: shard_subscribers(cluster, userid) == 1)
+    assert pinger.refused <= 5 * len(users), pinger.refused
+    for stream in streams.values():
         stream.close()

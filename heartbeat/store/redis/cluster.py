@@ -42,8 +42,9 @@ log = Logger()
 
 # Seconds between reads of the slot map: how soon a promoted replica is found.
 REFRESH_INTERVAL = 1.0
-# Redirects (MOVED, ASK, TRYAGAIN) one command may follow before it fails.
-REDIRECTS = 5
+# Redirects (MOVED, ASK, TRYAGAIN) one command may follow before it fails: with
+# TRYAGAIN_DELAY, a script whose keys a migration has split waits up to a second.
+REDIRECTS = 20
 # Seconds before a TRYAGAIN is tried again, and that a redirect waits for a
 # link to a node it has not reached before.
 TRYAGAIN_DELAY = 0.05
