@@ -164,3 +164,52 @@ def test_slots_of_watched_users_resharded_under_load_lose_nothing(cluster, start
     assert pinger.refused <= 5 * len(users), pinger.refused
     for stream in streams.values():
         stream.close()
+
+
+def victim_moved(cluster: RedisCluster, userid: str, master) -> bool:
+    try:
+        return cluster.owner(slot("heartbeat:" + userid)) is not master
+    except LookupError:  # no master for the slot yet
+        return False
+
+
+def test_a_master_killed_is_followed_to_its_promoted_replica(cluster, start_daemon):
+    pinger, watcher = cluster_daemons(start_daemon, cluster)
+    users = users_on_every_master(cluster, 1)
+    victim = users[0]
+    master = cluster.owner(slot("heartbeat:" + victim))
+    streams = {userid: SSEClient(watcher.port, f"/subscribe/{userid}") for userid in users}
+    for userid in users:
+        wait_until(lambda userid=userid: shard_subscribers(cluster, userid) == 1)
+        assert ping(pinger.port, userid, "before") == 200
+        assert streams[userid].event()["status"] == "before"
+
+    master.stop()  # SIGKILL
+    killed = time.monotonic()
+    try:
+        refused = 0
+        promoted = None
+        while ping(pinger.port, victim, "after") != 200:
+            refused += 1
+            assert time.monotonic() - killed < 20, "no replica took over"
+            if promoted is None and victim_moved(cluster, victim, master):
+                promoted = time.monotonic()
+        stored = time.monotonic()
+        promoted = promoted or stored
+        # SPEC §4: the new master is followed within 5 s of its promotion.
+        assert stored - promoted < 5
+        print(f"failover: promoted {promoted - killed:.2f} s after the SIGKILL, first 200 "
+              f"{stored - killed:.2f} s after it, {refused} pings refused")
+        for userid in users:
+            if userid != victim:
+                assert ping(pinger.port, userid, "after") == 200
+        for userid, stream in streams.items():
+            last_status(stream, "after")
+        wait_until(lambda: shard_subscribers(cluster, victim) == 1)
+        assert cluster.owner(slot("heartbeat:" + victim)) is not master
+        wait_until(lambda: get(pinger.port, "/health")[0] == 200)
+    finally:
+        master.start()  # back as a replica of the promoted one
+        cluster.wait_ok()
+    for stream in streams.values():
+        stream.close()

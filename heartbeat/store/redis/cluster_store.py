@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
+from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -278,9 +278,12 @@ class ClusterStore(Service):
 
     def ping(self, ping: Ping) -> Deferred[None]:
         """Stored with the other pings of this reactor turn: one ARM per partition,
-        one STORE per user slot, each on its own node."""
-        if not self._cluster.complete:
-            return fail(StoreUnavailable())
+        one STORE per user slot, each on its own node.
+
+        A node that is down fails only what goes to it (at once: the cluster
+        never queues), so a master's failover costs 503s to the users of its
+        slots and of the partitions it holds, not to everyone.
+        """
         return self._queue(self._writes, ping, self._write_batch)
 
     def _queue(self, queue: Waiting, item: Any, send: Callable[[], None]) -> Deferred[Any]:
@@ -341,8 +344,6 @@ class ClusterStore(Service):
         d.addErrback(self._failed)
 
     def leave(self, userid: str, clientid: str) -> Deferred[None]:
-        if not self._cluster.complete:
-            return fail(StoreUnavailable())
         user = self._users(userid)
         d = self._run(LEAVE, user.key, list(_user_slot_keys(user)), [userid, clientid])
         d.addCallbacks(self._left, self._failed, (user.partition,))
@@ -360,8 +361,6 @@ class ClusterStore(Service):
         users = list(dict.fromkeys(userids))
         if not users:
             return succeed({})
-        if not self._cluster.complete:
-            return fail(StoreUnavailable())
         return self._queue(self._reads, users, self._read_batch)
 
     def _read_batch(self) -> None:
