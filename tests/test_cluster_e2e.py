@@ -203,7 +203,7 @@ def test_a_master_killed_is_followed_to_its_promoted_replica(cluster, start_daem
         for userid in users:
             if userid != victim:
                 assert ping(pinger.port, userid, "after") == 200
-        for userid, stream in streams.items():
+        for stream in streams.values():
             last_status(stream, "after")
         wait_until(lambda: shard_subscribers(cluster, victim) == 1)
         assert cluster.owner(slot("heartbeat:" + victim)) is not master

@@ -260,9 +260,9 @@ class Cluster:
             return
         before = set(self._owners)
         self._owners = owners
-        masters = set(owners) - {None}
+        masters = {server for server in owners if server is not None}
         for server in masters:
-            self._node(server)  # type: ignore[arg-type]
+            self._node(server)
         for server in list(self._nodes):
             if server not in masters and server not in self._seeds:
                 self._nodes.pop(server).link.disconnect()
@@ -473,8 +473,8 @@ class ShardedSubscriber:
 
     def _ssubscribe(self, conn: _Sharded, server: Server, channel: str) -> Deferred[None]:
         d = maybeDeferred(conn.ssubscribe, channel)
-        d.addCallbacks(self._confirmed, self._refused, (conn, server, channel), None,
-                       (server, channel))
+        d.addCallbacks(self._confirmed, self._refused, callbackArgs=(conn, server, channel),
+                       errbackArgs=(server, channel))
         return d
 
     def _confirmed(self, _: object, conn: _Sharded, server: Server, channel: str) -> None:

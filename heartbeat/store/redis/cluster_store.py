@@ -202,6 +202,20 @@ def _by(items: Iterable[Any], key: Callable[[Any], int]) -> dict[int, list[Any]]
     return groups
 
 
+def _along(rows: list, group: list) -> list:
+    """A READ_MANY's rows beside the users asked for."""
+    return list(zip(group, rows))
+
+
+def _checked(out: list, group: list) -> list:
+    """An EXPIRE's answers, (gone, pending) per entry, beside the entries checked."""
+    return list(zip(group, out[::2], out[1::2]))
+
+
+def _partition_swept(gone: int, online: int, full: bool) -> tuple[int, bool]:
+    return online - gone, full
+
+
 def _user_slot_keys(user: UserKeys) -> tuple[str, str, str, str]:
     return user.key, user.devices, user.online, user.deadlines
 
@@ -272,7 +286,7 @@ class ClusterStore(Service):
 
     def _run(self, script: Script, key: str, keys: list[str], args: list[object]) -> Deferred[Any]:
         """``script`` on the master of ``key``'s slot (``keys`` must all be in it)."""
-        return script.run(self._cluster.commands(slot(key)), keys, args)  # type: ignore[arg-type]
+        return script.run(self._cluster.commands(slot(key)), keys, args)
 
     # Pings.
 
@@ -299,7 +313,8 @@ class ClusterStore(Service):
             deadlines, _ = partition_keys(self._prefix, partition)
             members = [deadline_member(ping.userid, ping.clientid) for ping, _ in group]
             d = self._run(ARM, deadlines, [deadlines], [self._timeout, *members])
-            d.addCallbacks(self._store, self._fail, (partition, group), None, (group,))
+            d.addCallbacks(self._store, self._fail, callbackArgs=(partition, group),
+                           errbackArgs=(group,))
 
     def _store(self, armed: str, partition: int, writes: Waiting) -> None:
         for _, group in _by(writes, lambda w: slot(self._prefix + w[0].userid)).items():
@@ -311,7 +326,8 @@ class ClusterStore(Service):
             d = self._run(STORE, keys[0], keys, args)
             if self._wait_replicas:
                 d.addCallback(self._replicated, keys[0])
-            d.addCallbacks(self._answer_writes, self._fail, (partition, group), None, (group,))
+            d.addCallbacks(self._answer_writes, self._fail, callbackArgs=(partition, group),
+                           errbackArgs=(group,))
 
     def _replicated(self, results: list, key: str) -> Deferred[list]:
         """The results once ``REDIS_WAIT_REPLICAS`` replicas hold them (else a 503).
@@ -350,7 +366,7 @@ class ClusterStore(Service):
         return d
 
     def _left(self, gone: object, partition: int) -> None:
-        if int(gone):  # type: ignore[call-overload]
+        if gone == 1:
             self.offline_transitions += 1
             self._count(partition, -1)
 
@@ -373,9 +389,9 @@ class ClusterStore(Service):
                 user = self._users(userid)
                 keys += (user.key, user.devices, user.online)
             d = self._run(READ_MANY, keys[0], keys, [])
-            batches.append(d.addCallback(lambda rows, group=group: list(zip(group, rows))))
+            batches.append(d.addCallback(_along, group))
         d = gatherResults(batches, consumeErrors=True)
-        d.addCallbacks(self._answer_reads, self._fail, (reads,), None, (reads,))
+        d.addCallbacks(self._answer_reads, self._fail, callbackArgs=(reads,), errbackArgs=(reads,))
 
     def _answer_reads(self, batches: list, reads: Waiting) -> None:
         states = {userid: from_row(userid, row) for batch in batches for userid, row in batch}
@@ -391,7 +407,7 @@ class ClusterStore(Service):
                 d.errback(StoreUnavailable())
 
     def _failed(self, failure: Failure) -> Failure:
-        if failure.check(FirstError):
+        if isinstance(failure.value, FirstError):
             failure = failure.value.subFailure
         if not failure.check(StoreUnavailable, RedisConnectionError):
             log.warn("redis command failed: {why}", why=failure.getErrorMessage())
@@ -423,16 +439,16 @@ class ClusterStore(Service):
         checks = []
         for _, group in _by(entries, lambda entry: slot(self._prefix + self._device(entry)[0])).items():
             keys: list[str] = []
-            args: list[str] = []
+            args: list[object] = []
             for entry in group:
                 userid, clientid = self._device(entry)
                 keys += _user_slot_keys(self._users(userid))
                 args += (userid, clientid)
             d = self._run(EXPIRE, keys[0], keys, args)
-            checks.append(d.addCallback(lambda out, group=group: list(zip(group, out[::2], out[1::2]))))
-        d = gatherResults(checks, consumeErrors=True)
-        d.addCallback(self._reindex, partition)
-        return d.addCallback(lambda gone: (online - gone, len(entries) >= SWEEP_BATCH))
+            checks.append(d.addCallback(_checked, group))
+        reindexed: Deferred[int] = gatherResults(checks, consumeErrors=True).addCallback(
+            self._reindex, partition)
+        return reindexed.addCallback(_partition_swept, online, len(entries) >= SWEEP_BATCH)
 
     @staticmethod
     def _device(entry: tuple[str, str]) -> tuple[str, str]:
