@@ -52,18 +52,25 @@ class RedisCluster:
         return [node for node in self.nodes if node.proc is not None and node.proc.poll() is None]
 
     def wait_ok(self, timeout: float = 30) -> None:
-        """Until every live node says ``cluster_state:ok`` and agrees on the masters."""
+        """Until every live node says ``cluster_state:ok``, there are three masters,
+        and each has its replicas in sync (``cluster_state:ok`` comes before)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 if all(b"cluster_state:ok" in node.command("CLUSTER", "INFO")
-                       for node in self.alive()) and len(self.masters()) == 3:
+                       for node in self.alive()) and len(self.masters()) == 3 and all(
+                           self._replicas_online(self.node(address)) for address in self.masters()):
                     return
             except subprocess.CalledProcessError:
                 pass
             if time.monotonic() > deadline:
                 raise TimeoutError("the cluster is not ok")
             time.sleep(0.1)
+
+    def _replicas_online(self, master: RedisServer) -> bool:
+        replication = master.command("INFO", "replication").decode()
+        wanted = len(self.alive()) // 3 - 1
+        return replication.count("state=online") >= wanted
 
     def masters(self) -> dict[str, list[tuple[int, int]]]:
         """Each live master's address and slot ranges, as a live node sees them."""

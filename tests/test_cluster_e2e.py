@@ -213,3 +213,18 @@ def test_a_master_killed_is_followed_to_its_promoted_replica(cluster, start_daem
         cluster.wait_ok()
     for stream in streams.values():
         stream.close()
+
+
+def test_replicas_acknowledge_and_odd_ids_share_their_slot(cluster, start_daemon):
+    # REDIS_WAIT_REPLICAS=1: each master has one replica, so pings are 200; and an
+    # id whose keys need a slot tag (a "}" and no hash tag) works like any other.
+    pinger, watcher = (start_daemon(["--redis", cluster.url, "--redis-wait-replicas", "1"])
+                       for _ in range(2))
+    stream = SSEClient(watcher.port, "/subscribe?user=a%7Db")
+    wait_until(lambda: shard_subscribers(cluster, "a}b") == 1)
+    assert ping(pinger.port, "a}b", "odd") == 200
+    event = stream.event()
+    assert (event["userid"], event["status"]) == ("a}b", "odd")
+    code, _, body = get(pinger.port, "/status?user=a%7Db")
+    assert code == 200 and json.loads(body)["a}b"]["devices"]["c1"]["online"] is True
+    stream.close()

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from heartbeat.store.redis.keys import PARTITIONS, hash_tag, partition_keys, slot, user_keys
+from heartbeat.store.redis.keys import (
+    PARTITIONS,
+    hash_tag,
+    partition_keys,
+    slot,
+    slot_tag,
+    user_keys,
+)
 
 
 def test_crc16_of_the_reference_string():
@@ -40,6 +47,18 @@ def test_a_users_keys_are_in_their_compat_keys_slot():
     for userid in ["alice", "bob", "x{y}z", "{tagged}", "ünïcode"]:
         user = user_keys("heartbeat:", userid)
         assert slot(user.devices) == slot(user.online) == slot(user.deadlines) == slot(user.key)
+
+
+@pytest.mark.parametrize("userid", ["a}b", "}", "a{}b}", "x}{"])
+def test_ids_with_a_closing_brace_get_a_slot_tag_in_a_cluster(userid):
+    user = user_keys("heartbeat:", userid, cluster=True)
+    assert slot(user.devices) == slot(user.online) == slot(user.deadlines) == slot(user.key)
+    # On one Redis their layout is what it always was.
+    assert user_keys("heartbeat:", userid).devices == "{}heartbeat:" + userid + ":devices"
+
+
+def test_every_slot_has_a_tag():
+    assert all(slot("{" + slot_tag(n) + "}") == n for n in range(16384))
 
 
 def test_deadline_partitions_are_spread_over_three_masters():

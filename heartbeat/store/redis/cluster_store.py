@@ -232,6 +232,7 @@ class ClusterStore(Service):
         self._prefix = prefix
         self._timeout = timeout
         self._wait_replicas = wait_replicas
+        self._replicas_short = False
         trust = load_trust_root(ca_file) if ca_file else None
         self._cluster = Cluster(reactor, address, trust, REPLY_TIMEOUT, self._map_changed,
                                 self._commands_ready, self._commands_lost)
@@ -282,7 +283,7 @@ class ClusterStore(Service):
         return gatherResults(stopping).addCallback(lambda _: None)
 
     def _users(self, userid: str) -> UserKeys:
-        return user_keys(self._prefix, userid)
+        return user_keys(self._prefix, userid, cluster=True)
 
     def _run(self, script: Script, key: str, keys: list[str], args: list[object]) -> Deferred[Any]:
         """``script`` on the master of ``key``'s slot (``keys`` must all be in it)."""
@@ -338,7 +339,15 @@ class ClusterStore(Service):
         return d.addCallback(self._enough, results)
 
     def _enough(self, acknowledged: object, results: list) -> list:
-        if not (isinstance(acknowledged, (int, str)) and int(acknowledged) >= self._wait_replicas):
+        short = not (isinstance(acknowledged, (int, str)) and int(acknowledged) >= self._wait_replicas)
+        if short != self._replicas_short:
+            self._replicas_short = short
+            if short:
+                log.warn("redis: {acknowledged} of {wanted} replicas acknowledged (REDIS_WAIT_REPLICAS):"
+                         " pings get 503", acknowledged=acknowledged, wanted=self._wait_replicas)
+            else:
+                log.info("redis: replicas acknowledge pings again")
+        if short:
             raise StoreUnavailable()
         return results
 
