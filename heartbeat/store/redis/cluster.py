@@ -402,6 +402,11 @@ class ShardedSubscriber:
         return len(self._subscribed) == len(self._at)
 
     @property
+    def caught_up(self) -> bool:
+        """Nothing lost since the last ``on_back`` (a new channel still subscribing is not a loss)."""
+        return not self._missed
+
+    @property
     def links(self) -> list[RedisLink]:
         return list(self._links.values())
 

@@ -253,8 +253,8 @@ class ClusterStore(Service):
 
     @property
     def available(self) -> bool:
-        """Every slot's master is reachable and every watched channel subscribed."""
-        return self._cluster.complete and self._subscriber.complete
+        """Every slot's master is reachable, and no watched channel is lost (being moved)."""
+        return self._cluster.complete and self._subscriber.caught_up
 
     @property
     def failovers(self) -> int:
