@@ -16,8 +16,14 @@ import time
 from pathlib import Path
 
 from . import procs, report
-from .scenarios import (DEFAULT_SCENARIOS, POPULATION_CONTACTS, POPULATION_PERIOD_S,
-                        POPULATION_USERS, SCENARIOS, Sizes)
+from .scenarios import (
+    DEFAULT_SCENARIOS,
+    POPULATION_CONTACTS,
+    POPULATION_PERIOD_S,
+    POPULATION_USERS,
+    SCENARIOS,
+    Sizes,
+)
 
 TARGETS = ("nchan", "heartbeat-redis", "heartbeat-inproc", "heartbeat-cluster")
 # heartbeat on a Redis Cluster of three masters (started only when one of these is asked for)

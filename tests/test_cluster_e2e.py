@@ -228,3 +228,27 @@ def test_replicas_acknowledge_and_odd_ids_share_their_slot(cluster, start_daemon
     code, _, body = get(pinger.port, "/status?user=a%7Db")
     assert code == 200 and json.loads(body)["a}b"]["devices"]["c1"]["online"] is True
     stream.close()
+
+
+def test_hidden_statuses_on_the_cluster(cluster, start_daemon):
+    args = ["--redis", cluster.url, "--hidden-statuses", "3"]
+    a, b = start_daemon(args), start_daemon(args)
+    (userid,) = users_on_every_master(cluster, 1)[:1]
+    stream = SSEClient(b.port, f"/subscribe/{userid}")
+    wait_until(lambda: shard_subscribers(cluster, userid) == 1)
+    assert ping(a.port, userid, "1") == 200
+    shown = stream.event()
+    assert (shown["status"], shown["online"]) == ("1", True)
+    # Hiding is, to watchers, going offline with the last visible ping; once.
+    assert ping(a.port, userid, "3") == 200
+    assert stream.event() == {**shown, "online": False}
+    assert ping(a.port, userid, "3") == 200
+    stream.no_event()
+    node = cluster.owner(slot("heartbeat:" + userid))
+    assert node.command("HGET", "heartbeat:" + userid, "status") == b"1\n"
+    metrics = get(a.port, "/metrics")[2].decode()
+    assert "heartbeat_offline_transitions_total 1.0" in metrics
+    assert ping(a.port, userid, "2") == 200
+    event = stream.event()
+    assert (event["status"], event["online"]) == ("2", True)
+    stream.close()

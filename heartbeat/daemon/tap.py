@@ -122,7 +122,7 @@ def _store(settings: Settings, reactor: Any) -> Store:
 
         return ClusterStore(settings.redis, settings.redis_prefix, reactor,
                             settings.presence_timeout, settings.redis_ca_file,
-                            settings.redis_wait_replicas)
+                            settings.redis_wait_replicas, hiding)
     from heartbeat.store.redis.store import RedisStore
 
     return RedisStore(settings.redis, settings.redis_prefix, reactor, settings.presence_timeout,

@@ -44,6 +44,7 @@ from twisted.python.failure import Failure
 from txredisapi import ConnectionError as RedisConnectionError
 
 from heartbeat.core.feed import Listener
+from heartbeat.core.hidden import Hiding
 from heartbeat.core.presence import Ping, UserState
 from heartbeat.store.interface import StoreUnavailable
 from heartbeat.store.redis.address import RedisAddress
@@ -103,11 +104,13 @@ ARM = Script(
 )
 
 # KEYS: per ping the user's key (their channel), devices, online set and deadlines, all
-# of one slot. ARGV: the timeout, the time ARM armed, then per ping its time, status,
-# device and message. Returns per ping 2 (stored, and the user came online), 1
-# (stored) or the error that kept it from being stored.
+# of one slot. ARGV: the timeout, the time ARM armed, then per ping its user, time,
+# status, device and message. A ping with no message hides (HIDDEN_STATUSES): its
+# deadline is armed, but to watchers its device goes offline and nothing of it is
+# stored. Returns per ping 1 (stored), 2 (stored, and the user came online), 3 (hidden),
+# 4 (hidden, and the user went offline) or the error that kept it from being stored.
 STORE = Script(
-    _NOW
+    _OFFLINE + _NOW
     + "local timeout = tonumber(ARGV[1])\n"
     "if now > tonumber(ARGV[2]) - timeout / 2 then\n"
     "  return redis.error_reply('STALE the deadline index was armed too long ago')\n"
@@ -117,20 +120,26 @@ STORE = Script(
     "for i = 1, #KEYS / 4 do\n"
     "  local key, devices, online, deadlines = KEYS[4 * i - 3], KEYS[4 * i - 2],\n"
     "    KEYS[4 * i - 1], KEYS[4 * i]\n"
-    "  local a = 4 * i - 1\n"
-    "  local time, status, clientid = ARGV[a], ARGV[a + 1], ARGV[a + 2]\n"
-    "  local stored = redis.pcall('HSET', key, 'time', time, 'status', status)\n"
-    "  if type(stored) == 'table' and stored.err then\n"
-    "    results[i] = stored.err\n"
-    "  else\n"
-    "    redis.call('HSET', devices, clientid, time .. ' ' .. status)\n"
-    "    local came = 0\n"
-    "    if redis.call('SADD', online, clientid) == 1 and redis.call('SCARD', online) == 1 then\n"
-    "      came = 1\n"
-    "    end\n"
+    "  local a = 5 * i - 2\n"
+    "  local userid, time, status, clientid, message = ARGV[a], ARGV[a + 1], ARGV[a + 2],\n"
+    "    ARGV[a + 3], ARGV[a + 4]\n"
+    "  if message == '' then\n"
     "    redis.call('ZADD', deadlines, deadline, clientid)\n"
-    "    redis.call('SPUBLISH', key, ARGV[a + 3])\n"
-    "    results[i] = 1 + came\n"
+    "    results[i] = 3 + offline(key, devices, online, userid, clientid)\n"
+    "  else\n"
+    "    local stored = redis.pcall('HSET', key, 'time', time, 'status', status)\n"
+    "    if type(stored) == 'table' and stored.err then\n"
+    "      results[i] = stored.err\n"
+    "    else\n"
+    "      redis.call('HSET', devices, clientid, time .. ' ' .. status)\n"
+    "      local came = 0\n"
+    "      if redis.call('SADD', online, clientid) == 1 and redis.call('SCARD', online) == 1 then\n"
+    "        came = 1\n"
+    "      end\n"
+    "      redis.call('ZADD', deadlines, deadline, clientid)\n"
+    "      redis.call('SPUBLISH', key, message)\n"
+    "      results[i] = 1 + came\n"
+    "    end\n"
     "  end\n"
     "end\n"
     "return results\n"
@@ -227,8 +236,10 @@ class ClusterStore(Service):
     kind = "redis"
 
     def __init__(self, address: RedisAddress, prefix: str, reactor: Any, timeout: float,
-                 ca_file: str | None = None, wait_replicas: int = 0) -> None:
+                 ca_file: str | None = None, wait_replicas: int = 0,
+                 hiding: Hiding = Hiding()) -> None:
         self._reactor = reactor
+        self._hiding = hiding
         self._prefix = prefix
         self._timeout = timeout
         self._wait_replicas = wait_replicas
@@ -323,7 +334,9 @@ class ClusterStore(Service):
             args: list[object] = [self._timeout, armed]
             for ping, _ in group:
                 keys += _user_slot_keys(self._users(ping.userid))
-                args += (ping.time, ping.status, ping.clientid, ping_message(ping))
+                hides = self._hiding.hides(ping.status)
+                args += (ping.userid, ping.time, ping.status, ping.clientid,
+                         "" if hides else ping_message(ping))
             d = self._run(STORE, keys[0], keys, args)
             if self._wait_replicas:
                 d.addCallback(self._replicated, keys[0])
@@ -352,16 +365,20 @@ class ClusterStore(Service):
         return results
 
     def _answer_writes(self, results: list, partition: int, writes: Waiting) -> None:
-        came = 0
+        change = 0
         for result, (ping, d) in zip(results, writes):
-            if result in (1, 2):
-                came += result - 1
+            if result in (1, 2, 3, 4):
+                if result == 2:  # came online
+                    change += 1
+                elif result == 4:  # a ping that hides took the user offline
+                    change -= 1
+                    self.offline_transitions += 1
                 d.callback(None)
             else:  # e.g. WRONGTYPE: the user's key holds something else
                 log.error("redis refused to store {ping}: {error}", ping=ping, error=result)
                 d.errback(StoreUnavailable())
-        if came:
-            self._count(partition, came)
+        if change:
+            self._count(partition, change)
 
     def _count(self, partition: int, change: int) -> None:
         _, count = partition_keys(self._prefix, partition)
