@@ -7,6 +7,7 @@ its own users, so what one leaves behind does not matter to the next.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -80,16 +81,19 @@ def test_pings_on_one_instance_reach_streams_on_another_on_every_master(cluster,
 
 
 def test_offline_events_come_once_from_every_instance_sweeping(cluster, start_daemon):
-    daemons = cluster_daemons(start_daemon, cluster)
+    # The instance that took the pings is killed: the two others sweep, and each
+    # of their streams gets each user's offline event once (SPEC §3).
+    pinger, *daemons = cluster_daemons(start_daemon, cluster, 3)
     users = users_on_every_master(cluster, 1)
     streams = [(userid, SSEClient(d.port, f"/subscribe/{userid}")) for d in daemons for userid in users]
     for userid in users:
         wait_until(lambda userid=userid: shard_subscribers(cluster, userid) == 2)
     sent = time.monotonic()
     for userid in users:
-        assert ping(daemons[0].port, userid, "0") == 200
+        assert ping(pinger.port, userid, "0") == 200
     for _, stream in streams:
         assert stream.event()["online"] is True
+    pinger.stop(signal.SIGKILL)
     for userid, stream in streams:
         event = stream.event(timeout=LATEST)
         assert time.monotonic() - sent >= TIMEOUT
