@@ -244,6 +244,7 @@ class ClusterStore(Service):
         self._timeout = timeout
         self._wait_replicas = wait_replicas
         self._replicas_short = False
+        self._last_error: str | None = None
         trust = load_trust_root(ca_file) if ca_file else None
         self._cluster = Cluster(reactor, address, trust, REPLY_TIMEOUT, self._map_changed,
                                 self._commands_ready, self._commands_lost)
@@ -365,6 +366,7 @@ class ClusterStore(Service):
         return results
 
     def _answer_writes(self, results: list, partition: int, writes: Waiting) -> None:
+        self._last_error = None
         change = 0
         for result, (ping, d) in zip(results, writes):
             if result in (1, 2, 3, 4):
@@ -435,8 +437,12 @@ class ClusterStore(Service):
     def _failed(self, failure: Failure) -> Failure:
         if isinstance(failure.value, FirstError):
             failure = failure.value.subFailure
-        if not failure.check(StoreUnavailable, RedisConnectionError):
-            log.warn("redis command failed: {why}", why=failure.getErrorMessage())
+        why = failure.getErrorMessage()
+        # Once per kind of error until a batch succeeds: during a failover every
+        # batch meets the same CLUSTERDOWN for seconds.
+        if not failure.check(StoreUnavailable, RedisConnectionError) and why != self._last_error:
+            self._last_error = why
+            log.warn("redis command failed: {why}", why=why)
         return Failure(StoreUnavailable())
 
     # Presence deadlines.
