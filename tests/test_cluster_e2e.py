@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import pytest
 from heartbeat.store.redis.keys import slot
 from tests.redis_cluster import RedisCluster, migrate_slot
 from tests.redis_ops import wait_until
-from tests.support import SSEClient, get, post_ping
+from tests.support import SSEClient, get, need_binary, post_ping
 
 TIMEOUT = 2
 LATEST = TIMEOUT + 5
@@ -256,3 +257,43 @@ def test_hidden_statuses_on_the_cluster(cluster, start_daemon):
     event = stream.event()
     assert (event["status"], event["online"]) == ("2", True)
     stream.close()
+
+
+def test_redis_cli_reshard_of_watched_users_slots_under_load(cluster, start_daemon):
+    # The tool operators use: redis-cli --cluster reshard moves the source's lowest
+    # slots first, so the watched users are picked among them.
+    pinger_daemon, watcher = cluster_daemons(start_daemon, cluster)
+    masters = cluster.masters()
+    source, target = list(masters)[:2]
+    moving = set(sorted(n for start, end in masters[source] for n in range(start, end + 1))[:300])
+    users: list[str] = []
+    while len(users) < 3:
+        userid = f"user{next(_ids)}"
+        if slot("heartbeat:" + userid) in moving:
+            users.append(userid)
+    streams = {userid: SSEClient(watcher.port, f"/subscribe/{userid}") for userid in users}
+    for userid in users:
+        wait_until(lambda userid=userid: shard_subscribers(cluster, userid) == 1)
+    pinger = Pinger(pinger_daemon.port, users)
+    pinger.start()
+    try:
+        wait_until(lambda: len(pinger.acknowledged) == len(users))
+        subprocess.run(
+            [need_binary("redis-cli"), "--cluster", "reshard", source,
+             "--cluster-from", cluster.node_id(cluster.node(source)),
+             "--cluster-to", cluster.node_id(cluster.node(target)),
+             "--cluster-slots", "300", "--cluster-yes"],
+            check=True, capture_output=True, timeout=120)
+        time.sleep(1)
+    finally:
+        pinger.stop()
+    for userid in users:
+        node = cluster.owner(slot("heartbeat:" + userid))
+        assert node.address == target
+        stored = node.command("HGET", "heartbeat:" + userid, "status").decode().strip()
+        assert int(stored) >= pinger.acknowledged[userid]
+        last_status(streams[userid], stored)
+        wait_until(lambda userid=userid: shard_subscribers(cluster, userid) == 1)
+    assert pinger.refused <= 5 * len(users), pinger.refused
+    for stream in streams.values():
+        stream.close()
