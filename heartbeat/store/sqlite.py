@@ -378,7 +378,8 @@ class SQLiteStore(MemoryStore, Service):
         applies, self._applies = self._applies, []
         self._writing = True
         d = self._run(self._db.write, changes)
-        d.addCallbacks(self._committed, self._failed, (waiting, applies), None, (waiting,))
+        d.addCallbacks(self._committed, self._failed,
+                       callbackArgs=(waiting, applies), errbackArgs=(waiting,))
         d.addBoth(self._written)
 
     def _committed(self, _: None, waiting: list[Deferred[None]],
