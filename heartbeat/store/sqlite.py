@@ -386,7 +386,12 @@ class SQLiteStore(MemoryStore, Service):
                    applies: list[Callable[[], None]]) -> None:
         self._now_available()
         for apply in applies:
-            apply()
+            try:
+                apply()
+            except Exception:
+                # Stored all the same: a failing stream must not leave the
+                # rest of the batch unanswered.
+                log.failure("delivering a stored change failed")
         for d in waiting:
             d.callback(None)
 
