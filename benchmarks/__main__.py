@@ -19,12 +19,15 @@ from . import procs, report
 from .scenarios import (DEFAULT_SCENARIOS, POPULATION_CONTACTS, POPULATION_PERIOD_S,
                         POPULATION_USERS, SCENARIOS, Sizes)
 
-TARGETS = ("nchan", "heartbeat-redis", "heartbeat-inproc")
+TARGETS = ("nchan", "heartbeat-redis", "heartbeat-sqlite", "heartbeat-inproc")
+# The targets on heartbeat's embedded store: its default SQLite file, or nothing kept.
+EMBEDDED = {"heartbeat-sqlite": None, "heartbeat-inproc": ":memory:"}
+DEFAULT_TARGETS = ("nchan", "heartbeat-redis", "heartbeat-sqlite")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="benchmarks/run", description=__doc__)
-    p.add_argument("--targets", default=",".join(TARGETS),
+    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                    help=f"comma-separated, from {', '.join(TARGETS)}, heartbeat-redis-wN "
                         "(default: %(default)s)")
     p.add_argument("--workers", type=int, default=1,
@@ -85,8 +88,8 @@ def start(name: str, scratch: Path, redis: procs.Redis, args) -> procs.Target:
         raise SystemExit(f"{args.twistd} not found: is heartbeat installed? (--targets nchan runs without it)")
     workers = int(name[17:]) if name.startswith("heartbeat-redis-w") else 1
     return procs.start_heartbeat(scratch, args.twistd, Path(args.root), name,
-                                 None if name == "heartbeat-inproc" else redis, workers,
-                                 args.max_streams)
+                                 None if name in EMBEDDED else redis, workers,
+                                 args.max_streams, EMBEDDED.get(name))
 
 
 def run(args, scratch: Path) -> dict:
@@ -116,7 +119,7 @@ def run(args, scratch: Path) -> dict:
         # an --external server is not ours to restart
         ctx["restart"] = restart if target.proc else None
         # whose Redis CPU to report: ours, unless the target does not use it
-        target_redis = None if name == "heartbeat-inproc" or name in args.external else redis
+        target_redis = None if name in EMBEDDED or name in args.external else redis
         results[name] = {}
         try:
             for scenario in args.scenarios:
