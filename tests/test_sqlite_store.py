@@ -105,6 +105,20 @@ def test_the_pings_and_leaves_of_one_turn_are_one_transaction_in_order(tmp_path)
     assert state_of(again, "bob").user == Presence("bob", 3, "c", True)
 
 
+def test_a_shorter_timeout_after_a_restart_is_kept(tmp_path):
+    path = tmp_path / "heartbeat.db"
+    store, clock, _ = make_store(path, timeout=60)
+    store.ping(Ping("alice", 1, "1"))
+    clock.advance(0)
+    # Restarted with a 2 s timeout: a new ping's deadline is earlier than the
+    # stored one, and it is the one that counts.
+    again, clock, _ = reopen(store, path, timeout=2, at=START + 1)
+    again.ping(Ping("alice", 2, "1"))
+    clock.advance(0)
+    clock.advance(2)
+    assert not state_of(again, "alice").user.online
+
+
 def test_a_hidden_ping_is_stored_as_watchers_see_it(tmp_path):
     path = tmp_path / "heartbeat.db"
     hiding = Hiding.of(("3",))

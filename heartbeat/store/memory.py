@@ -182,12 +182,20 @@ class MemoryStore:
             self.listener.deliver(change)
 
     def _schedule(self) -> None:
-        if self._sweep_call is not None:
-            return
+        """Sweep when the earliest slot comes, sooner if a deadline moved earlier.
+
+        Deadlines move earlier only after a restart with a shorter
+        ``PRESENCE_TIMEOUT`` than the stored ones were armed with.
+        """
         slot = self._deadlines.next_slot()
-        if slot is not None:
-            delay = max(0.0, slot - self._clock.seconds())
-            self._sweep_call = self._clock.callLater(delay, self._sweep)
+        if slot is None:
+            return
+        if self._sweep_call is not None:
+            if self._sweep_call.getTime() <= slot:
+                return
+            self._sweep_call.cancel()
+        delay = max(0.0, slot - self._clock.seconds())
+        self._sweep_call = self._clock.callLater(delay, self._sweep)
 
     def _sweep(self) -> None:
         self._sweep_call = None
