@@ -25,16 +25,20 @@ from .scenarios import (
     Sizes,
 )
 
-TARGETS = ("nchan", "heartbeat-redis", "heartbeat-inproc", "heartbeat-cluster")
+TARGETS = ("nchan", "heartbeat-redis", "heartbeat-sqlite", "heartbeat-inproc")
+# The targets on heartbeat's embedded store: its default SQLite file, or nothing kept.
+EMBEDDED = {"heartbeat-sqlite": None, "heartbeat-inproc": ":memory:"}
+DEFAULT_TARGETS = ("nchan", "heartbeat-redis", "heartbeat-sqlite")
 # heartbeat on a Redis Cluster of three masters (started only when one of these is asked for)
 CLUSTER = "heartbeat-cluster"
+TARGETS += (CLUSTER,)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="benchmarks/run", description=__doc__)
-    p.add_argument("--targets", default=",".join(TARGETS[:3]),
+    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                    help=f"comma-separated, from {', '.join(TARGETS)}, heartbeat-redis-wN, "
-                        "heartbeat-cluster-wN (default: nchan,heartbeat-redis,heartbeat-inproc)")
+                        "heartbeat-cluster-wN (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1,
                    help="also run heartbeat-redis-wN: heartbeat in Redis mode with --workers N "
                         "(and heartbeat-cluster-wN when heartbeat-cluster is a target)")
@@ -104,8 +108,8 @@ def start(name: str, scratch: Path, redis, args) -> procs.Target:
     if not shutil.which(args.twistd):
         raise SystemExit(f"{args.twistd} not found: is heartbeat installed? (--targets nchan runs without it)")
     return procs.start_heartbeat(scratch, args.twistd, Path(args.root), name,
-                                 None if name == "heartbeat-inproc" else redis,
-                                 _workers(name) or 1, args.max_streams)
+                                 None if name in EMBEDDED else redis, _workers(name) or 1,
+                                 args.max_streams, EMBEDDED.get(name))
 
 
 def run(args, scratch: Path) -> dict:
@@ -143,7 +147,7 @@ def run(args, scratch: Path) -> dict:
         # an --external server is not ours to restart
         ctx["restart"] = restart if target.proc else None
         # whose Redis CPU to report: ours, unless the target does not use it
-        target_redis = None if name == "heartbeat-inproc" or name in args.external else redis
+        target_redis = None if name in EMBEDDED or name in args.external else redis
         results[name] = {}
         try:
             for scenario in args.scenarios:

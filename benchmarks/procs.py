@@ -29,7 +29,7 @@ STARTED: list[subprocess.Popen] = []
 # Settings heartbeat reads from the environment: a developer's shell must not change what
 # is measured, so they are removed and each target passes its own options.
 HEARTBEAT_ENV = (
-    "LISTEN", "REDIS", "REDIS_PREFIX", "KEEPALIVE", "JWT_SECRET", "CORS_ORIGINS",
+    "LISTEN", "REDIS", "REDIS_PREFIX", "DATABASE", "KEEPALIVE", "JWT_SECRET", "CORS_ORIGINS",
     "MAX_USERS_PER_STREAM", "BACKLOG", "WORKERS", "MAX_STREAMS", "MAX_HEADER_BYTES",
     "MAX_USERID_LENGTH", "REQUEST_TIMEOUT", "STREAM_BLOCKED_TIMEOUT", "LOG_FORMAT",
 )
@@ -324,18 +324,25 @@ def start_nchan(scratch: Path, redis: Redis, workers: int = 1) -> Target:
 
 def start_heartbeat(scratch: Path, twistd: str, root: Path, name: str,
                     redis: Redis | RedisCluster | None, workers: int,
-                    max_streams: int | None = None) -> Target:
+                    max_streams: int | None = None, database: str | None = None) -> Target:
     """`twistd -n heartbeat` from this checkout, in a scratch directory (no stray .env).
 
     `max_streams` raises heartbeat's per-process stream cap (MAX_STREAMS, 10,000 by
-    default) for scenarios with more streams than that."""
+    default) for scenarios with more streams than that. Without `redis` the store is
+    the embedded one: `database` None is its default file (heartbeat.db in the scratch
+    directory, removed first so each start is as fresh as a flushed Redis), `:memory:`
+    keeps nothing."""
     workdir = scratch / name
     workdir.mkdir(exist_ok=True)  # a restart reuses it
+    for old in workdir.glob("heartbeat.db*"):
+        old.unlink()
     target = Target(name, "heartbeat", "127.0.0.1", free_port())
     argv = [twistd, "-n", "--pidfile=", "heartbeat",
             "--listen", f"tcp:{target.port}:interface=127.0.0.1"]
     if redis:
         argv += ["--redis", redis.url]
+    if database:
+        argv += ["--database", database]
     if workers > 1:
         argv += ["--workers", str(workers)]
     if max_streams:

@@ -20,6 +20,17 @@ def _garbage_collection_as_it_was() -> Iterator[None]:
         gc.set_threshold(*threshold)
 
 
+@pytest.fixture(autouse=True)
+def _no_database_in_the_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process services keep nothing on disk unless a test asks (``DATABASE``).
+
+    ``makeService`` reads the environment; without this each would open
+    ``heartbeat.db`` in the checkout. Spawned daemons do not inherit it
+    (``tests.support.Daemon`` drops every setting from the environment).
+    """
+    monkeypatch.setenv("DATABASE", ":memory:")
+
+
 @pytest.fixture
 def start_daemon(tmp_path: Path) -> Iterator:
     """Start real daemons (``start_daemon(args, env)``); all stopped at the end."""

@@ -91,7 +91,8 @@ async def test_connections_that_come_meanwhile_are_accepted_between_a_few_served
 @pytest_twisted.ensureDeferred
 async def test_a_stream_whose_request_is_in_opens_as_it_is_accepted():
     """No reactor turn between accepting a connection and answering its request."""
-    settings = load_settings({"listen": "tcp:0:interface=127.0.0.1"}, environ={}, dotenv={})
+    settings = load_settings({"listen": "tcp:0:interface=127.0.0.1", "database": ":memory:"},
+                             environ={}, dotenv={})
     service = build_service(settings, reactor, serverFromString(reactor, settings.listen))
     service.startService()
     port = await service.when_listening()

@@ -29,7 +29,7 @@ def test_health_and_metrics_of_a_running_daemon(start_daemon):
     daemon = start_daemon(env={"JWT_SECRET": SECRET})
     status, headers, body = get(daemon.port, "/health")
     assert status == 200 and headers["content-type"] == "application/json"
-    assert json.loads(body)["store"] == "memory"
+    assert json.loads(body)["store"] == "sqlite"
 
     token = jwt.encode({"userid": "alice", "clientid": "c1"}, SECRET, algorithm="HS256")
     streams = [SSEClient(daemon.port, f"/subscribe/{user}?token={token}")

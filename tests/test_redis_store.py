@@ -336,7 +336,7 @@ def test_the_redis_setting_selects_the_redis_store():
         settings = load_settings(options, environ={}, dotenv={})
         return build_service(settings, reactor, endpoint=None).store
 
-    assert isinstance(store_of({}), MemoryStore)
+    assert isinstance(store_of({"database": ":memory:"}), MemoryStore)
     store = store_of({"redis": ":6379", "redis-prefix": "x:"})
     assert isinstance(store, RedisStore)
     # Wired to connect when the service starts, not before.

@@ -35,6 +35,12 @@ def test_service_runs_twistd_as_notify_with_hardening():
     assert service["RestrictAddressFamilies"] == "AF_INET AF_INET6 AF_UNIX"
 
 
+def test_service_keeps_the_embedded_store_in_its_state_directory():
+    service = unit("heartbeat.service")["Service"]
+    assert service["StateDirectory"] == "heartbeat"
+    assert service["Environment"] == "DATABASE=/var/lib/heartbeat/heartbeat.db"
+
+
 def test_socket_and_its_drop_in_agree():
     assert unit("heartbeat.socket")["Socket"]["ListenStream"]
     drop_in = unit("socket-activation.conf")

@@ -109,7 +109,7 @@ class Wire:
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self.clock = MemoryReactorClock()
-        self.settings = load_settings({}, dict(env or {}), {})
+        self.settings = load_settings({}, {"DATABASE": ":memory:", **(env or {})}, {})
         # Listening on the fake reactor, so the service can start and stop.
         endpoint = TCP4ServerEndpoint(self.clock, 8080)
         self.service = build_service(self.settings, self.clock, endpoint)

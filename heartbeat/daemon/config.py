@@ -31,6 +31,7 @@ class Settings:
     redis_prefix: str
     redis_ca_file: str | None
     redis_wait_replicas: int
+    database: str
     keepalive: float
     presence_timeout: float
     hidden_statuses: tuple[str, ...]
@@ -102,6 +103,12 @@ def _prefix(value: str) -> str:
     return value
 
 
+def _database(value: str) -> str:
+    if not value:
+        raise ValueError("must be a file name, or :memory:")
+    return value
+
+
 def _log_format(value: str) -> str:
     if value not in ("text", "json"):
         raise ValueError("must be text or json")
@@ -148,10 +155,11 @@ class Setting:
 
 SETTINGS = (
     Setting("LISTEN", ":8080", str, "where to listen: :8080, host:port, [::1]:8080 or a Twisted endpoint string"),
-    Setting("REDIS", "", parse_redis, "host:port, :port, redis[s]://[user:password@]host:port/db or redis[s]+sentinel://[user:password@]host:port[,host:port…]/master[/db]; unset: in-process store"),
+    Setting("REDIS", "", parse_redis, "host:port, :port, redis[s]://[user:password@]host:port/db or redis[s]+sentinel://[user:password@]host:port[,host:port…]/master[/db]; unset: the embedded store (DATABASE)"),
     Setting("REDIS_PREFIX", "heartbeat:", _prefix, "prefix of Redis keys and channels"),
     Setting("REDIS_CA_FILE", "", _ca_file, "PEM bundle of the CAs trusted for rediss:// (default: the system's)"),
     Setting("REDIS_WAIT_REPLICAS", "0", _count, "replicas that must acknowledge a ping (WAIT) before it is answered 200"),
+    Setting("DATABASE", "heartbeat.db", _database, "the embedded store's SQLite file (without REDIS); :memory: keeps nothing"),
     Setting("PRESENCE_TIMEOUT", "60", _positive_float, "seconds of silence after which a device is offline"),
     Setting("KEEPALIVE", "25", _positive_float, "seconds between keep-alive comments on streams"),
     Setting("HIDDEN_STATUSES", "", parse_hidden_statuses, "comma-separated statuses that make a user look offline (Beep: 3)"),

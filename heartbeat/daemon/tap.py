@@ -20,7 +20,7 @@ from heartbeat.daemon.logs import log_observer, log_settings
 from heartbeat.daemon.metrics import Metrics
 from heartbeat.daemon.service import HeartbeatService
 from heartbeat.store.interface import Store
-from heartbeat.store.memory import MemoryStore
+from heartbeat.store.sqlite import DatabaseUnusable, open_store
 from heartbeat.web.api import Api
 from heartbeat.web.edge import Edge
 from heartbeat.web.routes import HeartbeatApp
@@ -57,7 +57,10 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
             endpoint = _endpoint(reactor, settings)
     except UsageError as e:
         raise SystemExit(f"heartbeat: {e}") from None
-    service = build_service(settings, reactor, endpoint)
+    try:
+        service = build_service(settings, reactor, endpoint)
+    except DatabaseUnusable as e:
+        raise SystemExit(f"heartbeat: {e}") from None
     if settings.workers > 1:
         from heartbeat.daemon.workers import WorkerPool
 
@@ -93,6 +96,7 @@ def _endpoint(reactor: Any, settings: Settings) -> IStreamServerEndpoint:
 
 
 def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatService:
+    """The service tree of ``settings``; a ``DATABASE`` it cannot use raises ``DatabaseUnusable``."""
     log_settings(settings)
     store = _store(settings, reactor)
     hub = Hub(store)
@@ -115,7 +119,7 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
 def _store(settings: Settings, reactor: Any) -> Store:
     hiding = Hiding.of(settings.hidden_statuses)
     if settings.redis is None:
-        return MemoryStore(reactor, settings.presence_timeout, hiding)
+        return open_store(settings.database, reactor, settings.presence_timeout, hiding)
     # Imported only when used: txredisapi imports the global reactor.
     if settings.redis.kind == "cluster":
         from heartbeat.store.redis.cluster_store import ClusterStore

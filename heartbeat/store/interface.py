@@ -1,7 +1,9 @@
 """Where presence lives and how its changes reach the hub: the store interface.
 
-Two stores implement it: :class:`~heartbeat.store.memory.MemoryStore` (one
-process, the default) and the Redis store (many instances). Every method returns a Deferred because the
+Three stores implement it: :class:`~heartbeat.store.sqlite.SQLiteStore` (one
+process, the default: state in memory, committed to a SQLite file first),
+:class:`~heartbeat.store.memory.MemoryStore` (one process, nothing kept) and
+the Redis store (many instances). Every method returns a Deferred because the
 Redis one talks over the network; the hub drives ``subscribe`` and
 ``unsubscribe`` from its own interest, so a store only carries the changes
 that some local stream watches.
@@ -28,7 +30,7 @@ from heartbeat.core.presence import Ping
 class Store(Feed, Protocol):
     """A feed (what the hub reads) that also takes pings and reports its health."""
 
-    # What /health calls it: "memory" or "redis".
+    # What /health calls it: "sqlite", "memory" or "redis".
     kind: str
     # Per connection ("commands", "subscriber"): times it came back after a loss.
     reconnects: dict[str, int]

@@ -93,11 +93,18 @@ class MemoryStore:
         return len(self._online)
 
     def ping(self, ping: Ping) -> Deferred[None]:
-        devices = self._users.get(ping.userid)
-        if devices is None:
-            devices = self._users[ping.userid] = Devices(ping.userid)
+        self._apply_ping(ping, self._clock.seconds() + self._timeout)
+        return succeed(None)
+
+    def leave(self, userid: str, clientid: str) -> Deferred[None]:
+        self._apply_leave(userid, clientid)
+        return succeed(None)
+
+    def _apply_ping(self, ping: Ping, deadline: float) -> None:
+        """Record ``ping``, its device due offline at ``deadline``, and publish it."""
+        devices = self._devices(ping.userid)
         # Armed for a ping that hides too: its device stays connected.
-        self._deadlines.arm((ping.userid, ping.clientid), self._clock.seconds() + self._timeout)
+        self._deadlines.arm((ping.userid, ping.clientid), deadline)
         self._schedule()
         changes = devices.ping(ping, self._hiding)
         if changes and changes[0].online:  # visible: the user's change, online, comes first
@@ -105,12 +112,33 @@ class MemoryStore:
         else:  # hidden: its device went offline, perhaps the user with it
             self._count_offline(changes)
         self._publish(changes)
-        return succeed(None)
 
-    def leave(self, userid: str, clientid: str) -> Deferred[None]:
+    def _apply_leave(self, userid: str, clientid: str) -> None:
         self._deadlines.disarm((userid, clientid))
         self._offline(userid, clientid)
-        return succeed(None)
+
+    def _devices(self, userid: str) -> Devices:
+        devices = self._users.get(userid)
+        if devices is None:
+            devices = self._users[userid] = Devices(userid)
+        return devices
+
+    def restore(self, latest: Ping, devices: Iterable[tuple[Presence, float]]) -> None:
+        """Put back a user kept elsewhere (a database), publishing nothing.
+
+        ``devices`` are the user's devices as last stored, each with its
+        deadline; an online one whose deadline has passed goes offline at
+        the first sweep, by the same rules as any other timeout.
+        """
+        user = self._devices(latest.userid)
+        user.latest = latest
+        for device, deadline in devices:
+            assert device.clientid is not None
+            user.devices[device.clientid] = device
+            if device.online:
+                self._online.add(latest.userid)
+                self._deadlines.arm((latest.userid, device.clientid), deadline)
+        self._schedule()
 
     def get(self, userids: Iterable[str]) -> Deferred[dict[str, UserState | None]]:
         states = {}
@@ -154,12 +182,20 @@ class MemoryStore:
             self.listener.deliver(change)
 
     def _schedule(self) -> None:
-        if self._sweep_call is not None:
-            return
+        """Sweep when the earliest slot comes, sooner if a deadline moved earlier.
+
+        Deadlines move earlier only after a restart with a shorter
+        ``PRESENCE_TIMEOUT`` than the stored ones were armed with.
+        """
         slot = self._deadlines.next_slot()
-        if slot is not None:
-            delay = max(0.0, slot - self._clock.seconds())
-            self._sweep_call = self._clock.callLater(delay, self._sweep)
+        if slot is None:
+            return
+        if self._sweep_call is not None:
+            if self._sweep_call.getTime() <= slot:
+                return
+            self._sweep_call.cancel()
+        delay = max(0.0, slot - self._clock.seconds())
+        self._sweep_call = self._clock.callLater(delay, self._sweep)
 
     def _sweep(self) -> None:
         self._sweep_call = None

@@ -167,6 +167,24 @@ LEAVE = Script(
     "return offline(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[2], ARGV[3])\n"
 )
 
+# KEYS: the user's key, devices hash, online set, deadline partition and its count. ARGV:
+# the user's latest time and status, then per device its id, "time status", deadline
+# ('' for one offline) and deadline member. Puts back a user another store kept
+# (``python -m heartbeat.store.export``), publishing nothing. Returns 1.
+RESTORE = Script(
+    "redis.call('HSET', KEYS[1], 'time', ARGV[1], 'status', ARGV[2])\n"
+    "local was = redis.call('SCARD', KEYS[3])\n"
+    "for i = 3, #ARGV, 4 do\n"
+    "  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])\n"
+    "  if ARGV[i + 2] ~= '' then\n"
+    "    redis.call('SADD', KEYS[3], ARGV[i])\n"
+    "    redis.call('ZADD', KEYS[4], ARGV[i + 2], ARGV[i + 3])\n"
+    "  end\n"
+    "end\n"
+    "if was == 0 and redis.call('SCARD', KEYS[3]) > 0 then redis.call('INCR', KEYS[5]) end\n"
+    "return 1\n"
+)
+
 # KEYS: per user their key, devices hash and online set. Returns per user
 # [time, status, devices as field/value pairs, online devices] (nils and empty lists
 # when absent, or when a key holds something else).

@@ -40,7 +40,7 @@ from txredisapi import RedisProtocol
 
 from heartbeat.core.feed import Listener
 from heartbeat.core.hidden import Hiding
-from heartbeat.core.presence import Ping, UserState
+from heartbeat.core.presence import Ping, Presence, UserState
 from heartbeat.store.interface import StoreUnavailable
 from heartbeat.store.redis.address import RedisAddress
 from heartbeat.store.redis.keys import PARTITIONS, partition_keys, user_keys
@@ -50,6 +50,7 @@ from heartbeat.store.redis.scripts import (
     EXPIRE_DUE,
     LEAVE,
     READ_MANY,
+    RESTORE,
     STORE_AND_PUBLISH,
     Script,
     deadline_member,
@@ -204,6 +205,25 @@ class RedisStore(Service):
         if self._commands is None:
             return fail(StoreUnavailable())
         return self._queue(self._reads, users, self._read_batch)
+
+    def restore(self, latest: Ping, devices: Iterable[tuple[Presence, float]]) -> Deferred[None]:
+        """Put back a user another store kept, publishing nothing (as ``MemoryStore.restore``).
+
+        Each online device keeps its deadline, a wall-clock time: Redis's
+        clock and the one that set it are taken to agree.
+        """
+        if self._commands is None:
+            return fail(StoreUnavailable())
+        user = user_keys(self._prefix, latest.userid)
+        args: list[object] = [latest.time, latest.status]
+        for device, deadline in devices:
+            assert device.clientid is not None
+            args += (device.clientid, f"{device.time} {device.status}",
+                     f"{deadline:.6f}" if device.online else "",
+                     deadline_member(latest.userid, device.clientid))
+        keys = [user.key, user.devices, user.online, *partition_keys(self._prefix, user.partition)]
+        d = RESTORE.run(self._commands, keys, args)
+        return d.addCallbacks(lambda _: None, self._store_failed)
 
     def _queue(self, queue: list[tuple[Any, Deferred[Any]]], item: Any,
                send: Callable[[], None]) -> Deferred[Any]:

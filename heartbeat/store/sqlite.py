@@ -1,0 +1,451 @@
+"""The embedded store: presence in this process, every change committed to SQLite first.
+
+The state a stream or ``/status`` reads is the in-process store's
+(:class:`~heartbeat.store.memory.MemoryStore`, whose presence rules it
+inherits); the database, ``DATABASE``, is the record it is rebuilt from at
+start-up. A ping or a leave changes memory, and is published and answered,
+only once its transaction has committed: a ``200`` survives ``kill -9``.
+
+One writer thread owns the write connection (a one-thread pool, not the
+reactor's shared one, so a slow ``getaddrinfo`` elsewhere never queues
+behind a commit, and no other thread ever touches the connection). The
+changes of one reactor turn, and those arriving while a commit is under
+way, go to it as one transaction, so the ping rate is bounded by commits
+(each one fsync of the WAL), not by pings. ``twisted.enterprise.adbapi``
+would do the same hop but adds a transaction object and a reconnect policy
+per call, and hides the connection heartbeat needs to shape its batches.
+
+Nothing at start-up is ever silently replaced: a path that cannot be
+created, a file that is not SQLite, or a SQLite database that is not
+heartbeat's (by ``PRAGMA application_id``) stops start-up with
+:class:`DatabaseUnusable`, the file untouched. A ``DATABASE + "-lock"`` file,
+held with ``flock`` for the life of the process (and of twistd's daemonized
+child, which inherits it), keeps a second process off the same file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from heartbeat.core.hidden import Hiding
+from heartbeat.core.presence import Ping, Presence
+from heartbeat.store.interface import StoreUnavailable
+from heartbeat.store.memory import MemoryStore
+
+log = Logger()
+
+# "hbea" in the database header: how a file is known to be heartbeat's.
+APPLICATION_ID = 0x68626561
+# The schema below; a later one migrates files of an earlier one.
+SCHEMA_VERSION = 1
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+# Milliseconds a write waits for a reader's lock (``sqlite3 … .backup``) before failing.
+BUSY_TIMEOUT_MS = 2000
+# Seconds between writes that test whether a failing disk takes writes again,
+# so /health recovers with no ping to try it.
+PROBE_INTERVAL = 1.0
+
+_SCHEMA = (
+    # Each user's latest ping, whichever device sent it.
+    "CREATE TABLE users (userid TEXT PRIMARY KEY, time INTEGER NOT NULL,"
+    " status TEXT NOT NULL, clientid TEXT NOT NULL) WITHOUT ROWID",
+    # Each device's latest ping and, while it is online, when it times out
+    # (wall-clock seconds; NULL once it left).
+    "CREATE TABLE devices (userid TEXT NOT NULL, clientid TEXT NOT NULL,"
+    " time INTEGER NOT NULL, status TEXT NOT NULL, deadline REAL,"
+    " PRIMARY KEY (userid, clientid)) WITHOUT ROWID",
+    # When this file last took a write: what the probe writes.
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+)
+_PUT_USER = "INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?)"
+_PUT_DEVICE = "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?)"
+_LEAVE = "UPDATE devices SET deadline = NULL WHERE userid = ? AND clientid = ?"
+_PROBE = "INSERT OR REPLACE INTO meta VALUES ('written', ?)"
+
+
+class DatabaseUnusable(Exception):
+    """``DATABASE`` cannot be used; the message is the one line start-up prints."""
+
+
+# A user as the database has them: the latest ping, and each device with its deadline.
+Restored = tuple[Ping, list[tuple[Presence, float]]]
+
+
+@dataclass
+class Changes:
+    """One transaction's rows: a batch of pings and leaves, the latest of each kept.
+
+    A later ping of a device replaces an earlier one; a leave after a ping
+    in the same batch stores that ping with no deadline, so the order the
+    changes came in is what is stored.
+    """
+
+    users: dict[str, tuple[str, int, str, str]] = field(default_factory=dict)
+    devices: dict[tuple[str, str], tuple[str, str, int, str, float | None]] = field(
+        default_factory=dict)
+    leaves: dict[tuple[str, str], None] = field(default_factory=dict)
+
+    def ping(self, ping: Ping, deadline: float) -> None:
+        key = (ping.userid, ping.clientid)
+        self.users[ping.userid] = (ping.userid, ping.time, ping.status, ping.clientid)
+        self.leaves.pop(key, None)
+        self.devices[key] = (ping.userid, ping.clientid, ping.time, ping.status, deadline)
+
+    def leave(self, userid: str, clientid: str) -> None:
+        key = (userid, clientid)
+        row = self.devices.get(key)
+        if row is None:
+            self.leaves[key] = None
+        else:
+            self.devices[key] = (*row[:4], None)
+
+
+class Database:
+    """The SQLite file: checked, locked and read at start-up, then written by one thread."""
+
+    def __init__(self, path: str, lock_fd: int) -> None:
+        self.path = path
+        self._lock_fd: int | None = lock_fd
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    def open(cls, setting: str) -> tuple[Database, list[Restored]]:
+        """Lock, check (creating it if new) and read ``DATABASE``.
+
+        Runs before the reactor does, so blocking here blocks nobody; the
+        connection it reads with is closed before twistd may fork.
+        """
+        path = os.path.abspath(setting)
+        lock_fd, created = _lock(setting, path + "-lock")
+        try:
+            conn = _checked(setting, path)
+            try:
+                state = list(_read(conn))
+            finally:
+                conn.close()
+        except BaseException:
+            os.close(lock_fd)
+            if created:
+                os.unlink(path + "-lock")
+            raise
+        return cls(path, lock_fd), state
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = self._conn
+        if conn is None:
+            # Made in the writer thread, which alone uses it.
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # The WAL is synced at each commit: an acknowledged ping survives
+            # a power cut too, not only a crash of the process.
+            conn.execute("PRAGMA synchronous = FULL")
+            self._conn = conn
+        return conn
+
+    def write(self, changes: Changes) -> None:
+        """Commit ``changes`` as one transaction (in the writer thread)."""
+        self._transaction(lambda conn: (
+            conn.executemany(_PUT_USER, changes.users.values()),
+            conn.executemany(_PUT_DEVICE, changes.devices.values()),
+            conn.executemany(_LEAVE, changes.leaves),
+        ))
+
+    def probe(self) -> None:
+        """A small write, to learn whether writes work again (in the writer thread)."""
+        self._transaction(lambda conn: conn.execute(_PROBE, (str(time.time()),)))
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], object]) -> None:
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            work(conn)
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    # Past rolling back (an I/O error): start on a fresh connection.
+                    self._conn = None
+                    conn.close()
+            raise
+
+    def close(self) -> None:
+        """Close the connection (in the writer thread)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def unlock(self) -> None:
+        """Let another process have the file: the last step of shutting down."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _lock(setting: str, lock_path: str) -> tuple[int, bool]:
+    created = not os.path.exists(lock_path)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise DatabaseUnusable(
+            f"cannot use DATABASE={setting!r}: cannot create {lock_path}: {e.strerror}"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise DatabaseUnusable(
+            f"cannot use DATABASE={setting!r}: another process is using it (it holds {lock_path})"
+        ) from None
+    return fd, created
+
+
+def _checked(setting: str, path: str) -> sqlite3.Connection:
+    """A connection to heartbeat's database at ``path``, made if there is none yet."""
+    def unusable(why: str) -> DatabaseUnusable:
+        return DatabaseUnusable(f"cannot use DATABASE={setting!r}: {why}")
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        head = b""
+    except OSError as e:
+        raise unusable(e.strerror or str(e)) from None
+    if head and head != _SQLITE_MAGIC:
+        raise unusable("not a SQLite database; it is left as it is")
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as e:
+        raise unusable(str(e)) from None
+    try:
+        application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if application_id == 0 and tables == 0:
+            _create(conn)
+        elif application_id != APPLICATION_ID:
+            raise unusable("a SQLite database that is not heartbeat's; it is left as it is")
+        elif version > SCHEMA_VERSION:
+            raise unusable(f"written by a newer heartbeat (schema {version}, this one knows "
+                           f"{SCHEMA_VERSION}); it is left as it is")
+        # Writable now, not at the first ping: a read-only file stops start-up.
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(_PROBE, (str(time.time()),))
+        conn.execute("COMMIT")
+    except sqlite3.Error as e:
+        conn.close()
+        raise unusable(str(e)) from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _create(conn: sqlite3.Connection) -> None:
+    if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
+        raise sqlite3.OperationalError("its file system does not support WAL")
+    conn.execute("BEGIN IMMEDIATE")
+    for statement in _SCHEMA:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    conn.execute("COMMIT")
+
+
+def _read(conn: sqlite3.Connection) -> Iterator[Restored]:
+    devices: dict[str, list[tuple[Presence, float]]] = {}
+    for userid, clientid, ptime, status, deadline in conn.execute("SELECT * FROM devices"):
+        online = deadline is not None
+        device = Presence(userid, ptime, status, online, clientid)
+        devices.setdefault(userid, []).append((device, deadline if online else 0.0))
+    for userid, ptime, status, clientid in conn.execute("SELECT * FROM users"):
+        yield Ping(userid, ptime, status, clientid), devices.get(userid, [])
+
+
+T = TypeVar("T")
+# Runs a function in the writer thread; its Deferred fires on the reactor thread.
+Writer = Callable[..., Deferred[Any]]
+
+
+class SQLiteStore(MemoryStore, Service):
+    """The default store: one process, its state in memory and on disk.
+
+    A service so its writer thread starts with the application (after
+    twistd forks, if it daemonizes) and stops with it.
+    """
+
+    kind = "sqlite"
+
+    def __init__(self, database: Database, state: list[Restored], reactor: Any,
+                 timeout: float, hiding: Hiding = Hiding(), writer: Writer | None = None) -> None:
+        super().__init__(reactor, timeout, hiding)
+        self._reactor = reactor
+        self._db = database
+        self.available = True
+        # Tests give a writer that runs at once; the daemon's is made at start.
+        self._writer = writer
+        self._pool: ThreadPool | None = None
+        self._changes = Changes()
+        self._waiting: list[Deferred[None]] = []
+        self._applies: list[Callable[[], None]] = []
+        self._flush_call: IDelayedCall | None = None
+        self._writing = False
+        self._idle: list[Deferred[None]] = []
+        self._probe_call: IDelayedCall | None = None
+        for latest, devices in state:
+            self.restore(latest, devices)
+
+    def startService(self) -> None:
+        super().startService()
+        if self._writer is None:
+            pool = self._pool = ThreadPool(1, 1, "heartbeat-sqlite")
+            pool.start()
+            self._writer = lambda f, *args: deferToThreadPool(self._reactor, pool, f, *args)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.close()
+
+    # The Store protocol, where it differs from memory's: durable first.
+
+    def ping(self, ping: Ping) -> Deferred[None]:
+        deadline = self._clock.seconds() + self._timeout
+        if self._hiding.hides(ping.status):
+            # Stored as watchers see it: the device offline at its last visible
+            # ping. Its silent deadline is memory's alone; after a restart the
+            # device is offline all the same.
+            self._changes.leave(ping.userid, ping.clientid)
+        else:
+            self._changes.ping(ping, deadline)
+        return self._queue(lambda: self._apply_ping(ping, deadline))
+
+    def leave(self, userid: str, clientid: str) -> Deferred[None]:
+        self._changes.leave(userid, clientid)
+        return self._queue(lambda: self._apply_leave(userid, clientid))
+
+    def close(self) -> Deferred[None]:
+        """Finish the writes under way, close the file, stop the thread, unlock."""
+        if self._probe_call is not None and self._probe_call.active():
+            self._probe_call.cancel()
+        idle: Deferred[None] = Deferred()
+        self._idle.append(idle)
+        self._check_idle()
+        idle.addCallback(lambda _: self._run(self._db.close) if self._writer else None)
+        idle.addBoth(self._closed)
+        return idle
+
+    def _closed(self, result: object) -> object:
+        if self._pool is not None:
+            self._pool.stop()  # its one thread is idle: this join is at once
+            self._pool = None
+            self._writer = None
+        self._db.unlock()
+        super().close()
+        return None if not isinstance(result, Failure) else result
+
+    # Batching.
+
+    def _queue(self, apply: Callable[[], None]) -> Deferred[None]:
+        """Answered once this turn's transaction, with this change in it, commits."""
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        self._applies.append(apply)
+        if not self._writing and self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self._flush)
+        return d
+
+    def _run(self, f: Callable[..., T], *args: object) -> Deferred[T]:
+        if self._writer is None:  # not started, or stopped: nothing is written
+            return fail(StoreUnavailable())
+        return self._writer(f, *args)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        if not self._waiting:
+            self._check_idle()
+            return
+        changes, self._changes = self._changes, Changes()
+        waiting, self._waiting = self._waiting, []
+        applies, self._applies = self._applies, []
+        self._writing = True
+        d = self._run(self._db.write, changes)
+        d.addCallbacks(self._committed, self._failed,
+                       callbackArgs=(waiting, applies), errbackArgs=(waiting,))
+        d.addBoth(self._written)
+
+    def _committed(self, _: None, waiting: list[Deferred[None]],
+                   applies: list[Callable[[], None]]) -> None:
+        self._now_available()
+        for apply in applies:
+            try:
+                apply()
+            except Exception:
+                # Stored all the same: a failing stream must not leave the
+                # rest of the batch unanswered.
+                log.failure("delivering a stored change failed")
+        for d in waiting:
+            d.callback(None)
+
+    def _failed(self, failure: Failure, waiting: list[Deferred[None]]) -> None:
+        self._now_unavailable(failure)
+        for d in waiting:
+            d.errback(StoreUnavailable())
+
+    def _written(self, _: object) -> None:
+        self._writing = False
+        # What came while this commit ran is the next batch, sent now.
+        self._flush()
+
+    def _check_idle(self) -> None:
+        if self._writing or self._waiting:
+            return
+        idle, self._idle = self._idle, []
+        for d in idle:
+            d.callback(None)
+
+    # A failing disk.
+
+    def _now_unavailable(self, failure: Failure) -> None:
+        if self.available:
+            self.available = False
+            log.error("cannot write DATABASE={path}: {error}; pings get 503 until it can",
+                      path=self._db.path, error=failure.getErrorMessage())
+        if self._probe_call is None and self.running:
+            self._probe_call = self._clock.callLater(PROBE_INTERVAL, self._probe)
+
+    def _now_available(self) -> None:
+        if not self.available:
+            self.available = True
+            log.info("DATABASE={path} takes writes again", path=self._db.path)
+
+    def _probe(self) -> None:
+        self._probe_call = None
+        if self.available:
+            return
+        d = self._run(self._db.probe)
+        d.addCallbacks(lambda _: self._now_available(), self._now_unavailable)
+
+
+def open_store(setting: str, reactor: Any, timeout: float, hiding: Hiding = Hiding()) -> MemoryStore:
+    """The embedded store ``DATABASE`` asks for: ``:memory:`` keeps nothing."""
+    if setting == ":memory:":
+        return MemoryStore(reactor, timeout, hiding)
+    database, state = Database.open(setting)
+    return SQLiteStore(database, state, reactor, timeout, hiding)
+

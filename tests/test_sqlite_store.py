@@ -1,0 +1,271 @@
+"""The embedded store against real SQLite files, its writer run at once on a fake clock."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import Clock
+
+from heartbeat.core.hidden import Hiding
+from heartbeat.core.presence import Ping, Presence
+from heartbeat.store.interface import StoreUnavailable
+from heartbeat.store.memory import MemoryStore
+from heartbeat.store.sqlite import (
+    APPLICATION_ID,
+    PROBE_INTERVAL,
+    Database,
+    DatabaseUnusable,
+    SQLiteStore,
+    open_store,
+)
+
+START = 1_800_000_000.0
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.changes: list[Presence] = []
+
+    def deliver(self, change: Presence) -> None:
+        self.changes.append(change)
+
+    def bus_lost(self) -> None: ...
+    def resync(self) -> None: ...
+
+
+class Writer:
+    """Runs each write at once; counts them, and fails them while ``failing``."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.failing = False
+
+    def __call__(self, f, *args) -> Deferred:
+        self.calls += 1
+        if self.failing:
+            return maybeDeferred(_raise_full)
+        return maybeDeferred(f, *args)
+
+
+def _raise_full() -> None:
+    raise sqlite3.OperationalError("database or disk is full")
+
+
+def make_store(path: Path, timeout: float = 60, at: float = START, hiding: Hiding = Hiding()
+               ) -> tuple[SQLiteStore, Clock, Writer]:
+    clock = Clock()
+    clock.advance(at)
+    writer = Writer()
+    database, state = Database.open(str(path))
+    store = SQLiteStore(database, state, clock, timeout, hiding, writer=writer)
+    store.startService()
+    return store, clock, writer
+
+
+def reopen(store: SQLiteStore, path: Path, **kw) -> tuple[SQLiteStore, Clock, Writer]:
+    store.close()
+    return make_store(path, **kw)
+
+
+def state_of(store: MemoryStore, userid: str):
+    return store.get([userid]).result[userid]
+
+
+def test_a_ping_is_answered_once_committed_and_is_there_after_a_restart(tmp_path):
+    path = tmp_path / "heartbeat.db"
+    store, clock, writer = make_store(path)
+    answered = store.ping(Ping("alice", 5, "1", "phone"))
+    assert not answered.called and state_of(store, "alice") is None
+    clock.advance(0)
+    assert answered.called and writer.calls == 1
+    assert state_of(store, "alice").user == Presence("alice", 5, "1", True)
+    again, _, _ = reopen(store, path)
+    state = state_of(again, "alice")
+    assert state.user == Presence("alice", 5, "1", True)
+    assert state.devices == {"phone": Presence("alice", 5, "1", True, "phone")}
+
+
+def test_the_pings_and_leaves_of_one_turn_are_one_transaction_in_order(tmp_path):
+    path = tmp_path / "heartbeat.db"
+    store, clock, writer = make_store(path)
+    store.listener = listener = Listener()
+    store.subscribe("alice")
+    answers = [store.ping(Ping("alice", 1, "a", "phone")), store.ping(Ping("alice", 2, "b", "desk")),
+               store.leave("alice", "phone"), store.ping(Ping("bob", 3, "c"))]
+    clock.advance(0)
+    assert writer.calls == 1 and all(d.called for d in answers)
+    assert listener.changes[-1] == Presence("alice", 1, "a", False, "phone")
+    again, _, _ = reopen(store, path)
+    alice = state_of(again, "alice")
+    assert alice.user == Presence("alice", 2, "b", True)
+    assert alice.devices["phone"].online is False and alice.devices["desk"].online is True
+    assert state_of(again, "bob").user == Presence("bob", 3, "c", True)
+
+
+def test_a_shorter_timeout_after_a_restart_is_kept(tmp_path):
+    path = tmp_path / "heartbeat.db"
+    store, clock, _ = make_store(path, timeout=60)
+    store.ping(Ping("alice", 1, "1"))
+    clock.advance(0)
+    # Restarted with a 2 s timeout: a new ping's deadline is earlier than the
+    # stored one, and it is the one that counts.
+    again, clock, _ = reopen(store, path, timeout=2, at=START + 1)
+    again.ping(Ping("alice", 2, "1"))
+    clock.advance(0)
+    clock.advance(2)
+    assert not state_of(again, "alice").user.online
+
+
+def test_a_hidden_ping_is_stored_as_watchers_see_it(tmp_path):
+    path = tmp_path / "heartbeat.db"
+    hiding = Hiding.of(("3",))
+    store, clock, _ = make_store(path, hiding=hiding)
+    store.ping(Ping("alice", 1, "0", "phone"))
+    store.ping(Ping("alice", 2, "0", "desk"))
+    clock.advance(0)
+    store.ping(Ping("alice", 5, "3", "phone"))
+    clock.advance(0)
+    # Restarted: the hidden device is offline at its last visible ping, the
+    # visible one keeps the user online; no stored row says status 3.
+    again, _, _ = reopen(store, path, hiding=hiding)
+    alice = state_of(again, "alice")
+    assert alice.user == Presence("alice", 2, "0", True)
+    assert alice.devices["phone"] == Presence("alice", 1, "0", False, "phone")
+    assert alice.devices["desk"].online
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM devices WHERE status = '3'").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM users WHERE status = '3'").fetchone() == (0,)
+
+
+def test_a_deadline_survives_a_restart_and_one_already_due_falls_at_once(tmp_path):
+    path = tmp_path / "heartbeat.db"
+    store, clock, _ = make_store(path, timeout=10)
+    store.ping(Ping("alice", 1, "1"))
+    clock.advance(0)
+    # Restarted 4 s later: still online, offline 10 s after the ping.
+    again, clock, _ = reopen(store, path, at=START + 4)
+    again.listener = listener = Listener()
+    again.subscribe("alice")
+    assert state_of(again, "alice").user.online and again.online_users() == 1
+    clock.advance(5)
+    assert state_of(again, "alice").user.online
+    clock.advance(1)
+    assert not state_of(again, "alice").user.online
+    assert listener.changes[-1] == Presence("alice", 1, "1", False)
+    # A restart after the deadline: offline at the first sweep, before anyone reads.
+    late, clock, _ = reopen(again, path, at=START + 3600)
+    assert state_of(late, "alice").user.online  # not yet swept
+    clock.advance(0)
+    assert not state_of(late, "alice").user.online and late.offline_transitions == 1
+
+
+def test_a_failing_write_answers_503_and_the_store_recovers(tmp_path):
+    path = tmp_path / "heartbeat.db"
+    store, clock, writer = make_store(path)
+    writer.failing = True
+    refused = store.ping(Ping("alice", 1, "1"))
+    clock.advance(0)
+    failures: list = []
+    refused.addErrback(failures.append)
+    assert failures[0].check(StoreUnavailable)
+    assert store.available is False and state_of(store, "alice") is None
+    calls = writer.calls
+    clock.advance(PROBE_INTERVAL)  # the probe fails too: still unavailable
+    assert writer.calls == calls + 1 and store.available is False
+    writer.failing = False
+    clock.advance(PROBE_INTERVAL)
+    assert store.available is True
+    answered = store.ping(Ping("alice", 2, "2"))
+    clock.advance(0)
+    assert answered.called and state_of(store, "alice").user.time == 2
+
+
+def test_close_waits_for_the_write_under_way(tmp_path):
+    path = tmp_path / "heartbeat.db"
+    clock = Clock()
+    pending: list = []
+
+    def slow(f, *args) -> Deferred:
+        d = Deferred()
+        pending.append((d, f, args))
+        return d
+
+    database, state = Database.open(str(path))
+    store = SQLiteStore(database, state, clock, 60, writer=slow)
+    store.startService()
+    answered = store.ping(Ping("alice", 1, "1"))
+    clock.advance(0)
+    closed = store.close()
+    assert not closed.called
+    d, f, args = pending.pop()
+    d.callback(f(*args))
+    assert answered.called
+    d, f, args = pending.pop()  # the connection's close, in the writer
+    d.callback(f(*args))
+    assert closed.called
+    Database.open(str(path))  # unlocked
+
+
+def test_memory_keeps_nothing(tmp_path):
+    assert type(open_store(":memory:", Clock(), 60)) is MemoryStore
+
+
+def test_a_new_database_is_heartbeats_in_wal_mode(tmp_path):
+    path = tmp_path / "heartbeat.db"
+    make_store(path)[0].close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def _refused(path: Path) -> str:
+    with pytest.raises(DatabaseUnusable) as refused:
+        Database.open(str(path))
+    message = str(refused.value)
+    assert f"DATABASE={str(path)!r}" in message and "\n" not in message
+    return message
+
+
+def test_a_file_that_is_not_sqlite_is_left_alone(tmp_path):
+    path = tmp_path / "heartbeat.db"
+    path.write_bytes(b"my notes, not a database\n" * 10)
+    before = path.read_bytes()
+    assert "not a SQLite database" in _refused(path)
+    assert path.read_bytes() == before
+    assert not (tmp_path / "heartbeat.db-lock").exists()
+
+
+def test_another_programs_database_is_left_alone(tmp_path):
+    path = tmp_path / "heartbeat.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE invoices (id INTEGER)")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    assert "not heartbeat's" in _refused(path)
+    assert path.read_bytes() == before
+
+
+def test_a_database_of_a_newer_heartbeat_is_left_alone(tmp_path):
+    path = tmp_path / "heartbeat.db"
+    make_store(path)[0].close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    assert "newer heartbeat" in _refused(path)
+
+
+def test_a_second_opener_is_refused_while_the_first_holds_it(tmp_path):
+    path = tmp_path / "heartbeat.db"
+    store, _, _ = make_store(path)
+    assert "another process" in _refused(path)
+    store.close()
+    Database.open(str(path))
+
+
+def test_a_directory_that_does_not_exist_is_refused(tmp_path):
+    assert "cannot create" in _refused(tmp_path / "missing" / "heartbeat.db")
