@@ -16,22 +16,32 @@ import time
 from pathlib import Path
 
 from . import procs, report
-from .scenarios import (DEFAULT_SCENARIOS, POPULATION_CONTACTS, POPULATION_PERIOD_S,
-                        POPULATION_USERS, SCENARIOS, Sizes)
+from .scenarios import (
+    DEFAULT_SCENARIOS,
+    POPULATION_CONTACTS,
+    POPULATION_PERIOD_S,
+    POPULATION_USERS,
+    SCENARIOS,
+    Sizes,
+)
 
 TARGETS = ("nchan", "heartbeat-redis", "heartbeat-sqlite", "heartbeat-inproc")
 # The targets on heartbeat's embedded store: its default SQLite file, or nothing kept.
 EMBEDDED = {"heartbeat-sqlite": None, "heartbeat-inproc": ":memory:"}
 DEFAULT_TARGETS = ("nchan", "heartbeat-redis", "heartbeat-sqlite")
+# heartbeat on a Redis Cluster of three masters (started only when one of these is asked for)
+CLUSTER = "heartbeat-cluster"
+TARGETS += (CLUSTER,)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="benchmarks/run", description=__doc__)
     p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
-                   help=f"comma-separated, from {', '.join(TARGETS)}, heartbeat-redis-wN "
-                        "(default: %(default)s)")
+                   help=f"comma-separated, from {', '.join(TARGETS)}, heartbeat-redis-wN, "
+                        "heartbeat-cluster-wN (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1,
-                   help="also run heartbeat-redis-wN: heartbeat in Redis mode with --workers N")
+                   help="also run heartbeat-redis-wN: heartbeat in Redis mode with --workers N "
+                        "(and heartbeat-cluster-wN when heartbeat-cluster is a target)")
     p.add_argument("--external", action="append", default=[], metavar="NAME,STYLE,URL,PID",
                    help="also measure a server started elsewhere (STYLE: heartbeat or nchan; "
                         "PID: its root process, for CPU and RSS); repeatable")
@@ -52,8 +62,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the scratch dir (logs, configs)")
     args = p.parse_args(argv)
     args.targets = [t for t in args.targets.split(",") if t]
-    if args.workers > 1 and f"heartbeat-redis-w{args.workers}" not in args.targets:
-        args.targets.append(f"heartbeat-redis-w{args.workers}")
+    if args.workers > 1:
+        wanted = [f"heartbeat-redis-w{args.workers}"]
+        if CLUSTER in args.targets:
+            wanted.append(f"{CLUSTER}-w{args.workers}")
+        args.targets += [t for t in wanted if t not in args.targets]
     args.external = {t.name: t for t in map(procs.external, args.external)}
     args.targets += list(args.external)
     args.scenarios = [s for s in args.scenarios.split(",") if s]
@@ -74,40 +87,55 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if largest + 1000 > 10000:
             args.max_streams = largest + 1000
     for t in args.targets:
-        if t not in TARGETS and t not in args.external and not (t.startswith("heartbeat-redis-w") and t[17:].isdigit()):
+        if t not in TARGETS and t not in args.external and _workers(t) is None:
             p.error(f"unknown target {t!r}")
     return args
 
 
-def start(name: str, scratch: Path, redis: procs.Redis, args) -> procs.Target:
+def _workers(name: str) -> int | None:
+    """N of `heartbeat-redis-wN` or `heartbeat-cluster-wN`; None for any other name."""
+    for base in ("heartbeat-redis-w", CLUSTER + "-w"):
+        if name.startswith(base) and name[len(base):].isdigit():
+            return int(name[len(base):])
+    return None
+
+
+def start(name: str, scratch: Path, redis, args) -> procs.Target:
     if name in args.external:
         return args.external[name]
     if name == "nchan":
         return procs.start_nchan(scratch, redis)
     if not shutil.which(args.twistd):
         raise SystemExit(f"{args.twistd} not found: is heartbeat installed? (--targets nchan runs without it)")
-    workers = int(name[17:]) if name.startswith("heartbeat-redis-w") else 1
     return procs.start_heartbeat(scratch, args.twistd, Path(args.root), name,
-                                 None if name in EMBEDDED else redis, workers,
+                                 None if name in EMBEDDED else redis, _workers(name) or 1,
                                  args.max_streams, EMBEDDED.get(name))
 
 
 def run(args, scratch: Path) -> dict:
-    redis = procs.Redis(scratch)
-    procs.log(f"redis-server on 127.0.0.1:{redis.port}; scratch {scratch}")
+    single = procs.Redis(scratch)
+    procs.log(f"redis-server on 127.0.0.1:{single.port}; scratch {scratch}")
     ctx = {"sseload": args.sseload, "sizes": Sizes(args.scale),
            "population_users": args.population_users,
            "population_contacts": args.population_contacts,
            "population_period": args.population_period}
     results: dict[str, dict] = {}
+    cluster = None
     for name in args.targets:
+        if name.startswith(CLUSTER):
+            if cluster is None:
+                cluster = procs.RedisCluster(scratch)
+                procs.log(f"redis cluster of three masters: {cluster.url}")
+            redis = cluster
+        else:
+            redis = single
         redis.command("FLUSHALL")
         current = [start(name, scratch, redis, args)]
         target = current[0]
         procs.require_loopback(target.host)
         procs.log(f"{name} on {target.url} (pids {target.pids()})")
 
-        def restart(name=name, current=current) -> procs.Target:
+        def restart(name=name, current=current, redis=redis) -> procs.Target:
             """A fresh server on a flushed Redis (for scenarios that measure per size)."""
             procs.forget(current[0].proc)
             redis.command("FLUSHALL")

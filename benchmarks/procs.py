@@ -207,8 +207,65 @@ class Redis:
         except OSError:
             return None
 
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
     def pids(self) -> list[int]:
         return [self.proc.pid]
+
+
+class RedisCluster:
+    """A private Redis Cluster of three masters (no replicas), each on free loopback ports.
+
+    Same face as `Redis` for the scenarios: `command` (FLUSHALL goes to every master),
+    `pids` (all nodes: the Redis CPU is their sum), plus `node_pids` for CPU per node.
+    """
+
+    def __init__(self, scratch: Path, masters: int = 3):
+        self.nodes: list[Redis] = []
+        for n in range(masters):
+            d = scratch / f"cluster{n}"
+            d.mkdir()
+            node = Redis.__new__(Redis)
+            node.port = free_port()
+            node.proc = spawn(
+                ["redis-server", "--port", str(node.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(d), "--daemonize", "no",
+                 "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                 "--cluster-config-file", str(d / "nodes.conf")],
+                d / "redis.log",
+            )
+            self.nodes.append(node)
+        deadline = time.monotonic() + 10
+        while any(node.command("PING") != b"+PONG" for node in self.nodes):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"a cluster redis-server did not start; see {scratch}/cluster*/")
+            time.sleep(0.05)
+        subprocess.run(["redis-cli", "--cluster", "create", *(n.url for n in self.nodes),
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        deadline = time.monotonic() + 30
+        while not all(b"cluster_state:ok" in subprocess.run(
+                ["redis-cli", "-p", str(node.port), "CLUSTER", "INFO"],
+                capture_output=True).stdout for node in self.nodes):
+            if time.monotonic() > deadline:
+                raise SystemExit("the benchmark's Redis Cluster never said cluster_state:ok")
+            time.sleep(0.1)
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(node.url for node in self.nodes)
+
+    def command(self, *args: str) -> bytes | None:
+        replies = [node.command(*args) for node in self.nodes]
+        return replies[0] if all(r == replies[0] for r in replies) else None
+
+    def pids(self) -> list[int]:
+        return [node.proc.pid for node in self.nodes]
+
+    def node_pids(self) -> list[int]:
+        return self.pids()
 
 
 def external(spec: str) -> Target:
@@ -266,8 +323,8 @@ def start_nchan(scratch: Path, redis: Redis, workers: int = 1) -> Target:
 
 
 def start_heartbeat(scratch: Path, twistd: str, root: Path, name: str,
-                    redis: Redis | None, workers: int, max_streams: int | None = None,
-                    database: str | None = None) -> Target:
+                    redis: Redis | RedisCluster | None, workers: int,
+                    max_streams: int | None = None, database: str | None = None) -> Target:
     """`twistd -n heartbeat` from this checkout, in a scratch directory (no stray .env).
 
     `max_streams` raises heartbeat's per-process stream cap (MAX_STREAMS, 10,000 by
@@ -283,7 +340,7 @@ def start_heartbeat(scratch: Path, twistd: str, root: Path, name: str,
     argv = [twistd, "-n", "--pidfile=", "heartbeat",
             "--listen", f"tcp:{target.port}:interface=127.0.0.1"]
     if redis:
-        argv += ["--redis", f"127.0.0.1:{redis.port}"]
+        argv += ["--redis", redis.url]
     if database:
         argv += ["--database", database]
     if workers > 1:

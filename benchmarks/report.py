@@ -70,7 +70,10 @@ def cpu_table(results: dict[str, dict[str, dict]], targets: list[str]) -> str:
         for scenario, r in _windows(results.get(t, {})):
             cells.append(f"{scenario} {r.get('server_cpu_s', 0):.2f}/{r.get('redis_cpu_s', 0):.2f}"
                          f"/{r.get('client_cpu_s', 0):.2f}/{r.get('other_cpu_s', 0):.2f}"
-                         f" in {r.get('wall_s', 0):.2f}")
+                         f" in {r.get('wall_s', 0):.2f}"
+                         + (" (redis nodes " + "/".join(f"{c:.2f}" for c in r["redis_node_cpu_s"])
+                            + f", busiest {r['redis_busiest_node_pct']:.0f}%)"
+                            if "redis_node_cpu_s" in r else ""))
         lines.append(f"  {t}: " + "; ".join(cells))
     return "\n".join(lines)
 

@@ -50,6 +50,9 @@ class Window:
         self.machine0 = machine_busy_seconds()
         self.server0 = cpu_seconds(self.pids)
         self.redis0 = cpu_seconds(redis.pids()) if redis else 0.0
+        # a cluster: each node's CPU too, to see how the load spreads
+        self.nodes = redis.node_pids() if hasattr(redis, "node_pids") else []
+        self.nodes0 = [cpu_seconds([pid]) for pid in self.nodes]
 
     def close(self, client_cpu_s: float) -> dict:
         server = cpu_seconds(self.pids) - self.server0
@@ -59,6 +62,10 @@ class Window:
                "client_cpu_s": round(client_cpu_s, 3), "other_cpu_s": round(max(0.0, other), 2)}
         if self.redis:
             out["redis_cpu_s"] = round(redis, 3)
+        if self.nodes:
+            per_node = [cpu_seconds([pid]) - c0 for pid, c0 in zip(self.nodes, self.nodes0)]
+            out["redis_node_cpu_s"] = [round(c, 3) for c in per_node]
+            out["redis_busiest_node_pct"] = round(100 * max(per_node) / max(redis, 1e-9), 1)
         return out
 
 

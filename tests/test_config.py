@@ -108,7 +108,6 @@ def test_bad_values_name_the_setting(name, value):
 
 
 @pytest.mark.parametrize("env, message", [
-    ({"REDIS": "redis+cluster://n1:7000"}, "^bad setting REDIS: Redis Cluster .* not supported yet"),
     ({"REDIS": ":6379", "REDIS_CA_FILE": __file__}, "^bad setting REDIS_CA_FILE"),
     ({"REDIS_WAIT_REPLICAS": "1"}, "^bad setting REDIS_WAIT_REPLICAS"),
 ])

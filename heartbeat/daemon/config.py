@@ -211,11 +211,6 @@ def load_settings(
 
 def _check_together(settings: Settings) -> None:
     redis = settings.redis
-    if redis is not None and redis.kind == "cluster":
-        raise UsageError(
-            "bad setting REDIS: Redis Cluster (redis+cluster://) is not supported yet; "
-            "use redis:// or redis+sentinel://"
-        )
     if settings.redis_ca_file is not None and not (redis is not None and redis.tls):
         raise UsageError("bad setting REDIS_CA_FILE: it is only used with rediss:// in REDIS")
     if settings.redis_wait_replicas and redis is None:

@@ -11,17 +11,18 @@ content is exactly what the compat key's slot is computed from —
 itself starts with ``{``).
 
 One case has no such name: a compat key with no hash tag that contains
-``}`` (user ``a}b``), since a tag ends at the first ``}``. Such a user's
-other keys are ``{}``-prefixed (an empty tag: the whole key is hashed), so
-they work on one Redis but sit in other slots in a Cluster; the Cluster
-issue must refuse or accept those ids there.
+``}`` (user ``a}b``), since a tag ends at the first ``}``. On one Redis such
+a user's other keys are ``{}``-prefixed (an empty tag: the whole key is
+hashed, and slots do not matter). In a Cluster they are tagged with a
+short string that hashes to the compat key's slot (:func:`slot_tag`), so
+they share its slot like everyone's.
 
 Deadlines are a sorted set split into :data:`PARTITIONS` partitions, each
 under its own tag so a Cluster spreads them; a device goes to partition
-``slot % PARTITIONS`` of its compat key's slot. A sweep's claim step
-touches one partition and the user's keys, which in a Cluster are in two
-slots: the Cluster issue must make partitions per slot (or per slot
-group on one node) so that step stays a single-slot script.
+``slot % PARTITIONS`` of its compat key's slot. On one Redis a sweep's
+claim step touches one partition and the user's keys in one script; a
+Cluster cannot (two slots), so there the user's own ``:deadlines`` key
+holds the truth and the partition an index (see ``cluster_store``).
 """
 
 from __future__ import annotations
@@ -52,13 +53,37 @@ def slot(key: str) -> int:
     return crc_hqx((key if tag is None else tag).encode("utf-8"), 0) % CLUSTER_SLOTS
 
 
-def _tagged_base(key: str) -> str:
+_slot_tags: list[str] = []
+
+
+def slot_tag(wanted: int) -> str:
+    """The shortest decimal number whose CRC16 is in slot ``wanted``.
+
+    The table is built the first time it is needed (about 110,000 CRCs,
+    some 60 ms), by a Cluster store meeting a user id like ``a}b``.
+    """
+    if not _slot_tags:
+        table: list[str | None] = [None] * CLUSTER_SLOTS
+        left, n = CLUSTER_SLOTS, 0
+        while left:
+            found = crc_hqx(str(n).encode(), 0) % CLUSTER_SLOTS
+            if table[found] is None:
+                table[found] = str(n)
+                left -= 1
+            n += 1
+        _slot_tags.extend(tag for tag in table if tag is not None)
+    return _slot_tags[wanted]
+
+
+def _tagged_base(key: str, cluster: bool) -> str:
     """A start for the user's other keys that hashes like ``key`` (see above)."""
     tag = hash_tag(key)
     if tag is not None:
         return "{" + tag + "}" + key
     if "}" not in key:
         return "{" + key + "}"
+    if cluster:
+        return "{" + slot_tag(slot(key)) + "}" + key
     return "{}" + key
 
 
@@ -70,6 +95,8 @@ class UserKeys:
     devices: str
     online: str
     partition: int
+    # Redis Cluster only: the user's own device deadlines (see ``cluster_store``).
+    deadlines: str
 
     def for_deadline(self, prefix: str) -> list[str]:
         """The keys a deadline script needs for one of this user's devices:
@@ -78,17 +105,19 @@ class UserKeys:
         return [deadlines, count, self.key, self.devices, self.online]
 
 
-def user_keys(prefix: str, userid: str) -> UserKeys:
+def user_keys(prefix: str, userid: str, cluster: bool = False) -> UserKeys:
+    """``userid``'s keys; ``cluster`` names the few that differ in a Cluster (above)."""
     key = prefix + userid
-    base = _tagged_base(key)
-    return UserKeys(key, base + ":devices", base + ":online", slot(key) % PARTITIONS)
+    base = _tagged_base(key, cluster)
+    return UserKeys(key, base + ":devices", base + ":online", slot(key) % PARTITIONS,
+                    base + ":deadlines")
 
 
 def partition_keys(prefix: str, partition: int) -> tuple[str, str]:
     """A deadline partition's sorted set and its online-users count.
 
     Tagged, so a Cluster spreads partitions over slots; a user's keys all
-    end in ``:devices`` or ``:online``, so none of them is one of these.
+    end in ``:devices``, ``:online`` or ``:deadlines``, so none of them is one of these.
     """
     deadlines = "{" + f"{prefix}deadlines:{partition}" + "}"
     return deadlines, deadlines + ":count"
