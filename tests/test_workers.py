@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from twisted.internet import tcp
 from twisted.internet.defer import succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
@@ -52,13 +53,18 @@ class _Process:
         self.signals.append(name)
 
 
-class _Port:
-    class socket:
-        family = socket.AF_INET
+class _Port(tcp.Port):
+    """A listening port whose socket is fd 7 (never really opened)."""
 
-        @staticmethod
-        def fileno():
-            return 7
+    def __init__(self):
+        class Socket:
+            family = socket.AF_INET
+
+            @staticmethod
+            def fileno():
+                return 7
+
+        self.socket = Socket()
 
 
 class _Reactor(Clock):
