@@ -97,17 +97,21 @@ class Daemon:
         that pings right away waits for ``/health`` to say 200 first.
         ``popen`` adds Popen arguments (e.g. ``pass_fds``).
         """
-        env = {k: v for k, v in os.environ.items() if k not in _SETTINGS_ENV}
-        env["PYTHONPATH"] = str(REPO)
-        env.update(self.env)
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), cwd=self.cwd, env=env, stdout=log,
-                                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-                                         **popen)
+            self.proc = subprocess.Popen(self.command(), cwd=self.cwd, env=self.environment(),
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         preexec_fn=_die_with_parent, **popen)
         wait_for_port(self.port, self.proc, host=self.host)
         if healthy:
             self.wait_healthy()
         return self
+
+    def environment(self) -> dict[str, str]:
+        """Ours without heartbeat's settings, then this daemon's: nothing leaks in."""
+        env = {k: v for k, v in os.environ.items() if k not in _SETTINGS_ENV}
+        env["PYTHONPATH"] = str(REPO)
+        env.update(self.env)
+        return env
 
     def wait_healthy(self, timeout: float = 15) -> None:
         deadline = time.monotonic() + timeout
