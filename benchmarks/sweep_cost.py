@@ -25,7 +25,7 @@ from pathlib import Path
 
 from heartbeat.core.presence import Ping
 from heartbeat.store.redis.keys import partition_keys, user_keys
-from heartbeat.store.redis.scripts import STORE_AND_PUBLISH, deadline_member, ping_message
+from heartbeat.store.redis.scripts import STORE_AND_PUBLISH, ping_args
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "heartbeat:"
@@ -112,8 +112,7 @@ def main() -> None:
                 user = user_keys(PREFIX, userid)
                 keys += (user.key, user.devices, user.online,
                          *partition_keys(PREFIX, user.partition))
-                ping = Ping(userid, now, "0", "c")
-                args += (now, "0", "c", deadline_member(userid, "c"), ping_message(ping))
+                args += ping_args(Ping(userid, now, "0", "c"), False)
             conn.send("EVALSHA", STORE_AND_PUBLISH.sha, len(keys), *keys, *args)
         for _ in range(0, options.users, options.rate):
             conn.read()

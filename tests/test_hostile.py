@@ -251,6 +251,37 @@ def test_any_watch_claim(watch, asked, route, where):
         assert stored_pings(wire.store) == {} and wire.hub.streams == set()
 
 
+HIDDEN = ("3", "hide me")
+
+
+@settings(EXAMPLES, max_examples=300)
+@given(steps=st.lists(st.tuples(st.sampled_from(["phone", "web", ""]),
+                                st.sampled_from(["0", "1", *HIDDEN, " 3 "]) | statuses,
+                                st.sampled_from([0, 1, 30, 61])), max_size=10))
+def test_a_hidden_status_never_reaches_a_watcher(steps):
+    """Whatever a user's devices send, and whenever: no stream and no ``/status``
+    shows a hidden status, and the user's stream never says "offline" twice running."""
+    wire = Wire({"HIDDEN_STATUSES": ",".join(HIDDEN)})
+    paths = ["/subscribe/alice", "/subscribe?user=alice&user=bob",
+             "/subscribe/alice/client/phone", "/subscribe/alice/client/web"]
+    streams = [watch(wire, path) for path in paths]
+    for device, status, advance in steps:
+        claim = json.dumps({"userid": "alice", "clientid": device})
+        assert_answered(wire.ping("alice", status.encode("utf-8", "surrogatepass"),
+                                  {"X-User-Claim": claim, "Content-Type": "text/plain"}))
+        wire.clock.advance(advance)
+    for conn in streams:
+        assert not {e["status"] for e in events_of(conn)} & set(HIDDEN)
+    user = [e["online"] for e in events_of(streams[0])]
+    assert all(a or b for a, b in zip(user, user[1:])), user
+    body = json.loads(assert_answered(wire.request("GET", "/status?user=alice")).body)["alice"]
+    if body is not None:
+        assert body["status"] not in HIDDEN
+        assert not {d["status"] for d in body["devices"].values()} & set(HIDDEN)
+        if user:
+            assert body["online"] == user[-1]
+
+
 def wire_ping(userid: str):
     from heartbeat.core.presence import Ping
 

@@ -13,6 +13,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from txredisapi import MonitorProtocol
 
+from heartbeat.core.hidden import Hiding
 from heartbeat.core.presence import Ping, Presence, UserState
 from heartbeat.daemon.config import load_settings, parse_redis
 from heartbeat.daemon.tap import build_service
@@ -63,8 +64,10 @@ async def make_store(redis_server):
     """``make_store(redis=..., prefix=...)``: a started store, closed afterwards."""
     stores: list[RedisStore] = []
 
-    def make(redis: str | None = None, prefix: str = "heartbeat:") -> RedisStore:
-        store = RedisStore(parse_redis(redis or redis_server.address), prefix, reactor, 60)
+    def make(redis: str | None = None, prefix: str = "heartbeat:",
+             hiding: Hiding = Hiding()) -> RedisStore:
+        store = RedisStore(parse_redis(redis or redis_server.address), prefix, reactor, 60,
+                           hiding=hiding)
         store.listener = Recorder()
         store.startService()
         stores.append(store)
@@ -176,6 +179,25 @@ async def test_pings_of_one_reactor_turn_are_one_script_call_in_order(make_store
     await until(lambda: len(store.listener.pings) == 2)
     assert store.listener.pings == [Presence("alice", 2, "a"), Presence("alice", 3, "c")]
     assert await store.get(["alice", "bob"]) == {"alice": state(pings[2]), "bob": state(pings[1])}
+
+
+@pytest_twisted.ensureDeferred
+async def test_pings_that_hide_in_one_batch_take_the_device_offline_once(make_store):
+    store = await started(make_store(hiding=Hiding.of(("3",))))
+    await store.subscribe("alice")
+    await store.subscribe("bob")
+    pings = [Ping("alice", 2, "0", "c"), Ping("alice", 3, "3", "c"), Ping("bob", 4, "3", "c"),
+             Ping("alice", 5, "3", "c")]
+    await gatherResults([store.ping(ping) for ping in pings])
+    await until(lambda: len(store.listener.pings) == 2)
+    await deferLater(reactor, 0.2)  # room for anything more to arrive: nothing may
+    assert store.listener.pings == [Presence("alice", 2, "0"), Presence("alice", 2, "0", False)]
+    assert store.listener.devices == [Presence("alice", 2, "0", True, "c"),
+                                      Presence("alice", 2, "0", False, "c")]
+    assert store.offline_transitions == 1
+    assert await store.get(["alice", "bob"]) == {"alice": UserState(
+        Presence("alice", 2, "0", False), {"c": Presence("alice", 2, "0", False, "c")}),
+        "bob": None}
 
 
 @pytest_twisted.ensureDeferred

@@ -70,10 +70,11 @@ def test_anyone_else_is_403_for_the_whole_request_saying_how_many_not_who(wire, 
     assert wire.hub.streams == set()
 
 
-def test_an_empty_watch_list_reads_only_itself(wire):
+@ROUTES
+def test_an_empty_watch_list_reads_only_itself(wire, route):
     headers = bearer(token(watch=[]))
-    assert wire.request("GET", "/subscribe/alice", headers).status == 200
-    assert wire.request("GET", "/subscribe/bob", headers).status == 403
+    assert read(wire, route, ["alice"], headers).status == 200
+    assert read(wire, route, ["bob"], headers).status == 403
 
 
 def test_a_token_without_watch_reads_anyone(wire):
@@ -109,14 +110,18 @@ def test_a_request_at_the_user_limit_all_watched_is_allowed(wire):
     assert f"1 of the {limit}" in response.json()["error"]
 
 
-def test_a_watch_list_at_its_limit_is_accepted_one_more_is_401():
+@ROUTES
+def test_a_watch_list_at_its_limit_is_accepted_one_more_is_401(route):
     wire = Wire({"JWT_SECRET": SECRET, "MAX_HEADER_BYTES": str(1 << 20)})
     at_limit = [str(i) for i in range(MAX_WATCH)]
     headers = bearer(token(watch=at_limit))
-    assert wire.request("GET", f"/subscribe/{MAX_WATCH - 1}", headers).status == 200
-    assert wire.request("GET", f"/subscribe/{MAX_WATCH}", headers).status == 403
+    last = str(MAX_WATCH - 1)
+    several = route in ("multi", "status")
+    assert read(wire, route, [last, "0", "alice"] if several else [last], headers).status == 200
+    assert read(wire, route, [last, str(MAX_WATCH)] if several else [str(MAX_WATCH)],
+                headers).status == 403
     over = bearer(token(watch=at_limit + ["one more"]))
-    assert wire.request("GET", "/subscribe/0", over).status == 401
+    assert read(wire, route, ["0"], over).status == 401
 
 
 BAD_WATCH = {

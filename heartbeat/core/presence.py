@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from heartbeat.core.hidden import Hiding
+
 
 @dataclass(frozen=True, slots=True)
 class Ping:
@@ -79,7 +81,10 @@ class Devices:
     """One user's devices and the changes each ping, leave or timeout makes.
 
     Mutable, for the in-process stores; the user's ``time`` and ``status``
-    are those of the latest ping, whichever device sent it.
+    are those of the latest visible ping, whichever device sent it. Only
+    what watchers may see is kept: a ping that hides (``HIDDEN_STATUSES``)
+    leaves no trace here, its device shows offline with its last visible
+    ping, and the store keeps the device's deadline armed as for any ping.
     """
 
     __slots__ = ("userid", "latest", "devices")
@@ -103,8 +108,16 @@ class Devices:
         user = self.user()
         return None if user is None else UserState(user, dict(self.devices))
 
-    def ping(self, ping: Ping) -> tuple[Presence, ...]:
-        """Record ``ping``: the user's change, then the device's."""
+    def ping(self, ping: Ping, hiding: Hiding) -> tuple[Presence, ...]:
+        """Record ``ping``: the user's change, then the device's.
+
+        A ping that hides is, to watchers, its device going offline: what
+        :meth:`offline` says (nothing if it already was), so the user's
+        offline event comes once, when their last visible device hides,
+        and hidden pings after it send nothing.
+        """
+        if hiding.hides(ping.status):
+            return self.offline(ping.clientid)
         self.latest = ping
         device = Presence(ping.userid, ping.time, ping.status, True, ping.clientid)
         self.devices[ping.clientid] = device

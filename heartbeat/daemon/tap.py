@@ -12,6 +12,7 @@ from twisted.python.usage import Options as _Options
 from twisted.python.usage import UsageError
 from twisted.web.server import Site
 
+from heartbeat.core.hidden import Hiding
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity
 from heartbeat.daemon.config import SETTINGS, Settings, listen_endpoint, load_settings
@@ -116,10 +117,11 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
 
 
 def _store(settings: Settings, reactor: Any) -> Store:
+    hiding = Hiding.of(settings.hidden_statuses)
     if settings.redis is None:
-        return MemoryStore(reactor, settings.presence_timeout)
+        return MemoryStore(reactor, settings.presence_timeout, hiding)
     # Imported only when used: txredisapi imports the global reactor.
     from heartbeat.store.redis.store import RedisStore
 
     return RedisStore(settings.redis, settings.redis_prefix, reactor, settings.presence_timeout,
-                      settings.redis_ca_file, settings.redis_wait_replicas)
+                      settings.redis_ca_file, settings.redis_wait_replicas, hiding)

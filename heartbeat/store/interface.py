@@ -37,7 +37,7 @@ class Store(Feed, Protocol):
     def available(self) -> bool:
         """Whether pings can be stored right now (drives 503s and /health)."""
 
-    # User online→offline changes this process made (a sweep or a leave);
+    # User online→offline changes this process made (a sweep, a leave, or hiding);
     # summed over the instances sharing a store, each transition counts once.
     offline_transitions: int
 
@@ -50,8 +50,10 @@ class Store(Feed, Protocol):
 
         The user's ``time`` and ``status`` become the ping's and the user and
         device are online. Publishes the user's change, then the device's
-        (see :meth:`~heartbeat.core.feed.Listener.deliver`). Fails with
-        :class:`StoreUnavailable` when the ping was not stored.
+        (see :meth:`~heartbeat.core.feed.Listener.deliver`). A ping whose
+        status hides (``HIDDEN_STATUSES``) only re-arms the deadline and is,
+        to watchers, the device going offline, as in :meth:`leave`. Fails
+        with :class:`StoreUnavailable` when the ping was not stored.
         """
 
     def leave(self, userid: str, clientid: str) -> Deferred[None]:

@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from heartbeat.core.feed import Listener
+from heartbeat.core.hidden import Hiding
 from heartbeat.core.presence import Devices, Ping, Presence, UserState
 
 
@@ -76,9 +77,10 @@ class MemoryStore:
     available = True
     kind = "memory"
 
-    def __init__(self, clock: IReactorTime, timeout: float) -> None:
+    def __init__(self, clock: IReactorTime, timeout: float, hiding: Hiding = Hiding()) -> None:
         self._clock = clock
         self._timeout = timeout
+        self._hiding = hiding
         self._users: dict[str, Devices] = {}
         self._subscribed: set[str] = set()
         self._deadlines = DeadlineWheel()
@@ -94,10 +96,15 @@ class MemoryStore:
         devices = self._users.get(ping.userid)
         if devices is None:
             devices = self._users[ping.userid] = Devices(ping.userid)
-        self._online.add(ping.userid)
+        # Armed for a ping that hides too: its device stays connected.
         self._deadlines.arm((ping.userid, ping.clientid), self._clock.seconds() + self._timeout)
         self._schedule()
-        self._publish(devices.ping(ping))
+        changes = devices.ping(ping, self._hiding)
+        if changes and changes[0].online:  # visible: the user's change, online, comes first
+            self._online.add(ping.userid)
+        else:  # hidden: its device went offline, perhaps the user with it
+            self._count_offline(changes)
+        self._publish(changes)
         return succeed(None)
 
     def leave(self, userid: str, clientid: str) -> Deferred[None]:
@@ -131,10 +138,14 @@ class MemoryStore:
         if devices is None:
             return
         changes = devices.offline(clientid)
-        if changes and changes[-1].clientid is None:
-            self._online.discard(userid)
-            self.offline_transitions += 1
+        self._count_offline(changes)
         self._publish(changes)
+
+    def _count_offline(self, changes: tuple[Presence, ...]) -> None:
+        """Count the user out when ``changes`` end with their going offline (SPEC §3)."""
+        if changes and changes[-1].clientid is None:
+            self._online.discard(changes[-1].userid)
+            self.offline_transitions += 1
 
     def _publish(self, changes: tuple[Presence, ...]) -> None:
         if self.listener is None or not changes or changes[0].userid not in self._subscribed:

@@ -23,7 +23,6 @@ connection is closed.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -137,7 +136,9 @@ class HttpConnection:
         self._parser: httptools.HttpRequestParser | None = None
         self._current: ParsedRequest | None = None
         self._head_bytes = 0
-        self._queue: deque[ParsedRequest | HttpError] = deque()
+        # A list, not a deque: it is nearly always empty, and an empty deque
+        # costs a whole block of memory on every open stream.
+        self._queue: list[ParsedRequest | HttpError] = []
         self._busy = False
         self._stream: Stream | None = None
         self._closing = False
@@ -296,7 +297,7 @@ class HttpConnection:
         self._answering = True
         try:
             while not self._busy and self._queue and self._stream is None and not self._closing:
-                item = self._queue.popleft()
+                item = self._queue.pop(0)
                 if isinstance(item, HttpError):
                     self._send_refusal(item)
                     return

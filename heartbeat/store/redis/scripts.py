@@ -79,30 +79,39 @@ _NOW = (
 )
 
 # KEYS: per ping, the user's key (also their channel), devices hash, online set, deadline
-# partition and the partition's online count. ARGV: the timeout, then per ping its time,
-# status, device, deadline member and event message. Returns, per ping, 1 once stored,
-# armed and published, or the error that kept it from being stored (the user's key
+# partition and the partition's online count. ARGV: the timeout, then per ping
+# :func:`ping_args`: its user, time, status, device, deadline member and event message.
+# A ping with no message hides (HIDDEN_STATUSES): its deadline is armed, but to watchers
+# its device goes offline (as a sweep would take it), and nothing of it is stored.
+# Returns, per ping, 1 once stored, armed and published (2 when a ping that hides took
+# the user offline), or the error that kept it from being stored (the user's key
 # holding something else): the other pings of the call are stored all the same.
 STORE_AND_PUBLISH = Script(
-    _NOW
+    _OFFLINE + _NOW
     + "local deadline = string.format('%.6f', now + tonumber(ARGV[1]))\n"
     "local results = {}\n"
     "for i = 1, #KEYS / 5 do\n"
     "  local key, devices, online, deadlines, count = KEYS[5 * i - 4], KEYS[5 * i - 3],\n"
     "    KEYS[5 * i - 2], KEYS[5 * i - 1], KEYS[5 * i]\n"
-    "  local a = 5 * i - 3\n"
-    "  local time, status, clientid = ARGV[a], ARGV[a + 1], ARGV[a + 2]\n"
-    "  local stored = redis.pcall('HSET', key, 'time', time, 'status', status)\n"
-    "  if type(stored) == 'table' and stored.err then\n"
-    "    results[i] = stored.err\n"
+    "  local a = 6 * i - 4\n"
+    "  local userid, time, status, clientid, member, message = ARGV[a], ARGV[a + 1],\n"
+    "    ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]\n"
+    "  if message == '' then\n"
+    "    redis.call('ZADD', deadlines, deadline, member)\n"
+    "    results[i] = 1 + offline(count, key, devices, online, userid, clientid)\n"
     "  else\n"
-    "    redis.call('HSET', devices, clientid, time .. ' ' .. status)\n"
-    "    if redis.call('SADD', online, clientid) == 1 and redis.call('SCARD', online) == 1 then\n"
-    "      redis.call('INCR', count)\n"
+    "    local stored = redis.pcall('HSET', key, 'time', time, 'status', status)\n"
+    "    if type(stored) == 'table' and stored.err then\n"
+    "      results[i] = stored.err\n"
+    "    else\n"
+    "      redis.call('HSET', devices, clientid, time .. ' ' .. status)\n"
+    "      if redis.call('SADD', online, clientid) == 1 and redis.call('SCARD', online) == 1 then\n"
+    "        redis.call('INCR', count)\n"
+    "      end\n"
+    "      redis.call('ZADD', deadlines, deadline, member)\n"
+    "      redis.call('PUBLISH', key, message)\n"
+    "      results[i] = 1\n"
     "    end\n"
-    "    redis.call('ZADD', deadlines, deadline, ARGV[a + 3])\n"
-    "    redis.call('PUBLISH', key, ARGV[a + 4])\n"
-    "    results[i] = 1\n"
     "  end\n"
     "end\n"
     "return results\n"
@@ -175,6 +184,13 @@ READ_MANY = Script(
     "end\n"
     "return states\n"
 )
+
+
+def ping_args(ping: Ping, hides: bool) -> tuple[object, ...]:
+    """One ping's arguments to :data:`STORE_AND_PUBLISH`; a ping that hides has no message."""
+    message = "" if hides else ping_message(ping)
+    return (ping.userid, ping.time, ping.status, ping.clientid,
+            deadline_member(ping.userid, ping.clientid), message)
 
 
 def ping_message(ping: Ping) -> str:

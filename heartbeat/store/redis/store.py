@@ -39,6 +39,7 @@ from txredisapi import ConnectionError as RedisConnectionError
 from txredisapi import RedisProtocol
 
 from heartbeat.core.feed import Listener
+from heartbeat.core.hidden import Hiding
 from heartbeat.core.presence import Ping, UserState
 from heartbeat.store.interface import StoreUnavailable
 from heartbeat.store.redis.address import RedisAddress
@@ -55,7 +56,7 @@ from heartbeat.store.redis.scripts import (
     from_member,
     from_message,
     from_row,
-    ping_message,
+    ping_args,
 )
 from heartbeat.store.redis.sentinel import route_for
 from heartbeat.store.redis.tls import load_trust_root
@@ -86,10 +87,12 @@ class RedisStore(Service):
     kind = "redis"
 
     def __init__(self, address: RedisAddress, prefix: str, reactor: Any,
-                 timeout: float, ca_file: str | None = None, wait_replicas: int = 0) -> None:
+                 timeout: float, ca_file: str | None = None, wait_replicas: int = 0,
+                 hiding: Hiding = Hiding()) -> None:
         self._reactor = reactor
         self._prefix = prefix
         self._timeout = timeout
+        self._hiding = hiding
         partitions = [partition_keys(prefix, n) for n in range(PARTITIONS)]
         self._sweep_keys = [deadlines for deadlines, _ in partitions] + [c for _, c in partitions]
         self._sweeper = LoopingCall(self._sweep)
@@ -219,8 +222,7 @@ class RedisStore(Service):
             user = user_keys(self._prefix, ping.userid)
             deadlines, count = partition_keys(self._prefix, user.partition)
             keys += (user.key, user.devices, user.online, deadlines, count)
-            args += (ping.time, ping.status, ping.clientid,
-                     deadline_member(ping.userid, ping.clientid), ping_message(ping))
+            args += ping_args(ping, self._hiding.hides(ping.status))
         answer = self._answer_writes
         if self._wait_replicas:
             answer = partial(self._wait_then_answer, self._commands)
@@ -255,7 +257,8 @@ class RedisStore(Service):
 
     def _answer_writes(self, results: list, writes: list[tuple[Ping, Deferred[None]]]) -> None:
         for result, (ping, d) in zip(results, writes):
-            if result == 1:
+            if result == 1 or result == 2:  # 2: a ping that hides took the user offline
+                self._count_offline(result - 1)
                 d.callback(None)
             else:  # e.g. WRONGTYPE: the user's key holds something else
                 log.error("redis refused to store {ping}: {error}", ping=ping, error=result)
