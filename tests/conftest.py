@@ -37,8 +37,8 @@ def start_daemon(tmp_path: Path) -> Iterator:
     started: list[Daemon] = []
 
     def start(args: list[str] = (), env: dict[str, str] | None = None,
-              port: int | None = None, healthy: bool = True) -> Daemon:
-        daemon = Daemon(tmp_path, list(args), env, port).start(healthy)
+              port: int | None = None, healthy: bool = True, **where: str) -> Daemon:
+        daemon = Daemon(tmp_path, list(args), env, port, **where).start(healthy)
         started.append(daemon)
         return daemon
 

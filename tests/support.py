@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -41,13 +42,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 15) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 15,
+                  host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            socket.create_connection((host, port), timeout=0.5).close()
             return
         except OSError:
             time.sleep(0.05)
@@ -68,8 +70,12 @@ class Daemon:
     """``twistd -n heartbeat`` as a user runs it, on a free loopback port."""
 
     def __init__(self, cwd: Path, args: list[str] = (), env: Mapping[str, str] | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, listen: str | None = None,
+                 host: str = "127.0.0.1") -> None:
         self.port = port or free_port()
+        # ``listen``: another LISTEN on ``port`` (ssl:, tcp6:), reached at ``host``.
+        self.listen = listen or f"tcp:{self.port}:interface=127.0.0.1"
+        self.host = host
         self.cwd = cwd
         self.args = list(args)
         self.env = dict(env or {})
@@ -82,7 +88,7 @@ class Daemon:
 
     def command(self) -> list[str]:
         return [TWISTD, "-n", "--pidfile=", "heartbeat",
-                "--listen", f"tcp:{self.port}:interface=127.0.0.1", *self.args]
+                "--listen", self.listen, *self.args]
 
     def start(self, healthy: bool = True, **popen) -> Daemon:
         """Spawn ``command()`` and wait until it listens and, if ``healthy``, serves.
@@ -91,17 +97,21 @@ class Daemon:
         that pings right away waits for ``/health`` to say 200 first.
         ``popen`` adds Popen arguments (e.g. ``pass_fds``).
         """
-        env = {k: v for k, v in os.environ.items() if k not in _SETTINGS_ENV}
-        env["PYTHONPATH"] = str(REPO)
-        env.update(self.env)
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), cwd=self.cwd, env=env, stdout=log,
-                                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-                                         **popen)
-        wait_for_port(self.port, self.proc)
+            self.proc = subprocess.Popen(self.command(), cwd=self.cwd, env=self.environment(),
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         preexec_fn=_die_with_parent, **popen)
+        wait_for_port(self.port, self.proc, host=self.host)
         if healthy:
             self.wait_healthy()
         return self
+
+    def environment(self) -> dict[str, str]:
+        """Ours without heartbeat's settings, then this daemon's: nothing leaks in."""
+        env = {k: v for k, v in os.environ.items() if k not in _SETTINGS_ENV}
+        env["PYTHONPATH"] = str(REPO)
+        env.update(self.env)
+        return env
 
     def wait_healthy(self, timeout: float = 15) -> None:
         deadline = time.monotonic() + timeout
@@ -180,14 +190,16 @@ class SSEClient:
     """A raw-socket EventSource reader: sees exactly the bytes the server sends."""
 
     def __init__(self, port: int, path: str, headers: Mapping[str, str] | None = None,
-                 rcvbuf: int | None = None) -> None:
+                 rcvbuf: int | None = None, tls: ssl.SSLContext | None = None) -> None:
         # ``rcvbuf`` (set before connecting, so the window stays small) makes
         # a client that stops reading block the server quickly.
-        self.sock = socket.socket()
-        self.sock.settimeout(10)
+        sock = socket.socket()
+        sock.settimeout(10)
         if rcvbuf is not None:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.connect(("127.0.0.1", port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.connect(("127.0.0.1", port))
+        # ``tls``: over TLS to "localhost", as a client checking the name would.
+        self.sock = sock if tls is None else tls.wrap_socket(sock, server_hostname="localhost")
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n"
                           f"Accept: text/event-stream\r\n{extra}\r\n".encode())

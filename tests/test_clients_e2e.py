@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import httpx
+import httpx_sse
+
 from tests.support import SSEClient, get, post_ping
 
 ORIGIN = "http://page.example:8000"
@@ -96,3 +99,16 @@ def test_cors_on_a_real_preflight_and_stream(start_daemon):
     other = SSEClient(daemon.port, "/subscribe?user=a", {"Origin": "http://other.example"})
     assert other.status == 200 and "access-control-allow-origin" not in other.headers
     other.close()
+
+
+def test_httpx_sse_reads_the_stored_then_a_live_ping_as_json(daemon):
+    """The most used Python SSE client: its first item is an event, not the retry."""
+    assert post_ping(daemon.port, "0", userid="alice")[0] == 200
+    with httpx.Client(timeout=10) as client, httpx_sse.connect_sse(
+            client, "GET", f"{daemon.url}/subscribe/alice") as source:
+        items = source.iter_sse()
+        first = next(items)
+        assert first.json()["status"] == "0" and first.retry == 2000
+        assert post_ping(daemon.port, "away", userid="alice")[0] == 200
+        live = next(items)
+        assert live.json()["status"] == "away" and live.id

@@ -129,6 +129,13 @@ def test_workers_need_redis():
     assert settings(env={"WORKERS": "2", "REDIS": ":6379"}).workers == 2
 
 
+def test_workers_refuse_tls_they_would_answer_in_plain_text():
+    with pytest.raises(UsageError, match="^bad setting WORKERS: .*LISTEN=ssl:"):
+        settings(env={"WORKERS": "2", "REDIS": ":6379",
+                      "LISTEN": "ssl:8443:privateKey=k.pem:certKey=c.pem"})
+    assert settings(env={"LISTEN": "ssl:8443:privateKey=k.pem:certKey=c.pem"}).workers == 1
+
+
 def test_bad_listen_exits_with_one_line():
     options = Options()
     options.parseOptions(["--listen", "bogus:thing"])

@@ -1,11 +1,13 @@
 """The real daemon over real sockets: every route, body style and error."""
 
+import http.client
 import json
 import socket
 
 import pytest
 
-from tests.support import SSEClient, get, post_ping
+from tests.support import SSEClient, free_port, get, post_ping
+from tests.wire import claim, parse_response, request_bytes
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -105,3 +107,68 @@ def test_keepalive_comments_arrive(start_daemon):
     assert stream.frame(timeout=3) == b"retry: 2000\n"
     assert stream.frame(timeout=3) == b":\n"
     assert stream.frame(timeout=3) == b":\n"
+
+
+def _responses(sock: socket.socket, count: int) -> list:
+    """The next ``count`` complete responses on ``sock``, in order."""
+    data, found = b"", []
+    while len(found) < count:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {len(found)} responses"
+        data += chunk
+        while (response := parse_response(data)) is not None and response.complete:
+            found.append(response)
+            data = response.rest
+    return found
+
+
+def test_pipelined_requests_are_answered_in_order(daemon):
+    ping = {"X-User-Claim": claim("alice"), "Content-Type": "text/plain"}
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as sock:
+        sock.sendall(request_bytes("POST", "/ping", ping, b"1")
+                     + request_bytes("GET", "/status?user=alice")
+                     + request_bytes("POST", "/ping", ping, b"2")
+                     + request_bytes("GET", "/status?user=alice")
+                     + request_bytes("GET", "/health"))
+        answers = _responses(sock, 5)
+    assert [r.status for r in answers] == [200] * 5
+    assert [answers[i].json()["alice"]["status"] for i in (1, 3)] == ["1", "2"]
+    assert answers[4].json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("path, body", [("/ping", b"1"), ("/health", b"")])
+def test_http_1_0_is_answered_then_closed(daemon, path, body):
+    method = "POST" if body else "GET"
+    request = request_bytes(method, path, {"X-User-Claim": claim("alice")}, body)
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as sock:
+        sock.sendall(request.replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1))
+        data = b""
+        while chunk := sock.recv(65536):  # until the daemon closes
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 ") or data.startswith(b"HTTP/1.0 200 ")
+    assert parse_response(data).complete
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback (::1) here")
+def test_ping_and_status_over_ipv6(start_daemon):
+    port = free_port()
+    daemon = start_daemon(port=port, healthy=False, listen=rf"tcp6:{port}:interface=\:\:1",
+                          host="::1")
+    conn = http.client.HTTPConnection("::1", port, timeout=10)
+    conn.request("POST", "/ping", body=b"1", headers={"X-User-Claim": claim("alice")})
+    response = conn.getresponse()
+    assert (response.status, response.read()) == (200, b"")
+    conn.request("GET", "/status?user=alice")
+    response = conn.getresponse()
+    assert response.status == 200 and json.loads(response.read())["alice"]["status"] == "1"
+    conn.close()
+    assert "LISTEN=tcp6:" in daemon.output()

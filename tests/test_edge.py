@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from twisted.internet.interfaces import IProtocolNegotiationFactory
+
 from heartbeat.web.edge import HttpConnection
 from tests.wire import Wire, claim, parse_response, request_bytes
 
@@ -180,3 +182,10 @@ def test_a_path_that_is_not_utf8_is_a_json_400():
     assert response.status == 400 and response.json()["error"]
     response = wire.request("GET", "/st%FFatus")
     assert response.status == 400 and response.json()["error"]
+
+
+def test_alpn_is_http_1_1_by_adaptation_only():
+    """See ``Edge.__conform__``: declared, Twisted 25.5 and older would break TLS."""
+    edge = Wire().edge
+    assert not IProtocolNegotiationFactory.providedBy(edge)
+    assert IProtocolNegotiationFactory(edge).acceptableProtocols() == [b"http/1.1"]

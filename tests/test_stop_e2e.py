@@ -6,9 +6,12 @@ import resource
 import selectors
 import signal
 import socket
+import subprocess
 import time
 
-from tests.support import get
+import pytest
+
+from tests.support import Daemon, get
 
 STREAMS = 2000
 
@@ -79,3 +82,42 @@ def test_sigterm_ends_thousands_of_streams_cleanly_within_5s(start_daemon):
         for sock in socks:
             sock.close()
     assert "heartbeat stopped" in daemon.output()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_with_50_streams_open_exits_within_5s(start_daemon, sig):
+    daemon = start_daemon()
+    socks = _open_streams(daemon.port, 50)
+    try:
+        started = time.monotonic()
+        daemon.proc.send_signal(sig)
+        assert daemon.proc.wait(10) == -sig
+        took = time.monotonic() - started
+        print(f"{sig.name} with 50 streams open: exited in {took:.2f}s")
+        assert took < 5
+        received = _read_to_end(socks, timeout=10)
+        assert all(data.endswith(b"0\r\n\r\n") for data in received.values())
+    finally:
+        for sock in socks:
+            sock.close()
+    assert "Traceback" not in daemon.output()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_busy_port_ends_start_up_at_once_with_one_line(tmp_path, redis_server, workers):
+    """Under systemd, a daemon that listens nowhere must not look active."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        daemon = Daemon(tmp_path, ["--workers", str(workers), "--redis", redis_server.address],
+                        port=taken.getsockname()[1])
+        started = time.monotonic()
+        done = subprocess.run(daemon.command(), cwd=tmp_path, env=daemon.environment(),
+                              capture_output=True, text=True, timeout=15)
+        took = time.monotonic() - started
+    print(f"busy port, WORKERS={workers}: exit {done.returncode} in {took:.2f}s")
+    assert done.returncode != 0 and took < 5
+    output = done.stdout + done.stderr
+    refusals = [line for line in output.splitlines() if "cannot listen" in line]
+    assert len(refusals) == 1 and "LISTEN" in refusals[0] and "in use" in refusals[0]
+    assert "Traceback" not in output and "heartbeat serving" not in output

@@ -9,7 +9,9 @@ upgrade that moves them fails these tests, not production.
 from __future__ import annotations
 
 import inspect
+import re
 import socket
+from pathlib import Path
 
 from twisted.internet import abstract, endpoints, tcp
 from twisted.internet.address import IPv4Address
@@ -93,3 +95,13 @@ def test_a_request_asks_its_channel_only_for_what_site_channel_has():
 
 def test_no_body_codes_are_where_handoff_reads_them():
     assert 204 in http.NO_BODY_CODES and 304 in http.NO_BODY_CODES
+
+
+def test_ci_tests_the_twisted_floor_pyproject_states():
+    """The lower bound is only true while .ci/run's second run installs exactly it."""
+    repo = Path(__file__).resolve().parent.parent
+    floor = re.search(r'"twisted\[tls\]>=([\d.]+),', (repo / "pyproject.toml").read_text())
+    pinned = re.search(r"^twisted==([\d.]+)$", (repo / ".ci" / "floor-constraints.txt").read_text(),
+                       re.MULTILINE)
+    assert floor and pinned
+    assert pinned[1] in (floor[1], floor[1] + ".0")

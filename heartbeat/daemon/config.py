@@ -217,4 +217,8 @@ def _check_together(settings: Settings) -> None:
         raise UsageError("bad setting REDIS_WAIT_REPLICAS: replicas need REDIS")
     if settings.workers > 1 and settings.redis is None:
         raise UsageError("bad setting WORKERS: more than 1 worker needs REDIS")
+    if settings.workers > 1 and settings.listen.startswith("ssl:"):
+        # A worker adopts the bare TCP socket: it would answer TLS clients in plain text.
+        raise UsageError("bad setting WORKERS: more than 1 worker cannot serve LISTEN=ssl:; "
+                         "use WORKERS=1, or end TLS in a proxy in front")
 

@@ -50,8 +50,12 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
             description = listen_endpoint(settings.listen, settings.backlog)
             sockets = reuseport_sockets(description, settings.workers)
         if sockets:
+            # The endpoint closes the fd it adopts, so the fd is the endpoint's,
+            # no longer the socket object's: closing both closed whatever had
+            # reused the number by then (Twisted's child-waker pipe: EBADF at stop).
+            primary = sockets.pop(0)
             endpoint: IStreamServerEndpoint = AdoptedStreamServerEndpoint(
-                reactor, sockets[0].fileno(), sockets[0].family
+                reactor, primary.detach(), primary.family
             )
         else:
             endpoint = _endpoint(reactor, settings)

@@ -18,12 +18,14 @@ import re
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -43,7 +45,7 @@ KILL_AFTER = 5.0
 _TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 
 
-def inherited_endpoint(reactor, fd: str, domain: str = "INET") -> AdoptedStreamServerEndpoint:  # type: ignore[no-untyped-def]
+def inherited_endpoint(reactor: Any, fd: str, domain: str = "INET") -> AdoptedStreamServerEndpoint:
     """The endpoint for ``heartbeat-fd:<fd>:domain=<INET|INET6|UNIX>``."""
     family = getattr(socket, f"AF_{domain}", None)
     if family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
@@ -119,7 +121,7 @@ class WorkerPool(Service):
 
     def __init__(
         self,
-        reactor,  # type: ignore[no-untyped-def]
+        reactor: Any,
         count: int,
         options: Mapping[str, str | None],
         listening: Callable[[], Deferred[IListeningPort]],
@@ -129,10 +131,10 @@ class WorkerPool(Service):
         self._count = count
         self._options = options
         self._listening = listening
-        # One socket per process, the primary's first (SO_REUSEPORT), or
-        # none: the workers share the primary's.
-        self._sockets = sockets
-        self._port: IListeningPort | None = None
+        # Each worker's own socket (SO_REUSEPORT), or none: they share the
+        # primary's once it listens.
+        self._own = list(sockets)
+        self._shared: socket.socket | None = None
         self._workers: dict[int, tuple[_Worker, object]] = {}
 
     def startService(self) -> None:
@@ -140,14 +142,17 @@ class WorkerPool(Service):
         self._listening().addCallback(self._start_all)
 
     def _start_all(self, port: IListeningPort) -> None:
-        self._port = port
+        if not self._own:
+            # Every LISTEN form listens on a tcp.Port (unix: and ssl: ones are too).
+            assert isinstance(port, tcp.Port), port
+            self._shared = port.socket
         for number in range(1, self._count + 1):
             self._spawn(number)
 
     def _spawn(self, number: int) -> None:
-        if not self.running or self._port is None:
+        listening = self._own[number - 1] if self._own else self._shared
+        if not self.running or listening is None:
             return
-        listening = self._sockets[number] if self._sockets else self._port.socket
         fd = listening.fileno()
         command = worker_command(self._options, listening.family)
         # Readiness is the primary's to report; a worker's would be noise.
@@ -176,17 +181,22 @@ class WorkerPool(Service):
         for worker, process in list(self._workers.values()):
             _signal(process, "TERM")
             kill = self._reactor.callLater(KILL_AFTER, _signal, process, "KILL")
-            worker.done.addBoth(lambda result, call=kill: call.active() and call.cancel())
+            worker.done.addCallback(_cancel, kill)
             waits.append(worker.done)
         return DeferredList(waits).addCallback(self._close_sockets)
 
     def _close_sockets(self, result: object) -> object:
-        for sock in self._sockets:
+        for sock in self._own:
             sock.close()
         return result
 
 
-def _signal(process, name: str) -> None:  # type: ignore[no-untyped-def]
+def _cancel(result: None, call: IDelayedCall) -> None:
+    if call.active():
+        call.cancel()
+
+
+def _signal(process: Any, name: str) -> None:
     try:
         process.signalProcess(name)
     except ProcessExitedAlready:

@@ -28,7 +28,13 @@ from typing import Any
 
 import httptools
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime, ITransport
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocol,
+    IProtocolNegotiationFactory,
+    IReactorTime,
+    ITransport,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -506,6 +512,22 @@ class Edge(Factory):
 
     def buildProtocol(self, addr: object) -> HttpConnection:  # type: ignore[override]
         return HttpConnection(self)
+
+    def __conform__(self, interface: object) -> Edge | None:
+        """Be an ``IProtocolNegotiationFactory`` when adapted, never by declaration.
+
+        Under ``ssl:``, Twisted 26 adapts the factory to choose what ALPN
+        answers; with no protocols it aborts every handshake that offers ALPN
+        (curl, browsers, httpx). Twisted 25.5 and older only ask whether the
+        factory declares the interface, and would then change the shared TLS
+        context at each connection, which pyOpenSSL 25 and later refuse: there,
+        not declaring it leaves ALPN unanswered, which clients accept.
+        """
+        return self if interface is IProtocolNegotiationFactory else None
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """What ALPN may choose: HTTP/1.1 only."""
+        return [b"http/1.1"]
 
     def second(self) -> int:
         return int(self.clock.seconds())

@@ -34,15 +34,16 @@ class Script:
         self, conn: RedisProtocol, keys: Sequence[str], args: Sequence[object] = ()
     ) -> Deferred[Any]:
         """``EVALSHA``, then ``EVAL`` if the server has not seen the script."""
-        d = maybeDeferred(conn.execute_command, "EVALSHA", self.sha, len(keys), *keys, *args)
-        return d.addErrback(self._unknown, conn, keys, args)
+        operands = (len(keys), *keys, *args)
+        d = maybeDeferred(conn.execute_command, "EVALSHA", self.sha, *operands)
+        return d.addErrback(self._unknown, conn, operands)
 
     def _unknown(
-        self, failure: Failure, conn: RedisProtocol, keys: Sequence[str], args: Sequence[object]
+        self, failure: Failure, conn: RedisProtocol, operands: tuple[object, ...]
     ) -> Deferred[Any] | Failure:
         if not (failure.check(ResponseError) and str(failure.value).startswith("NOSCRIPT")):
             return failure
-        return maybeDeferred(conn.execute_command, "EVAL", self.source, len(keys), *keys, *args)
+        return maybeDeferred(conn.execute_command, "EVAL", self.source, *operands)
 
 
 # The Lua that takes one device offline, shared by the sweep and a leave. It publishes
@@ -246,8 +247,8 @@ def from_message(userid: str, text: str) -> tuple[Presence, ...]:
     Anything else is ignored.
     """
     if not text.startswith("{"):
-        time, _, status = text.partition(" ")
-        ping = _ping(userid, time, status)
+        stamp, _, text_status = text.partition(" ")
+        ping = _ping(userid, stamp, text_status)
         return () if ping is None else (Presence(userid, ping.time, ping.status),)
     try:
         event = json.loads(text)

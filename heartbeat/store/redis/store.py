@@ -87,7 +87,7 @@ class RedisStore(Service):
     listener: Listener | None = None
     kind = "redis"
 
-    def __init__(self, address: RedisAddress, prefix: str, reactor,  # type: ignore[no-untyped-def]
+    def __init__(self, address: RedisAddress, prefix: str, reactor: Any,
                  timeout: float, ca_file: str | None = None, wait_replicas: int = 0,
                  hiding: Hiding = Hiding()) -> None:
         self._reactor = reactor
@@ -289,7 +289,7 @@ class RedisStore(Service):
         reads, self._reads = self._reads, []
         # Every user the turn's gets name, once each, in the order first named.
         users = list(dict.fromkeys(userid for wanted, _ in reads for userid in wanted))
-        keys = []
+        keys: list[str] = []
         for userid in users:
             user = user_keys(self._prefix, userid)
             keys += (user.key, user.devices, user.online)
@@ -308,7 +308,8 @@ class RedisStore(Service):
         """One script call for a turn's batch; every caller hears of a failure."""
         conn = self._commands
         batch = fail(StoreUnavailable()) if conn is None else script.run(conn, keys, args)
-        batch.addCallbacks(answer, self._fail_batch, (waiting,), None, (waiting,))
+        batch.addCallbacks(answer, self._fail_batch, callbackArgs=(waiting,),
+                           errbackArgs=(waiting,))
 
     def _fail_batch(self, failure: Failure, waiting: list[tuple[Any, Deferred[Any]]]) -> None:
         self._store_failed(failure)
