@@ -3,13 +3,14 @@
 Thousands of connections each have a deadline (a request to finish, a
 token to expire) that is nearly always cancelled before it falls due.
 Arming and cancelling a reactor timer per item is what a burst of
-connections would then spend its time on; here arming is a set insertion,
-cancelling a set removal, and a single timer runs only while something is
+connections would then spend its time on; here arming is a dict insertion,
+cancelling a dict removal, and a single timer runs only while something is
 armed, waking once per occupied slot.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
@@ -23,7 +24,10 @@ class Deadlines(Generic[T]):
     """Calls ``on_due(item)`` once each armed item's deadline has passed.
 
     Deadlines are rounded up to the next ``resolution`` seconds, so an item
-    falls due no sooner than asked and at most ``resolution`` later.
+    falls due no sooner than asked and at most ``resolution`` later. The
+    slots in use are a heap, so a store with a slot per second of its
+    timeout finds the earliest at once; re-arming into the slot an item is
+    already in (a device pinging twice in a second) costs one lookup.
     """
 
     def __init__(
@@ -32,8 +36,11 @@ class Deadlines(Generic[T]):
         self._clock = clock
         self._on_due = on_due
         self._resolution = resolution
-        self._slots: dict[int, set[T]] = {}
+        # Insertion-ordered, so items of one slot fall due in the order armed.
+        self._slots: dict[int, dict[T, None]] = {}
         self._slot_of: dict[T, int] = {}
+        # Every slot in use, perhaps also some emptied since: skipped when reached.
+        self._order: list[int] = []
         self._timer: IDelayedCall | None = None
         self._timer_slot: int | None = None
 
@@ -45,9 +52,19 @@ class Deadlines(Generic[T]):
 
     def arm(self, item: T, after: float) -> None:
         """Call ``on_due(item)`` ``after`` seconds from now (replacing any earlier arming)."""
+        self.arm_at(item, self._clock.seconds() + after)
+
+    def arm_at(self, item: T, when: float) -> None:
+        """Call ``on_due(item)`` once the clock reads ``when`` (replacing any earlier arming)."""
+        slot = math.ceil(when / self._resolution)
+        if self._slot_of.get(item) == slot:
+            return
         self.disarm(item)
-        slot = math.ceil((self._clock.seconds() + after) / self._resolution)
-        self._slots.setdefault(slot, set()).add(item)
+        items = self._slots.get(slot)
+        if items is None:
+            items = self._slots[slot] = {}
+            heapq.heappush(self._order, slot)
+        items[item] = None
         self._slot_of[item] = slot
         if self._timer_slot is None or slot < self._timer_slot:
             self._schedule(slot)
@@ -57,7 +74,7 @@ class Deadlines(Generic[T]):
         if slot is None:
             return
         items = self._slots[slot]
-        items.discard(item)
+        del items[item]
         if not items:
             del self._slots[slot]
 
@@ -68,6 +85,7 @@ class Deadlines(Generic[T]):
         """Forget every deadline and the timer (shutdown)."""
         self._slots.clear()
         self._slot_of.clear()
+        self._order.clear()
         self._cancel_timer()
 
     def _schedule(self, slot: int) -> None:
@@ -86,9 +104,13 @@ class Deadlines(Generic[T]):
         self._timer = None
         self._timer_slot = None
         now = self._clock.seconds()
-        for slot in sorted(s for s in self._slots if s * self._resolution <= now):
-            for item in self._slots.pop(slot):
+        order = self._order
+        while order and order[0] * self._resolution <= now:
+            for item in self._slots.pop(heapq.heappop(order), ()):
                 del self._slot_of[item]
                 self._on_due(item)
-        if self._slots:
-            self._schedule(min(self._slots))
+        while order and order[0] not in self._slots:
+            heapq.heappop(order)
+        # An on_due that armed an item may have set the timer for a later slot.
+        if order and (self._timer_slot is None or order[0] < self._timer_slot):
+            self._schedule(order[0])

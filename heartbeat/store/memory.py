@@ -2,75 +2,23 @@
 
 from __future__ import annotations
 
-import heapq
-import math
 from collections.abc import Iterable
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 
+from heartbeat.core.deadlines import Deadlines
 from heartbeat.core.feed import Listener
 from heartbeat.core.hidden import Hiding
 from heartbeat.core.presence import Devices, Ping, Presence, UserState
 
 
-class DeadlineWheel:
-    """When each online device times out: a timer wheel of one-second slots.
-
-    A device sits in the slot of the whole second at or after its deadline;
-    a ping moves it to a later slot (O(1), plus O(log slots) for a slot
-    not yet in use), so there is no timer per device and no stale entry
-    left behind. The slots in use are a heap; with one timeout for all,
-    they number at most the timeout in seconds, plus one.
-    """
-
-    def __init__(self) -> None:
-        self._slots: dict[int, dict[tuple[str, str], None]] = {}
-        self._order: list[int] = []
-        self._slot_of: dict[tuple[str, str], int] = {}
-
-    def arm(self, device: tuple[str, str], deadline: float) -> None:
-        slot = math.ceil(deadline)
-        old = self._slot_of.get(device)
-        if old == slot:
-            return
-        if old is not None:
-            del self._slots[old][device]
-        self._slot_of[device] = slot
-        devices = self._slots.get(slot)
-        if devices is None:
-            devices = self._slots[slot] = {}
-            heapq.heappush(self._order, slot)
-        devices[device] = None
-
-    def disarm(self, device: tuple[str, str]) -> None:
-        slot = self._slot_of.pop(device, None)
-        if slot is not None:
-            del self._slots[slot][device]
-
-    def next_slot(self) -> int | None:
-        """The earliest slot that may hold a device (it may have been emptied)."""
-        return self._order[0] if self._order else None
-
-    def due(self, now: float) -> list[tuple[str, str]]:
-        """Take every device whose slot has come, in deadline order."""
-        due: list[tuple[str, str]] = []
-        while self._order and self._order[0] <= now:
-            for device in self._slots.pop(heapq.heappop(self._order)):
-                del self._slot_of[device]
-                due.append(device)
-        return due
-
-    def __len__(self) -> int:
-        return len(self._slot_of)
-
-
 class MemoryStore:
     """The in-process store and bus: one instance, nothing kept across restarts.
 
-    Deadlines are swept by one delayed call, set for the earliest slot in
-    use, so an idle store wakes no more than once a second and not at all
-    with nobody online.
+    Deadlines are one :class:`~heartbeat.core.deadlines.Deadlines` wheel,
+    whose one delayed call is set for the earliest slot in use, so an idle
+    store wakes no more than once a second and not at all with nobody online.
     """
 
     listener: Listener | None = None
@@ -83,8 +31,7 @@ class MemoryStore:
         self._hiding = hiding
         self._users: dict[str, Devices] = {}
         self._subscribed: set[str] = set()
-        self._deadlines = DeadlineWheel()
-        self._sweep_call: IDelayedCall | None = None
+        self._deadlines: Deadlines[tuple[str, str]] = Deadlines(clock, self._timed_out)
         self._online: set[str] = set()
         self.reconnects: dict[str, int] = {}
         self.offline_transitions = 0
@@ -104,8 +51,7 @@ class MemoryStore:
         """Record ``ping``, its device due offline at ``deadline``, and publish it."""
         devices = self._devices(ping.userid)
         # Armed for a ping that hides too: its device stays connected.
-        self._deadlines.arm((ping.userid, ping.clientid), deadline)
-        self._schedule()
+        self._deadlines.arm_at((ping.userid, ping.clientid), deadline)
         changes = devices.ping(ping, self._hiding)
         if changes and changes[0].online:  # visible: the user's change, online, comes first
             self._online.add(ping.userid)
@@ -137,8 +83,7 @@ class MemoryStore:
             user.devices[device.clientid] = device
             if device.online:
                 self._online.add(latest.userid)
-                self._deadlines.arm((latest.userid, device.clientid), deadline)
-        self._schedule()
+                self._deadlines.arm_at((latest.userid, device.clientid), deadline)
 
     def get(self, userids: Iterable[str]) -> Deferred[dict[str, UserState | None]]:
         states = {}
@@ -156,9 +101,7 @@ class MemoryStore:
         return succeed(None)
 
     def close(self) -> Deferred[None]:
-        if self._sweep_call is not None and self._sweep_call.active():
-            self._sweep_call.cancel()
-        self._sweep_call = None
+        self._deadlines.stop()
         return succeed(None)
 
     def _offline(self, userid: str, clientid: str) -> None:
@@ -181,24 +124,5 @@ class MemoryStore:
         for change in changes:
             self.listener.deliver(change)
 
-    def _schedule(self) -> None:
-        """Sweep when the earliest slot comes, sooner if a deadline moved earlier.
-
-        Deadlines move earlier only after a restart with a shorter
-        ``PRESENCE_TIMEOUT`` than the stored ones were armed with.
-        """
-        slot = self._deadlines.next_slot()
-        if slot is None:
-            return
-        if self._sweep_call is not None:
-            if self._sweep_call.getTime() <= slot:
-                return
-            self._sweep_call.cancel()
-        delay = max(0.0, slot - self._clock.seconds())
-        self._sweep_call = self._clock.callLater(delay, self._sweep)
-
-    def _sweep(self) -> None:
-        self._sweep_call = None
-        for userid, clientid in self._deadlines.due(self._clock.seconds()):
-            self._offline(userid, clientid)
-        self._schedule()
+    def _timed_out(self, device: tuple[str, str]) -> None:
+        self._offline(*device)
