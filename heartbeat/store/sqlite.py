@@ -10,8 +10,8 @@ One writer thread owns the write connection (a one-thread pool, not the
 reactor's shared one, so a slow ``getaddrinfo`` elsewhere never queues
 behind a commit, and no other thread ever touches the connection). The
 changes of one reactor turn, and those arriving while a commit is under
-way, go to it as one transaction, so the ping rate is bounded by commits
-(each one fsync of the WAL), not by pings. ``twisted.enterprise.adbapi``
+way, go to it as one transaction, so the ping rate is bounded by commits,
+not by pings. ``twisted.enterprise.adbapi``
 would do the same hop but adds a transaction object and a reconnect policy
 per call, and hides the connection heartbeat needs to shape its batches.
 
@@ -150,9 +150,12 @@ class Database:
             # Made in the writer thread, which alone uses it.
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            # The WAL is synced at each commit: an acknowledged ping survives
-            # a power cut too, not only a crash of the process.
-            conn.execute("PRAGMA synchronous = FULL")
+            # A commit is in the WAL before its ping is answered, so the ping
+            # survives the process (kill -9, a crash, a deploy); the WAL is
+            # synced at checkpoints, so a power cut may take the last moment's
+            # pings, never the file. FULL (an fsync per commit) would make a
+            # ping sent only after the last was answered wait for the disk.
+            conn.execute("PRAGMA synchronous = NORMAL")
             self._conn = conn
         return conn
 
