@@ -55,9 +55,9 @@ from heartbeat.store.redis.scripts import (
     Script,
     deadline_member,
     from_member,
-    from_message,
     from_row,
     ping_message,
+    relay,
 )
 from heartbeat.store.redis.tls import load_trust_root
 
@@ -521,15 +521,7 @@ class ClusterStore(Service):
         return succeed(None)
 
     def _message(self, channel: str, text: str) -> None:
-        if not (isinstance(text, str) and channel.startswith(self._prefix)):
-            return
-        changes = from_message(channel[len(self._prefix):], text)
-        if changes and self.listener is not None:
-            try:
-                for change in changes:
-                    self.listener.deliver(change)
-            except Exception:
-                log.failure("delivering a ping failed")
+        relay(self.listener, self._prefix, channel, text)
 
     # The cluster's state.
 

@@ -16,10 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txredisapi import RedisProtocol, ResponseError
 
+from heartbeat.core.feed import Listener
 from heartbeat.core.presence import Ping, Presence, UserState
+
+log = Logger()
 
 
 @dataclass(frozen=True)
@@ -266,6 +270,24 @@ def from_message(userid: str, text: str) -> tuple[Presence, ...]:
         return (user,)
     device = Presence(userid, time, status, online, clientid)
     return (user, device) if online else (device,)
+
+
+def relay(listener: Listener | None, prefix: str, channel: str, text: object) -> None:
+    """Hand the changes a bus message on ``channel`` carries to ``listener``.
+
+    An exception here would escape into the subscriber protocol and drop
+    the subscriber connection for every stream of this process: logged instead.
+    """
+    if not (isinstance(text, str) and channel.startswith(prefix)):
+        return
+    changes = from_message(channel[len(prefix):], text)
+    if changes and listener is not None:
+        try:
+            for change in changes:
+                listener.deliver(change)
+        except Exception:
+            log.failure("delivering a ping failed")
+
 
 
 def from_row(userid: str, row: Sequence[Any]) -> UserState | None:

@@ -55,9 +55,9 @@ from heartbeat.store.redis.scripts import (
     Script,
     deadline_member,
     from_member,
-    from_message,
     from_row,
     ping_args,
+    relay,
 )
 from heartbeat.store.redis.sentinel import route_for
 from heartbeat.store.redis.tls import load_trust_root
@@ -486,17 +486,7 @@ class RedisStore(Service):
             self.listener.resync()
 
     def _message(self, channel: str, text: str) -> None:
-        if not (isinstance(text, str) and channel.startswith(self._prefix)):
-            return
-        changes = from_message(channel[len(self._prefix):], text)
-        if changes and self.listener is not None:
-            try:
-                for change in changes:
-                    self.listener.deliver(change)
-            except Exception:
-                # An exception here would escape into the protocol and drop
-                # the subscriber connection for every stream of this process.
-                log.failure("delivering a ping failed")
+        relay(self.listener, self._prefix, channel, text)
 
 
 def _connection_lost(failure: Failure) -> None:
