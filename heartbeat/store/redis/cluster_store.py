@@ -59,14 +59,10 @@ from heartbeat.store.redis.scripts import (
     ping_message,
     relay,
 )
+from heartbeat.store.redis.store import REPLY_TIMEOUT, SWEEP_BATCH, SWEEP_INTERVAL, WAIT_TIMEOUT_MS
 from heartbeat.store.redis.tls import load_trust_root
 
 log = Logger()
-
-REPLY_TIMEOUT = 5.0
-SWEEP_INTERVAL = 1.0
-SWEEP_BATCH = 128
-WAIT_TIMEOUT_MS = 1000
 
 _NOW = (
     "local clock = redis.call('TIME')\n"
