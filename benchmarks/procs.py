@@ -337,8 +337,12 @@ def start_heartbeat(scratch: Path, twistd: str, root: Path, name: str,
     for old in workdir.glob("heartbeat.db*"):
         old.unlink()
     target = Target(name, "heartbeat", "127.0.0.1", free_port())
+    # The load client opens its publisher connections before the streams and may leave
+    # one unused for longer than heartbeat's 10 s REQUEST_TIMEOUT, which then closes it
+    # (408) just as a ping goes out on it; nginx's equivalent, client_header_timeout,
+    # is 60 s, so heartbeat gets the same here.
     argv = [twistd, "-n", "--pidfile=", "heartbeat",
-            "--listen", f"tcp:{target.port}:interface=127.0.0.1"]
+            "--listen", f"tcp:{target.port}:interface=127.0.0.1", "--request-timeout", "60"]
     if redis:
         argv += ["--redis", redis.url]
     if database:
