@@ -59,7 +59,13 @@ from heartbeat.store.redis.scripts import (
     ping_message,
     relay,
 )
-from heartbeat.store.redis.store import REPLY_TIMEOUT, SWEEP_BATCH, SWEEP_INTERVAL, WAIT_TIMEOUT_MS
+from heartbeat.store.redis.store import (
+    REPLY_TIMEOUT,
+    SWEEP_BATCH,
+    SWEEP_INTERVAL,
+    WAIT_TIMEOUT_MS,
+    Replicas,
+)
 from heartbeat.store.redis.tls import load_trust_root
 
 log = Logger()
@@ -239,7 +245,7 @@ class ClusterStore(Service):
         self._prefix = prefix
         self._timeout = timeout
         self._wait_replicas = wait_replicas
-        self._replicas_short = False
+        self._replicas = Replicas(wait_replicas)
         self._last_error: str | None = None
         trust = load_trust_root(ca_file) if ca_file else None
         self._cluster = Cluster(reactor, address, trust, REPLY_TIMEOUT, self._map_changed,
@@ -349,15 +355,7 @@ class ClusterStore(Service):
         return d.addCallback(self._enough, results)
 
     def _enough(self, acknowledged: object, results: list) -> list:
-        short = not (isinstance(acknowledged, (int, str)) and int(acknowledged) >= self._wait_replicas)
-        if short != self._replicas_short:
-            self._replicas_short = short
-            if short:
-                log.warn("redis: {acknowledged} of {wanted} replicas acknowledged (REDIS_WAIT_REPLICAS):"
-                         " pings get 503", acknowledged=acknowledged, wanted=self._wait_replicas)
-            else:
-                log.info("redis: replicas acknowledge pings again")
-        if short:
+        if not self._replicas.enough(acknowledged):
             raise StoreUnavailable()
         return results
 

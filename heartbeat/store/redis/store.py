@@ -76,6 +76,29 @@ SWEEP_BATCH = 128
 WAIT_TIMEOUT_MS = 1000
 
 
+class Replicas:
+    """``REDIS_WAIT_REPLICAS``: whether a ``WAIT`` counted enough replicas.
+
+    Logged when that changes, not for every batch, as a short count lasts
+    until a replica is back.
+    """
+
+    def __init__(self, wanted: int) -> None:
+        self.wanted = wanted
+        self._short = False
+
+    def enough(self, acknowledged: object) -> bool:
+        short = not (isinstance(acknowledged, (int, str)) and int(acknowledged) >= self.wanted)
+        if short != self._short:
+            self._short = short
+            if short:
+                log.warn("redis: {acknowledged} of {wanted} replicas acknowledged (REDIS_WAIT_REPLICAS):"
+                         " pings get 503", acknowledged=acknowledged, wanted=self.wanted)
+            else:
+                log.info("redis: replicas acknowledge pings again")
+        return not short
+
+
 class RedisStore(Service):
     """The :class:`~heartbeat.store.Store` of a scaled-out deployment.
 
@@ -103,7 +126,7 @@ class RedisStore(Service):
         self.offline_transitions = 0
         self._where = address.describe()
         self._wait_replicas = wait_replicas
-        self._replicas_short = False
+        self._replicas = Replicas(wait_replicas)
         self._commands: RedisProtocol | None = None
         self._subscriber: RedisProtocol | None = None
         # True once the subscriber holds every wanted channel again.
@@ -261,15 +284,7 @@ class RedisStore(Service):
 
     def _replicated(self, acknowledged: object, results: list,
                     writes: list[tuple[Ping, Deferred[None]]]) -> None:
-        short = not (isinstance(acknowledged, (int, str)) and int(acknowledged) >= self._wait_replicas)
-        if short != self._replicas_short:
-            self._replicas_short = short
-            if short:
-                log.warn("redis: {acknowledged} of {wanted} replicas acknowledged (REDIS_WAIT_REPLICAS):"
-                         " pings get 503", acknowledged=acknowledged, wanted=self._wait_replicas)
-            else:
-                log.info("redis: replicas acknowledge pings again")
-        if short:
+        if not self._replicas.enough(acknowledged):
             for _, d in writes:
                 d.errback(StoreUnavailable())
         else:
