@@ -341,3 +341,13 @@ def test_the_redis_setting_selects_the_redis_store():
     assert isinstance(store, RedisStore)
     # Wired to connect when the service starts, not before.
     assert store.parent is not None and store.available is False
+
+
+def test_replicas_count_what_wait_answered_and_only_enough_is_enough():
+    from heartbeat.store.redis.store import Replicas
+
+    replicas = Replicas(2)
+    assert replicas.enough(2) and replicas.enough("3")
+    assert not replicas.enough(1)
+    assert not replicas.enough(None)  # WAIT failed or answered something else
+    assert replicas.enough(2)  # back again
