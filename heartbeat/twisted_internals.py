@@ -2,7 +2,7 @@
 
 Twisted changes its private names without a deprecation cycle, so they live
 here and nowhere else, each covered by a contract test
-(``tests/test_twisted_internals.py``) that fails loudly when a Twisted
+(``tests/test_twisted_contracts.py``) that fails loudly when a Twisted
 release moves them. This module sits beneath every layer and imports
 nothing of heartbeat.
 
