@@ -65,6 +65,7 @@ from heartbeat.store.redis.store import (
     SWEEP_INTERVAL,
     WAIT_TIMEOUT_MS,
     Replicas,
+    queue_for_turn,
 )
 from heartbeat.store.redis.tls import load_trust_root
 
@@ -313,14 +314,7 @@ class ClusterStore(Service):
         never queues), so a master's failover costs 503s to the users of its
         slots and of the partitions it holds, not to everyone.
         """
-        return self._queue(self._writes, ping, self._write_batch)
-
-    def _queue(self, queue: Waiting, item: Any, send: Callable[[], None]) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        if not queue:
-            self._reactor.callLater(0, send)
-        queue.append((item, d))
-        return d
+        return queue_for_turn(self._reactor, self._writes, ping, self._write_batch)
 
     def _write_batch(self) -> None:
         writes, self._writes = self._writes, []
@@ -399,7 +393,7 @@ class ClusterStore(Service):
         users = list(dict.fromkeys(userids))
         if not users:
             return succeed({})
-        return self._queue(self._reads, users, self._read_batch)
+        return queue_for_turn(self._reactor, self._reads, users, self._read_batch)
 
     def _read_batch(self) -> None:
         reads, self._reads = self._reads, []

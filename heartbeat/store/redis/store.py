@@ -76,6 +76,20 @@ SWEEP_BATCH = 128
 WAIT_TIMEOUT_MS = 1000
 
 
+def queue_for_turn(reactor: Any, queue: list[tuple[Any, Deferred[Any]]], item: Any,
+                   send: Callable[[], None]) -> Deferred[Any]:
+    """``item``'s answer, once ``send`` has sent it with the rest of this turn's ``queue``.
+
+    The first item of a turn schedules ``send`` for the end of the turn, so
+    one command carries every ping (or read) the turn brought.
+    """
+    d: Deferred[Any] = Deferred()
+    if not queue:
+        reactor.callLater(0, send)
+    queue.append((item, d))
+    return d
+
+
 class Replicas:
     """``REDIS_WAIT_REPLICAS``: whether a ``WAIT`` counted enough replicas.
 
@@ -200,7 +214,7 @@ class RedisStore(Service):
         """
         if self._commands is None:
             return fail(StoreUnavailable())
-        return self._queue(self._writes, ping, self._write_batch)
+        return queue_for_turn(self._reactor, self._writes, ping, self._write_batch)
 
     def online_users(self) -> int | None:
         """As the last sweep counted them (None before the first)."""
@@ -227,7 +241,7 @@ class RedisStore(Service):
             return succeed({})
         if self._commands is None:
             return fail(StoreUnavailable())
-        return self._queue(self._reads, users, self._read_batch)
+        return queue_for_turn(self._reactor, self._reads, users, self._read_batch)
 
     def restore(self, latest: Ping, devices: Iterable[tuple[Presence, float]]) -> Deferred[None]:
         """Put back a user another store kept, publishing nothing (as ``MemoryStore.restore``).
@@ -247,15 +261,6 @@ class RedisStore(Service):
         keys = [user.key, user.devices, user.online, *partition_keys(self._prefix, user.partition)]
         d = RESTORE.run(self._commands, keys, args)
         return d.addCallbacks(lambda _: None, self._store_failed)
-
-    def _queue(self, queue: list[tuple[Any, Deferred[Any]]], item: Any,
-               send: Callable[[], None]) -> Deferred[Any]:
-        """``item``'s answer, once ``send`` has sent it with the rest of this turn's ``queue``."""
-        d: Deferred[Any] = Deferred()
-        if not queue:
-            self._reactor.callLater(0, send)
-        queue.append((item, d))
-        return d
 
     def _write_batch(self) -> None:
         writes, self._writes = self._writes, []
