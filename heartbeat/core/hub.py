@@ -7,6 +7,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from heartbeat.core.feed import Feed
+from heartbeat.core.holder import PresenceHolder
 from heartbeat.core.presence import Presence, UserState
 from heartbeat.core.sse import Event
 from heartbeat.core.stream import Stream
@@ -70,9 +71,11 @@ class Hub:
     when the last closes, so the bus carries only changes someone here needs.
     """
 
-    def __init__(self, store: Feed) -> None:
+    def __init__(self, store: Feed, holder: PresenceHolder | None = None) -> None:
         self._store = store
         store.listener = self
+        # Keeps the devices of presence streams online (None: no presence streams).
+        self.holder = holder
         self._interest: dict[str, _Interest] = {}
         self.streams: set[Stream] = set()
         # Plain counts for /metrics, read when scraped: an addition per ping
@@ -92,6 +95,8 @@ class Hub:
         """
         self.streams.add(stream)
         stream.ends = self
+        if stream.presence is not None and self.holder is not None:
+            self.holder.opened(stream.presence)
         for userid in stream.userids:
             interest = self._interest.get(userid)
             if interest is None:
@@ -156,6 +161,8 @@ class Hub:
         if stream not in self.streams:
             return
         self.streams.discard(stream)
+        if stream.presence is not None and self.holder is not None:
+            self.holder.closed(stream.presence)
         for userid in stream.userids:
             interest = self._interest[userid]
             watchers = interest.watchers(stream)

@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from heartbeat.core.presence import Presence
+from heartbeat.core.presence import Ping, Presence
 from heartbeat.core.sse import KEEPALIVE, KEEPALIVE_CHUNK, Event, event_id
 from heartbeat.twisted_internals import eager_write
 
@@ -53,11 +53,14 @@ class Stream:
     memory is bounded by its number of users; a stream paused for longer
     than ``blocked_timeout`` seconds is cut off. When not paused, ``send``
     is a plain write: fan-out stays cheap.
+
+    A presence stream (``presence``: the ping its opening is) also holds
+    its own device online while it is open (:mod:`heartbeat.core.holder`).
     """
 
     __slots__ = (
         "userids", "clientid", "last_event_id", "seen", "closed", "held", "transport", "chunked",
-        "ends", "_clock", "_blocked_timeout", "_blocked", "_gone", "_lost",
+        "ends", "presence", "_clock", "_blocked_timeout", "_blocked", "_gone", "_lost",
     )
 
     def __init__(
@@ -67,9 +70,11 @@ class Stream:
         blocked_timeout: float,
         last_event_id: bytes | None = None,
         clientid: str | None = None,
+        presence: Ping | None = None,
     ) -> None:
         self.userids = userids
         self.clientid = clientid
+        self.presence = presence
         # What a reconnecting browser says it saw last (``Last-Event-ID``).
         self.last_event_id = last_event_id
         # The last change this stream was sent per user, to resend only what

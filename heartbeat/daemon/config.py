@@ -34,6 +34,7 @@ class Settings:
     database: str
     keepalive: float
     presence_timeout: float
+    leave_grace: float
     hidden_statuses: tuple[str, ...]
     jwt_secret: str | None
     cors_origins: tuple[str, ...]
@@ -63,6 +64,13 @@ def _positive_float(value: str) -> float:
     number = float(value)
     if not number > 0 or number == float("inf"):
         raise ValueError("must be a positive number of seconds")
+    return number
+
+
+def _seconds(value: str) -> float:
+    number = float(value)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError("must be a number of seconds, 0 or more")
     return number
 
 
@@ -161,6 +169,7 @@ SETTINGS = (
     Setting("REDIS_WAIT_REPLICAS", "0", _count, "replicas that must acknowledge a ping (WAIT) before it is answered 200"),
     Setting("DATABASE", "heartbeat.db", _database, "the embedded store's SQLite file (without REDIS); :memory: keeps nothing"),
     Setting("PRESENCE_TIMEOUT", "60", _positive_float, "seconds of silence after which a device is offline"),
+    Setting("LEAVE_GRACE", "5", _seconds, "seconds a device stays online after its last presence stream ends"),
     Setting("KEEPALIVE", "25", _positive_float, "seconds between keep-alive comments on streams"),
     Setting("HIDDEN_STATUSES", "", parse_hidden_statuses, "comma-separated statuses that make a user look offline (Beep: 3)"),
     Setting("JWT_SECRET", "", _optional, "HS256 secret; set: built-in JWT auth instead of X-User-Claim"),

@@ -193,6 +193,9 @@ class HeartbeatService(MultiService):
         await DeferredList([self.hub.close_all(), self.edge.drain(DRAIN_TIMEOUT)])
         if late.active():
             late.cancel()
+        if self.hub.holder is not None:
+            # The streams just ended: their devices' grace, before the store closes.
+            await self.hub.holder.close()
         await self.store.close()
         if workers_stopped is not None:
             await workers_stopped

@@ -13,6 +13,7 @@ from twisted.python.usage import UsageError
 from twisted.web.server import Site
 
 from heartbeat.core.hidden import Hiding
+from heartbeat.core.holder import PresenceHolder
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity
 from heartbeat.daemon.config import SETTINGS, Settings, listen_endpoint, load_settings
@@ -20,6 +21,7 @@ from heartbeat.daemon.logs import log_observer, log_settings
 from heartbeat.daemon.metrics import Metrics
 from heartbeat.daemon.service import HeartbeatService
 from heartbeat.store.interface import Store
+from heartbeat.store.memory import MemoryStore
 from heartbeat.store.sqlite import DatabaseUnusable, open_store
 from heartbeat.web.api import Api
 from heartbeat.web.edge import Edge
@@ -103,7 +105,10 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
     """The service tree of ``settings``; a ``DATABASE`` it cannot use raises ``DatabaseUnusable``."""
     log_settings(settings)
     store = _store(settings, reactor)
-    hub = Hub(store)
+    holder = None
+    if isinstance(store, MemoryStore):
+        holder = PresenceHolder(store, reactor, settings.presence_timeout, settings.leave_grace)
+    hub = Hub(store, holder)
     identity = Identity(settings.jwt_secret, settings.max_userid_length)
     identity.announce()
     metrics = Metrics(hub, store)

@@ -29,7 +29,7 @@ import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -74,6 +74,8 @@ _SCHEMA = (
 _PUT_USER = "INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?)"
 _PUT_DEVICE = "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?)"
 _LEAVE = "UPDATE devices SET deadline = NULL WHERE userid = ? AND clientid = ?"
+_REARM = ("UPDATE devices SET deadline = ? WHERE userid = ? AND clientid = ?"
+          " AND deadline IS NOT NULL")
 _PROBE = "INSERT OR REPLACE INTO meta VALUES ('written', ?)"
 
 
@@ -87,31 +89,45 @@ Restored = tuple[Ping, list[tuple[Presence, float]]]
 
 @dataclass
 class Changes:
-    """One transaction's rows: a batch of pings and leaves, the latest of each kept.
+    """One transaction's rows: a batch of pings, leaves and deadlines moved,
+    the latest of each kept.
 
     A later ping of a device replaces an earlier one; a leave after a ping
-    in the same batch stores that ping with no deadline, so the order the
-    changes came in is what is stored.
+    in the same batch stores that ping with no deadline, and a deadline
+    moved after a ping moves that ping's; so the order the changes came in
+    is what is stored. Moved deadlines are written last, only for devices
+    still online then.
     """
 
     users: dict[str, tuple[str, int, str, str]] = field(default_factory=dict)
     devices: dict[tuple[str, str], tuple[str, str, int, str, float | None]] = field(
         default_factory=dict)
     leaves: dict[tuple[str, str], None] = field(default_factory=dict)
+    rearms: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def ping(self, ping: Ping, deadline: float) -> None:
         key = (ping.userid, ping.clientid)
         self.users[ping.userid] = (ping.userid, ping.time, ping.status, ping.clientid)
         self.leaves.pop(key, None)
+        self.rearms.pop(key, None)
         self.devices[key] = (ping.userid, ping.clientid, ping.time, ping.status, deadline)
 
     def leave(self, userid: str, clientid: str) -> None:
         key = (userid, clientid)
+        self.rearms.pop(key, None)
         row = self.devices.get(key)
         if row is None:
             self.leaves[key] = None
         else:
             self.devices[key] = (*row[:4], None)
+
+    def rearm(self, devices: Sequence[tuple[str, str]], deadline: float) -> None:
+        for key in devices:
+            row = self.devices.get(key)
+            if row is None:
+                self.rearms[key] = deadline
+            elif row[4] is not None:
+                self.devices[key] = (*row[:4], deadline)
 
 
 class Database:
@@ -165,6 +181,8 @@ class Database:
             conn.executemany(_PUT_USER, changes.users.values()),
             conn.executemany(_PUT_DEVICE, changes.devices.values()),
             conn.executemany(_LEAVE, changes.leaves),
+            conn.executemany(_REARM, ((deadline, userid, clientid)
+                                      for (userid, clientid), deadline in changes.rearms.items())),
         ))
 
     def probe(self) -> None:
@@ -341,6 +359,12 @@ class SQLiteStore(MemoryStore, Service):
     def leave(self, userid: str, clientid: str) -> Deferred[None]:
         self._changes.leave(userid, clientid)
         return self._queue(lambda: self._apply_leave(userid, clientid))
+
+    def rearm(self, devices: Sequence[tuple[str, str]], after: float) -> Deferred[None]:
+        # Kept on disk too, so a device held at a restart is not due at once after it.
+        deadline = self._clock.seconds() + after
+        self._changes.rearm(devices, deadline)
+        return self._queue(lambda: self._apply_rearm(devices, deadline))
 
     def close(self) -> Deferred[None]:
         """Finish the writes under way, close the file, stop the thread, unlock."""

@@ -22,7 +22,7 @@ from heartbeat.core.errors import BadInput, TooLarge, Unavailable
 from heartbeat.core.expiry import Expiry
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity, Reading
-from heartbeat.core.ping_body import MAX_BODY, parse_status
+from heartbeat.core.ping_body import MAX_BODY, parse_status, validate_status
 from heartbeat.core.presence import Ping, UserState
 from heartbeat.core.stream import Stream
 from heartbeat.core.users import requested_users
@@ -102,6 +102,8 @@ class Api:
     def leave(self, request: Asking) -> Deferred[None]:
         """The caller's device goes offline now; any body is ignored (sendBeacon)."""
         userid, clientid = self.identity.ping_user(request)
+        if self.hub.holder is not None:
+            self.hub.holder.left(userid, clientid)
         return self.store.leave(userid, clientid)
 
     def one_user(self, request: Asking, userid: str) -> Reading:
@@ -127,13 +129,29 @@ class Api:
         Checked before any header is sent, so a refused client gets a plain
         503 rather than a stream that ends.
         """
+        presence = self._presence(request)
         limit = self.settings.max_streams
         if len(self.hub.streams) >= limit:
             raise Unavailable(f"too many open streams (limit {limit}), retry later", 5)
         return Stream(
             reading.userids, self.clock, self.settings.stream_blocked_timeout,
-            request.getHeader(b"Last-Event-ID"), clientid,
+            request.getHeader(b"Last-Event-ID"), clientid, presence,
         )
+
+    def _presence(self, request: Asking) -> Ping | None:
+        """The ping a ``presence=<status>`` stream's opening is: its status is
+        checked as a ping's, and its device is the caller's (SPEC §2)."""
+        values = request.args.get(b"presence")
+        if values is None:
+            return None
+        try:
+            status = validate_status(values[0].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise BadInput("presence status is not valid UTF-8") from None
+        userid, clientid = self.identity.ping_user(request)
+        if self.hub.holder is None:
+            raise BadInput("presence streams are not available with this store")
+        return Ping(userid, int(self.clock.seconds()), status, clientid)
 
     def status(self, request: Asking) -> Deferred[bytes]:
         """``{"a": {"time": …, "status": …, "online": …, "devices": {…}}, "b": null}``
