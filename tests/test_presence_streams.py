@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 
 import pytest
@@ -12,6 +13,7 @@ from heartbeat.core.holder import PresenceHolder, renewal_period
 from heartbeat.core.presence import Ping, Presence
 from heartbeat.store.interface import StoreUnavailable
 from heartbeat.store.memory import MemoryStore
+from heartbeat.web.peers import find_dead_peer
 from tests.memory import MemoryServer, response
 from tests.wire import claim, events, request_bytes
 
@@ -325,3 +327,45 @@ def test_post_leave_is_immediate_with_a_presence_stream_open():
     for _ in range(30):
         server.clock.advance(T / 10)
     assert seen(watcher) == [("0", True), ("0", False)]
+
+
+# Dead clients: the stream socket's keepalive and user timeout.
+
+class Wrapper:
+    """A transport over another (TLS over TCP, a twisted.web request's)."""
+
+    def __init__(self, transport: object) -> None:
+        self.transport = transport
+
+    def getHandle(self) -> object:
+        return object()
+
+
+class Tcp:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def getHandle(self) -> socket.socket:
+        return self.sock
+
+
+@pytest.mark.parametrize("wrap", [Tcp, lambda s: Wrapper(Wrapper(Tcp(s)))])
+def test_a_stream_socket_is_told_to_find_a_vanished_client_within_the_timeout(wrap):
+    with socket.socket() as sock:
+        find_dead_peer(wrap(sock), 60)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 60_000
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            idle = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+            interval = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
+            probes = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
+            assert idle + probes * interval <= 60 and idle >= 1
+
+
+def test_a_unix_socket_or_no_socket_is_left_alone():
+    a, b = socket.socketpair()
+    with a, b:
+        find_dead_peer(Tcp(a), 60)
+        assert a.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+    find_dead_peer(object(), 60)

@@ -28,6 +28,7 @@ from heartbeat.core.stream import Stream
 from heartbeat.core.users import requested_users
 from heartbeat.store.interface import Store
 from heartbeat.web.cors import CorsPolicy
+from heartbeat.web.peers import find_dead_peer
 
 
 class RouteSettings(Protocol):
@@ -41,6 +42,8 @@ class RouteSettings(Protocol):
     def stream_blocked_timeout(self) -> float: ...
     @property
     def cors_origins(self) -> tuple[str, ...]: ...
+    @property
+    def presence_timeout(self) -> float: ...
 
 
 class Meter(Protocol):
@@ -116,7 +119,9 @@ class Api:
         return self.identity.authorize_read(request, userids)
 
     def attach(self, stream: Stream, reading: Reading) -> None:
-        """Hand an open stream to the hub, to end when its token expires."""
+        """Hand an open stream to the hub, to end when its token expires or
+        its client is found gone."""
+        find_dead_peer(stream.transport, self.settings.presence_timeout)
         self.hub.attach(stream)
         if reading.expires is not None:
             self.expiry.add(stream, reading.expires)
