@@ -83,6 +83,8 @@ class PresenceHolder:
             clock, self._due, resolution=self._period / _SLOTS_PER_PERIOD)
         # Per device: its open presence streams here, and the ping of the latest.
         self._streams: dict[Device, int] = {}
+        # Presence streams open here (for ``/metrics``).
+        self.streams = 0
         self._pings: dict[Device, Ping] = {}
         # Devices that left (POST /leave here) while a stream was open: not held.
         self._left: set[Device] = set()
@@ -95,14 +97,10 @@ class PresenceHolder:
         self._pending: set[Deferred[object]] = set()
         self._failing = False
 
-    @property
-    def streams(self) -> int:
-        """Presence streams open here (for ``/metrics``)."""
-        return sum(self._streams.values())
-
     def opened(self, ping: Ping) -> None:
         """A presence stream of ``ping``'s device opened: ping it now, hold it."""
         device = (ping.userid, ping.clientid)
+        self.streams += 1
         self._streams[device] = self._streams.get(device, 0) + 1
         self._pings[device] = ping
         self._left.discard(device)
@@ -112,6 +110,7 @@ class PresenceHolder:
     def closed(self, ping: Ping) -> None:
         """A presence stream ended (closed, aborted, or its client found gone)."""
         device = (ping.userid, ping.clientid)
+        self.streams -= 1
         count = self._streams.get(device, 0) - 1
         if count > 0:
             self._streams[device] = count
