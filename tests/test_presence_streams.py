@@ -10,11 +10,12 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 
 from heartbeat.core.holder import PresenceHolder, renewal_period
-from heartbeat.core.presence import Ping, Presence
+from heartbeat.core.presence import Ping
 from heartbeat.store.interface import StoreUnavailable
 from heartbeat.store.memory import MemoryStore
 from heartbeat.web.peers import find_dead_peer
 from tests.memory import MemoryServer, response
+from tests.test_sqlite_store import Listener
 from tests.wire import claim, events, request_bytes
 
 T = 60.0  # PRESENCE_TIMEOUT's default
@@ -22,18 +23,8 @@ GRACE = 5.0  # LEAVE_GRACE's default
 START = 1_800_000_000
 
 
-class Heard:
-    """The store's listener: every change it published, as (clientid, online)."""
-
-    def __init__(self) -> None:
-        self.changes: list[Presence] = []
-
-    def deliver(self, change: Presence) -> None:
-        self.changes.append(change)
-
-    def bus_lost(self) -> None: ...
-
-    def resync(self) -> None: ...
+class Heard(Listener):
+    """The store's listener: every change it published."""
 
     def user(self) -> list[bool]:
         """The user's online/offline events, in order."""

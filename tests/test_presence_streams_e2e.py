@@ -146,3 +146,22 @@ def test_a_client_that_stops_reading_and_never_closes_is_offline_within_the_time
         stream.close()
     finally:
         proxy.close()
+
+
+def test_a_stop_gives_the_held_device_its_grace_across_the_restart(start_daemon):
+    grace = 10  # room for a restart on a loaded machine
+    daemon = held_daemon(start_daemon, grace=grace)
+    stream = open_presence(daemon.port)
+    stream.frame()
+    time.sleep(TIMEOUT)  # renewed meanwhile
+    daemon.stop()
+    stopped = time.monotonic()
+    stream.close()
+    again = held_daemon(start_daemon, grace=grace)
+    watcher = SSEClient(again.port, "/subscribe/alice")
+    # Without the grace kept on disk the device would have timed out already.
+    assert watcher.event()["online"] is True
+    remaining = grace - (time.monotonic() - stopped)
+    assert remaining > 1, "the restart took longer than the grace"
+    watcher.no_event(remaining - 1)
+    assert watcher.event(timeout=1 + SLACK + 1)["online"] is False
