@@ -7,11 +7,16 @@ embedded store sweeps every second.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 
-from tests.support import SSEClient, post_ping
+import pytest
+
+from tests.support import REPO, SSEClient, need_binary, post_ping
 
 TIMEOUT = 2
 GRACE = 2
@@ -165,3 +170,21 @@ def test_a_stop_gives_the_held_device_its_grace_across_the_restart(start_daemon)
     assert remaining > 1, "the restart took longer than the grace"
     watcher.no_event(remaining - 1)
     assert watcher.event(timeout=1 + SLACK + 1)["online"] is False
+
+
+def test_a_client_that_vanishes_without_a_fin_is_offline_within_the_timeout_and_grace():
+    """A phone in a tunnel: its packets stop, both ways (a private network, as root)."""
+    for binary in ("unshare", "nsenter", "ip"):
+        need_binary(binary)
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-n", "true"]).returncode != 0:
+        pytest.skip("needs root for a private network namespace")
+    timeout, grace = 4, 1
+    result = subprocess.run(
+        ["unshare", "-n", sys.executable, "-m", "tests.vanish", str(timeout), str(grace)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        timeout=120)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["online"] is False
+    # Found within PRESENCE_TIMEOUT, then the grace and a sweep's second (+ a loaded machine).
+    assert found["seconds"] <= timeout + grace + 1 + 1.5
