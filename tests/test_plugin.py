@@ -25,7 +25,7 @@ def test_make_service_builds_the_tree_without_listening():
     service = makeService(options, reactor)
     assert isinstance(service, HeartbeatService)
     children = list(service)
-    assert service.listener in children
+    assert service.listening in children
     assert service.keepalive.step == 5 and isinstance(service.keepalive, TimerService)
     assert reactor.tcpServers == []
     service.startService()

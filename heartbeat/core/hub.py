@@ -6,9 +6,9 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from heartbeat.core.feed import Feed
 from heartbeat.core.presence import Presence, UserState
 from heartbeat.core.sse import Event
+from heartbeat.core.store_contract import HubStore
 from heartbeat.core.stream import Stream
 
 log = Logger()
@@ -70,7 +70,7 @@ class Hub:
     when the last closes, so the bus carries only changes someone here needs.
     """
 
-    def __init__(self, store: Feed) -> None:
+    def __init__(self, store: HubStore) -> None:
         self._store = store
         store.listener = self
         self._interest: dict[str, _Interest] = {}

@@ -34,7 +34,7 @@ log = Logger()
 DRAIN_TIMEOUT = 3.0
 
 
-class Listener(Service):
+class ListeningService(Service):
     """Listens on ``LISTEN`` as the service starts; a port it cannot have ends start-up.
 
     twisted's ``StreamServerEndpointService`` logs a failure to listen as an
@@ -132,8 +132,8 @@ class HeartbeatService(MultiService):
         self.clock = clock
         self._ready: Deferred[object] | None = None
         self.workers: Service | None = None
-        self.listener = Listener(endpoint, edge, listen_setting, clock)
-        self.listener.setServiceParent(self)
+        self.listening = ListeningService(endpoint, edge, listen_setting, clock)
+        self.listening.setServiceParent(self)
         self.keepalive = TimerService(keepalive, hub.keepalive)
         self.keepalive.clock = clock
         self.keepalive.setServiceParent(self)
@@ -152,7 +152,7 @@ class HeartbeatService(MultiService):
     def startService(self) -> None:
         super().startService()
         waits: list[Deferred[Any]] = [
-            self.listener.when_listening(), systemd.store_ready(self.store, self.clock),
+            self.listening.when_listening(), systemd.store_ready(self.store, self.clock),
         ]
         ready: Deferred[Any] = gatherResults(waits, consumeErrors=True)
         ready.addCallback(self._serving)
@@ -161,7 +161,7 @@ class HeartbeatService(MultiService):
 
     def when_listening(self) -> Deferred[IListeningPort]:
         """Fires with the listening port once there is one."""
-        return self.listener.when_listening()
+        return self.listening.when_listening()
 
     def add_workers(self, pool: Service) -> None:
         """Run ``pool`` (the ``WORKERS`` processes) with this service.
@@ -185,7 +185,7 @@ class HeartbeatService(MultiService):
         workers_stopped = self.workers.stopService() if self.workers else None
         if self._ready is not None:
             self._ready.cancel()
-        await self.listener.stopService()
+        await self.listening.stopService()
         await self.keepalive.stopService()
         # Streams own their connections; every other connection is the edge's.
         streams = tuple(self.hub.streams)

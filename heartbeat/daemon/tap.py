@@ -12,7 +12,7 @@ from twisted.python.usage import Options as _Options
 from twisted.python.usage import UsageError
 from twisted.web.server import Site
 
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity
 from heartbeat.daemon.config import SETTINGS, Settings, listen_endpoint, load_settings

@@ -12,7 +12,7 @@ import json
 import pytest
 from twisted.python.usage import UsageError
 
-from heartbeat.core.hidden import Hiding, parse_hidden_statuses
+from heartbeat.core.hidden_statuses import Hiding, parse_hidden_statuses
 from heartbeat.core.presence import Devices, Ping, Presence
 from heartbeat.daemon.config import load_settings
 from heartbeat.daemon.logs import masked
