@@ -9,7 +9,7 @@ from twisted.internet.testing import StringTransport
 from heartbeat.core.hub import Hub
 from heartbeat.core.presence import Presence, UserState
 from heartbeat.core.stream import Stream
-from tests.wire import Wire, request_bytes
+from tests.helpers.in_memory import Wire, request_bytes
 
 
 class LateStore:

@@ -10,7 +10,8 @@ from twisted.plugin import IPlugin, getPlugins
 
 from heartbeat.daemon.service import HeartbeatService
 from heartbeat.daemon.tap import Options, makeService
-from tests.support import REPO, TWISTD, SSEClient, free_port, post_ping, wait_for_port
+from tests.helpers.clients import SSEClient, post_ping
+from tests.helpers.processes import REPO, TWISTD, free_port, wait_for_port
 
 
 def test_plugin_is_found_by_twistd():

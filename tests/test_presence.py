@@ -8,38 +8,10 @@ import pytest
 from twisted.internet.task import Clock
 
 from heartbeat.core.deadlines import Deadlines
-from tests.memory import MemoryServer, response
-from tests.wire import Connection, claim, events, request_bytes
+from tests.helpers.in_memory import MemoryServer, events, ids, leave, ping, response, seen, watch
 
 T = 60  # PRESENCE_TIMEOUT's default
 SECRET = "a-test-secret-of-at-least-32-bytes!"
-
-
-def ping(server: MemoryServer, status: str, device: str = "phone", userid: str = "alice") -> int:
-    return response(server.send("POST", "/ping", status.encode(),
-                                {"X-User-Claim": claim(userid, device)}).take())[0]
-
-
-def leave(server: MemoryServer, device: str = "phone", userid: str = "alice") -> int:
-    return response(server.send("POST", "/leave", b"bye",
-                                {"X-User-Claim": claim(userid, device)}).take())[0]
-
-
-def watch(server: MemoryServer, path: str = "/subscribe/alice",
-          headers: dict[str, str] | None = None) -> Connection:
-    conn = server.connect()
-    conn.send(request_bytes("GET", path, headers))
-    return conn
-
-
-def seen(conn: Connection) -> list[tuple[str, bool]]:
-    """(status, online) of every event the stream sent so far."""
-    return [(e["status"], e["online"]) for e in events(conn.response())]
-
-
-def ids(conn: Connection) -> list[str]:
-    return [line[4:].decode() for line in conn.response().body.split(b"\n")
-            if line.startswith(b"id: ")]
 
 
 def test_a_device_goes_offline_at_the_timeout_and_not_a_moment_before():
@@ -182,7 +154,7 @@ def test_last_event_id_across_an_offline_event():
 
 
 def test_offline_users_and_transitions_are_metrics():
-    from tests.test_metrics import samples
+    from tests.helpers.in_memory import samples
 
     server = MemoryServer()
     ping(server, "0", "phone")

@@ -9,7 +9,8 @@ import json
 import signal
 import time
 
-from tests.support import RedisServer, SSEClient, get, post_ping
+from tests.helpers.clients import SSEClient, get, post_ping
+from tests.helpers.processes import RedisServer
 
 TIMEOUT = 2
 # The latest an offline event may come after its ping (SPEC §3), with room for a

@@ -20,7 +20,7 @@ from heartbeat.daemon.tap import build_service
 from heartbeat.store.interface import StoreUnavailable
 from heartbeat.store.memory import MemoryStore
 from heartbeat.store.redis.store import RedisStore
-from tests.support import RedisServer, free_port
+from tests.helpers.processes import RedisServer, free_port
 
 
 class Recorder:

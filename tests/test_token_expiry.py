@@ -10,7 +10,7 @@ from twisted.internet.testing import StringTransport
 
 from heartbeat.core.expiry import Expiry
 from heartbeat.core.stream import Stream
-from tests.wire import Wire, request_bytes
+from tests.helpers.in_memory import Wire, request_bytes
 
 SECRET = "an expiry test secret that is long enough for HS256 and then some"
 
