@@ -1,4 +1,4 @@
-"""Streams end with their token (SPEC §1): one heap and one timer for every stream."""
+"""Streams end with their token (SPEC §1), on the one timer structure (``core/deadlines.py``)."""
 
 from __future__ import annotations
 
@@ -8,114 +8,50 @@ import jwt
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from heartbeat.core.expiry import Expiry
+from heartbeat.core.hub import Hub
 from heartbeat.core.stream import Stream
+from heartbeat.store.memory import MemoryStore
 from tests.helpers.in_memory import Wire, request_bytes
 
 SECRET = "an expiry test secret that is long enough for HS256 and then some"
 
 
-class Ending:
-    """A stream as the heap sees it: records when it was told to end."""
-
-    def __init__(self, clock: Clock, ended: list[tuple[str, float]], name: str) -> None:
-        self.closed = False
-        self._clock = clock
-        self._ended = ended
-        self.name = name
-
-    def expire(self) -> None:
-        self.closed = True
-        self._ended.append((self.name, self._clock.seconds()))
-
-
-def test_each_stream_ends_at_its_own_time_with_one_timer_for_all():
-    clock = Clock()
-    expiry = Expiry(clock)
-    ended: list[tuple[str, float]] = []
-    for name, end in (("c", 30), ("a", 10), ("b", 20), ("a2", 10)):
-        expiry.add(Ending(clock, ended, name), end)
-        assert len(clock.getDelayedCalls()) == 1
-    clock.advance(9.9)
-    assert ended == []
-    clock.advance(0.1)
-    assert ended == [("a", 10), ("a2", 10)]
-    clock.advance(10)
-    assert ended == [("a", 10), ("a2", 10), ("b", 20)]
-    clock.advance(100)
-    assert [name for name, _ in ended] == ["a", "a2", "b", "c"]
-    assert clock.getDelayedCalls() == [] and len(expiry) == 0
-
-
-def test_a_sooner_end_moves_the_timer_a_later_one_does_not():
-    clock = Clock()
-    expiry = Expiry(clock)
-    ended: list[tuple[str, float]] = []
-    expiry.add(Ending(clock, ended, "late"), 100)
-    (timer,) = clock.getDelayedCalls()
-    expiry.add(Ending(clock, ended, "later"), 200)
-    assert clock.getDelayedCalls() == [timer]
-    expiry.add(Ending(clock, ended, "soon"), 5)
-    (moved,) = clock.getDelayedCalls()
-    assert moved.getTime() == 5
-    clock.advance(5)
-    assert ended == [("soon", 5)]
-    assert clock.getDelayedCalls()[0].getTime() == 100
-
-
-def test_an_end_already_past_ends_the_stream_on_the_next_turn():
-    clock = Clock()
-    clock.advance(50)
-    expiry = Expiry(clock)
-    ended: list[tuple[str, float]] = []
-    expiry.add(Ending(clock, ended, "gone"), 40)
-    clock.advance(0)
-    assert ended == [("gone", 50)]
-
-
-def test_a_stream_closed_early_is_not_ended_again_and_is_swept():
-    clock = Clock()
-    expiry = Expiry(clock)
-    ended: list[tuple[str, float]] = []
-    early = Ending(clock, ended, "early")
-    expiry.add(early, 10)
-    early.closed = True
-    clock.advance(10)
-    assert ended == []
-    # Streams that close long before their end are dropped once the heap
-    # has doubled, not kept until they fall due.
-    streams = [Ending(clock, ended, str(i)) for i in range(5000)]
-    for stream in streams:
-        expiry.add(stream, 1e6)
-        stream.closed = True
-    assert len(expiry) < 2048
-    assert len(clock.getDelayedCalls()) == 1
-
-
-def open_stream(clock: Clock, chunked: bool = True) -> tuple[Stream, StringTransport]:
+def open_stream(clock: Clock, expires: float | None) -> tuple[Hub, Stream, StringTransport]:
+    """A stream of bob's, attached to a hub to end at ``expires``."""
+    hub = Hub(MemoryStore(clock, 60), clock)
     stream = Stream(("bob",), clock, 60)
     transport = StringTransport()
-    stream.take(transport, chunked)
-    return stream, transport
+    stream.take(transport, True)
+    hub.attach(stream, expires)
+    return hub, stream, transport
 
 
 def test_an_expired_stream_that_reads_ends_with_its_last_chunk():
     clock = Clock()
-    stream, transport = open_stream(clock)
-    Expiry(clock).add(stream, 3)
-    clock.advance(3)
+    hub, stream, transport = open_stream(clock, 3)
+    clock.advance(2.9)
+    assert not stream.closed
+    clock.advance(0.1)
     assert transport.value().endswith(b"0\r\n\r\n")
-    assert transport.disconnecting and stream.closed
+    assert transport.disconnecting and stream.closed and stream not in hub.streams
 
 
 def test_an_expired_stream_whose_client_does_not_read_is_dropped():
     clock = Clock()
-    stream, transport = open_stream(clock)
+    hub, stream, transport = open_stream(clock, 3)
     stream.pauseProducing()
-    Expiry(clock).add(stream, 3)
     clock.advance(3)
     assert transport.disconnected
     assert not transport.value().endswith(b"0\r\n\r\n")
+
+
+def test_a_stream_that_closes_first_is_forgotten_at_once():
+    """Not kept until its token's end: a client reconnecting all day leaves nothing behind."""
+    clock = Clock()
+    hub, stream, transport = open_stream(clock, 1e6)
+    assert len(hub._expiry) == 1
+    stream.close()
+    assert stream not in hub.streams and len(hub._expiry) == 0
 
 
 def token(**claims: object) -> str:

@@ -103,7 +103,7 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
     """The service tree of ``settings``; a ``DATABASE`` it cannot use raises ``DatabaseUnusable``."""
     log_settings(settings)
     store = _store(settings, reactor)
-    hub = Hub(store)
+    hub = Hub(store, reactor)
     identity = Identity(settings.jwt_secret, settings.max_userid_length)
     identity.announce()
     metrics = Metrics(hub, store)

@@ -18,7 +18,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from heartbeat.core.errors import BadInput, TooLarge, Unavailable
-from heartbeat.core.expiry import Expiry
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity, Reading
 from heartbeat.core.ping_body import MAX_BODY, parse_status
@@ -89,7 +88,6 @@ class Api:
         self.settings = settings
         self.meter = meter
         self.cors = CorsPolicy(settings.cors_origins)
-        self.expiry = Expiry(clock)
 
     def ping(self, request: RequestView, body: bytes, too_large: bool = False) -> Deferred[None]:
         """Store the caller's ping; fails with a domain error when refused."""
@@ -115,9 +113,7 @@ class Api:
 
     def attach(self, stream: Stream, reading: Reading) -> None:
         """Hand an open stream to the hub, to end when its token expires."""
-        self.hub.attach(stream)
-        if reading.expires is not None:
-            self.expiry.add(stream, reading.expires)
+        self.hub.attach(stream, reading.expires)
 
     def new_stream(self, reading: Reading, request: RequestView,
                    clientid: str | None = None) -> Stream:
