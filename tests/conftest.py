@@ -19,7 +19,7 @@ from tests.helpers.fixtures import (  # noqa: F401
 
 @pytest.fixture(autouse=True)
 def _garbage_collection_as_it_was() -> Iterator[None]:
-    """Undo what ``makeService`` does to the process's collector (freeze, thresholds)."""
+    """Undo what starting ``makeService``'s tree does to the process's collector (freeze, thresholds)."""
     threshold = gc.get_threshold()
     frozen = gc.get_freeze_count()
     yield

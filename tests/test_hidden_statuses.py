@@ -25,7 +25,7 @@ def test_unset_hides_nothing():
     settings = load_settings({}, {}, {})
     assert settings.hidden_statuses == ()
     hiding = Hiding.of(settings.hidden_statuses)
-    assert not hiding
+    assert hiding.statuses == frozenset()
     assert not any(hiding.hides(status) for status in ("0", "1", "2", "3", ""))
     assert masked(settings)["HIDDEN_STATUSES"] == "unset"
 

@@ -34,9 +34,12 @@ def test_make_service_builds_the_tree_without_listening():
     assert (port, backlog, interface) == (9123, 4096, "127.0.0.1")
 
 
-def test_make_service_takes_start_up_objects_out_of_garbage_collection():
+def test_starting_takes_start_up_objects_out_of_garbage_collection_building_does_not():
     gc.unfreeze()
-    makeService(Options(), MemoryReactorClock())
+    threshold = gc.get_threshold()
+    service = makeService(Options(), MemoryReactorClock())
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == threshold
+    service.startService()
     # conftest's autouse fixture undoes both after the test.
     assert gc.get_freeze_count() > 10_000
     assert gc.get_threshold()[0] >= 10_000

@@ -35,7 +35,7 @@ JWT_ALGORITHMS = ["HS256"]
 _BEARER = b"bearer"
 # The longest ``watch`` list a token may carry. A contact list is far
 # shorter; a list beyond this is a broken or hostile issuer, and refusing it
-# bounds the set built per request. Forty times MAX_USERS_PER_STREAM's default.
+# bounds the set built per request.
 MAX_WATCH = 10_000
 # 9999-12-31T23:59:59Z: an ``exp`` later than this is as good as none, and
 # keeps a huge integer from overflowing the clock's float arithmetic.

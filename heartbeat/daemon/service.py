@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -32,6 +33,25 @@ log = Logger()
 # connection to leave, before aborting what is left: with the store's close
 # after it, well inside the 5 s a supervisor allows.
 DRAIN_TIMEOUT = 3.0
+
+
+class SettleGarbageCollector(Service):
+    """Start-up's last step: keep the cyclic garbage collector off what start-up
+    built, and make its young collections rarer.
+
+    Each connection allocates objects, so with Python's default thresholds a
+    burst of connections runs young collections often and, now and then, a
+    full one through every module, class and function the daemon imported.
+    What start-up built lives as long as the process: frozen, no collection
+    walks it again. Process-wide, so only the daemon's own tree has this step
+    (``makeService``); tests that start one get it undone (``tests/conftest.py``).
+    """
+
+    def startService(self) -> None:
+        super().startService()
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(10_000, 10, 10)
 
 
 class ListeningService(Service):
