@@ -8,7 +8,7 @@ import json
 from tests.helpers.claims import claim_header
 from tests.helpers.clients import SSEClient, get, post_ping
 from tests.helpers.processes import RedisServer
-from tests.test_presence_e2e import partition, subscribed
+from tests.helpers.redis_checks import partition, subscribed
 
 
 def ping_as(port: int, status: str, device: str, userid: str = "alice") -> None:

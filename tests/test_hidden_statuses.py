@@ -17,8 +17,18 @@ from heartbeat.core.presence import Devices, Ping, Presence
 from heartbeat.daemon.config import load_settings
 from heartbeat.daemon.logs import masked
 from heartbeat.daemon.tap import Options
-from tests.helpers.in_memory import MemoryServer, events, ids, leave, ping, response, seen, watch
-from tests.test_presence import T
+from tests.helpers.in_memory import PRESENCE_TIMEOUT as T
+from tests.helpers.in_memory import (
+    MemoryServer,
+    events,
+    ids,
+    leave,
+    ping,
+    response,
+    samples,
+    seen,
+    watch,
+)
 
 
 def test_unset_hides_nothing():
@@ -187,7 +197,6 @@ def test_a_hidden_device_that_never_showed_is_not_in_devices():
 
 
 def test_hidden_users_are_not_counted_online():
-    from tests.helpers.in_memory import samples
 
     server = hiding_server()
     ping(server, "0", "phone")

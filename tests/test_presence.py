@@ -6,9 +6,19 @@ import json
 
 import pytest
 
-from tests.helpers.in_memory import MemoryServer, events, ids, leave, ping, response, seen, watch
+from tests.helpers.in_memory import PRESENCE_TIMEOUT as T
+from tests.helpers.in_memory import (
+    MemoryServer,
+    events,
+    ids,
+    leave,
+    ping,
+    response,
+    samples,
+    seen,
+    watch,
+)
 
-T = 60  # PRESENCE_TIMEOUT's default
 SECRET = "a-test-secret-of-at-least-32-bytes!"
 
 
@@ -152,7 +162,6 @@ def test_last_event_id_across_an_offline_event():
 
 
 def test_offline_users_and_transitions_are_metrics():
-    from tests.helpers.in_memory import samples
 
     server = MemoryServer()
     ping(server, "0", "phone")

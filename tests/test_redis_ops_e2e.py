@@ -11,9 +11,9 @@ import pytest
 
 from tests.helpers.clients import SSEClient, get, post_ping
 from tests.helpers.processes import RedisServer
+from tests.helpers.redis_checks import assert_unavailable, numsub, ping_until_stored
 from tests.helpers.redis_ops import Sentinel, SilentProxy, make_ca, tls_redis
 from tests.helpers.waiting import wait_for
-from tests.test_redis_e2e import assert_unavailable, numsub, ping_until_stored
 
 
 def healthy(daemon) -> bool:

@@ -7,5 +7,6 @@
 - ``fixtures``: the pytest fixtures over those processes (imported by ``conftest.py``).
 - ``in_memory``: the real site over in-memory transports on a fake clock.
 - ``redis_ops``: certificates, Sentinels and a silent proxy for Redis in production.
+- ``redis_checks``: checks of a real redis-server that several test files make.
 - ``redis_cluster``: a real Redis Cluster, and moving a slot by hand.
 """

@@ -167,6 +167,10 @@ def events(response: Response) -> list[dict]:
     return found
 
 
+# The setting's default, which a MemoryServer runs with unless told otherwise.
+PRESENCE_TIMEOUT = 60
+
+
 class MemoryServer(Wire):
     """A :class:`Wire` at a realistic time, spoken to in raw bytes.
 
