@@ -1,6 +1,6 @@
 """HIDDEN_STATUSES (SPEC §1): the setting, the rule, and what presence makes of it.
 
-The presence tests run the whole site on a fake clock (tests/memory.py);
+The presence tests run the whole site on a fake clock (tests/helpers/in_memory.py);
 the rules themselves are :class:`Devices`', shared by every in-process store.
 The same behaviour on Redis, across instances, is in tests/test_hidden_e2e.py.
 """
