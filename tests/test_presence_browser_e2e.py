@@ -17,7 +17,7 @@ import time
 
 import jwt
 
-from tests.support import SSEClient
+from tests.helpers.clients import SSEClient
 from tests.test_browser_e2e import browser_page  # noqa: F401 (the fixture)
 
 SECRET = "a-test-secret-of-at-least-32-bytes!"

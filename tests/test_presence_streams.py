@@ -14,9 +14,9 @@ from heartbeat.core.presence import Ping
 from heartbeat.store.interface import StoreUnavailable
 from heartbeat.store.memory import MemoryStore
 from heartbeat.web.peers import find_dead_peer
-from tests.memory import MemoryServer, response
+from tests.helpers.claims import claim, claim_header
+from tests.helpers.in_memory import MemoryServer, response, seen, watch
 from tests.test_sqlite_store import Listener
-from tests.wire import claim, events, request_bytes
 
 T = 60.0  # PRESENCE_TIMEOUT's default
 GRACE = 5.0  # LEAVE_GRACE's default
@@ -239,21 +239,8 @@ def test_a_grace_of_zero_is_offline_at_the_next_sweep():
 
 # Over the wire: the real edge, routes and store on a fake clock.
 
-def presence_stream(server: MemoryServer, path: str = "/subscribe/bob?presence=0",
-                    userid: str = "alice", clientid: str = "web"):  # type: ignore[no-untyped-def]
-    conn = server.connect()
-    conn.send(request_bytes("GET", path, {"X-User-Claim": claim(userid, clientid)}))
-    return conn
-
-
-def watch(server: MemoryServer, path: str = "/subscribe/alice"):  # type: ignore[no-untyped-def]
-    conn = server.connect()
-    conn.send(request_bytes("GET", path))
-    return conn
-
-
-def seen(conn) -> list[tuple[str, bool]]:  # type: ignore[no-untyped-def]
-    return [(e["status"], e["online"]) for e in events(conn.response())]
+def presence_stream(server: MemoryServer, path: str = "/subscribe/bob?presence=0"):  # type: ignore[no-untyped-def]
+    return watch(server, path, claim_header("alice", "web"))
 
 
 @pytest.mark.parametrize("path", [
@@ -287,9 +274,7 @@ def test_a_bad_presence_status_is_a_400_as_for_a_ping(query):
 
 def test_a_presence_stream_needs_credentials_naming_a_user():
     server = MemoryServer()
-    conn = server.connect()
-    conn.send(request_bytes("GET", "/subscribe/bob?presence=0"))
-    assert conn.response().status == 400
+    assert watch(server, "/subscribe/bob?presence=0").response().status == 400
     assert server.store.online_users() == 0
 
 
@@ -299,13 +284,9 @@ def test_a_presence_stream_with_a_token_holds_its_clientid():
     secret = "a-test-secret-of-at-least-32-bytes!"
     server = MemoryServer(JWT_SECRET=secret)
     token = jwt.encode({"userid": "alice", "clientid": "tab"}, secret, algorithm="HS256")
-    conn = server.connect()
-    conn.send(request_bytes("GET", f"/subscribe/alice?presence=1&token={token}"))
-    assert conn.response().status == 200
+    assert watch(server, f"/subscribe/alice?presence=1&token={token}").response().status == 200
     assert server.store._users["alice"].devices["tab"].status == "1"
-    conn = server.connect()
-    conn.send(request_bytes("GET", "/subscribe/alice?presence=1"))
-    assert conn.response().status == 401
+    assert watch(server, "/subscribe/alice?presence=1").response().status == 401
 
 
 def test_post_leave_is_immediate_with_a_presence_stream_open():

@@ -16,16 +16,14 @@ import time
 
 import pytest
 
-from tests.support import REPO, SSEClient, need_binary, post_ping
+from tests.helpers.claims import claim_header
+from tests.helpers.clients import SSEClient, post_ping
+from tests.helpers.processes import REPO, need_binary
 
 TIMEOUT = 2
 GRACE = 2
 # How late an offline event may come on a loaded machine, past when it is due.
 SLACK = 2.5
-
-
-def claim(userid: str = "alice", clientid: str = "web") -> dict[str, str]:
-    return {"X-User-Claim": json.dumps({"userid": userid, "clientid": clientid})}
 
 
 def held_daemon(start_daemon, grace: float = GRACE):  # type: ignore[no-untyped-def]
@@ -34,7 +32,7 @@ def held_daemon(start_daemon, grace: float = GRACE):  # type: ignore[no-untyped-
 
 
 def open_presence(port: int, status: str = "0", path: str = "/subscribe/bob") -> SSEClient:
-    return SSEClient(port, f"{path}?presence={status}", claim())
+    return SSEClient(port, f"{path}?presence={status}", claim_header("alice", "web"))
 
 
 def test_a_presence_stream_holds_its_device_with_no_ping_and_the_grace_follows_its_end(
@@ -81,7 +79,7 @@ def test_post_leave_is_immediate_and_the_open_stream_no_longer_holds_the_device(
     stream = open_presence(daemon.port)
     assert watcher.event()["online"] is True
     assert post_ping(daemon.port, "", path="/leave",
-                     headers=claim(), userid=None)[0] == 200
+                     headers=claim_header("alice", "web"), userid=None)[0] == 200
     assert watcher.event(timeout=1)["online"] is False
     watcher.no_event(2 * TIMEOUT)
     assert stream.frame(timeout=2)  # the stream itself stays open (a keep-alive)
@@ -139,7 +137,7 @@ def test_a_client_that_stops_reading_and_never_closes_is_offline_within_the_time
     try:
         watcher = SSEClient(daemon.port, "/subscribe/alice")
         # The presence stream watches a chatty user, so the server has bytes to send.
-        stream = SSEClient(proxy.port, "/subscribe/chatty?presence=0", claim())
+        stream = SSEClient(proxy.port, "/subscribe/chatty?presence=0", claim_header("alice", "web"))
         assert watcher.event()["online"] is True
         proxy.stalled.set()
         stalled = time.monotonic()
@@ -180,7 +178,7 @@ def test_a_client_that_vanishes_without_a_fin_is_offline_within_the_timeout_and_
         pytest.skip("needs root for a private network namespace")
     timeout, grace = 4, 1
     result = subprocess.run(
-        ["unshare", "-n", sys.executable, "-m", "tests.vanish", str(timeout), str(grace)],
+        ["unshare", "-n", sys.executable, "-m", "tests.helpers.vanish", str(timeout), str(grace)],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
         timeout=120)
     assert result.returncode == 0, result.stderr

@@ -1,6 +1,6 @@
 """A client that vanishes without a FIN, in a private network (run by a test as root).
 
-    unshare -n python -m tests.vanish
+    unshare -n python -m tests.helpers.vanish
 
 Runs inside a fresh network namespace: the daemon listens there, a watcher
 reads it over loopback, and the presence stream's client lives in a second
@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support import Daemon, SSEClient, free_port
+from tests.helpers.clients import SSEClient
+from tests.helpers.processes import Daemon, free_port
 
 SERVER, CLIENT = "10.211.0.1", "10.211.0.2"
 CLIENT_CODE = """
