@@ -108,6 +108,11 @@ class _Stop(Exception):
     """Raised from a parser callback to stop parsing what is left of a read."""
 
 
+def _has_body(request: ParsedRequest) -> bool:
+    headers = request.headers
+    return b"transfer-encoding" in headers or headers.get(b"content-length", b"0").strip(b"0") != b""
+
+
 def _split_url(url: bytes) -> tuple[bytes, bytes]:
     """Path and query of an origin-form (``/a?b``) or absolute-form URL."""
     if not url.startswith(b"/"):
@@ -127,7 +132,7 @@ class HttpConnection:
     __slots__ = (
         "edge", "transport", "_parser", "_current", "_head_bytes", "_queue", "_busy",
         "_stream", "_closing", "_draining", "_paused", "_lost", "_linger", "_handed",
-        "_in_head", "_head_raw", "_answering",
+        "_in_head", "_head_raw", "_answering", "_upgraded",
     )
 
     def __init__(self, edge: Edge) -> None:
@@ -156,6 +161,9 @@ class HttpConnection:
         # Set while ``_next`` runs: an answer given at once continues its loop
         # rather than starting another one inside it.
         self._answering = False
+        # A request that asked to ``Upgrade`` and has a body: llhttp skips
+        # that body, so a second parser reads it (see ``_feed``).
+        self._upgraded: ParsedRequest | None = None
 
     # IProtocol
 
@@ -177,20 +185,37 @@ class HttpConnection:
         if self._in_head:
             self._head_raw += len(data)
         try:
-            parser.feed_data(data)
+            self._feed(parser, data)
             if self._in_head and self._head_raw > self.edge.max_header_bytes:
                 self._refuse_head()
         except httptools.HttpParserCallbackError as error:
             if not isinstance(error.__context__, _Stop):
                 log.failure("parsing a request failed", Failure(error.__context__ or error))
                 self._refuse(HttpError(500, "internal error"))
-        except httptools.HttpParserUpgrade:
-            # No protocol upgrades here: the request is answered, nothing after it read.
-            self._parser = None
-            self._close_after_queue()
         except httptools.HttpParserError:
             self._refuse(HttpError(400, "malformed HTTP request"))
         self._next()
+
+    def _feed(self, parser: httptools.HttpRequestParser, data: bytes) -> None:
+        """Parse ``data``, ignoring any ``Upgrade`` (SPEC §5).
+
+        llhttp stops at the end of an upgrading request's head, its body
+        unread; parsing goes on with a new parser, which first reads a head
+        made up to frame that body the way the request said (its length or
+        chunks), into the request held in ``_upgraded``.
+        """
+        while True:
+            try:
+                parser.feed_data(data)
+                return
+            except httptools.HttpParserUpgrade as upgrade:
+                data = data[upgrade.args[0]:]
+                parser = self._parser = httptools.HttpRequestParser(self)
+                held = self._upgraded
+                if held is not None:
+                    framing = (b"Transfer-Encoding: chunked" if b"transfer-encoding" in held.headers
+                               else b"Content-Length: " + held.headers[b"content-length"])
+                    parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n")
 
     def connectionLost(self, reason: Failure) -> None:
         edge = self.edge
@@ -212,17 +237,24 @@ class HttpConnection:
     # llhttp's callbacks, in the order it calls them.
 
     def on_message_begin(self) -> None:
+        if self._upgraded is not None:  # the made-up head of an upgrading request's body
+            self._current = self._upgraded
+            return
         self._current = ParsedRequest()
         self._head_bytes = 0
         if self not in self.edge.deadlines:
             self.edge.deadlines.arm(self, self.edge.request_timeout)
 
     def on_url(self, url: bytes) -> None:
+        if self._upgraded is not None:
+            return
         assert self._current is not None
         self._current.url += url
         self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._upgraded is not None:
+            return
         assert self._current is not None
         self._count_head(len(name) + len(value) + 4)
         self._current.raw_headers.append((name, value))
@@ -230,9 +262,12 @@ class HttpConnection:
         self._current.headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
+        if self._upgraded is not None:
+            return
         request = self._current
         parser = self._parser
         assert request is not None and parser is not None
+        request.keep_alive = parser.should_keep_alive()
         request.method = parser.get_method()
         request.version = parser.get_http_version()
         request.path, request.query = _split_url(request.url)
@@ -256,14 +291,14 @@ class HttpConnection:
         request = self._current
         parser = self._parser
         assert request is not None and parser is not None
+        if self._upgraded is None and parser.should_upgrade() and _has_body(request):
+            self._upgraded = request  # its body comes next, through another parser
+            return
+        self._upgraded = None
         self._current = None
         self._in_head = True
         self._head_raw = 0
-        # Set while ``_next`` runs: an answer given at once continues its loop
-        # rather than starting another one inside it.
-        self._answering = False
         self.edge.deadlines.disarm(self)
-        request.keep_alive = parser.should_keep_alive()
         request.received_at = self.edge.clock.seconds()
         self._queue.append(request)
         if len(self._queue) >= PIPELINE_DEPTH and not self._paused:
@@ -467,9 +502,6 @@ class HttpConnection:
         timeout = self.edge.request_timeout
         self._refuse(HttpError(408, f"request not received within {timeout:g} seconds"))
         self._next()
-
-    def _close_after_queue(self) -> None:
-        self._queue.append(HttpError(400, "protocol upgrades are not supported"))
 
     # Shutdown.
 
