@@ -73,11 +73,5 @@ def _chunk(frame: bytes) -> bytes:
 KEEPALIVE_CHUNK = _chunk(KEEPALIVE)
 
 
-# What an event stream's response says of itself (a HEAD gets them too).
-STREAM_HEADERS = (
-    (b"Content-Type", b"text/event-stream"),
-    (b"Cache-Control", b"no-cache"),
-    (b"X-Accel-Buffering", b"no"),
-)
 # The stream's first bytes after its headers, as a chunk.
 RETRY_CHUNK = _chunk(RETRY)

@@ -23,7 +23,8 @@ from heartbeat.store.interface import Store
 from heartbeat.store.sqlite import DatabaseUnusable, open_store
 from heartbeat.web.api import Api
 from heartbeat.web.edge import Edge
-from heartbeat.web.routes import HeartbeatApp
+from heartbeat.web.klein_app import HeartbeatApp
+from heartbeat.web.routes import ROUTES
 
 
 class Options(_Options):
@@ -109,7 +110,7 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
     metrics = Metrics(hub, store)
     api = Api(store, hub, reactor, identity, settings, metrics)
     site = Site(HeartbeatApp(api).resource(), reactor=reactor)
-    edge = Edge(api, site, reactor, settings.max_header_bytes, settings.request_timeout)
+    edge = Edge(api, site, ROUTES, reactor, settings.max_header_bytes, settings.request_timeout)
     service = HeartbeatService(
         endpoint, edge, hub, store, settings.keepalive, reactor, log_observer(settings),
         settings.listen,

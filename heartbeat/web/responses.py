@@ -12,12 +12,19 @@ from http import HTTPStatus
 
 from twisted.web.http import datetimeToString
 
-from heartbeat.core.sse import RETRY, RETRY_CHUNK, STREAM_HEADERS
+from heartbeat.core.sse import RETRY, RETRY_CHUNK
 from heartbeat.web.errors import HttpError, error_body
 
 Headers = Iterable[tuple[bytes, bytes]]
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# What an event stream's response says of itself (a HEAD gets them too).
+STREAM_HEADERS = (
+    (b"Content-Type", b"text/event-stream"),
+    (b"Cache-Control", b"no-cache"),
+    (b"X-Accel-Buffering", b"no"),
+)
 
 
 @lru_cache(maxsize=128)
