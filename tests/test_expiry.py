@@ -6,11 +6,10 @@ import time
 
 import jwt
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 
 from heartbeat.core.expiry import Expiry
 from heartbeat.core.stream import Stream
-from tests.wire import Wire, request_bytes
+from tests.wire import StreamEnd, Wire, request_bytes
 
 SECRET = "an expiry test secret that is long enough for HS256 and then some"
 
@@ -92,19 +91,19 @@ def test_a_stream_closed_early_is_not_ended_again_and_is_swept():
     assert len(clock.getDelayedCalls()) == 1
 
 
-def open_stream(clock: Clock, chunked: bool = True) -> tuple[Stream, StringTransport]:
+def open_stream(clock: Clock) -> tuple[Stream, StreamEnd]:
     stream = Stream(("bob",), clock, 60)
-    transport = StringTransport()
-    stream.take(transport, chunked)
+    transport = StreamEnd()
+    stream.take(transport)
     return stream, transport
 
 
-def test_an_expired_stream_that_reads_ends_with_its_last_chunk():
+def test_an_expired_stream_that_reads_ends_cleanly():
     clock = Clock()
     stream, transport = open_stream(clock)
     Expiry(clock).add(stream, 3)
     clock.advance(3)
-    assert transport.value().endswith(b"0\r\n\r\n")
+    assert transport.ended
     assert transport.disconnecting and stream.closed
 
 
@@ -115,7 +114,7 @@ def test_an_expired_stream_whose_client_does_not_read_is_dropped():
     Expiry(clock).add(stream, 3)
     clock.advance(3)
     assert transport.disconnected
-    assert not transport.value().endswith(b"0\r\n\r\n")
+    assert not transport.ended
 
 
 def token(**claims: object) -> str:

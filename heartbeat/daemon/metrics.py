@@ -20,8 +20,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.web.iweb import IRequest
 
+from heartbeat.core.feed import Store
 from heartbeat.core.hub import Hub
-from heartbeat.store.interface import Store
 
 # Pings are answered in well under a millisecond in memory and a Redis round
 # trip or two otherwise; the top buckets catch a struggling store.

@@ -12,6 +12,7 @@ from twisted.python.usage import Options as _Options
 from twisted.python.usage import UsageError
 from twisted.web.server import Site
 
+from heartbeat.core.feed import Store
 from heartbeat.core.hidden import Hiding
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity
@@ -19,7 +20,6 @@ from heartbeat.daemon.config import SETTINGS, Settings, listen_endpoint, load_se
 from heartbeat.daemon.logs import log_observer, log_settings
 from heartbeat.daemon.metrics import Metrics
 from heartbeat.daemon.service import HeartbeatService
-from heartbeat.store.interface import Store
 from heartbeat.store.sqlite import DatabaseUnusable, open_store
 from heartbeat.web.api import Api
 from heartbeat.web.edge import Edge

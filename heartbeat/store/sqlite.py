@@ -41,9 +41,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from heartbeat.core.feed import StoreUnavailable
 from heartbeat.core.hidden import Hiding
 from heartbeat.core.presence import Ping, Presence
-from heartbeat.store.interface import StoreUnavailable
 from heartbeat.store.memory import MemoryStore
 
 log = Logger()

@@ -18,13 +18,13 @@ from twisted.web.iweb import IRequest
 from heartbeat.core.asking import Asking
 from heartbeat.core.errors import Unavailable
 from heartbeat.core.expiry import Expiry
+from heartbeat.core.feed import Store
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity, Reading
 from heartbeat.core.ping_body import parse_status
 from heartbeat.core.presence import Ping, UserState
 from heartbeat.core.stream import Stream
 from heartbeat.core.users import requested_users
-from heartbeat.store.interface import Store
 from heartbeat.web.cors import CorsPolicy
 
 

@@ -38,6 +38,7 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IProtocol,
     IProtocolNegotiationFactory,
+    IPushProducer,
     IReactorTime,
     ITransport,
 )
@@ -51,6 +52,7 @@ from heartbeat.core.deadlines import Deadlines
 from heartbeat.core.errors import Refused
 from heartbeat.core.identity import Reading
 from heartbeat.core.ping_body import MAX_BODY
+from heartbeat.core.sse import Frame
 from heartbeat.core.stream import Stream
 from heartbeat.twisted_internals import eager_write, read_now
 from heartbeat.web import responses
@@ -121,7 +123,8 @@ class HttpConnection:
 
     __slots__ = (
         "edge", "transport", "state", "_parser", "_receiving", "_head_raw", "_upgraded",
-        "_queue", "_answering", "_stream", "_draining", "_paused", "_lost", "_linger", "_in_next",
+        "_queue", "_answering", "_stream", "_chunked", "_draining", "_paused", "_lost", "_linger",
+        "_in_next",
     )
 
     def __init__(self, edge: Edge) -> None:
@@ -145,6 +148,8 @@ class HttpConnection:
         # The request whose answer is pending (state ANSWERING).
         self._answering: Cycle | None = None
         self._stream: Stream | None = None
+        # The stream's body is HTTP/1.1 chunks (not an HTTP/1.0 body ended by closing).
+        self._chunked = False
         # Shutdown asked: close after the answer in progress.
         self._draining = False
         # Reading paused: too many requests queued.
@@ -421,13 +426,40 @@ class HttpConnection:
         self.state = STREAMING
         self._answering = None
         self._stream = stream
+        self._chunked = chunked
         self._parser = None
         self._receiving = None
         self._queue.clear()
         edge.deadlines.disarm(self)
         edge.connections.discard(self)
-        stream.take(transport, chunked)
+        stream.take(self)
         edge.api.attach(stream, reading)
+
+    # The stream's transport (core's ``StreamTransport``): its frames in this
+    # connection's HTTP framing.
+
+    def send(self, frame: Frame) -> None:
+        if self._chunked:
+            wire = frame.wire
+            if wire is None:
+                wire = frame.wire = responses.chunk(frame.data)
+            eager_write(self.transport, wire)
+        else:
+            eager_write(self.transport, frame.data)
+
+    def end(self) -> None:
+        if self._chunked:
+            eager_write(self.transport, responses.LAST_CHUNK)
+        self.transport.loseConnection()
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        self.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.transport.unregisterProducer()
+
+    def abortConnection(self) -> None:
+        self.transport.abortConnection()
 
     def _hand_over(self, cycle: Cycle) -> None:
         """Let the Klein app answer ``cycle``; ``handed_done`` is called when it has."""
