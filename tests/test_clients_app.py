@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from heartbeat.core.presence import Ping
-from tests.wire import Wire
+from tests.helpers.in_memory import Wire
 
 ORIGIN = "https://chat.example"
 

@@ -9,7 +9,8 @@ import pytest
 from heartbeat.core.errors import BadInput
 from heartbeat.web.routes import ROUTES
 from heartbeat.web.table import CALL, KLEIN, STREAM, Route, RouteTable
-from tests.wire import Wire, claim, events, request_bytes
+from tests.helpers.claims import claim
+from tests.helpers.in_memory import Wire, events, request_bytes
 
 
 def test_a_wrong_method_is_405_with_allow_from_the_table():

@@ -9,9 +9,9 @@ import pytest
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 
-from heartbeat.core.feed import StoreUnavailable
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping, Presence
+from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.store.memory import MemoryStore
 from heartbeat.store.sqlite import (
     APPLICATION_ID,

@@ -1,8 +1,8 @@
 """The store interface, kept here for the Redis store's imports: it lives in
-:mod:`heartbeat.core.feed`, beside the hub that reads it."""
+:mod:`heartbeat.core.store_contract`, beside the hub that reads it."""
 
 from __future__ import annotations
 
-from heartbeat.core.feed import Store, StoreUnavailable
+from heartbeat.core.store_contract import Store, StoreUnavailable
 
 __all__ = ["Store", "StoreUnavailable"]

@@ -15,16 +15,15 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
-from heartbeat.core.asking import Asking
 from heartbeat.core.errors import Unavailable
-from heartbeat.core.expiry import Expiry
-from heartbeat.core.feed import Store
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity, Reading
 from heartbeat.core.ping_body import parse_status
 from heartbeat.core.presence import Ping, UserState
+from heartbeat.core.request_view import RequestView
+from heartbeat.core.store_contract import Store
 from heartbeat.core.stream import Stream
-from heartbeat.core.users import requested_users
+from heartbeat.core.user_query import requested_users
 from heartbeat.web.cors import CorsPolicy
 
 
@@ -76,40 +75,37 @@ class Api:
         self.cors = CorsPolicy(settings.cors_origins)
         # On a ping's answer and every stream's: how often to ping (SPEC §2).
         self.pacing = ((b"Heartbeat-Presence-Timeout", b"%d" % settings.presence_timeout),)
-        self.expiry = Expiry(clock)
 
-    def ping(self, request: Asking, body: bytes) -> Deferred[None]:
+    def ping(self, request: RequestView, body: bytes) -> Deferred[None]:
         """``POST /ping``: store the caller's ping; fails with a domain error when refused."""
         userid, clientid = self.identity.ping_user(request)
         status = parse_status(request.getHeader(b"Content-Type"), body)
         return self.store.ping(Ping(userid, int(self.clock.seconds()), status, clientid))
 
-    def leave(self, request: Asking, body: bytes) -> Deferred[None]:
+    def leave(self, request: RequestView, body: bytes) -> Deferred[None]:
         """``POST /leave``: the caller's device goes offline now; any body is ignored (sendBeacon)."""
         userid, clientid = self.identity.ping_user(request)
         return self.store.leave(userid, clientid)
 
-    def subscribe_one(self, request: Asking, body: bytes, userid: str,
+    def subscribe_one(self, request: RequestView, body: bytes, userid: str,
                       clientid: str | None = None) -> Opening:
         """``GET /subscribe/<userid>[/client/<clientid>]``: that user (device), if the caller may read it."""
         return self.identity.authorize_read(request, (userid,)), clientid
 
-    def subscribe_many(self, request: Asking, body: bytes) -> Opening:
+    def subscribe_many(self, request: RequestView, body: bytes) -> Opening:
         """``GET /subscribe?user=…``: the users asked, if the caller may read them."""
         return self.many_users(request), None
 
-    def many_users(self, request: Asking) -> Reading:
+    def many_users(self, request: RequestView) -> Reading:
         """The ``?user=`` list of the multi-user routes, if the caller may read them."""
         userids = requested_users(request, self.settings.max_users_per_stream)
         return self.identity.authorize_read(request, userids)
 
     def attach(self, stream: Stream, reading: Reading) -> None:
         """Hand an open stream to the hub, to end when its token expires."""
-        self.hub.attach(stream)
-        if reading.expires is not None:
-            self.expiry.add(stream, reading.expires)
+        self.hub.attach(stream, reading.expires)
 
-    def new_stream(self, reading: Reading, request: Asking,
+    def new_stream(self, reading: Reading, request: RequestView,
                    clientid: str | None = None) -> Stream:
         """A stream of ``userids`` (of one device of theirs with ``clientid``),
         if there is room for one more (503 otherwise).
@@ -125,7 +121,7 @@ class Api:
             request.getHeader(b"Last-Event-ID"), clientid,
         )
 
-    def status(self, request: Asking) -> Deferred[bytes]:
+    def status(self, request: RequestView) -> Deferred[bytes]:
         """``{"a": {"time": …, "status": …, "online": …, "devices": {…}}, "b": null}``
         in the order asked."""
         userids = self.many_users(request).userids

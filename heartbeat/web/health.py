@@ -11,8 +11,8 @@ import os
 
 from twisted.web.iweb import IRequest
 
-from heartbeat.core.feed import Store, StoreUnavailable
 from heartbeat.core.hub import Hub
+from heartbeat.core.store_contract import Store, StoreUnavailable
 from heartbeat.web.errors import as_http
 
 

@@ -8,7 +8,7 @@ from twisted.web.http import parse_qs
 class ParsedRequest:
     """One request as llhttp parsed it.
 
-    ``getHeader`` and ``args`` are what :class:`~heartbeat.core.asking.Asking`
+    ``getHeader`` and ``args`` are what :class:`~heartbeat.core.request_view.RequestView`
     asks of a request; the raw headers are kept, in order, for the hand-over
     to twisted.web.
     """

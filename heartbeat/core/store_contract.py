@@ -1,5 +1,5 @@
-"""The store ⇄ hub contract: what the hub needs of a store (a :class:`Feed`),
-whom a store hands bus traffic to (a :class:`Listener`), and the whole
+"""The store ⇄ hub contract: what the hub needs of a store (a :class:`HubStore`),
+whom a store hands bus traffic to (a :class:`BusListener`), and the whole
 :class:`Store` the daemon and the web layer use.
 
 Defined here, in core, so the hub and the web layer depend on no store and
@@ -33,7 +33,7 @@ from heartbeat.core.errors import Unavailable
 from heartbeat.core.presence import Ping, Presence, UserState
 
 
-class Listener(Protocol):
+class BusListener(Protocol):
     """What a store hands its bus traffic to (the hub)."""
 
     def deliver(self, change: Presence) -> None:
@@ -50,10 +50,10 @@ class Listener(Protocol):
         """The bus was down: pings may have been missed, re-read stored state."""
 
 
-class Feed(Protocol):
+class HubStore(Protocol):
     """Stored presence, and the bus that brings its changes for the users subscribed."""
 
-    listener: Listener | None
+    listener: BusListener | None
 
     def get(self, userids: Iterable[str]) -> Deferred[dict[str, UserState | None]]:
         """Each user's stored state (None if they never pinged), in one round trip.
@@ -70,8 +70,8 @@ class Feed(Protocol):
         """Stop delivering ``userid``'s changes."""
 
 
-class Store(Feed, Protocol):
-    """A feed (what the hub reads) that also takes pings and reports its health."""
+class Store(HubStore, Protocol):
+    """What the hub reads (a :class:`HubStore`), that also takes pings and reports its health."""
 
     # What /health calls it: "sqlite", "memory" or "redis".
     kind: str
@@ -95,7 +95,7 @@ class Store(Feed, Protocol):
 
         The user's ``time`` and ``status`` become the ping's and the user and
         device are online. Publishes the user's change, then the device's
-        (see :meth:`~heartbeat.core.feed.Listener.deliver`). A ping whose
+        (see :meth:`~heartbeat.core.store_contract.BusListener.deliver`). A ping whose
         status hides (``HIDDEN_STATUSES``) only re-arms the deadline and is,
         to watchers, the device going offline, as in :meth:`leave`. Fails
         with :class:`StoreUnavailable` when the ping was not stored.
