@@ -344,7 +344,7 @@ def test_the_redis_setting_selects_the_redis_store():
 
 
 def test_replicas_count_what_wait_answered_and_only_enough_is_enough():
-    from heartbeat.store.redis.store import Replicas
+    from heartbeat.store.redis.replicas import Replicas
 
     replicas = Replicas(2)
     assert replicas.enough(2) and replicas.enough("3")
