@@ -45,7 +45,14 @@ from heartbeat.store.interface import StoreUnavailable
 from heartbeat.store.redis.address import RedisAddress
 from heartbeat.store.redis.cluster import Cluster, ShardedSubscriber
 from heartbeat.store.redis.codec import deadline_member, from_member, ping_args
-from heartbeat.store.redis.keys import PARTITIONS, UserKeys, partition_keys, slot, user_keys
+from heartbeat.store.redis.keys import (
+    PARTITIONS,
+    UserKeys,
+    build_slot_tags,
+    partition_keys,
+    slot,
+    user_keys,
+)
 from heartbeat.store.redis.link import RedisLink
 from heartbeat.store.redis.lua import CAME_ONLINE, WENT_OFFLINE, Script, scripts
 from heartbeat.store.redis.tls import TrustRoot
@@ -76,6 +83,7 @@ class ClusterTopology:
                  trust: TrustRoot | None) -> None:
         self._reactor = reactor
         self._prefix = prefix
+        build_slot_tags()
         self._events: Events | None = None
         self._cluster = Cluster(reactor, address, trust, REPLY_TIMEOUT, self._map_changed,
                                 self._commands_ready, self._commands_lost)

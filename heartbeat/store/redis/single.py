@@ -101,8 +101,8 @@ class SingleTopology:
     def start(self, events: Events) -> None:
         self._events = events
         self._route.start()
-        self._command_link.connect(self._reactor)
-        self._subscriber_link.connect(self._reactor)
+        self._command_link.connect()
+        self._subscriber_link.connect()
 
     def stop(self) -> Deferred[None]:
         self._closed = True
