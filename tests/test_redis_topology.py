@@ -23,6 +23,7 @@ from heartbeat.store.redis.lua import (
     CAME_ONLINE,
     CODES,
     HIDDEN,
+    NEEDS_ARM,
     STORED,
     WENT_OFFLINE,
     build,
@@ -141,7 +142,7 @@ def test_each_outcome_answers_its_own_ping():
 
 
 def test_the_result_codes_are_one_table():
-    assert CODES == {"STORED": 1, "CAME_ONLINE": 2, "HIDDEN": 3, "WENT_OFFLINE": 4}
+    assert CODES == {"STORED": 1, "CAME_ONLINE": 2, "HIDDEN": 3, "WENT_OFFLINE": 4, "NEEDS_ARM": 5}
     assert (STORED, CAME_ONLINE, HIDDEN, WENT_OFFLINE) == (1, 2, 3, 4)
 
 
@@ -255,9 +256,71 @@ def test_a_failed_count_update_is_logged_not_left_unhandled():
     globalLogPublisher.addObserver(events.append)
     try:
         # A user came online; nobody waits for the count's update.
-        topology._answer([(CAME_ONLINE, None)], 3, [(0, None)], [None])
+        topology._answer([(CAME_ONLINE, None)], [(0, (Ping("a", 1, "0"), False))], [None], 60, 0)
         gc.collect()
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert any("CLUSTERDOWN" in str(e.get("why")) for e in events)
     assert not any(e.get("log_failure") is not None for e in events)
+
+
+class ScriptedCluster:
+    """Records each script call the Cluster topology makes; answers when told."""
+
+    def __init__(self, topology: ClusterTopology) -> None:
+        self.calls: list[tuple[str, list[str], list[object], Deferred]] = []
+        names = {script.sha: name for name, script in vars(scripts("cluster")).items()}
+
+        def run(script: Any, key: str, keys: list[str], args: list[object]) -> Deferred:
+            d: Deferred = Deferred()
+            self.calls.append((names[script.sha], keys, args, d))
+            return d
+        topology._run = run  # type: ignore[method-assign]
+
+
+def test_pings_of_devices_with_a_deadline_are_one_call_per_slot_and_no_arming():
+    topology = cluster_topology()
+    redis = ScriptedCluster(topology)
+    pings = [(Ping("alice", 1, "0", "c"), False), (Ping("bob", 2, "0", "c"), False)]
+    answer = results([topology.store(pings, 60, 0)])
+    assert [name for name, *_ in redis.calls] == ["ping", "ping"]  # two slots, sent at once
+    for _, _, args, d in redis.calls:
+        assert args[2] == ""  # not armed: a device with no deadline comes back
+        d.callback([STORED])
+    assert answer == [[(STORED, None), (STORED, None)]]
+
+
+def test_a_device_with_no_deadline_is_armed_then_stored_in_order():
+    topology = cluster_topology()
+    redis = ScriptedCluster(topology)
+    pings = [(Ping("alice", 1, "0", "new"), False), (Ping("alice", 2, "1", "old"), False)]
+    answer = results([topology.store(pings, 60, 0)])
+    (_, _, _, first), = redis.calls
+    first.callback([NEEDS_ARM, NEEDS_ARM])  # the second waits behind the first, in order
+    assert [name for name, *_ in redis.calls] == ["ping", "arm"]
+    redis.calls[1][3].callback("1000.000000")
+    name, _, args, stored = redis.calls[2]
+    assert name == "ping" and args[2] == "970.000000"  # refused if run after half a timeout
+    assert args[3::6] == ["alice", "alice"] and args[6::6] == ["new", "old"]
+    stored.callback([CAME_ONLINE, STORED])
+    assert answer == [[(CAME_ONLINE, None), (STORED, None)]]
+
+
+def test_a_user_s_later_pings_wait_for_their_earlier_ones():
+    topology = cluster_topology()
+    redis = ScriptedCluster(topology)
+    first = results([topology.store([(Ping("alice", 1, "0", "new"), False)], 60, 0)])
+    later = results([topology.store([(Ping("alice", 2, "1", "old"), False),
+                                     (Ping("bob", 2, "1", "c"), False)], 60, 0)])
+    # bob goes at once; alice's later ping waits for her first to be stored.
+    assert [args[3] for _, _, args, _ in redis.calls] == ["alice", "bob"]
+    redis.calls[1][3].callback([STORED])
+    redis.calls[0][3].callback([NEEDS_ARM])
+    redis.calls[2][3].callback("1000.000000")  # arm
+    assert [args[3] for _, _, args, _ in redis.calls[3:]] == ["alice"]
+    assert redis.calls[3][2][6] == "new"
+    redis.calls[3][3].callback([CAME_ONLINE])
+    assert first == [[(CAME_ONLINE, None)]]
+    assert [args[6] for _, _, args, _ in redis.calls[4:]] == ["old"]
+    redis.calls[4][3].callback([STORED])
+    assert later == [[(STORED, None), (STORED, None)]]

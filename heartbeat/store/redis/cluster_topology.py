@@ -11,19 +11,29 @@ lives twice:
   the script that takes a device offline removes it there and publishes in
   the same step, so however many instances sweep, each transition is
   published once (SPEC §3);
-- an **index entry** in the partition (``[user, device]`` → a time), armed
-  *before* the ping is stored, only telling the sweep when to look.
+- an **index entry** in the partition (``[user, device]`` → a time), only
+  telling the sweep when to look.
 
-A ping arms the index (``arm.lua``, on the partition's node), then stores
-(``ping.lua``, on the user's node); it is ``200`` only when both did. Dying
-in between leaves an entry with nothing behind it, which the sweep drops. An
-entry is armed ``PRESENCE_TIMEOUT`` ahead and ``ping.lua`` refuses a ping
-armed more than half of that ago, so the sweep can only find an entry due
-once the ping behind it was stored or refused. The sweep then asks the
-user's slot (``expire.lua``): a device due goes offline (once: its deadline
-is removed in that step); one re-armed since says its deadline, and the
-index entry is moved to it; one gone drops the entry — each only if no ping
-re-armed the entry meanwhile (``reindex.lua`` compares the time it read).
+A device's first ping (one with no deadline in the truth yet) arms the index
+(``arm.lua``, on the partition's node), then stores (``ping.lua``, on the
+user's node); it is ``200`` only when both did. Dying in between leaves an
+entry with nothing behind it, which the sweep drops. An entry is armed
+``PRESENCE_TIMEOUT`` ahead and ``ping.lua`` refuses a ping armed more than
+half of that ago, so the sweep can only find an entry due once the ping
+behind it was stored or refused. The sweep then asks the user's slot
+(``expire.lua``): a device due goes offline (once: its deadline is removed
+in that step); one re-armed since says its deadline, and the index entry is
+moved to it; one gone drops the entry — each only if no ping re-armed the
+entry meanwhile (``reindex.lua`` compares the time it read).
+
+So the index always holds an entry no later than any deadline the truth
+holds (or a sweep is about to move it there), and a ping of a device that
+already has a deadline needs no arming: it is stored at once, every user
+slot's pings of a batch in one script call, all sent together, so a batch
+costs one round trip per node. ``ping.lua`` itself tells which pings those
+are: the others come back ``NEEDS_ARM`` having stored nothing, and take the
+way above. A user's pings still in flight hold back that user's pings of
+later batches, so that they are stored in the order they came.
 
 The online-user count per partition is kept beside the index, adjusted
 after the user's step reports the change: an instance dying between the two
@@ -54,7 +64,7 @@ from heartbeat.store.redis.keys import (
     user_keys,
 )
 from heartbeat.store.redis.link import RedisLink
-from heartbeat.store.redis.lua import CAME_ONLINE, WENT_OFFLINE, Script, scripts
+from heartbeat.store.redis.lua import CAME_ONLINE, NEEDS_ARM, WENT_OFFLINE, Script, scripts
 from heartbeat.store.redis.tls import TrustRoot
 from heartbeat.store.redis.topology import Events, Outcome, Swept
 from heartbeat.store.redis.tuning import REPLY_TIMEOUT, WAIT_TIMEOUT_MS
@@ -91,6 +101,8 @@ class ClusterTopology:
                                              self._message, self._bus_lost, self._ready)
         self.reconnects = {"commands": 0, "subscriber": 0}
         self._was_ready = False
+        # Per user, fired once their last batch in flight is stored (or failed).
+        self._flying: dict[str, Deferred[None]] = {}
 
     # Health.
 
@@ -135,36 +147,76 @@ class ClusterTopology:
 
     def store(self, pings: list[tuple[Ping, bool]], timeout: float,
               wait_replicas: int) -> Deferred[list[Outcome]]:
-        """One arm.lua per partition, then one ping.lua per user slot, each on its node."""
+        """Each user slot's pings in one ping.lua, all sent at once: one round trip per node.
+
+        A ping whose device has no deadline yet (``NEEDS_ARM``) is stored
+        nothing; its index entry is armed, then it is sent again (see the
+        module). The pings of a user still in flight from an earlier batch
+        wait for it, so that a user's pings are stored in the order they came.
+        """
         outcomes: list[Outcome | None] = [None] * len(pings)
-        steps = []
         numbered = list(enumerate(pings))
-        for partition, group in _by(numbered, lambda n: self._users(n[1][0].userid).partition).items():
-            deadlines, _ = partition_keys(self._prefix, partition)
-            members = [deadline_member(ping.userid, ping.clientid) for _, (ping, _) in group]
-            d = self._run(_SCRIPTS.arm, deadlines, [deadlines], [timeout, *members])
-            d.addCallback(self._store, partition, group, timeout, wait_replicas, outcomes)
-            d.addErrback(_fill, group, outcomes)
-            steps.append(d)
+        free = [n for n in numbered if n[1][0].userid not in self._flying]
+        held = [n for n in numbered if n[1][0].userid in self._flying]
+        steps = []
+        if free:
+            steps.append(self._store_round(free, timeout, wait_replicas, outcomes, None))
+        if held:
+            before = {self._flying[ping.userid] for _, (ping, _) in held}
+            waited = gatherResults(list(before), consumeErrors=True)
+            steps.append(waited.addBoth(lambda _: self._store_round(
+                held, timeout, wait_replicas, outcomes, None)))
         done = gatherResults(steps, consumeErrors=True)
+        for userid in {ping.userid for _, (ping, _) in numbered}:
+            self._fly(userid, done)
         return done.addCallback(lambda _: [o if o is not None else (None, None) for o in outcomes])
 
-    def _store(self, armed: str, partition: int, group: list, timeout: float,
-               wait_replicas: int, outcomes: list) -> Deferred[None]:
-        stale = f"{float(armed) - timeout / 2:.6f}"
+    def _fly(self, userid: str, d: Deferred[Any]) -> None:
+        """``d`` is ``userid``'s last store in flight until it fires."""
+        done: Deferred[None] = Deferred()
+        self._flying[userid] = done
+
+        def landed(result: object) -> object:
+            if self._flying.get(userid) is done:
+                del self._flying[userid]
+            done.callback(None)
+            return result
+        d.addBoth(landed)
+
+    def _store_round(self, numbered: list, timeout: float, wait_replicas: int,
+                     outcomes: list, armed: str | None) -> Deferred[None]:
+        """One ping.lua per user slot; ``armed``: the time their index entries were armed."""
+        stale = "" if armed is None else f"{float(armed) - timeout / 2:.6f}"
         steps = []
-        for _, numbered in _by(group, lambda n: slot(self._prefix + n[1][0].userid)).items():
+        for _, group in _by(numbered, lambda n: slot(self._prefix + n[1][0].userid)).items():
             keys: list[str] = []
             args: list[object] = [timeout, 4, stale]
-            for _, (ping, hides) in numbered:
+            for _, (ping, hides) in group:
                 keys += _user_slot_keys(self._users(ping.userid))
                 args += ping_args(ping, ping.clientid, hides)
             d = self._run(_SCRIPTS.ping, keys[0], keys, args)
             d.addCallback(self._stored, keys[0], wait_replicas)
-            d.addCallbacks(self._answer, _fill, callbackArgs=(partition, numbered, outcomes),
-                           errbackArgs=(numbered, outcomes))
+            d.addCallback(self._answer, group, outcomes, timeout, wait_replicas)
+            d.addErrback(_fill, group, outcomes)
             steps.append(d)
         return gatherResults(steps, consumeErrors=True).addCallback(lambda _: None)
+
+    def _arm_then_store(self, numbered: list, timeout: float, wait_replicas: int,
+                        outcomes: list) -> Deferred[None]:
+        """One arm.lua per partition, then its pings stored, armed."""
+        steps = []
+        for partition, group in _by(numbered, lambda n: self._users(n[1][0].userid).partition).items():
+            deadlines, _ = partition_keys(self._prefix, partition)
+            members = [deadline_member(ping.userid, ping.clientid) for _, (ping, _) in group]
+            d = self._run(_SCRIPTS.arm, deadlines, [deadlines], [timeout, *members])
+            d.addCallback(self._store_armed, group, timeout, wait_replicas, outcomes)
+            d.addErrback(_fill, group, outcomes)
+            steps.append(d)
+        return gatherResults(steps, consumeErrors=True).addCallback(lambda _: None)
+
+    def _store_armed(self, armed: str, numbered: list, timeout: float, wait_replicas: int,
+                     outcomes: list) -> Deferred[None]:
+        return self._store_round(numbered, timeout, wait_replicas, outcomes, armed)
 
     def _stored(self, results: list, key: str, wait_replicas: int) -> Any:
         """The results, with what ``WAIT`` counted on the same node connection."""
@@ -173,14 +225,23 @@ class ClusterTopology:
         d = self._cluster.execute(slot(key), "WAIT", wait_replicas, WAIT_TIMEOUT_MS)
         return d.addCallback(lambda acknowledged: [(result, acknowledged) for result in results])
 
-    def _answer(self, results: list[Outcome], partition: int, numbered: list,
-                outcomes: list) -> None:
-        change = 0
-        for (n, _), outcome in zip(numbered, results):
+    def _answer(self, results: list[Outcome], numbered: list, outcomes: list, timeout: float,
+                wait_replicas: int) -> Deferred[None] | None:
+        changes: dict[int, int] = defaultdict(int)
+        again = []
+        for (n, (ping, hides)), outcome in zip(numbered, results):
+            if outcome[0] == NEEDS_ARM:
+                again.append((n, (ping, hides)))
+                continue
             outcomes[n] = outcome
-            change += (outcome[0] == CAME_ONLINE) - (outcome[0] == WENT_OFFLINE)
-        if change:
-            self._count(partition, change)
+            partition = self._users(ping.userid).partition
+            changes[partition] += (outcome[0] == CAME_ONLINE) - (outcome[0] == WENT_OFFLINE)
+        for partition, change in changes.items():
+            if change:
+                self._count(partition, change)
+        if again:
+            return self._arm_then_store(again, timeout, wait_replicas, outcomes)
+        return None
 
     def _count(self, partition: int, change: int) -> Deferred[None]:
         """Adjust a partition's online count; a failure is logged, never left in the Deferred."""

@@ -55,6 +55,7 @@ def _codes() -> dict[str, int]:
 CODES = _codes()
 STORED, CAME_ONLINE = CODES["STORED"], CODES["CAME_ONLINE"]
 HIDDEN, WENT_OFFLINE = CODES["HIDDEN"], CODES["WENT_OFFLINE"]
+NEEDS_ARM = CODES["NEEDS_ARM"]
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from heartbeat.store.redis.address import RedisAddress
 from heartbeat.store.redis.batching import Waiting, queue_for_turn
 from heartbeat.store.redis.bus import relay
 from heartbeat.store.redis.codec import from_row
-from heartbeat.store.redis.lua import CODES, WENT_OFFLINE
+from heartbeat.store.redis.lua import CAME_ONLINE, HIDDEN, STORED, WENT_OFFLINE
 from heartbeat.store.redis.replicas import Replicas
 from heartbeat.store.redis.tls import load_trust_root
 from heartbeat.store.redis.topology import Outcome, Swept, Topology
@@ -52,7 +52,8 @@ from heartbeat.store.redis.tuning import READ_CHUNK, SWEEP_BATCH, SWEEP_INTERVAL
 
 log = Logger()
 
-_STORED = frozenset(CODES.values())
+# What a topology answers for a ping that was stored (or hid).
+_STORED = frozenset((STORED, CAME_ONLINE, HIDDEN, WENT_OFFLINE))
 
 
 def topology_for(reactor: Any, address: RedisAddress, prefix: str,
