@@ -13,7 +13,7 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from txredisapi import ResponseError
 
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping, Presence, UserState
 from heartbeat.store.interface import StoreUnavailable
 from heartbeat.store.redis import keys

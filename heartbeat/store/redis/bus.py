@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
-from heartbeat.core.feed import Listener
+from heartbeat.core.store_contract import BusListener
 from heartbeat.store.redis.codec import from_message
 
 log = Logger()
 
 
-def relay(listener: Listener | None, prefix: str, channel: str, text: object) -> None:
+def relay(listener: BusListener | None, prefix: str, channel: str, text: object) -> None:
     """Hand the changes a bus message on ``channel`` carries to ``listener``.
 
     An exception here would escape into the subscriber protocol and drop

@@ -36,9 +36,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txredisapi import ConnectionError as RedisConnectionError
 
-from heartbeat.core.feed import Listener
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping, Presence, UserState
+from heartbeat.core.store_contract import BusListener
 from heartbeat.store.interface import StoreUnavailable
 from heartbeat.store.redis.address import RedisAddress
 from heartbeat.store.redis.batching import Waiting, queue_for_turn
@@ -78,7 +78,7 @@ class RedisStore(Service):
     ``address`` names (tests).
     """
 
-    listener: Listener | None = None
+    listener: BusListener | None = None
     kind = "redis"
 
     def __init__(self, address: RedisAddress | None, prefix: str, reactor: Any,
