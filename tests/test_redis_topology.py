@@ -15,7 +15,7 @@ from txredisapi import ResponseError
 
 from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping, Presence, UserState
-from heartbeat.store.interface import StoreUnavailable
+from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.store.redis import keys
 from heartbeat.store.redis.address import parse_redis
 from heartbeat.store.redis.cluster_topology import ClusterTopology

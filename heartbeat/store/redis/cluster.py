@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from txredisapi import ConnectionError as RedisConnectionError
 from txredisapi import RedisProtocol, ResponseError
 
-from heartbeat.store.interface import StoreUnavailable
+from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.store.redis.address import RedisAddress, Server
 from heartbeat.store.redis.keys import CLUSTER_SLOTS, slot
 from heartbeat.store.redis.link import DirectRoute, RedisLink, _Subscriber

@@ -22,7 +22,7 @@ from txredisapi import ConnectionError as RedisConnectionError
 from txredisapi import RedisProtocol
 
 from heartbeat.core.presence import Ping, Presence
-from heartbeat.store.interface import StoreUnavailable
+from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.store.redis.address import RedisAddress
 from heartbeat.store.redis.codec import deadline_member, from_member, ping_args
 from heartbeat.store.redis.keys import PARTITIONS, partition_keys, user_keys

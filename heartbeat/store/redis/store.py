@@ -38,8 +38,7 @@ from txredisapi import ConnectionError as RedisConnectionError
 
 from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping, Presence, UserState
-from heartbeat.core.store_contract import BusListener
-from heartbeat.store.interface import StoreUnavailable
+from heartbeat.core.store_contract import BusListener, StoreUnavailable
 from heartbeat.store.redis.address import RedisAddress
 from heartbeat.store.redis.batching import Waiting, queue_for_turn
 from heartbeat.store.redis.bus import relay
