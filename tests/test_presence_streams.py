@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 
 from heartbeat.core.holder import PresenceHolder, renewal_period
 from heartbeat.core.presence import Ping
-from heartbeat.store.interface import StoreUnavailable
+from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.store.memory import MemoryStore
 from heartbeat.web.peers import find_dead_peer
 from tests.helpers.claims import claim, claim_header
