@@ -20,7 +20,6 @@ from heartbeat.daemon.config import SETTINGS, Settings, listen_endpoint, load_se
 from heartbeat.daemon.logs import log_observer, log_settings
 from heartbeat.daemon.metrics import Metrics
 from heartbeat.daemon.service import HeartbeatService, SettleGarbageCollector
-from heartbeat.store.memory import MemoryStore
 from heartbeat.store.sqlite import DatabaseUnusable, open_store
 from heartbeat.web.api import Api
 from heartbeat.web.edge import Edge
@@ -91,9 +90,7 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
     """The service tree of ``settings``; a ``DATABASE`` it cannot use raises ``DatabaseUnusable``."""
     log_settings(settings)
     store = _store(settings, reactor)
-    holder = None
-    if isinstance(store, MemoryStore):
-        holder = PresenceHolder(store, reactor, settings.presence_timeout, settings.leave_grace)
+    holder = PresenceHolder(store, reactor, settings.presence_timeout, settings.leave_grace)
     hub = Hub(store, reactor, holder)
     identity = Identity(settings.jwt_secret, settings.max_userid_length)
     identity.announce()

@@ -138,8 +138,6 @@ class Api:
         except UnicodeDecodeError:
             raise BadInput("presence status is not valid UTF-8") from None
         userid, clientid = self.identity.ping_user(request)
-        if self.hub.holder is None:
-            raise BadInput("presence streams are not available with this store")
         return Ping(userid, int(self.clock.seconds()), status, clientid)
 
     def status(self, request: RequestView) -> Deferred[bytes]:

@@ -259,6 +259,28 @@ class ClusterTopology:
             self._count(partition, -1)
         return gone
 
+    def rearm(self, devices: list[tuple[str, str]], after: float) -> Deferred[None]:
+        """The index entries first (one arm.lua per partition), then the truth (one
+        rearm.lua per user slot), so the index still holds an entry no later than the
+        truth's deadline when it moves sooner (a presence stream's grace). A renewal
+        moves the truth later; the sweep then moves the entry to it, as after a ping."""
+        arming = []
+        for partition, group in _by(devices, lambda d: self._users(d[0]).partition).items():
+            deadlines, _ = partition_keys(self._prefix, partition)
+            members = [deadline_member(userid, clientid) for userid, clientid in group]
+            arming.append(self._run(_SCRIPTS.arm, deadlines, [deadlines], [after, *members]))
+        d = gatherResults(arming, consumeErrors=True)
+        return d.addCallback(self._rearm_truth, devices, after)
+
+    def _rearm_truth(self, _: object, devices: list[tuple[str, str]],
+                     after: float) -> Deferred[None]:
+        steps = []
+        for _, group in _by(devices, lambda d: slot(self._prefix + d[0])).items():
+            keys = [self._users(userid).deadlines for userid, _ in group]
+            members = [clientid for _, clientid in group]
+            steps.append(self._run(_SCRIPTS.rearm, keys[0], keys, [after, *members]))
+        return gatherResults(steps, consumeErrors=True).addCallback(lambda _: None)
+
     def restore(self, latest: Ping, devices: Iterable[tuple[Presence, float]]) -> Deferred[None]:
         return fail(NotImplementedError("restoring into a Redis Cluster"))
 

@@ -88,6 +88,7 @@ class Scripts:
     due: Script
     expire: Script
     read_many: Script
+    rearm: Script
     # One Redis only.
     restore: Script
     # A Cluster only (cluster_topology).

@@ -31,7 +31,7 @@ from heartbeat.store.redis.lua import scripts
 from heartbeat.store.redis.sentinel import route_for
 from heartbeat.store.redis.tls import TrustRoot
 from heartbeat.store.redis.topology import Events, Outcome, Swept
-from heartbeat.store.redis.tuning import REPLY_TIMEOUT, WAIT_TIMEOUT_MS
+from heartbeat.store.redis.tuning import REPLY_TIMEOUT, WAIT_TIMEOUT_MS, chunks
 
 log = Logger()
 
@@ -149,6 +149,17 @@ class SingleTopology:
         keys = [user.key, user.devices, user.online, deadlines, count]
         return _SCRIPTS.leave.run(self._conn(), keys,
                                   [userid, clientid, deadline_member(userid, clientid)])
+
+    def rearm(self, devices: list[tuple[str, str]], after: float) -> Deferred[None]:
+        """In chunks (Redis runs one script at a time), all sent at once."""
+        conn = self._conn()
+        steps = []
+        for chunk in chunks(devices):
+            keys = [partition_keys(self._prefix, user_keys(self._prefix, userid).partition)[0]
+                    for userid, _ in chunk]
+            members = [deadline_member(userid, clientid) for userid, clientid in chunk]
+            steps.append(_SCRIPTS.rearm.run(conn, keys, [after, *members]))
+        return gatherResults(steps, consumeErrors=True).addCallback(lambda _: None)
 
     def restore(self, latest: Ping, devices: Iterable[tuple[Presence, float]]) -> Deferred[None]:
         """Each online device keeps its deadline, a wall-clock time: Redis's clock and
