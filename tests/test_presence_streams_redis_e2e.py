@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.claims import claim_header
-from tests.helpers.clients import SSEClient
+from tests.helpers.clients import SSEClient, post_ping
 from tests.helpers.processes import RedisServer
 from tests.helpers.redis_cluster import RedisCluster
 
@@ -136,3 +136,14 @@ def test_the_instance_holding_the_stream_killed_every_watcher_gets_one_offline(
     for w in watching:
         w.no_event(1.5)  # two instances sweep: once
     stream.close()
+
+
+def test_leave_on_another_instance_is_immediate_and_the_stream_no_longer_holds(
+        redis_url, start_daemon):
+    a, b = daemons(start_daemon, redis_url, 2)
+    userid, watching, stream = held([a, b], [a])
+    assert post_ping(b.port, "", None, path="/leave", headers=claim_header(userid, "web"))[0] == 200
+    for w in watching:
+        assert w.event(timeout=2)["online"] is False
+    watching[0].no_event(2 * TIMEOUT)  # a's renewals do not bring it back
+    assert stream.frame(timeout=2)  # the stream itself stays open
