@@ -44,7 +44,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.logger import Logger
@@ -67,7 +68,7 @@ from heartbeat.store.redis.link import RedisLink
 from heartbeat.store.redis.lua import CAME_ONLINE, NEEDS_ARM, WENT_OFFLINE, Script, scripts
 from heartbeat.store.redis.tls import TrustRoot
 from heartbeat.store.redis.topology import Events, Outcome, Swept
-from heartbeat.store.redis.tuning import REPLY_TIMEOUT, WAIT_TIMEOUT_MS
+from heartbeat.store.redis.tuning import REARM_CACHE, REPLY_TIMEOUT, WAIT_TIMEOUT_MS
 
 log = Logger()
 
@@ -264,20 +265,21 @@ class ClusterTopology:
         rearm.lua per user slot), so the index still holds an entry no later than the
         truth's deadline when it moves sooner (a presence stream's grace). A renewal
         moves the truth later; the sweep then moves the entry to it, as after a ping."""
+        targets = [_deadline_of(self._prefix, userid, clientid) for userid, clientid in devices]
         arming = []
-        for partition, group in _by(devices, lambda d: self._users(d[0]).partition).items():
+        for partition, group in _by(targets, lambda t: t.partition).items():
             deadlines, _ = partition_keys(self._prefix, partition)
-            members = [deadline_member(userid, clientid) for userid, clientid in group]
+            members = [target.member for target in group]
             arming.append(self._run(_SCRIPTS.arm, deadlines, [deadlines], [after, *members]))
         d = gatherResults(arming, consumeErrors=True)
-        return d.addCallback(self._rearm_truth, devices, after)
+        return d.addCallback(self._rearm_truth, targets, after)
 
-    def _rearm_truth(self, _: object, devices: list[tuple[str, str]],
+    def _rearm_truth(self, _: object, targets: list[_DeviceDeadline],
                      after: float) -> Deferred[None]:
         steps = []
-        for _, group in _by(devices, lambda d: slot(self._prefix + d[0])).items():
-            keys = [self._users(userid).deadlines for userid, _ in group]
-            members = [clientid for _, clientid in group]
+        for _, group in _by(targets, lambda t: t.slot).items():
+            keys = [target.truth for target in group]
+            members = [target.clientid for target in group]
             steps.append(self._run(_SCRIPTS.rearm, keys[0], keys, [after, *members]))
         return gatherResults(steps, consumeErrors=True).addCallback(lambda _: None)
 
@@ -386,6 +388,24 @@ class ClusterTopology:
     def _ready(self) -> None:
         if self._events is not None:
             self._events.ready()
+
+
+class _DeviceDeadline(NamedTuple):
+    """Where a device's deadline lives: its user's slot and truth, its index entry."""
+
+    slot: int
+    truth: str
+    clientid: str
+    partition: int
+    member: str
+
+
+@lru_cache(maxsize=REARM_CACHE)
+def _deadline_of(prefix: str, userid: str, clientid: str) -> _DeviceDeadline:
+    """The same at every renewal of a presence stream's device: made once."""
+    user = user_keys(prefix, userid, cluster=True)
+    return _DeviceDeadline(slot(user.key), user.deadlines, clientid, user.partition,
+                           deadline_member(userid, clientid))
 
 
 def _device(entry: tuple[str, str]) -> tuple[str, str]:

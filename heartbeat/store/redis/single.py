@@ -13,6 +13,7 @@ reads every partition.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
@@ -31,7 +32,7 @@ from heartbeat.store.redis.lua import scripts
 from heartbeat.store.redis.sentinel import route_for
 from heartbeat.store.redis.tls import TrustRoot
 from heartbeat.store.redis.topology import Events, Outcome, Swept
-from heartbeat.store.redis.tuning import REPLY_TIMEOUT, WAIT_TIMEOUT_MS, chunks
+from heartbeat.store.redis.tuning import REARM_CACHE, REPLY_TIMEOUT, WAIT_TIMEOUT_MS, chunks
 
 log = Logger()
 
@@ -155,10 +156,9 @@ class SingleTopology:
         conn = self._conn()
         steps = []
         for chunk in chunks(devices):
-            keys = [partition_keys(self._prefix, user_keys(self._prefix, userid).partition)[0]
-                    for userid, _ in chunk]
-            members = [deadline_member(userid, clientid) for userid, clientid in chunk]
-            steps.append(_SCRIPTS.rearm.run(conn, keys, [after, *members]))
+            targets = [_deadline_of(self._prefix, userid, clientid) for userid, clientid in chunk]
+            keys = [key for key, _ in targets]
+            steps.append(_SCRIPTS.rearm.run(conn, keys, [after, *(m for _, m in targets)]))
         return gatherResults(steps, consumeErrors=True).addCallback(lambda _: None)
 
     def restore(self, latest: Ping, devices: Iterable[tuple[Presence, float]]) -> Deferred[None]:
@@ -310,6 +310,13 @@ class SingleTopology:
     def _ready(self) -> None:
         if self._events is not None:
             self._events.ready()
+
+
+@lru_cache(maxsize=REARM_CACHE)
+def _deadline_of(prefix: str, userid: str, clientid: str) -> tuple[str, str]:
+    """A device's deadline partition and member: the same at every renewal, made once."""
+    partition = user_keys(prefix, userid).partition
+    return partition_keys(prefix, partition)[0], deadline_member(userid, clientid)
 
 
 def _connection_lost(failure: Failure) -> None:

@@ -20,8 +20,11 @@ WAIT_TIMEOUT_MS = 1000
 # The most users one read_many.lua call reads: a resync of every watched user
 # must not hold Redis, which runs one script at a time, for more than a few ms.
 READ_CHUNK = 200
-# The most devices one rearm.lua call moves (presence streams' renewals): as READ_CHUNK.
+# The most devices one rearm.lua call moves (presence streams' renewals).
 REARM_CHUNK = 1000
+# Devices whose deadline keys are remembered between renewals (topologies' caches):
+# more than one process holds presence streams of.
+REARM_CACHE = 1 << 16
 
 
 def chunks(items: Sequence[T], size: int = REARM_CHUNK) -> Iterator[Sequence[T]]:
