@@ -1,16 +1,23 @@
-"""The in-process store and bus: one instance, nothing kept across restarts."""
+"""The in-process store and bus: one instance, nothing kept across restarts.
+
+Each transition's feed changes (SPEC §8) come from the same step that makes
+it (:func:`~heartbeat.core.changes.ping_changes`), recorded in the store's
+:class:`~heartbeat.store.changelog.ChangeLog`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
+from heartbeat.core.changes import Page, Position, offline_changes, ping_changes
 from heartbeat.core.deadlines import Deadlines
 from heartbeat.core.feed import Listener
 from heartbeat.core.hidden import Hiding
 from heartbeat.core.presence import Devices, Ping, Presence, UserState
+from heartbeat.store.changelog import DEFAULT_RETENTION, ChangeLog, now_ms
 
 
 class MemoryStore:
@@ -25,8 +32,11 @@ class MemoryStore:
     available = True
     kind = "memory"
 
-    def __init__(self, clock: IReactorTime, timeout: float, hiding: Hiding = Hiding()) -> None:
+    def __init__(self, clock: IReactorTime, timeout: float, hiding: Hiding = Hiding(),
+                 retention: float = DEFAULT_RETENTION, feed: ChangeLog | None = None) -> None:
         self._clock = clock
+        # The change feed (SPEC §8); the SQLite store's continues its file's.
+        self.feed = feed if feed is not None else ChangeLog(clock, retention)
         self._timeout = timeout
         self._hiding = hiding
         self._users: dict[str, Devices] = {}
@@ -49,15 +59,20 @@ class MemoryStore:
 
     def _apply_ping(self, ping: Ping, deadline: float) -> None:
         """Record ``ping``, its device due offline at ``deadline``, and publish it."""
-        devices = self._devices(ping.userid)
+        presences, changes = ping_changes(
+            self._devices(ping.userid), ping, self._hiding, now_ms(self._clock))
+        self.feed.append(changes)
+        self._pinged(ping, deadline, presences)
+
+    def _pinged(self, ping: Ping, deadline: float, presences: tuple[Presence, ...]) -> None:
+        """What a stored ping does besides its changes: its deadline, counts, watchers."""
         # Armed for a ping that hides too: its device stays connected.
         self._deadlines.arm_at((ping.userid, ping.clientid), deadline)
-        changes = devices.ping(ping, self._hiding)
-        if changes and changes[0].online:  # visible: the user's change, online, comes first
+        if presences and presences[0].online:  # visible: the user's change, online, comes first
             self._online.add(ping.userid)
         else:  # hidden: its device went offline, perhaps the user with it
-            self._count_offline(changes)
-        self._publish(changes)
+            self._count_offline(presences)
+        self._publish(presences)
 
     def _apply_leave(self, userid: str, clientid: str) -> None:
         self._deadlines.disarm((userid, clientid))
@@ -92,6 +107,28 @@ class MemoryStore:
             states[userid] = None if devices is None else devices.state()
         return succeed(states)
 
+    # The change feed (ChangeFeed): the log's.
+
+    @property
+    def changes_recorded(self) -> int:
+        return self.feed.changes_recorded
+
+    def position(self) -> Deferred[Position]:
+        return self.feed.position()
+
+    def changes(self, after: Position | None, limit: int,
+                userids: Collection[str] | None = None) -> Deferred[Page]:
+        return self.feed.changes(after, limit, userids)
+
+    def wait(self, after: Position) -> Deferred[None]:
+        return self.feed.wait(after)
+
+    def delivered(self, name: str) -> Deferred[Position | None]:
+        return self.feed.delivered(name)
+
+    def set_delivered(self, name: str, position: Position) -> Deferred[None]:
+        return self.feed.set_delivered(name, position)
+
     def subscribe(self, userid: str) -> Deferred[None]:
         self._subscribed.add(userid)
         return succeed(None)
@@ -108,9 +145,13 @@ class MemoryStore:
         devices = self._users.get(userid)
         if devices is None:
             return
-        changes = devices.offline(clientid)
-        self._count_offline(changes)
-        self._publish(changes)
+        presences, changes = offline_changes(devices, clientid, now_ms(self._clock))
+        self.feed.append(changes)
+        self._went_offline(presences)
+
+    def _went_offline(self, presences: tuple[Presence, ...]) -> None:
+        self._count_offline(presences)
+        self._publish(presences)
 
     def _count_offline(self, changes: tuple[Presence, ...]) -> None:
         """Count the user out when ``changes`` end with their going offline (SPEC §3)."""
