@@ -181,16 +181,23 @@ def new_epoch() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """Changes read from the feed, oldest first, and the position to read on from."""
+    """Changes read from the feed, oldest first, and the position to read on from.
+
+    ``positions`` has each change's own: just after it (an event's ``id``
+    on the feed's stream).
+    """
 
     changes: tuple[Change, ...]
     next: Position
+    positions: tuple[Position, ...] = ()
 
 
 class ChangeFeed(Protocol):
     """What a store offers the readers of its change feed (``/changes``, webhooks, streams)."""
 
-    changes_recorded: int
+    @property
+    def changes_recorded(self) -> int:
+        """Changes this process recorded (for ``/metrics``)."""
 
     def position(self) -> Deferred[Position]:
         """The feed's newest position: a state read after this fires includes

@@ -20,6 +20,7 @@ from heartbeat.daemon.logs import log_observer, log_settings
 from heartbeat.daemon.metrics import Metrics
 from heartbeat.daemon.service import HeartbeatService
 from heartbeat.store.interface import Store
+from heartbeat.store.memory import MemoryStore
 from heartbeat.store.sqlite import DatabaseUnusable, open_store
 from heartbeat.web.api import Api
 from heartbeat.web.edge import Edge
@@ -106,8 +107,10 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
     hub = Hub(store)
     identity = Identity(settings.jwt_secret, settings.max_userid_length)
     identity.announce()
+    # The in-process stores keep the change feed; Redis does not yet.
+    feed = store if isinstance(store, MemoryStore) else None
     metrics = Metrics(hub, store)
-    api = Api(store, hub, reactor, identity, settings, metrics)
+    api = Api(store, hub, reactor, identity, settings, metrics, feed)
     site = Site(HeartbeatApp(api).resource(), reactor=reactor)
     edge = Edge(api, site, reactor, settings.max_header_bytes, settings.request_timeout)
     service = HeartbeatService(
@@ -123,7 +126,8 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
 def _store(settings: Settings, reactor: Any) -> Store:
     hiding = Hiding.of(settings.hidden_statuses)
     if settings.redis is None:
-        return open_store(settings.database, reactor, settings.presence_timeout, hiding)
+        return open_store(settings.database, reactor, settings.presence_timeout, hiding,
+                          settings.changes_retention)
     # Imported only when used: txredisapi imports the global reactor.
     if settings.redis.kind == "cluster":
         from heartbeat.store.redis.cluster_store import ClusterStore

@@ -95,13 +95,15 @@ class ChangeLog:
         kept = self._kept
         index = start - self.trimmed
         found: list[Change] = []
+        positions: list[Position] = []
         for i in range(index, len(kept)):
             change = kept[i]
             if userids is None or change.userid in userids:
                 found.append(change)
+                positions.append(Position.at(self.epoch, self.trimmed + i + 1))
                 if len(found) >= limit:
-                    return succeed(Page(tuple(found), Position.at(self.epoch, self.trimmed + i + 1)))
-        return succeed(Page(tuple(found), Position.at(self.epoch, self.newest)))
+                    return succeed(Page(tuple(found), positions[-1], tuple(positions)))
+        return succeed(Page(tuple(found), Position.at(self.epoch, self.newest), tuple(positions)))
 
     def wait(self, after: Position) -> Deferred[None]:
         return self.waiters.wait(after.seq if after.epoch == self.epoch else -1, self.newest)

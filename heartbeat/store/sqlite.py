@@ -561,7 +561,8 @@ class SQLiteStore(MemoryStore, Service):
             for seq, at, kind, userid, clientid, ptime, status, online in rows
         )
         last = rows[-1][0] if len(rows) >= limit else newest
-        return Page(changes, Position.at(feed.epoch, last))
+        positions = tuple(Position.at(feed.epoch, row[0]) for row in rows)
+        return Page(changes, Position.at(feed.epoch, last), positions)
 
     def delivered(self, name: str) -> Deferred[Position | None]:
         d = self._read(self._db.read_meta, _DELIVERED_KEY + name)

@@ -13,11 +13,12 @@ import json
 from typing import Protocol
 from urllib.parse import unquote_to_bytes
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from heartbeat.core.asking import Asking
+from heartbeat.core.changes import ChangeFeed, Position
 from heartbeat.core.errors import BadInput, TooLarge, Unavailable
 from heartbeat.core.expiry import Expiry
 from heartbeat.core.hub import Hub
@@ -27,6 +28,7 @@ from heartbeat.core.presence import Ping, UserState
 from heartbeat.core.stream import Stream
 from heartbeat.core.users import requested_users
 from heartbeat.store.interface import Store
+from heartbeat.web.backend import ChangesRoute
 from heartbeat.web.cors import CorsPolicy
 
 
@@ -41,6 +43,8 @@ class RouteSettings(Protocol):
     def stream_blocked_timeout(self) -> float: ...
     @property
     def cors_origins(self) -> tuple[str, ...]: ...
+    @property
+    def api_key(self) -> tuple[str, ...]: ...
 
 
 class Meter(Protocol):
@@ -81,6 +85,7 @@ class Api:
         identity: Identity,
         settings: RouteSettings,
         meter: Meter | None = None,
+        feed: ChangeFeed | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -90,6 +95,8 @@ class Api:
         self.meter = meter
         self.cors = CorsPolicy(settings.cors_origins)
         self.expiry = Expiry(clock)
+        self.feed = feed
+        self.changes = ChangesRoute(feed, settings.api_key, clock)
 
     def ping(self, request: Asking, body: bytes, too_large: bool = False) -> Deferred[None]:
         """Store the caller's ping; fails with a domain error when refused."""
@@ -135,11 +142,18 @@ class Api:
             request.getHeader(b"Last-Event-ID"), clientid,
         )
 
-    def status(self, request: Asking) -> Deferred[bytes]:
+    def status(self, request: Asking) -> Deferred[tuple[bytes, Position | None]]:
         """``{"a": {"time": …, "status": …, "online": …, "devices": {…}}, "b": null}``
-        in the order asked."""
+        in the order asked, and the feed's position the state includes (its cursor)."""
         userids = self.many_users(request).userids
-        return self.store.get(userids).addCallback(_status_body)
+        return ensureDeferred(self._status(userids))
+
+    async def _status(self, userids: tuple[str, ...]) -> tuple[bytes, Position | None]:
+        # The cursor is read first: the state read after it includes every
+        # change up to it (and perhaps some after, which a reader applies again).
+        cursor = None if self.feed is None else await self.feed.position()
+        states = await self.store.get(userids)
+        return _status_body(states), cursor
 
 
 def _status_body(states: dict[str, UserState | None]) -> bytes:

@@ -12,17 +12,19 @@ from __future__ import annotations
 from typing import Any
 
 from klein import Klein
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from heartbeat.core.changes import ChangeFeed, Page, Position, PositionGone
 from heartbeat.core.errors import Refused
 from heartbeat.core.identity import Reading
 from heartbeat.core.ping_body import MAX_BODY
 from heartbeat.core.sse import RETRY, STREAM_HEADERS
 from heartbeat.web.api import Api
+from heartbeat.web.backend import DEFAULT_LIMIT, wants_stream
 from heartbeat.web.cors import with_cors
 from heartbeat.web.errors import HttpError, internal_error, render_error
 from heartbeat.web.health import health
@@ -81,7 +83,32 @@ class HeartbeatApp:
 
     @app.route("/status", methods=["GET"])
     def status(self, request: IRequest) -> Deferred[bytes]:
-        return self.api.status(request).addCallback(_json_body, request)
+        return self.api.status(request).addCallback(_status_answer, request)
+
+    @app.route("/changes", methods=["GET"])
+    def changes(self, request: IRequest) -> Deferred[bytes]:
+        route = self.api.changes
+        if not wants_stream(request):
+            return route.page(request).addCallback(_json_body, request)
+        feed, after = route.start_stream(request)
+        # Read before any header is sent: a position not kept is a plain 410.
+        return feed.changes(after, DEFAULT_LIMIT).addCallback(
+            self._feed_stream, request, feed)
+
+    def _feed_stream(self, page: Page, request: Any, feed: ChangeFeed) -> Deferred[bytes]:
+        set_stream_headers(request)
+        if request.method == b"HEAD":
+            return succeed(b"")
+        ended: list[object] = []
+        request.notifyFinish().addBoth(ended.append)
+        done = ensureDeferred(
+            self.api.changes.stream(feed, page, request.write, request.notifyFinish()))
+        # Past retention mid-stream (a reader far behind): the stream ends, and
+        # its reconnect with Last-Event-ID gets the 410.
+        done.addErrback(lambda f: None if f.check(PositionGone, CancelledError)
+                        else internal_error(f))
+        done.addCallback(lambda _: None if ended else request.finish())
+        return Deferred()
 
     @app.route("/health", methods=["GET"])
     def get_health(self, request: IRequest) -> bytes:
@@ -122,6 +149,13 @@ class HeartbeatApp:
     @app.handle_errors(Exception)
     def bug(self, request: IRequest, failure: Failure) -> bytes:
         return render_error(request, internal_error(failure))
+
+
+def _status_answer(answer: tuple[bytes, Position | None], request: IRequest) -> bytes:
+    body, cursor = answer
+    if cursor is not None:
+        request.setHeader(b"Heartbeat-Cursor", str(cursor).encode("ascii"))
+    return _json_body(body, request)
 
 
 def _json_body(body: bytes, request: IRequest) -> bytes:
