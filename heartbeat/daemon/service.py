@@ -132,6 +132,7 @@ class HeartbeatService(MultiService):
         self.clock = clock
         self._ready: Deferred[object] | None = None
         self.workers: Service | None = None
+        self.webhooks: Service | None = None
         self.listener = Listener(endpoint, edge, listen_setting, clock)
         self.listener.setServiceParent(self)
         self.keepalive = TimerService(keepalive, hub.keepalive)
@@ -172,6 +173,11 @@ class HeartbeatService(MultiService):
         self.workers = pool
         pool.setServiceParent(self)
 
+    def add_webhooks(self, webhooks: Service) -> None:
+        """Run ``webhooks`` (the feed's senders) with this service, stopped before the store."""
+        self.webhooks = webhooks
+        webhooks.setServiceParent(self)
+
     def _serving(self, _: object) -> None:
         log.info("heartbeat serving")
         systemd.notify("READY=1\nSTATUS=serving")
@@ -193,6 +199,8 @@ class HeartbeatService(MultiService):
         await DeferredList([self.hub.close_all(), self.edge.drain(DRAIN_TIMEOUT)])
         if late.active():
             late.cancel()
+        if self.webhooks is not None:
+            await self.webhooks.stopService()
         await self.store.close()
         if workers_stopped is not None:
             await workers_stopped

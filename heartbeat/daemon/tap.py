@@ -19,6 +19,7 @@ from heartbeat.daemon.config import SETTINGS, Settings, listen_endpoint, load_se
 from heartbeat.daemon.logs import log_observer, log_settings
 from heartbeat.daemon.metrics import Metrics
 from heartbeat.daemon.service import HeartbeatService
+from heartbeat.daemon.webhooks import Webhooks, WebhookSender, agent_post
 from heartbeat.store.interface import Store
 from heartbeat.store.memory import MemoryStore
 from heartbeat.store.sqlite import DatabaseUnusable, open_store
@@ -120,6 +121,15 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
     if IService.providedBy(store):
         # It connects when the service starts; HeartbeatService closes it last.
         store.setServiceParent(service)
+    if feed is not None and settings.webhook_url and settings.webhook_secret:
+        post = agent_post(reactor)
+        webhooks = Webhooks([
+            WebhookSender(feed, url, settings.webhook_secret, settings.webhook_events, reactor,
+                          post, settings.changes_retention)
+            for url in settings.webhook_url
+        ])
+        service.add_webhooks(webhooks)
+        metrics.watch_webhooks(webhooks)
     return service
 
 
