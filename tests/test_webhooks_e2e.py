@@ -184,3 +184,13 @@ def test_a_change_recorded_but_not_acknowledged_is_delivered_after_kill_9(start_
         assert stale[0] == 410
     finally:
         receiver.stop()
+
+
+def test_stopping_ends_an_open_feed_stream_cleanly_and_at_once(start_daemon):
+    daemon = start_daemon(env={"API_KEY": KEY})
+    stream = SSEClient(daemon.port, "/changes", headers=AUTH)
+    assert stream.status == 200 and stream.frame().startswith(b"retry:")
+    started = time.monotonic()
+    daemon.stop(signal.SIGTERM)
+    assert stream.ended(5)
+    assert time.monotonic() - started < 2

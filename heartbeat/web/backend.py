@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
@@ -99,6 +100,13 @@ class ChangesRoute:
         self.feed = feed
         self.keys = keys
         self.clock = clock
+        # The open feed streams' ways to end them (the service's stop).
+        self.streams: set[Callable[[], None]] = set()
+
+    def close_all(self) -> None:
+        """End every open feed stream cleanly: the service is stopping."""
+        for end in tuple(self.streams):
+            end()
 
     def _feed(self, request: Asking) -> ChangeFeed:
         check_api_key(request, self.keys)

@@ -99,15 +99,22 @@ class HeartbeatApp:
         set_stream_headers(request)
         if request.method == b"HEAD":
             return succeed(b"")
+        route = self.api.changes
         ended: list[object] = []
-        request.notifyFinish().addBoth(ended.append)
-        done = ensureDeferred(
-            self.api.changes.stream(feed, page, request.write, request.notifyFinish()))
+
+        def end() -> None:
+            if not ended:
+                request.finish()
+
+        route.streams.add(end)
+        request.notifyFinish().addBoth(ended.append).addBoth(
+            lambda _: route.streams.discard(end))
+        done = ensureDeferred(route.stream(feed, page, request.write, request.notifyFinish()))
         # Past retention mid-stream (a reader far behind): the stream ends, and
         # its reconnect with Last-Event-ID gets the 410.
         done.addErrback(lambda f: None if f.check(PositionGone, CancelledError)
                         else internal_error(f))
-        done.addCallback(lambda _: None if ended else request.finish())
+        done.addCallback(lambda _: end())
         return Deferred()
 
     @app.route("/health", methods=["GET"])
