@@ -25,10 +25,10 @@ def make(kind: str, path: Path, timeout: float = 10, retention: float = 3600,
     clock.advance(at)
     hiding = Hiding.of(("3",))
     if kind == "memory":
-        return MemoryStore(clock, timeout, hiding, retention), clock
+        return MemoryStore(clock, timeout, hiding, changes_retention=retention), clock
     database, state = Database.open(str(path / "heartbeat.db"))
     store = SQLiteStore(database, state, clock, timeout, hiding, writer=Writer(),
-                        retention=retention)
+                        changes_retention=retention)
     store.startService()
     return store, clock
 

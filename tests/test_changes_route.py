@@ -34,7 +34,8 @@ def make_client(**env: str) -> tuple[StubTreq, MemoryStore, Clock]:
     clock = Clock()
     clock.advance(1_800_000_000)
     settings = load_settings({}, environ=env, dotenv={})
-    store = MemoryStore(clock, 10, Hiding.of(settings.hidden_statuses), settings.changes_retention)
+    store = MemoryStore(clock, 10, Hiding.of(settings.hidden_statuses),
+                        changes_retention=settings.changes_retention)
     app = HeartbeatApp(Api(store, Hub(store), clock,
                            Identity(None, settings.max_userid_length), settings, None, store))
     return StubTreq(app.resource()), store, clock

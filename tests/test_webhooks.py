@@ -92,7 +92,7 @@ class Receiver:
 def make(receiver: Receiver, events=None, retention: float = 3600, start: bool = True):
     clock = Clock()
     clock.advance(1_800_000_000)
-    store = MemoryStore(clock, 10, Hiding(), retention)
+    store = MemoryStore(clock, 10, Hiding(), changes_retention=retention)
     sender = WebhookSender(store, URL, SECRET, events or ("online", "offline", "status",
                                                          "device_online", "device_offline"),
                            clock, receiver, retention, jitter=lambda: 1.0)

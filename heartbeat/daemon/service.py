@@ -196,7 +196,8 @@ class HeartbeatService(MultiService):
         # Streams own their connections; every other connection is the edge's.
         streams = tuple(self.hub.streams)
         late = self.clock.callLater(DRAIN_TIMEOUT, _abort, streams)
-        self.edge.api.changes.close_all()
+        for end in tuple(self.edge.api.feed_streams):  # the open /changes streams
+            end()
         await DeferredList([self.hub.close_all(), self.edge.drain(DRAIN_TIMEOUT)])
         if late.active():
             late.cancel()

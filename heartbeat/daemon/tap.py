@@ -137,7 +137,7 @@ def _store(settings: Settings, reactor: Any) -> Store:
     hiding = Hiding.of(settings.hidden_statuses)
     if settings.redis is None:
         return open_store(settings.database, reactor, settings.presence_timeout, hiding,
-                          settings.changes_retention)
+                          changes_retention=settings.changes_retention)
     # Imported only when used: txredisapi imports the global reactor.
     if settings.redis.kind == "cluster":
         from heartbeat.store.redis.cluster_store import ClusterStore

@@ -33,10 +33,11 @@ class MemoryStore:
     kind = "memory"
 
     def __init__(self, clock: IReactorTime, timeout: float, hiding: Hiding = Hiding(),
-                 retention: float = DEFAULT_RETENTION, feed: ChangeLog | None = None) -> None:
+                 *, changes_retention: float = DEFAULT_RETENTION,
+                 feed: ChangeLog | None = None) -> None:
         self._clock = clock
         # The change feed (SPEC §8); the SQLite store's continues its file's.
-        self.feed = feed if feed is not None else ChangeLog(clock, retention)
+        self.feed = feed if feed is not None else ChangeLog(clock, changes_retention)
         self._timeout = timeout
         self._hiding = hiding
         self._users: dict[str, Devices] = {}

@@ -463,8 +463,8 @@ class SQLiteStore(MemoryStore, Service):
 
     def __init__(self, database: Database, state: list[Restored], reactor: Any,
                  timeout: float, hiding: Hiding = Hiding(), writer: Writer | None = None,
-                 retention: float = DEFAULT_RETENTION) -> None:
-        feed = ChangeLog(reactor, retention, database.feed_epoch, database.feed_newest,
+                 *, changes_retention: float = DEFAULT_RETENTION) -> None:
+        feed = ChangeLog(reactor, changes_retention, database.feed_epoch, database.feed_newest,
                          database.feed_trimmed)
         super().__init__(reactor, timeout, hiding, feed=feed)
         self._reactor = reactor
@@ -741,10 +741,11 @@ class SQLiteStore(MemoryStore, Service):
 
 
 def open_store(setting: str, reactor: Any, timeout: float, hiding: Hiding = Hiding(),
-               retention: float = DEFAULT_RETENTION) -> MemoryStore:
+               *, changes_retention: float = DEFAULT_RETENTION) -> MemoryStore:
     """The embedded store ``DATABASE`` asks for: ``:memory:`` keeps nothing."""
     if setting == ":memory:":
-        return MemoryStore(reactor, timeout, hiding, retention)
+        return MemoryStore(reactor, timeout, hiding, changes_retention=changes_retention)
     database, state = Database.open(setting)
-    return SQLiteStore(database, state, reactor, timeout, hiding, retention=retention)
+    return SQLiteStore(database, state, reactor, timeout, hiding,
+                       changes_retention=changes_retention)
 

@@ -10,6 +10,7 @@ one home.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import unquote_to_bytes
 
@@ -28,7 +29,6 @@ from heartbeat.core.presence import Ping, UserState
 from heartbeat.core.stream import Stream
 from heartbeat.core.users import requested_users
 from heartbeat.store.interface import Store
-from heartbeat.web.backend import ChangesRoute
 from heartbeat.web.cors import CorsPolicy
 
 
@@ -95,8 +95,10 @@ class Api:
         self.meter = meter
         self.cors = CorsPolicy(settings.cors_origins)
         self.expiry = Expiry(clock)
+        # The change feed (SPEC §8), if this store keeps one, and a way to end
+        # each open /changes stream (the service's stop calls them).
         self.feed = feed
-        self.changes = ChangesRoute(feed, settings.api_key, clock)
+        self.feed_streams: set[Callable[[], None]] = set()
 
     def ping(self, request: Asking, body: bytes, too_large: bool = False) -> Deferred[None]:
         """Store the caller's ping; fails with a domain error when refused."""

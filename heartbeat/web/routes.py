@@ -24,9 +24,9 @@ from heartbeat.core.identity import Reading
 from heartbeat.core.ping_body import MAX_BODY
 from heartbeat.core.sse import RETRY, STREAM_HEADERS
 from heartbeat.web.api import Api
-from heartbeat.web.backend import DEFAULT_LIMIT, wants_stream
 from heartbeat.web.cors import with_cors
 from heartbeat.web.errors import HttpError, internal_error, render_error
+from heartbeat.web.feed_route import DEFAULT_LIMIT, ChangesRoute, wants_stream
 from heartbeat.web.health import health
 
 
@@ -40,6 +40,8 @@ class HeartbeatApp:
 
     def __init__(self, api: Api) -> None:
         self.api = api
+        self.changes_route = ChangesRoute(api.feed, api.settings.api_key, api.clock,
+                                          api.feed_streams)
 
     def resource(self) -> IResource:
         return with_cors(self.app.resource(), self.api.cors)
@@ -87,7 +89,7 @@ class HeartbeatApp:
 
     @app.route("/changes", methods=["GET"])
     def changes(self, request: IRequest) -> Deferred[bytes]:
-        route = self.api.changes
+        route = self.changes_route
         if not wants_stream(request):
             return route.page(request).addCallback(_json_body, request)
         feed, after = route.start_stream(request)
@@ -99,7 +101,7 @@ class HeartbeatApp:
         set_stream_headers(request)
         if request.method == b"HEAD":
             return succeed(b"")
-        route = self.api.changes
+        route = self.changes_route
         ended: list[object] = []
 
         def end() -> None:

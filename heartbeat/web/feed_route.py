@@ -95,18 +95,13 @@ def wants_stream(request: Asking) -> bool:
 class ChangesRoute:
     """``GET /changes`` over one feed (None: this store has no feed yet)."""
 
-    def __init__(self, feed: ChangeFeed | None, keys: tuple[str, ...],
-                 clock: IReactorTime) -> None:
+    def __init__(self, feed: ChangeFeed | None, keys: tuple[str, ...], clock: IReactorTime,
+                 streams: set[Callable[[], None]]) -> None:
         self.feed = feed
         self.keys = keys
         self.clock = clock
         # The open feed streams' ways to end them (the service's stop).
-        self.streams: set[Callable[[], None]] = set()
-
-    def close_all(self) -> None:
-        """End every open feed stream cleanly: the service is stopping."""
-        for end in tuple(self.streams):
-            end()
+        self.streams = streams
 
     def _feed(self, request: Asking) -> ChangeFeed:
         check_api_key(request, self.keys)
