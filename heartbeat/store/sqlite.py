@@ -598,7 +598,8 @@ class SQLiteStore(MemoryStore, Service):
     def _flush(self) -> None:
         self._flush_call = None
         now = self._clock.seconds()
-        trim = now - self._trimmed_at >= TRIM_INTERVAL
+        # A trim alone waits for a writer (not before start, not after close).
+        trim = now - self._trimmed_at >= TRIM_INTERVAL and self._writer is not None
         if not self._ops and not trim:
             self._check_idle()
             return
