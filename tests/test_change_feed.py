@@ -9,6 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 
 from heartbeat.core.changes import Change, Position, PositionGone
@@ -185,3 +188,83 @@ def test_a_timeout_that_a_ping_overtook_is_no_change(tmp_path):
     clock.advance(0.5)
     assert [c.type for c in read(store).changes] == ["online", "device_online"]
     assert store.get(["alice"]).result["alice"].user.online
+
+
+class HeldWriter:
+    """Runs writes only when released, so reads come while a batch is in flight."""
+
+    def __init__(self) -> None:
+        self.held: list = []
+
+    def __call__(self, f, *args):
+        from twisted.internet.defer import Deferred
+
+        d = Deferred()
+        self.held.append((d, f, args))
+        return d
+
+    def release(self) -> None:
+        from twisted.internet.defer import maybeDeferred
+
+        while self.held:
+            d, f, args = self.held.pop(0)
+            maybeDeferred(f, *args).chainDeferred(d)
+
+
+def snapshot(store: MemoryStore, userids) -> tuple[dict, Position]:
+    cursor = store.position().result  # first, as /status reads it
+    states = store.get(userids).result
+    return {u: (s.user.online, s.user.status, {c: d.online for c, d in s.devices.items()})
+            for u, s in states.items() if s is not None}, cursor
+
+
+def applied(known: dict, changes) -> None:
+    for c in changes:
+        online, status, devices = known.get(c.userid, (False, None, {}))
+        devices = dict(devices)
+        if c.clientid is None:
+            online, status = c.online, c.status
+        else:
+            devices[c.clientid] = c.online
+        known[c.userid] = (online, status, devices)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("ping"), st.sampled_from("ab"), st.sampled_from("xy"),
+              st.sampled_from("013")),
+    st.tuples(st.just("leave"), st.sampled_from("ab"), st.sampled_from("xy")),
+    st.tuples(st.just("wait"), st.floats(0, 12)),
+    st.tuples(st.just("commit"),),
+    st.tuples(st.just("resync"),),
+), max_size=40))
+def test_sqlite_snapshot_and_cursor_then_changes_rebuild_state_with_writes_in_flight(steps):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        clock = Clock()
+        clock.advance(START)
+        writer = HeldWriter()
+        database, state = Database.open(str(Path(directory) / "heartbeat.db"))
+        store = SQLiteStore(database, state, clock, 10, Hiding.of(("3",)), writer=writer)
+        store.startService()
+        store._reader = lambda f, *args: maybeDeferred(f, *args)
+        known, cursor = snapshot(store, "ab")
+        for step in steps:
+            if step[0] == "ping":
+                store.ping(Ping(step[1], int(clock.seconds()), step[3], step[2]))
+            elif step[0] == "leave":
+                store.leave(step[1], step[2])
+            elif step[0] == "wait":
+                clock.advance(step[1])
+            elif step[0] == "commit":
+                clock.advance(0)
+                writer.release()
+            else:
+                known, cursor = snapshot(store, "ab")
+            page = store.changes(cursor, 1000).result
+            applied(known, page.changes)
+            cursor = page.next
+            assert known == snapshot(store, "ab")[0]
+        store.close()
+        writer.release()
