@@ -30,7 +30,7 @@ class Listener:
     def __init__(self) -> None:
         self.changes: list[Presence] = []
 
-    def deliver(self, change: Presence) -> None:
+    def deliver(self, change: Presence, position: object = None) -> None:
         self.changes.append(change)
 
     def bus_lost(self) -> None: ...

@@ -125,6 +125,13 @@ def offline_changes(devices: Devices, clientid: str,
     return after, derive(before_user, before_device, after, at)
 
 
+def positions_of(changes: tuple[Change, ...],
+                 positions: list[Position]) -> dict[str | None, Position]:
+    """Each recorded change's position by the view it is of (None: the user's;
+    else its device's): a transition has at most one of each."""
+    return {change.clientid: position for change, position in zip(changes, positions)}
+
+
 class PositionGone(Refused):
     """A position the feed no longer keeps (or never made): read ``/status`` and go on from
     its cursor."""

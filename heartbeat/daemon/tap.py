@@ -105,11 +105,11 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
     """The service tree of ``settings``; a ``DATABASE`` it cannot use raises ``DatabaseUnusable``."""
     log_settings(settings)
     store = _store(settings, reactor)
-    hub = Hub(store)
-    identity = Identity(settings.jwt_secret, settings.max_userid_length)
-    identity.announce()
     # The in-process stores keep the change feed; Redis does not yet.
     feed = store if isinstance(store, MemoryStore) else None
+    hub = Hub(store, feed)
+    identity = Identity(settings.jwt_secret, settings.max_userid_length)
+    identity.announce()
     metrics = Metrics(hub, store)
     api = Api(store, hub, reactor, identity, settings, metrics, feed)
     site = Site(HeartbeatApp(api).resource(), reactor=reactor)

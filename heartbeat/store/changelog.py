@@ -45,14 +45,17 @@ class ChangeLog:
     def stamp(self, seq: int, change: Change) -> Change:
         return change.stamped(f"{self.epoch}-{seq}")
 
-    def append(self, changes: Iterable[Change]) -> None:
-        """Record ``changes`` (memory only): numbered, kept, waiters woken."""
+    def append(self, changes: Iterable[Change]) -> list[Position]:
+        """Record ``changes`` (memory only): numbered, kept, waiters woken; their positions."""
+        positions = []
         for change in changes:
             self.newest += 1
             self._kept.append(self.stamp(self.newest, change))
             self.changes_recorded += 1
+            positions.append(Position.at(self.epoch, self.newest))
         self.trim()
         self.waiters.passed(self.newest)
+        return positions
 
     def committed(self, newest: int, count: int) -> None:
         """``count`` changes up to ``newest`` were recorded elsewhere (a file)."""

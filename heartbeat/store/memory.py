@@ -7,17 +7,21 @@ it (:func:`~heartbeat.core.changes.ping_changes`), recorded in the store's
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from heartbeat.core.changes import Page, Position, offline_changes, ping_changes
+from heartbeat.core.changes import Page, Position, offline_changes, ping_changes, positions_of
 from heartbeat.core.deadlines import Deadlines
 from heartbeat.core.feed import Listener
 from heartbeat.core.hidden import Hiding
 from heartbeat.core.presence import Devices, Ping, Presence, UserState
 from heartbeat.store.changelog import DEFAULT_RETENTION, ChangeLog, now_ms
+
+# Each published view's change-feed position, by clientid (None: the user's view).
+Marks = Mapping[str | None, Position]
+NO_MARKS: Marks = {}
 
 
 class MemoryStore:
@@ -62,10 +66,11 @@ class MemoryStore:
         """Record ``ping``, its device due offline at ``deadline``, and publish it."""
         presences, changes = ping_changes(
             self._devices(ping.userid), ping, self._hiding, now_ms(self._clock))
-        self.feed.append(changes)
-        self._pinged(ping, deadline, presences)
+        marks = positions_of(changes, self.feed.append(changes))
+        self._pinged(ping, deadline, presences, marks)
 
-    def _pinged(self, ping: Ping, deadline: float, presences: tuple[Presence, ...]) -> None:
+    def _pinged(self, ping: Ping, deadline: float, presences: tuple[Presence, ...],
+                marks: Marks = NO_MARKS) -> None:
         """What a stored ping does besides its changes: its deadline, counts, watchers."""
         # Armed for a ping that hides too: its device stays connected.
         self._deadlines.arm_at((ping.userid, ping.clientid), deadline)
@@ -73,7 +78,7 @@ class MemoryStore:
             self._online.add(ping.userid)
         else:  # hidden: its device went offline, perhaps the user with it
             self._count_offline(presences)
-        self._publish(presences)
+        self._publish(presences, marks)
 
     def _apply_leave(self, userid: str, clientid: str) -> None:
         self._deadlines.disarm((userid, clientid))
@@ -147,12 +152,12 @@ class MemoryStore:
         if devices is None:
             return
         presences, changes = offline_changes(devices, clientid, now_ms(self._clock))
-        self.feed.append(changes)
-        self._went_offline(presences)
+        marks = positions_of(changes, self.feed.append(changes))
+        self._went_offline(presences, marks)
 
-    def _went_offline(self, presences: tuple[Presence, ...]) -> None:
+    def _went_offline(self, presences: tuple[Presence, ...], marks: Marks = NO_MARKS) -> None:
         self._count_offline(presences)
-        self._publish(presences)
+        self._publish(presences, marks)
 
     def _count_offline(self, changes: tuple[Presence, ...]) -> None:
         """Count the user out when ``changes`` end with their going offline (SPEC §3)."""
@@ -160,11 +165,13 @@ class MemoryStore:
             self._online.discard(changes[-1].userid)
             self.offline_transitions += 1
 
-    def _publish(self, changes: tuple[Presence, ...]) -> None:
+    def _publish(self, changes: tuple[Presence, ...], marks: Marks = NO_MARKS) -> None:
+        """Hand ``changes`` to the hub, each view's feed position with it if
+        it was recorded (``marks``, by clientid)."""
         if self.listener is None or not changes or changes[0].userid not in self._subscribed:
             return
         for change in changes:
-            self.listener.deliver(change)
+            self.listener.deliver(change, marks.get(change.clientid))
 
     def _timed_out(self, device: tuple[str, str]) -> None:
         self._offline(*device)

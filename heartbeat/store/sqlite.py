@@ -49,12 +49,13 @@ from heartbeat.core.changes import (
     new_epoch,
     offline_changes,
     ping_changes,
+    positions_of,
 )
 from heartbeat.core.hidden import Hiding
 from heartbeat.core.presence import Devices, Ping, Presence
 from heartbeat.store.changelog import DEFAULT_RETENTION, ChangeLog, now_ms
 from heartbeat.store.interface import StoreUnavailable
-from heartbeat.store.memory import MemoryStore
+from heartbeat.store.memory import NO_MARKS, Marks, MemoryStore
 
 log = Logger()
 
@@ -617,7 +618,7 @@ class SQLiteStore(MemoryStore, Service):
         d.addBoth(self._written)
 
     def _work_out(self, ops: list[_Op]) -> tuple[
-            Changes, dict[str, Devices], list[tuple[_Op, tuple[Presence, ...]]]]:
+            Changes, dict[str, Devices], list[tuple[_Op, tuple[Presence, ...], Marks]]]:
         """The rows ``ops`` write, the users they leave, and what each tells watchers.
 
         Nothing is committed yet, so the users are copies; a timeout is
@@ -626,7 +627,7 @@ class SQLiteStore(MemoryStore, Service):
         """
         rows = Changes()
         users: dict[str, Devices] = {}
-        outcomes: list[tuple[_Op, tuple[Presence, ...]]] = []
+        outcomes: list[tuple[_Op, tuple[Presence, ...], Marks]] = []
         pinged: set[tuple[str, str]] = set()
         at = now_ms(self._clock)
         seq = self.feed.newest
@@ -640,7 +641,7 @@ class SQLiteStore(MemoryStore, Service):
         for op in ops:
             if isinstance(op, _Delivered):
                 rows.meta[_DELIVERED_KEY + op.name] = str(op.position)
-                outcomes.append((op, ()))
+                outcomes.append((op, (), NO_MARKS))
                 continue
             if isinstance(op, _Ping):
                 ping = op.ping
@@ -657,20 +658,22 @@ class SQLiteStore(MemoryStore, Service):
             else:
                 key = (op.userid, op.clientid)
                 if op.timeout and (key in pinged or key in self._deadlines):
-                    outcomes.append((op, ()))
+                    outcomes.append((op, (), NO_MARKS))
                     continue
                 rows.leave(*key)
                 presences, changes = offline_changes(user(op.userid), op.clientid, at)
+            positions = []
             for change in changes:
                 seq += 1
                 rows.feed.append((seq, change.at, change.type, change.userid, change.clientid,
                                   change.time, change.status, int(change.online)))
-            outcomes.append((op, presences))
+                positions.append(Position.at(self.feed.epoch, seq))
+            outcomes.append((op, presences, positions_of(changes, positions)))
         return rows, users, outcomes
 
     def _committed(self, trimmed: int | None, waiting: list[Deferred[None] | None],
                    users: dict[str, Devices],
-                   outcomes: list[tuple[_Op, tuple[Presence, ...]]], recorded: int) -> None:
+                   outcomes: list[tuple[_Op, tuple[Presence, ...], Marks]], recorded: int) -> None:
         self._now_available()
         for userid, devices in users.items():
             if devices.latest is not None or userid in self._users:
@@ -678,14 +681,14 @@ class SQLiteStore(MemoryStore, Service):
         if trimmed is not None:
             self.feed.trimmed = trimmed
         self.feed.committed(self.feed.newest + recorded, recorded)
-        for op, presences in outcomes:
+        for op, presences, marks in outcomes:
             try:
                 if isinstance(op, _Ping):
-                    self._pinged(op.ping, op.deadline, presences)
+                    self._pinged(op.ping, op.deadline, presences, marks)
                 elif isinstance(op, _Offline):
                     if not op.timeout:
                         self._deadlines.disarm((op.userid, op.clientid))
-                    self._went_offline(presences)
+                    self._went_offline(presences, marks)
             except Exception:
                 # Stored all the same: a failing stream must not leave the
                 # rest of the batch unanswered.

@@ -26,10 +26,20 @@ from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity, Reading
 from heartbeat.core.ping_body import MAX_BODY, parse_status
 from heartbeat.core.presence import Ping, UserState
+from heartbeat.core.quiet import OptionStream
 from heartbeat.core.stream import Stream
-from heartbeat.core.users import requested_users
+from heartbeat.core.stream_options import stream_options
+from heartbeat.core.users import posted_users, requested_users
 from heartbeat.store.interface import Store
 from heartbeat.web.cors import CorsPolicy
+
+# The largest body of ``POST /subscribe`` (the ping's limit is MAX_BODY).
+SUBSCRIBE_BODY = 1024 * 1024
+
+
+def body_limit(method: bytes, path: bytes) -> int:
+    """The most a request's body may hold: a ping's, or a user list's."""
+    return SUBSCRIBE_BODY if method == b"POST" and path == b"/subscribe" else MAX_BODY
 
 
 class RouteSettings(Protocol):
@@ -122,6 +132,13 @@ class Api:
         userids = requested_users(request, self.settings.max_users_per_stream)
         return self.identity.authorize_read(request, userids)
 
+    def posted_users(self, request: Asking, body: bytes, too_large: bool = False) -> Reading:
+        """The ``{"users": [...]}`` of ``POST /subscribe``, if the caller may read them."""
+        if too_large:
+            raise TooLarge(f"request body is larger than {SUBSCRIBE_BODY} bytes")
+        userids = posted_users(body, self.settings.max_users_per_stream)
+        return self.identity.authorize_read(request, userids)
+
     def attach(self, stream: Stream, reading: Reading) -> None:
         """Hand an open stream to the hub, to end when its token expires."""
         self.hub.attach(stream)
@@ -136,13 +153,16 @@ class Api:
         Checked before any header is sent, so a refused client gets a plain
         503 rather than a stream that ends.
         """
+        options = stream_options(request)
         limit = self.settings.max_streams
         if len(self.hub.streams) >= limit:
             raise Unavailable(f"too many open streams (limit {limit}), retry later", 5)
-        return Stream(
-            reading.userids, self.clock, self.settings.stream_blocked_timeout,
-            request.getHeader(b"Last-Event-ID"), clientid,
-        )
+        last_event_id = request.getHeader(b"Last-Event-ID")
+        blocked_timeout = self.settings.stream_blocked_timeout
+        if options.plain:
+            return Stream(reading.userids, self.clock, blocked_timeout, last_event_id, clientid)
+        return OptionStream(reading.userids, self.clock, blocked_timeout, last_event_id,
+                            clientid, options)
 
     def status(self, request: Asking) -> Deferred[tuple[bytes, Position | None]]:
         """``{"a": {"time": …, "status": …, "online": …, "devices": {…}}, "b": null}``

@@ -45,12 +45,11 @@ from zope.interface import implementer
 from heartbeat.core.deadlines import Deadlines
 from heartbeat.core.errors import Refused
 from heartbeat.core.identity import Reading
-from heartbeat.core.ping_body import MAX_BODY
 from heartbeat.core.sse import STREAM_HEADERS
 from heartbeat.core.stream import Stream
 from heartbeat.twisted_internals import eager_write, read_now
 from heartbeat.web import responses
-from heartbeat.web.api import Api, subscribe_target
+from heartbeat.web.api import Api, body_limit, subscribe_target
 from heartbeat.web.errors import HttpError, as_http, internal_error
 from heartbeat.web.handoff import hand_to_site
 
@@ -238,7 +237,8 @@ class HttpConnection:
         request.path, request.query = _split_url(request.url)
         self._in_head = False
         length = request.headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY:
+        if length is not None and length.isdigit() and int(length) > body_limit(
+                request.method, request.path):
             self._refuse_body(request)
         if request.headers.get(b"expect", b"").lower() == b"100-continue" and request.version == "1.1":
             request.continue_owed = True
@@ -248,7 +248,7 @@ class HttpConnection:
     def on_body(self, body: bytes) -> None:
         request = self._current
         assert request is not None
-        if len(request.body) + len(body) > MAX_BODY:
+        if len(request.body) + len(body) > body_limit(request.method, request.path):
             self._refuse_body(request)
         request.body += body
 
@@ -285,7 +285,8 @@ class HttpConnection:
             self.edge.ping_answered(413, None)
         # The headers are known: a browser's script may read this answer too.
         cors = dict(self._cors(request))
-        self._refuse(HttpError(413, f"request body is larger than {MAX_BODY} bytes", cors))
+        limit = body_limit(request.method, request.path)
+        self._refuse(HttpError(413, f"request body is larger than {limit} bytes", cors))
         raise _Stop()
 
     # Answering, in order.
@@ -320,6 +321,8 @@ class HttpConnection:
                 self._ping(request)
             elif method == b"POST" and path == b"/leave":
                 self._leave(request)
+            elif method == b"POST" and path == b"/subscribe":
+                self._open_stream(request, api.posted_users(request, request.body))
             elif method in (b"GET", b"HEAD") and path.startswith(b"/subscribe"):
                 if path == b"/subscribe":
                     self._open_stream(request, api.many_users(request))

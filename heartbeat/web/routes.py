@@ -23,7 +23,7 @@ from heartbeat.core.errors import Refused
 from heartbeat.core.identity import Reading
 from heartbeat.core.ping_body import MAX_BODY
 from heartbeat.core.sse import RETRY, STREAM_HEADERS
-from heartbeat.web.api import Api
+from heartbeat.web.api import SUBSCRIBE_BODY, Api
 from heartbeat.web.cors import with_cors
 from heartbeat.web.errors import HttpError, internal_error, render_error
 from heartbeat.web.feed_route import DEFAULT_LIMIT, ChangesRoute, wants_stream
@@ -68,6 +68,12 @@ class HeartbeatApp:
     @app.route("/subscribe", methods=["GET"])
     def subscribe_many(self, request: IRequest) -> Deferred[bytes]:
         return self._stream(request, self.api.many_users(request))
+
+    @app.route("/subscribe", methods=["POST"])
+    def subscribe_posted(self, request: IRequest) -> Deferred[bytes]:
+        body = request.content.read(SUBSCRIBE_BODY + 1)
+        reading = self.api.posted_users(request, body, too_large=len(body) > SUBSCRIBE_BODY)
+        return self._stream(request, reading)
 
     def _stream(self, request: Any, reading: Reading,
                 clientid: str | None = None) -> Deferred[bytes]:

@@ -1,0 +1,338 @@
+"""Stream options (SPEC §2): changes=only, snapshot=1, batch=N and resume, on a Clock."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from heartbeat.core.errors import BadInput
+from heartbeat.core.hub import Hub
+from heartbeat.core.presence import Ping
+from heartbeat.core.quiet import OptionStream
+from heartbeat.core.stream_options import PLAIN, StreamOptions, stream_options
+from heartbeat.core.users import posted_users
+from heartbeat.store.memory import MemoryStore
+
+TIMEOUT = 60
+
+
+class Query:
+    """A request as core reads it: query arguments only."""
+
+    def __init__(self, query: dict[str, list[str]]) -> None:
+        self.args = {k.encode(): [v.encode() for v in vs] for k, vs in query.items()}
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        return None
+
+
+class World:
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.store = MemoryStore(self.clock, TIMEOUT)
+        self.hub = Hub(self.store, self.store)
+
+    def ping(self, userid: str, status: str = "0", clientid: str = "web") -> None:
+        self.store.ping(Ping(userid, int(self.clock.seconds()), status, clientid))
+
+    def leave(self, userid: str, clientid: str = "web") -> None:
+        self.store.leave(userid, clientid)
+
+    def open(self, *userids: str, clientid: str | None = None, last_event_id: str | None = None,
+             **options: object) -> Watcher:
+        stream = OptionStream(userids, self.clock, 60,
+                              None if last_event_id is None else last_event_id.encode(),
+                              clientid, StreamOptions(**options))  # type: ignore[arg-type]
+        transport = StringTransport()
+        stream.take(transport, chunked=False)
+        self.hub.attach(stream)
+        return Watcher(stream, transport)
+
+
+class Watcher:
+    def __init__(self, stream: OptionStream, transport: StringTransport) -> None:
+        self.stream = stream
+        self.transport = transport
+        self._read = 0
+
+    def all(self) -> list[tuple[str | None, str, object]]:
+        """Every event so far: (event name, id, data)."""
+        found = []
+        for block in self.transport.value().split(b"\n\n"):
+            fields = dict(line.split(b": ", 1) for line in block.split(b"\n") if b": " in line)
+            if b"data" in fields:
+                name = fields.get(b"event")
+                found.append((None if name is None else name.decode(), fields[b"id"].decode(),
+                              json.loads(fields[b"data"])))
+        return found
+
+    def new(self) -> list[tuple[str | None, str, object]]:
+        events = self.all()
+        fresh, self._read = events[self._read:], len(events)
+        return fresh
+
+    def last_id(self) -> str:
+        return self.all()[-1][1]
+
+
+# Parsing: one place, every other value a 400.
+
+@pytest.mark.parametrize("query, options", [
+    ({}, PLAIN),
+    ({"user": ["a"]}, PLAIN),
+    ({"changes": ["only"]}, StreamOptions(changes_only=True)),
+    ({"snapshot": ["1"]}, StreamOptions(snapshot=True)),
+    ({"batch": ["1"]}, StreamOptions(batch=1)),
+    ({"batch": ["60"]}, StreamOptions(batch=60)),
+    ({"changes": ["only"], "snapshot": ["1"], "batch": ["5"]},
+     StreamOptions(changes_only=True, snapshot=True, batch=5)),
+])
+def test_options_parse(query, options):
+    assert stream_options(Query(query)) == options
+
+
+@pytest.mark.parametrize("query", [
+    {"changes": ["maybe"]}, {"changes": [""]}, {"changes": ["only", "all"]},
+    {"snapshot": ["2"]}, {"snapshot": ["0"]}, {"snapshot": ["true"]},
+    {"batch": ["0"]}, {"batch": ["61"]}, {"batch": ["-1"]}, {"batch": ["1.5"]},
+    {"batch": ["05"]}, {"batch": [""]}, {"batch": ["x"]},
+])
+def test_any_other_value_is_bad_input(query):
+    with pytest.raises(BadInput):
+        stream_options(Query(query))
+
+
+def test_posted_users_follow_the_same_rules():
+    assert posted_users(b'{"users": ["a", "b", "a"]}', 3) == ("a", "b")
+    for body in (b"", b"[]", b'{"users": "a"}', b'{"users": [1]}', b'{"users": []}',
+                 b'{"users": [""]}', b'{"users": ["a", "b", "c", "d"]}', b"{nope",
+                 b'{"users": ["\\ud800"]}'):
+        with pytest.raises(BadInput):
+            posted_users(body, 3)
+
+
+# changes=only
+
+def test_changes_only_sends_the_state_then_only_what_changes():
+    world = World()
+    world.ping("alice", "0")
+    watcher = world.open("alice", "bob", changes_only=True)
+    [(name, eid, data)] = watcher.new()
+    assert name is None and data == {"time": 1_800_000_000, "status": "0", "userid": "alice",
+                                     "online": True}
+    for _ in range(5):  # the same status, again and again: nothing
+        world.clock.advance(10)
+        world.ping("alice", "0")
+    world.ping("alice", "0", clientid="phone")  # a second device: the user's view is the same
+    assert watcher.new() == []
+    world.ping("alice", "1")  # a different status: one event
+    world.ping("bob", "0")  # bob comes online: one event
+    changed = watcher.new()
+    assert [(d["userid"], d["status"], d["online"]) for _, _, d in changed] == [
+        ("alice", "1", True), ("bob", "0", True)]
+    world.leave("alice", "web")
+    world.leave("alice", "phone")  # her last device: offline, once
+    world.clock.advance(TIMEOUT + 2)  # bob times out: offline, once
+    offline = watcher.new()
+    assert [(d["userid"], d["online"]) for _, _, d in offline] == [("alice", False), ("bob", False)]
+    # Every id is a feed position, newer each time.
+    ids = [eid for _, eid, _ in watcher.all()]
+    assert all("_" in eid for eid in ids) and len(set(ids)) == len(ids)
+
+
+def test_a_plain_stream_beside_a_quiet_one_still_gets_every_ping():
+    world = World()
+    quiet = world.open("alice", changes_only=True)
+    loud = world.open("alice", snapshot=True)
+    for _ in range(3):
+        world.ping("alice", "0")
+    assert len(quiet.new()) == 1
+    assert [name for name, _, _ in loud.new()] == ["snapshot", None, None, None]
+
+
+def test_changes_only_on_a_device_stream_is_that_device_going_online_and_offline():
+    world = World()
+    watcher = world.open("alice", clientid="phone", changes_only=True)
+    world.ping("alice", "0", clientid="web")  # another device: nothing
+    assert watcher.new() == []
+    world.ping("alice", "0", clientid="phone")  # the device appears: one
+    world.ping("alice", "1", clientid="phone")
+    world.ping("alice", "1", clientid="phone")
+    world.leave("alice", "phone")  # gone: one
+    assert [(d["clientid"], d["online"]) for _, _, d in watcher.new()] == [
+        ("phone", True), ("phone", False)]
+
+
+def test_a_hidden_status_is_one_offline_on_a_quiet_stream():
+    from heartbeat.core.hidden import Hiding
+    world = World()
+    world.store = MemoryStore(world.clock, TIMEOUT, Hiding(frozenset({"3"})))
+    world.hub = Hub(world.store, world.store)
+    world.ping("alice", "0")
+    watcher = world.open("alice", changes_only=True)
+    watcher.new()
+    world.ping("alice", "3")
+    world.ping("alice", "3")
+    assert [(d["status"], d["online"]) for _, _, d in watcher.new()] == [("0", False)]
+
+
+# snapshot=1
+
+def test_snapshot_is_one_event_with_every_user_null_for_never_seen():
+    world = World()
+    users = [f"u{i}" for i in range(256)]
+    for userid in users[::3]:
+        world.ping(userid, "2")
+    watcher = world.open(*users, snapshot=True)
+    [(name, _, data)] = watcher.new()
+    assert name == "snapshot"
+    assert list(data["users"]) == users
+    for i, userid in enumerate(users):
+        state = data["users"][userid]
+        if i % 3:
+            assert state is None
+        else:
+            assert state == {"time": 1_800_000_000, "status": "2", "online": True,
+                             "devices": {"web": {"time": 1_800_000_000, "status": "2",
+                                                 "online": True}}}
+
+
+def test_snapshot_on_a_device_stream_is_the_device():
+    world = World()
+    world.ping("alice", "1", clientid="phone")
+    [(name, _, data)] = world.open("alice", clientid="phone", snapshot=True).new()
+    assert name == "snapshot"
+    assert data == {"users": {"alice": {"time": 1_800_000_000, "status": "1", "online": True}}}
+
+
+def test_changes_that_come_while_the_state_is_read_follow_it():
+    world = World()
+    world.ping("alice", "0")
+    watcher = world.open("alice", "bob", snapshot=True, changes_only=True)
+    # The memory store answers at once: the state is sent before any change.
+    world.ping("bob", "1")
+    names = [name for name, _, _ in watcher.new()]
+    assert names == ["snapshot", None]
+
+
+# batch=N
+
+def test_batch_holds_changes_and_sends_the_latest_of_each_at_most_every_n_seconds():
+    world = World()
+    world.ping("alice", "0")
+    watcher = world.open("alice", "bob", "carol", batch=2)
+    assert [d["userid"] for _, _, d in watcher.new()] == ["alice"]  # the state: not held
+    world.clock.advance(0.5)
+    world.ping("bob", "0")
+    world.ping("alice", "1")
+    world.ping("bob", "2")
+    world.clock.advance(0.5)
+    assert watcher.new() == []
+    world.clock.advance(1.0)  # two seconds after the state
+    [(name, eid, data)] = watcher.new()
+    assert name == "batch"
+    assert [(c["userid"], c["status"]) for c in data["changes"]] == [("alice", "1"), ("bob", "2")]
+    world.clock.advance(10)  # an empty window: nothing
+    assert watcher.new() == []
+    world.ping("carol", "0")  # the window passed long ago: at once
+    world.clock.advance(0)
+    world.ping("carol", "1")  # within 2 s of that one: held
+    world.clock.advance(1.9)
+    assert [[c["status"] for c in d["changes"]] for _, _, d in watcher.new()] == [["0"]]
+    world.clock.advance(0.1)
+    assert [[c["status"] for c in d["changes"]] for _, _, d in watcher.new()] == [["1"]]
+
+
+def test_batch_per_device_on_a_device_stream_and_quiet_batches_carry_positions():
+    world = World()
+    watcher = world.open("alice", clientid="phone", batch=5, changes_only=True)
+    for status in "0101":
+        world.ping("alice", status, clientid="phone")
+    world.leave("alice", "phone")
+    world.clock.advance(5)
+    [(name, eid, data)] = watcher.new()
+    assert name == "batch" and "_" in eid
+    assert data == {"changes": [{"time": 1_800_000_000, "status": "1", "userid": "alice",
+                                 "online": False, "clientid": "phone"}]}
+
+
+def test_a_paused_reader_gets_its_batch_when_it_reads_again():
+    world = World()
+    watcher = world.open("alice", batch=1)
+    watcher.stream.pauseProducing()
+    world.ping("alice", "0")
+    world.clock.advance(5)
+    assert watcher.new() == []
+    watcher.stream.resumeProducing()
+    world.clock.advance(0)
+    assert [name for name, _, _ in watcher.new()] == ["batch"]
+    watcher.stream.connectionLost(None)  # type: ignore[arg-type]
+    assert not world.clock.getDelayedCalls() or all(
+        c.func != watcher.stream._send_batch for c in world.clock.getDelayedCalls())
+
+
+# Resume: one position for the whole stream.
+
+def test_resume_sends_exactly_the_users_that_changed_since_the_position():
+    world = World()
+    users = [f"u{i}" for i in range(256)]
+    for userid in users:
+        world.ping(userid, "0")
+    first = world.open(*users, changes_only=True)
+    assert len(first.new()) == 256
+    position = first.last_id()
+    first.stream.connectionLost(None)  # type: ignore[arg-type]
+    changed = users[5:15]
+    for userid in changed:
+        world.ping(userid, "1")
+    for userid in users:  # the same status again: no change
+        world.ping(userid, "1" if userid in changed else "0")
+    again = world.open(*users, changes_only=True, last_event_id=position)
+    resumed = again.new()
+    assert sorted(d["userid"] for _, _, d in resumed) == sorted(changed)
+    assert all(d["status"] == "1" for _, _, d in resumed)
+    # Nothing changed since this one: nothing at all.
+    third = world.open(*users, changes_only=True, last_event_id=again.last_id())
+    assert third.new() == []
+
+
+def test_resume_for_one_user_and_with_a_snapshot():
+    world = World()
+    world.ping("alice", "0")
+    watcher = world.open("alice", changes_only=True)
+    position = watcher.last_id()
+    world.leave("alice")
+    [(_, _, data)] = world.open("alice", changes_only=True, last_event_id=position).new()
+    assert data["online"] is False
+    [(name, _, data)] = world.open("alice", "bob", changes_only=True, snapshot=True,
+                                   last_event_id=position).new()
+    assert name == "snapshot" and list(data["users"]) == ["alice"]
+
+
+@pytest.mark.parametrize("last_event_id", [
+    "1800000000-0123456789ab",  # an ordinary event id: no position
+    "garbage", "deadbeef_1", "_", "",
+])
+def test_an_id_that_is_no_position_here_gets_the_full_state(last_event_id):
+    world = World()
+    world.ping("alice", "0")
+    world.ping("bob", "0")
+    watcher = world.open("alice", "bob", changes_only=True, last_event_id=last_event_id)
+    assert sorted(d["userid"] for _, _, d in watcher.new()) == ["alice", "bob"]
+
+
+def test_a_position_past_retention_gets_the_full_state():
+    world = World()
+    world.store = MemoryStore(world.clock, TIMEOUT, changes_retention=30)
+    world.hub = Hub(world.store, world.store)
+    world.ping("alice", "0")
+    position = world.open("alice", changes_only=True).last_id()
+    world.ping("bob", "0")
+    world.clock.advance(TIMEOUT + 2)  # both offline; the first changes age out
+    world.ping("carol", "0")
+    watcher = world.open("alice", "bob", changes_only=True, last_event_id=position)
+    assert sorted(d["userid"] for _, _, d in watcher.new()) == ["alice", "bob"]
