@@ -127,8 +127,11 @@ class MemoryStore:
     def delivered(self, name: str) -> Deferred[Position | None]:
         return self.feed.delivered(name)
 
-    def set_delivered(self, name: str, position: Position) -> Deferred[None]:
-        return self.feed.set_delivered(name, position)
+    def set_delivered(self, name: str, position: Position, owner: str = "") -> Deferred[bool]:
+        return self.feed.set_delivered(name, position, owner)
+
+    def claim(self, name: str, owner: str, seconds: float) -> Deferred[bool]:
+        return self.feed.claim(name, owner, seconds)
 
     def subscribe(self, userid: str) -> Deferred[None]:
         self._subscribed.add(userid)

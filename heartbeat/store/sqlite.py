@@ -568,8 +568,9 @@ class SQLiteStore(MemoryStore, Service):
         d = self._read(self._db.read_meta, _DELIVERED_KEY + name)
         return d.addCallback(lambda text: None if text is None else Position.parse(text))
 
-    def set_delivered(self, name: str, position: Position) -> Deferred[None]:
-        return self._queue(_Delivered(name, position))
+    def set_delivered(self, name: str, position: Position, owner: str = "") -> Deferred[bool]:
+        # The file's lock makes this process the only one: its claim always holds.
+        return self._queue(_Delivered(name, position)).addCallback(lambda _: True)
 
     def _read(self, f: Callable[..., T], *args: object) -> Deferred[T]:
         if self._reader is None:
