@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.python.usage import UsageError
 
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping
 from heartbeat.daemon.config import load_settings, parse_duration
 from heartbeat.daemon.webhooks import BATCH, MAX_BACKOFF, WebhookSender

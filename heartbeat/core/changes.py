@@ -19,7 +19,7 @@ from typing import Protocol
 from twisted.internet.defer import Deferred
 
 from heartbeat.core.errors import Refused
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Devices, Ping, Presence
 
 ONLINE = "online"

@@ -50,7 +50,7 @@ from heartbeat.core.changes import (
     offline_changes,
     ping_changes,
 )
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Devices, Ping, Presence
 from heartbeat.store.changelog import DEFAULT_RETENTION, ChangeLog, now_ms
 from heartbeat.store.interface import StoreUnavailable
@@ -170,7 +170,7 @@ class Database:
         path = os.path.abspath(setting)
         lock_fd, created = _lock(setting, path + "-lock")
         try:
-            conn = _checked(setting, path)
+            conn = _open_database(setting, path)
             try:
                 state = list(_read(conn))
                 feed = _read_feed(conn)
@@ -306,7 +306,7 @@ def _lock(setting: str, lock_path: str) -> tuple[int, bool]:
     return fd, created
 
 
-def _checked(setting: str, path: str) -> sqlite3.Connection:
+def _open_database(setting: str, path: str) -> sqlite3.Connection:
     """A connection to heartbeat's database at ``path``, made if there is none yet."""
     def unusable(why: str) -> DatabaseUnusable:
         return DatabaseUnusable(f"cannot use DATABASE={setting!r}: {why}")
