@@ -15,11 +15,11 @@ from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 
 from heartbeat.core.changes import Change, Position, PositionGone
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping
 from heartbeat.store.memory import MemoryStore
 from heartbeat.store.sqlite import Database, SQLiteStore
-from tests.test_sqlite_store import START, Writer
+from tests.helpers.sqlite_writer import START, Writer
 
 
 def make(kind: str, path: Path, timeout: float = 10, retention: float = 3600,

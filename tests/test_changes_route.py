@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity
 from heartbeat.core.presence import Ping
@@ -23,7 +23,7 @@ from heartbeat.daemon.config import load_settings
 from heartbeat.store.memory import MemoryStore
 from heartbeat.web.api import Api
 from heartbeat.web.routes import HeartbeatApp
-from tests.test_clients_app import call, settled
+from tests.helpers.stub_http import call, settled
 
 KEY = "k-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -36,7 +36,7 @@ def make_client(**env: str) -> tuple[StubTreq, MemoryStore, Clock]:
     settings = load_settings({}, environ=env, dotenv={})
     store = MemoryStore(clock, 10, Hiding.of(settings.hidden_statuses),
                         changes_retention=settings.changes_retention)
-    app = HeartbeatApp(Api(store, Hub(store), clock,
+    app = HeartbeatApp(Api(store, Hub(store, clock), clock,
                            Identity(None, settings.max_userid_length), settings, None, store))
     return StubTreq(app.resource()), store, clock
 

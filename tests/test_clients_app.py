@@ -6,9 +6,7 @@ import json
 
 import pytest
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity
@@ -17,6 +15,7 @@ from heartbeat.daemon.config import load_settings
 from heartbeat.store.memory import MemoryStore
 from heartbeat.web.api import Api
 from heartbeat.web.routes import HeartbeatApp
+from tests.helpers.stub_http import call
 
 ORIGIN = "https://chat.example"
 
@@ -24,27 +23,9 @@ ORIGIN = "https://chat.example"
 def make_client(**env: str) -> tuple[StubTreq, MemoryStore]:
     store = MemoryStore(Clock(), 60)
     settings = load_settings({}, environ=env, dotenv={})
-    app = HeartbeatApp(Api(store, Hub(store), Clock(),
+    app = HeartbeatApp(Api(store, Hub(store, Clock()), Clock(),
                            Identity(None, settings.max_userid_length), settings))
     return StubTreq(app.resource()), store
-
-
-def settled(client: StubTreq, d: Deferred):
-    client.flush()
-    results: list = []
-    d.addBoth(results.append)
-    (result,) = results
-    if isinstance(result, Failure):
-        result.raiseException()
-    return result
-
-
-def call(client: StubTreq, method: str, url: str, **kwargs) -> tuple[int, dict, bytes]:
-    response = settled(client, client.request(method, "http://heartbeat" + url, **kwargs))
-    body = settled(client, response.content())
-    headers = {k.decode().lower(): v[-1].decode()
-               for k, v in response.headers.getAllRawHeaders()}
-    return response.code, headers, body
 
 
 def test_status_answers_stored_pings_and_null_in_the_order_asked():

@@ -13,7 +13,7 @@ from heartbeat.core.hub import Hub
 from heartbeat.core.presence import Ping
 from heartbeat.core.quiet import OptionStream
 from heartbeat.core.stream_options import PLAIN, StreamOptions, stream_options
-from heartbeat.core.users import posted_users
+from heartbeat.core.user_query import posted_users
 from heartbeat.store.memory import MemoryStore
 
 TIMEOUT = 60
@@ -34,7 +34,7 @@ class World:
         self.clock = Clock()
         self.clock.advance(1_800_000_000)
         self.store = MemoryStore(self.clock, TIMEOUT)
-        self.hub = Hub(self.store, self.store)
+        self.hub = Hub(self.store, self.clock, self.store)
 
     def ping(self, userid: str, status: str = "0", clientid: str = "web") -> None:
         self.store.ping(Ping(userid, int(self.clock.seconds()), status, clientid))
@@ -168,10 +168,10 @@ def test_changes_only_on_a_device_stream_is_that_device_going_online_and_offline
 
 
 def test_a_hidden_status_is_one_offline_on_a_quiet_stream():
-    from heartbeat.core.hidden import Hiding
+    from heartbeat.core.hidden_statuses import Hiding
     world = World()
     world.store = MemoryStore(world.clock, TIMEOUT, Hiding(frozenset({"3"})))
-    world.hub = Hub(world.store, world.store)
+    world.hub = Hub(world.store, world.clock, world.store)
     world.ping("alice", "0")
     watcher = world.open("alice", changes_only=True)
     watcher.new()
@@ -328,7 +328,7 @@ def test_an_id_that_is_no_position_here_gets_the_full_state(last_event_id):
 def test_a_position_past_retention_gets_the_full_state():
     world = World()
     world.store = MemoryStore(world.clock, TIMEOUT, changes_retention=30)
-    world.hub = Hub(world.store, world.store)
+    world.hub = Hub(world.store, world.clock, world.store)
     world.ping("alice", "0")
     position = world.open("alice", changes_only=True).last_id()
     world.ping("bob", "0")

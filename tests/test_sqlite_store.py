@@ -6,10 +6,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping, Presence
 from heartbeat.store.interface import StoreUnavailable
 from heartbeat.store.memory import MemoryStore
@@ -22,8 +22,7 @@ from heartbeat.store.sqlite import (
     SQLiteStore,
     open_store,
 )
-
-START = 1_800_000_000.0
+from tests.helpers.sqlite_writer import START, Writer
 
 
 class Listener:
@@ -35,24 +34,6 @@ class Listener:
 
     def bus_lost(self) -> None: ...
     def resync(self) -> None: ...
-
-
-class Writer:
-    """Runs each write at once; counts them, and fails them while ``failing``."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.failing = False
-
-    def __call__(self, f, *args) -> Deferred:
-        self.calls += 1
-        if self.failing:
-            return maybeDeferred(_raise_full)
-        return maybeDeferred(f, *args)
-
-
-def _raise_full() -> None:
-    raise sqlite3.OperationalError("database or disk is full")
 
 
 def make_store(path: Path, timeout: float = 60, at: float = START, hiding: Hiding = Hiding()

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.python.usage import UsageError
 
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping
 from heartbeat.daemon.config import load_settings, parse_duration
 from heartbeat.daemon.webhooks import BATCH, MAX_BACKOFF, WebhookSender
@@ -178,3 +178,41 @@ def test_stopping_cancels_the_request_under_way_and_a_new_sender_sends_it_again(
     first, second = receiver.requests
     assert first[0]["webhook-id"] == second[0]["webhook-id"]
     assert json.dumps(first[1]) == json.dumps(second[1])
+
+
+def test_with_two_instances_one_delivers_and_the_other_takes_over_when_its_claim_lapses():
+    from heartbeat.daemon.webhooks import LEASE
+
+    receiver = Receiver([None])  # the first request never comes back
+    store, clock, first = make(receiver, start=False)
+    leases: dict = {}
+
+    def claim(name, owner, seconds):
+        holder = leases.get(name)
+        if holder and holder[0] != owner and holder[1] > clock.seconds():
+            return succeed(False)
+        leases[name] = (owner, clock.seconds() + seconds)
+        return succeed(True)
+
+    def set_delivered(name, position, owner=""):
+        if leases[name][0] != owner:
+            return succeed(False)
+        return store.feed.set_delivered(name, position)
+
+    store.claim, store.set_delivered = claim, set_delivered
+    second = WebhookSender(store, URL, SECRET, first._events, clock, receiver, 3600,
+                           jitter=lambda: 1.0)
+    first.startService()
+    second.startService()
+    store.ping(Ping("alice", 1, "0"))
+    clock.pump([1] * 5)
+    assert len(receiver.requests) == 1 and leases[URL][0] == first.owner
+    first.stopService()  # it dies holding the claim, its request unanswered
+    clock.pump([1] * int(LEASE + LEASE / 3 + 1))
+    assert leases[URL][0] == second.owner
+    assert len(receiver.requests) == 2 and second.delivered == 1
+    (_, changes_a), (_, changes_b) = receiver.requests
+    # The unacknowledged changes again (with those made since): each repeat has its id.
+    assert changes_b[:len(changes_a)] == changes_a
+    store.ping(Ping("bob", 1, "0"))
+    assert len(receiver.requests) == 3 and first.delivered == 0

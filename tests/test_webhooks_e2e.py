@@ -17,7 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from standardwebhooks import Webhook
 
-from tests.support import SSEClient, free_port, get, post_ping
+from tests.helpers.clients import SSEClient, get, post_ping
+from tests.helpers.processes import free_port
 
 SECRET = "whsec_" + base64.b64encode(b"e2e-secret-0123456789abcdef").decode()
 KEY = "backend-key-1"

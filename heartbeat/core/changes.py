@@ -19,7 +19,7 @@ from typing import Protocol
 from twisted.internet.defer import Deferred
 
 from heartbeat.core.errors import Refused
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Devices, Ping, Presence
 
 ONLINE = "online"
@@ -223,8 +223,14 @@ class ChangeFeed(Protocol):
     def delivered(self, name: str) -> Deferred[Position | None]:
         """Where the reader ``name`` (a webhook) durably got to, None if nowhere yet."""
 
-    def set_delivered(self, name: str, position: Position) -> Deferred[None]:
-        """Remember, durably, that ``name`` has everything up to ``position``."""
+    def set_delivered(self, name: str, position: Position, owner: str = "") -> Deferred[bool]:
+        """Remember, durably, that ``name`` has everything up to ``position``;
+        False (nothing stored) when ``owner`` no longer holds ``name``'s claim."""
+
+    def claim(self, name: str, owner: str, seconds: float) -> Deferred[bool]:
+        """Whether ``owner`` holds (takes, or keeps) the right to deliver ``name``
+        for the next ``seconds``: with many instances on one store, one at a time,
+        and a dead one's claim lapses. One process alone always holds it."""
 
 
 class Waiters:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from heartbeat.core.changes import ChangeFeed, Position
-from heartbeat.core.feed import Feed
+from heartbeat.core.deadlines import Deadlines
 from heartbeat.core.presence import Presence, UserState
 from heartbeat.core.quiet import OptionStream, opening_state
 from heartbeat.core.sse import Event
+from heartbeat.core.store_contract import HubStore
 from heartbeat.core.stream import Stream
 
 log = Logger()
@@ -87,6 +89,11 @@ class _Interest:
         self.devices = {} if state is None else dict(state.devices)
 
 
+def _expire(stream: Stream) -> None:
+    if not stream.closed:
+        stream.expire()
+
+
 class Hub:
     """Routes each change from the bus to the streams watching its user or device.
 
@@ -95,7 +102,8 @@ class Hub:
     when the last closes, so the bus carries only changes someone here needs.
     """
 
-    def __init__(self, store: Feed, feed: ChangeFeed | None = None) -> None:
+    def __init__(self, store: HubStore, clock: IReactorTime,
+                 feed: ChangeFeed | None = None) -> None:
         self._store = store
         # The change feed, if the store keeps one: ``changes=only`` streams'
         # ids and resume points are its positions.
@@ -103,6 +111,9 @@ class Hub:
         store.listener = self
         self._interest: dict[str, _Interest] = {}
         self.streams: set[Stream] = set()
+        # Streams opened with a token that has ``exp`` end then (SPEC §1), so a
+        # client reads only while it holds a valid token.
+        self._expiry: Deadlines[Stream] = Deadlines(clock, _expire)
         # Plain counts for /metrics, read when scraped: an addition per ping
         # fanned out is all they cost here.
         self.delivered = 0
@@ -112,14 +123,17 @@ class Hub:
     def users(self) -> int:
         return len(self._interest)
 
-    def attach(self, stream: Stream) -> None:
-        """Register ``stream`` and send it each user's stored state.
+    def attach(self, stream: Stream, expires: float | None = None) -> None:
+        """Register ``stream`` and send it each user's stored state; end it at
+        ``expires`` (the clock's seconds) if given.
 
         Subscribing comes before reading the stored state, so a change stored
         in between is delivered live rather than missed.
         """
         self.streams.add(stream)
         stream.ends = self
+        if expires is not None:
+            self._expiry.arm_at(stream, expires)
         plain = stream.options.plain
         interests = []
         for userid in stream.userids:
@@ -216,6 +230,7 @@ class Hub:
         if stream not in self.streams:
             return
         self.streams.discard(stream)
+        self._expiry.disarm(stream)
         for userid in stream.userids:
             interest = self._interest[userid]
             interest.forget(stream)

@@ -23,9 +23,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from heartbeat.core.changes import ChangeFeed, Position, PositionGone
-from heartbeat.core.feed import Feed
 from heartbeat.core.presence import Presence, UserState
 from heartbeat.core.sse import Event, chunk_of, encode_frame, event_id
+from heartbeat.core.store_contract import HubStore
 from heartbeat.core.stream import Stream
 from heartbeat.core.stream_options import StreamOptions
 
@@ -175,7 +175,7 @@ def _snapshot_id(views: Collection[Presence]) -> str:
 
 
 async def opening_state(
-    store: Feed, feed: ChangeFeed | None, stream: OptionStream,
+    store: HubStore, feed: ChangeFeed | None, stream: OptionStream,
 ) -> tuple[dict[str, UserState | None], Position | None]:
     """The current state to send ``stream`` first, and the feed position it is as of.
 

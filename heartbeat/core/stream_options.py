@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from heartbeat.core.asking import Asking
 from heartbeat.core.errors import BadInput
+from heartbeat.core.request_view import RequestView
 
 # batch=N bounds, in seconds.
 MIN_BATCH = 1
@@ -34,7 +34,7 @@ class StreamOptions:
 PLAIN = StreamOptions()
 
 
-def _only(request: Asking, name: bytes, allowed: tuple[bytes, ...], what: str) -> bytes | None:
+def _only(request: RequestView, name: bytes, allowed: tuple[bytes, ...], what: str) -> bytes | None:
     """The value of ``name`` (the last, all checked), or None when absent."""
     values = request.args.get(name)
     if not values:
@@ -48,7 +48,7 @@ def _only(request: Asking, name: bytes, allowed: tuple[bytes, ...], what: str) -
 _BATCHES = tuple(b"%d" % n for n in range(MIN_BATCH, MAX_BATCH + 1))
 
 
-def stream_options(request: Asking) -> StreamOptions:
+def stream_options(request: RequestView) -> StreamOptions:
     """The options of ``request``'s query; any value but the contract's is a 400."""
     args = request.args
     if b"changes" not in args and b"snapshot" not in args and b"batch" not in args:

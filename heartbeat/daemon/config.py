@@ -20,7 +20,7 @@ from dotenv import dotenv_values
 from twisted.python.usage import UsageError
 
 from heartbeat.core.changes import CHANGE_TYPES
-from heartbeat.core.hidden import parse_hidden_statuses
+from heartbeat.core.hidden_statuses import parse_hidden_statuses
 from heartbeat.store.redis.address import HOST_PORT, RedisAddress, parse_redis
 from heartbeat.store.redis.tls import load_trust_root
 from heartbeat.twisted_internals import endpoint_types

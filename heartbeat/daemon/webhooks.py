@@ -3,6 +3,10 @@
 One :class:`WebhookSender` per URL reads the store's feed from where that
 URL's deliveries durably got to (the store keeps it: a SQLite meta row), in
 batches of at most 100, and moves on only once a batch is answered ``2xx``.
+With many instances on one store, the one holding the URL's claim (a lease
+it renews; a killed instance's lapses) delivers, and records its progress
+only while it still holds it, so a change goes out through one instance and
+again only after a failure.
 So a user's change never overtakes their earlier one, a restart or a kill
 resends at most the batch under way (with the same ``webhook-id``), and a
 slow or dead receiver holds back nothing but its own deliveries: pings and
@@ -13,7 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
+import secrets
+import socket
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -24,7 +31,7 @@ from standardwebhooks import Webhook
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
@@ -42,6 +49,8 @@ FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 300.0
 # Seconds an idle sender waits on the feed before it looks again anyway.
 IDLE_WAIT = 30.0
+# Seconds a claim on a URL's deliveries lasts unless renewed (every third of it).
+LEASE = 10.0
 
 # POST url, headers, body → the answer's status code.
 Post = Callable[[str, dict[str, str], bytes], Deferred[int]]
@@ -63,6 +72,10 @@ def agent_post(reactor: Any) -> Post:
         return d
 
     return post
+
+
+class _ClaimLost(Exception):
+    """Another instance holds the URL's claim now: this one stops delivering."""
 
 
 def message_id(batch: Sequence[Change]) -> str:
@@ -89,6 +102,9 @@ class WebhookSender(Service):
         self._wall = wall
         self._jitter = jitter
         self._loop: Deferred[None] | None = None
+        self._holding: Deferred[None] | None = None
+        # Who this sender is to the other instances' senders of the same URL.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.delivered = 0
         self.failed = 0
         # When the oldest change not yet delivered happened (epoch ms), None when caught up.
@@ -110,6 +126,43 @@ class WebhookSender(Service):
             log.failure("webhook sender for {url} stopped", failure, url=self._url)
 
     async def _run(self) -> None:
+        """Deliver while this instance holds the URL's claim; wait for it otherwise."""
+        while self.running:
+            if not await self._claim():
+                await deferLater(self._clock, LEASE / 3)
+                continue
+            keeper = LoopingCall(self._keep)
+            keeper.clock = self._clock
+            keeper.start(LEASE / 3, now=False)
+            self._holding = ensureDeferred(self._deliver_all())
+            try:
+                await self._holding
+            except (CancelledError, _ClaimLost):
+                if not self.running:
+                    raise CancelledError() from None
+                log.info("webhooks to {url}: another instance delivers them now", url=self._url)
+            finally:
+                self._holding = None
+                if keeper.running:
+                    keeper.stop()
+
+    async def _claim(self) -> bool:
+        try:
+            return bool(await self._feed.claim(self.url, self.owner, LEASE))
+        except CancelledError:
+            raise
+        except Exception:
+            return False
+
+    def _keep(self) -> Deferred[None]:
+        """Renew the claim; lost (or not known to be held), stop delivering at once."""
+        def kept(held: bool) -> None:
+            if not held and self._holding is not None:
+                self._holding.cancel()
+
+        return ensureDeferred(self._claim()).addCallback(kept)
+
+    async def _deliver_all(self) -> None:
         position = await self._retrying(lambda: self._feed.delivered(self.url))
         while self.running:
             try:
@@ -154,7 +207,10 @@ class WebhookSender(Service):
                 timer.cancel()
 
     async def _remember(self, position: Position) -> None:
-        await self._retrying(lambda: self._feed.set_delivered(self.url, position))
+        held = await self._retrying(
+            lambda: self._feed.set_delivered(self.url, position, self.owner))
+        if not held:
+            raise _ClaimLost()
 
     async def _retrying(self, step: Callable[[], Deferred[Any]]) -> Any:
         """``step``'s result, tried again each second while the store fails it."""

@@ -14,9 +14,9 @@ from twisted.internet.interfaces import IReactorTime
 
 from heartbeat.core.changes import Page, Position, offline_changes, ping_changes, positions_of
 from heartbeat.core.deadlines import Deadlines
-from heartbeat.core.feed import Listener
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Devices, Ping, Presence, UserState
+from heartbeat.core.store_contract import BusListener
 from heartbeat.store.changelog import DEFAULT_RETENTION, ChangeLog, now_ms
 
 # Each published view's change-feed position, by clientid (None: the user's view).
@@ -32,7 +32,7 @@ class MemoryStore:
     store wakes no more than once a second and not at all with nobody online.
     """
 
-    listener: Listener | None = None
+    listener: BusListener | None = None
     available = True
     kind = "memory"
 
@@ -132,8 +132,11 @@ class MemoryStore:
     def delivered(self, name: str) -> Deferred[Position | None]:
         return self.feed.delivered(name)
 
-    def set_delivered(self, name: str, position: Position) -> Deferred[None]:
-        return self.feed.set_delivered(name, position)
+    def set_delivered(self, name: str, position: Position, owner: str = "") -> Deferred[bool]:
+        return self.feed.set_delivered(name, position, owner)
+
+    def claim(self, name: str, owner: str, seconds: float) -> Deferred[bool]:
+        return self.feed.claim(name, owner, seconds)
 
     def subscribe(self, userid: str) -> Deferred[None]:
         self._subscribed.add(userid)

@@ -51,7 +51,7 @@ from heartbeat.core.changes import (
     ping_changes,
     positions_of,
 )
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Devices, Ping, Presence
 from heartbeat.store.changelog import DEFAULT_RETENTION, ChangeLog, now_ms
 from heartbeat.store.interface import StoreUnavailable
@@ -171,7 +171,7 @@ class Database:
         path = os.path.abspath(setting)
         lock_fd, created = _lock(setting, path + "-lock")
         try:
-            conn = _checked(setting, path)
+            conn = _open_database(setting, path)
             try:
                 state = list(_read(conn))
                 feed = _read_feed(conn)
@@ -307,7 +307,7 @@ def _lock(setting: str, lock_path: str) -> tuple[int, bool]:
     return fd, created
 
 
-def _checked(setting: str, path: str) -> sqlite3.Connection:
+def _open_database(setting: str, path: str) -> sqlite3.Connection:
     """A connection to heartbeat's database at ``path``, made if there is none yet."""
     def unusable(why: str) -> DatabaseUnusable:
         return DatabaseUnusable(f"cannot use DATABASE={setting!r}: {why}")
@@ -569,8 +569,9 @@ class SQLiteStore(MemoryStore, Service):
         d = self._read(self._db.read_meta, _DELIVERED_KEY + name)
         return d.addCallback(lambda text: None if text is None else Position.parse(text))
 
-    def set_delivered(self, name: str, position: Position) -> Deferred[None]:
-        return self._queue(_Delivered(name, position))
+    def set_delivered(self, name: str, position: Position, owner: str = "") -> Deferred[bool]:
+        # The file's lock makes this process the only one: its claim always holds.
+        return self._queue(_Delivered(name, position)).addCallback(lambda _: True)
 
     def _read(self, f: Callable[..., T], *args: object) -> Deferred[T]:
         if self._reader is None:

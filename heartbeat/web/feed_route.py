@@ -16,9 +16,9 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 
-from heartbeat.core.asking import Asking
 from heartbeat.core.changes import ChangeFeed, Page, Position, PositionGone
 from heartbeat.core.errors import BadCredentials, BadInput, NotAllowed, Unavailable
+from heartbeat.core.request_view import RequestView
 from heartbeat.core.sse import RETRY
 
 # ``limit``: its default and most; ``wait``: its most, in seconds.
@@ -29,7 +29,7 @@ MAX_WAIT = 30.0
 FEED_KEEPALIVE = 25.0
 
 
-def check_api_key(request: Asking, keys: tuple[str, ...]) -> None:
+def check_api_key(request: RequestView, keys: tuple[str, ...]) -> None:
     """Let a backend route through only with ``Authorization: Bearer <one of API_KEY>``.
 
     Each configured key is compared, in constant time, whatever matched
@@ -46,7 +46,7 @@ def check_api_key(request: Asking, keys: tuple[str, ...]) -> None:
         raise BadCredentials("backend routes need Authorization: Bearer <API_KEY>")
 
 
-def _one(request: Asking, name: bytes) -> bytes | None:
+def _one(request: RequestView, name: bytes) -> bytes | None:
     values = request.args.get(name)
     return values[-1] if values else None
 
@@ -88,7 +88,7 @@ def page_body(page: Page) -> bytes:
     ).encode("utf-8")
 
 
-def wants_stream(request: Asking) -> bool:
+def wants_stream(request: RequestView) -> bool:
     return b"text/event-stream" in (request.getHeader(b"Accept") or b"")
 
 
@@ -103,13 +103,13 @@ class ChangesRoute:
         # The open feed streams' ways to end them (the service's stop).
         self.streams = streams
 
-    def _feed(self, request: Asking) -> ChangeFeed:
+    def _feed(self, request: RequestView) -> ChangeFeed:
         check_api_key(request, self.keys)
         if self.feed is None:
             raise Unavailable("this store keeps no change feed yet (REDIS)", 60)
         return self.feed
 
-    def page(self, request: Asking) -> Deferred[bytes]:
+    def page(self, request: RequestView) -> Deferred[bytes]:
         """One page, JSON; waits up to ``wait`` s for a first change."""
         feed = self._feed(request)
         after = parse_position(_one(request, b"after"))
@@ -143,7 +143,7 @@ class ChangesRoute:
                 timer.cancel()
         return True
 
-    def start_stream(self, request: Asking) -> tuple[ChangeFeed, Position | None]:
+    def start_stream(self, request: RequestView) -> tuple[ChangeFeed, Position | None]:
         """Check a stream request: the feed, and where it resumes (``Last-Event-ID`` first)."""
         feed = self._feed(request)
         resume = request.getHeader(b"Last-Event-ID")

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from heartbeat.core.asking import Asking
 from heartbeat.core.errors import BadInput
+from heartbeat.core.request_view import RequestView
 
 
-def requested_users(request: Asking, limit: int) -> tuple[str, ...]:
+def requested_users(request: RequestView, limit: int) -> tuple[str, ...]:
     """The distinct users named, in the order first named, or a 400."""
     named = []
     for raw in request.args.get(b"user", ()):
