@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -336,3 +339,99 @@ def test_a_position_past_retention_gets_the_full_state():
     world.ping("carol", "0")
     watcher = world.open("alice", "bob", changes_only=True, last_event_id=position)
     assert sorted(d["userid"] for _, _, d in watcher.new()) == ["alice", "bob"]
+
+
+# The final view of a quiet stream is what /status says.
+
+ACTIONS = st.lists(st.one_of(
+    st.tuples(st.just("ping"), st.sampled_from("abc"), st.sampled_from("012"),
+              st.sampled_from(("web", "phone"))),
+    st.tuples(st.just("leave"), st.sampled_from("abc"), st.just(""),
+              st.sampled_from(("web", "phone"))),
+    st.tuples(st.just("wait"), st.just(""), st.just(""), st.sampled_from((1, 7, 30, 70))),
+), max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(actions=ACTIONS, before=st.integers(0, 40), snapshot=st.booleans(),
+       batch=st.sampled_from((0, 1, 5)), away=st.integers(0, 40), back=st.integers(0, 20))
+def test_a_quiet_streams_final_view_is_the_status(actions, before, snapshot, batch, away, back):
+    world = World()
+    users = ("a", "b", "c")
+    options = {"changes_only": True, "snapshot": snapshot, "batch": batch}
+    watchers: list[Watcher] = []
+
+    def act(action: tuple) -> None:
+        kind, userid, status, extra = action
+        if kind == "ping":
+            world.ping(userid, status, clientid=extra)
+        elif kind == "leave":
+            world.leave(userid, extra)
+        else:
+            world.clock.advance(extra)
+
+    for action in actions[:before]:
+        act(action)
+    watchers.append(world.open(*users, **options))
+    last_id: str | None = None
+    for i, action in enumerate(actions[before:]):
+        if i == away:  # the client is gone for a while, then resumes from its last id
+            world.clock.advance(60)  # what it was sent, it read
+            last_id = watchers[-1].last_id() if watchers[-1].all() else None
+            watchers[-1].stream.connectionLost(None)  # type: ignore[arg-type]
+        if i == away + back:
+            watchers.append(world.open(*users, last_event_id=last_id, **options))
+        act(action)
+    if before + away < len(actions) <= before + away + back:
+        watchers.append(world.open(*users, last_event_id=last_id, **options))
+    world.clock.advance(60)  # the last batch goes out (and no one times out in between? they may)
+    world.clock.advance(60)
+    view: dict[str, dict] = {}
+    for watcher in watchers:
+        for name, _, data in watcher.all():
+            if name == "snapshot":
+                for userid, state in data["users"].items():
+                    if state is not None:
+                        view[userid] = state
+            elif name == "batch":
+                view.update({change["userid"]: change for change in data["changes"]})
+            else:
+                view[data["userid"]] = data
+    status = world.store.get(users).result
+    for userid in users:
+        state = status[userid]
+        if state is None:
+            assert userid not in view
+            continue
+        shown, stored = view[userid], state.user
+        assert (shown["online"], shown["status"]) == (stored.online, stored.status)
+        # Offline: the last-seen time; online: "now" (a later same-status ping sends nothing).
+        assert shown["time"] == stored.time if not stored.online else shown["time"] <= stored.time
+
+
+def test_changes_while_the_state_is_read_come_after_it_once():
+    """A store that answers reads late: live changes wait for the state; one the
+    state already includes (by its position) is not sent again."""
+    world = World()
+    late: list[Deferred] = []
+    read = world.store.get
+
+    def get_late(userids):
+        d: Deferred = Deferred()
+        late.append(d)
+        d.addCallback(lambda _: read(userids))
+        return d
+
+    world.store.get = get_late  # type: ignore[method-assign]
+    world.ping("alice", "0")
+    watcher = world.open("alice", "bob", changes_only=True, snapshot=True)
+    world.ping("alice", "1")  # recorded before the read is made: in the state
+    world.ping("bob", "2")
+    assert watcher.new() == []
+    late.pop().callback(None)
+    events = watcher.new()
+    assert [name for name, _, _ in events] == ["snapshot", None, None]
+    # The state was read after both: each is sent again (a repeat of the latest,
+    # which the contract tolerates), never older than what the snapshot showed.
+    assert events[0][2]["users"]["bob"]["status"] == "2"
+    assert [d["status"] for _, _, d in events[1:]] == ["1", "2"]
