@@ -7,17 +7,24 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from heartbeat.core.errors import BadInput
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.hub import Hub
+from heartbeat.core.identity import Identity
 from heartbeat.core.presence import Ping
 from heartbeat.core.quiet import OptionStream
 from heartbeat.core.stream_options import PLAIN, StreamOptions, stream_options
 from heartbeat.core.user_query import posted_users
+from heartbeat.daemon.config import load_settings
 from heartbeat.store.memory import MemoryStore
+from heartbeat.web.api import SUBSCRIBE_BODY, Api
+from heartbeat.web.routes import HeartbeatApp
+from tests.helpers.stub_http import call, settled
 
 TIMEOUT = 60
 
@@ -171,7 +178,6 @@ def test_changes_only_on_a_device_stream_is_that_device_going_online_and_offline
 
 
 def test_a_hidden_status_is_one_offline_on_a_quiet_stream():
-    from heartbeat.core.hidden_statuses import Hiding
     world = World()
     world.store = MemoryStore(world.clock, TIMEOUT, Hiding(frozenset({"3"})))
     world.hub = Hub(world.store, world.clock, world.store)
@@ -435,3 +441,54 @@ def test_changes_while_the_state_is_read_come_after_it_once():
     # which the contract tolerates), never older than what the snapshot showed.
     assert events[0][2]["users"]["bob"]["status"] == "2"
     assert [d["status"] for _, _, d in events[1:]] == ["1", "2"]
+
+
+class NoFeedStore(MemoryStore):
+    """A store that records no feed positions (as Redis, for now)."""
+
+    def _publish(self, changes, marks=None) -> None:  # type: ignore[override]
+        super()._publish(changes)
+
+
+def test_without_a_feed_the_hub_applies_the_same_rule_once_per_change():
+    world = World()
+    world.store = NoFeedStore(world.clock, TIMEOUT)
+    world.hub = Hub(world.store, world.clock)
+    world.ping("alice", "0")
+    watcher = world.open("alice", changes_only=True)
+    device = world.open("alice", clientid="phone", changes_only=True)
+    for status in "00110":
+        world.ping("alice", status)
+    world.ping("alice", "0", clientid="phone")
+    world.ping("alice", "0", clientid="phone")
+    world.leave("alice", "phone")
+    world.leave("alice", "web")
+    assert [(d["status"], d["online"]) for _, _, d in watcher.all()] == [
+        ("0", True), ("1", True), ("0", True), ("0", False)]
+    assert [d["online"] for _, _, d in device.all()] == [True, False]
+    assert all("_" not in eid for _, eid, _ in watcher.all())  # not positions: no resume
+
+
+def test_post_subscribe_through_the_klein_app_refuses_as_the_edge_does():
+    world = World()
+    settings = load_settings({}, environ={"MAX_USERS_PER_STREAM": "2"}, dotenv={})
+    app = HeartbeatApp(Api(world.store, world.hub, world.clock,
+                           Identity(None, settings.max_userid_length), settings, feed=world.store))
+    client = StubTreq(app.resource())
+    for query, body, code in [
+        ("", b'{"users": ["a", "b", "c"]}', 400),
+        ("", b'{"users": []}', 400),
+        ("", b"not json", 400),
+        ("?batch=0", b'{"users": ["a"]}', 400),
+        ("", b'{"users": ["' + b"x" * SUBSCRIBE_BODY + b'"]}', 413),
+    ]:
+        assert call(client, "POST", "/subscribe" + query, data=body)[0] == code, (query, code)
+    # A good one is a stream: its headers come, and it stays open.
+    world.ping("a", "0")
+    response = settled(client, client.request("POST", "http://heartbeat/subscribe?snapshot=1",
+                                              data=b'{"users": ["a", "b"]}'))
+    assert response.code == 200
+    assert response.headers.getRawHeaders(b"content-type") == [b"text/event-stream"]
+    assert len(world.hub.streams) == 1
+    (stream,) = world.hub.streams
+    assert isinstance(stream, OptionStream) and stream.userids == ("a", "b")

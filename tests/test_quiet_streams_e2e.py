@@ -11,6 +11,8 @@ import time
 from tests.helpers.claims import claim
 from tests.helpers.clients import SSEClient, get, post_ping
 from tests.helpers.processes import Daemon
+from tests.helpers.redis_checks import numsub
+from tests.helpers.waiting import wait_for
 
 USERS = [f"user-{i}" for i in range(256)]
 
@@ -183,3 +185,29 @@ def test_any_other_option_value_is_400_on_every_route(daemon):
             assert get(daemon.port, url)[0] == 400, url
         posted = SSEClient(daemon.port, "/subscribe?" + options, body=b'{"users": ["alice"]}')
         assert posted.status == 400, options
+
+
+def test_changes_only_across_two_instances_on_redis(redis_server, start_daemon):
+    """Redis keeps no feed yet: the same one-per-change events, ids not positions."""
+    args = ["--redis", redis_server.address, "--presence-timeout", "2"]
+    one, two = start_daemon(args), start_daemon(args)
+    user = stream(two, "/subscribe?user=alice&user=bob&changes=only")
+    device = stream(two, "/subscribe/alice/client/phone?changes=only&snapshot=1")
+    assert device.message()[0] == "snapshot"
+    wait_for(lambda: numsub(redis_server, "heartbeat:alice") == 1)
+    pinger = Pinger(one.port)
+    pinger.ping("alice", "0")
+    assert user.event()["online"] is True
+    for _ in range(5):
+        pinger.ping("alice", "0")
+    user.no_event(0.5)
+    pinger.ping("alice", "1")
+    assert user.event()["status"] == "1"
+    pinger.ping("alice", "1", clientid="phone")
+    assert device.event()["online"] is True
+    user.no_event(0.3)
+    pinger.ping("alice", "", clientid="phone", path="/leave")
+    assert device.event()["online"] is False
+    assert user.event(timeout=6)["online"] is False  # web timed out
+    user.no_event(0.5)
+    pinger.close()

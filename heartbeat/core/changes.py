@@ -90,6 +90,13 @@ def _device_change(before: Presence | None, after: Presence, at: int) -> Change 
     return Change(kind, after.userid, after.time, after.status, after.online, at, after.clientid)
 
 
+def visibly_changed(before: Presence | None, after: Presence) -> bool:
+    """Whether ``after`` (a user's or a device's view) is a change from ``before``."""
+    if after.clientid is None:
+        return _user_change(before, after, 0) is not None
+    return _device_change(before, after, 0) is not None
+
+
 def derive(before_user: Presence | None, before_device: Presence | None,
            after: tuple[Presence, ...], at: int) -> tuple[Change, ...]:
     """The changes of one transition, in the order its views were published.

@@ -7,7 +7,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from heartbeat.core.changes import ChangeFeed, Position
+from heartbeat.core.changes import ChangeFeed, Position, visibly_changed
 from heartbeat.core.deadlines import Deadlines
 from heartbeat.core.presence import Presence, UserState
 from heartbeat.core.quiet import OptionStream, opening_state
@@ -53,6 +53,9 @@ class _Interest:
         self.quiet: dict[str | None, set[Stream]] = {}
         # Streams with options wait for the subscription before reading.
         self.when_subscribed: list[Deferred[None]] = []
+
+    def view_of(self, clientid: str | None) -> Presence | None:
+        return self.user if clientid is None else self.devices.get(clientid)
 
     def view(self, stream: Stream) -> Presence | None:
         clientid = stream.clientid
@@ -245,14 +248,15 @@ class Hub:
         if interest is None:
             return
         interest.deliveries += 1
+        before = interest.view_of(change.clientid)
         if change.clientid is None:
             interest.user = change
             watching: set[Stream] | None = interest.streams
         else:
             interest.devices[change.clientid] = change
             watching = interest.device_streams.get(change.clientid)
-        if position is not None and interest.quiet:
-            self._deliver_quiet(interest, change, position)
+        if interest.quiet:
+            self._deliver_quiet(interest, before, change, position)
         if not watching:
             return
         event = Event(change)
@@ -261,10 +265,18 @@ class Hub:
         for stream in streams:
             stream.send(event)
 
-    def _deliver_quiet(self, interest: _Interest, change: Presence, position: Position) -> None:
-        """A change the store found visible: to the ``changes=only`` streams of its view."""
+    def _deliver_quiet(self, interest: _Interest, before: Presence | None, change: Presence,
+                       position: Position | None) -> None:
+        """A change the store found visible (it gave its feed position): to the
+        ``changes=only`` streams of its view.
+
+        A store without a feed (Redis, for now) gives no positions: then the
+        same rule is applied here, once per change, to what the bus said last.
+        """
         quiet = interest.quiet.get(change.clientid)
         if not quiet:
+            return
+        if position is None and (self.feed is not None or not visibly_changed(before, change)):
             return
         event = Event(change, position)
         streams = tuple(quiet)

@@ -58,8 +58,9 @@ class OptionStream(Stream):
     ) -> None:
         super().__init__(userids, clock, blocked_timeout, last_event_id, clientid)
         self.options = options
-        # Live events held until the current state is sent; None once it is.
-        self.opening: list[Event] | None = []
+        # Live events held until the current state is sent (the latest of
+        # each user, oldest first, as while paused); None once it is sent.
+        self.opening: dict[str, Event] | None = {}
         # The batch window: the latest event of each user, oldest first.
         self.pending: dict[str, Event] = {}
         self._batch_call: IDelayedCall | None = None
@@ -76,7 +77,8 @@ class OptionStream(Stream):
 
     def send(self, event: Event) -> None:
         if self.opening is not None:
-            self.opening.append(event)
+            self.opening.pop(event.change.userid, None)
+            self.opening[event.change.userid] = event
         elif self.options.batch:
             change = event.change
             self.seen[change.userid] = change
@@ -89,7 +91,7 @@ class OptionStream(Stream):
 
     def opened(self, states: dict[str, UserState | None], cursor: Position | None) -> None:
         """Send the current state ``states`` (read at ``cursor``), then what was held."""
-        held, self.opening = self.opening or [], None
+        held, self.opening = self.opening or {}, None
         if self.closed:
             return
         options = self.options
@@ -104,7 +106,7 @@ class OptionStream(Stream):
                     continue
                 Stream.send(self, Event(view) if eid is None else Event(view, cursor))
         self._next_batch = self._clock.seconds() + options.batch
-        for event in held:
+        for event in held.values():
             if not _covered(event.position, cursor):
                 self.send(event)
 
