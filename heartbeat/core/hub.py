@@ -173,7 +173,7 @@ class Hub:
                 stream: OptionStream) -> None:
         states, cursor = state
         stream.opened(states, cursor)
-        self.delivered += len(states)
+        self.delivered += sum(state is not None for state in states.values())
 
     def _open_failed(self, failure: Failure, stream: OptionStream) -> None:
         # Its client reconnects (and resumes) once the store answers again.
@@ -248,14 +248,15 @@ class Hub:
         if interest is None:
             return
         interest.deliveries += 1
-        before = interest.view_of(change.clientid)
+        quiet = interest.quiet
+        before = interest.view_of(change.clientid) if quiet else None
         if change.clientid is None:
             interest.user = change
             watching: set[Stream] | None = interest.streams
         else:
             interest.devices[change.clientid] = change
             watching = interest.device_streams.get(change.clientid)
-        if interest.quiet:
+        if quiet:
             self._deliver_quiet(interest, before, change, position)
         if not watching:
             return
