@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from heartbeat.core.hidden_statuses import Hiding
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 
 from heartbeat.core.changes import Change, Position, PositionGone
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping
 from heartbeat.store.memory import MemoryStore
 from heartbeat.store.sqlite import Database, SQLiteStore

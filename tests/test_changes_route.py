@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from heartbeat.core.hidden_statuses import Hiding
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity
 from heartbeat.core.presence import Ping
