@@ -22,7 +22,7 @@ from heartbeat.core.presence import Ping
 from heartbeat.daemon.config import load_settings
 from heartbeat.store.memory import MemoryStore
 from heartbeat.web.api import Api
-from heartbeat.web.routes import HeartbeatApp
+from heartbeat.web.klein_app import HeartbeatApp
 from tests.helpers.stub_http import call, settled
 
 KEY = "k-0123456789"

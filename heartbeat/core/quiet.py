@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 
 from heartbeat.core.changes import ChangeFeed, Position, PositionGone
 from heartbeat.core.presence import Presence, UserState
-from heartbeat.core.sse import Event, chunk_of, encode_frame, event_id
+from heartbeat.core.sse import Event, Frame, encode_frame, event_id
 from heartbeat.core.store_contract import HubStore
 from heartbeat.core.stream import Stream
 from heartbeat.core.stream_options import StreamOptions
@@ -130,7 +130,7 @@ class OptionStream(Stream):
 
     def _write_once(self, frame: bytes) -> None:
         """A frame only this stream sends (a snapshot, a batch); held back while paused."""
-        self._write(frame, chunk_of(frame))
+        self._write(Frame(frame))
 
     # Batches.
 

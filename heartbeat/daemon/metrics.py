@@ -22,8 +22,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from twisted.web.iweb import IRequest
 
 from heartbeat.core.hub import Hub
+from heartbeat.core.store_contract import Store
 from heartbeat.daemon.webhooks import Webhooks
-from heartbeat.store.interface import Store
 
 # Fine buckets for pings answered without leaving the process, wider ones for
 # a store round trip or two; the top buckets catch a struggling store.

@@ -53,8 +53,8 @@ from heartbeat.core.changes import (
 )
 from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Devices, Ping, Presence
+from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.store.changelog import DEFAULT_RETENTION, ChangeLog, now_ms
-from heartbeat.store.interface import StoreUnavailable
 from heartbeat.store.memory import NO_MARKS, Marks, MemoryStore
 
 log = Logger()
