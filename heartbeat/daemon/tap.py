@@ -11,6 +11,7 @@ from twisted.python.usage import Options as _Options
 from twisted.python.usage import UsageError
 from twisted.web.server import Site
 
+from heartbeat.core.changes import ChangeFeed
 from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity
@@ -94,8 +95,9 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
     hub = Hub(store, reactor)
     identity = Identity(settings.jwt_secret, settings.max_userid_length)
     identity.announce()
-    # The in-process stores keep the change feed; Redis does not yet.
-    feed = store if isinstance(store, MemoryStore) else None
+    # The change feed: the in-process stores' own, one Redis's stream; none in a Cluster yet.
+    feed: ChangeFeed | None = (
+        store if isinstance(store, MemoryStore) else getattr(store, "change_feed", None))
     metrics = Metrics(hub, store)
     api = Api(store, hub, reactor, identity, settings, metrics, feed)
     site = Site(HeartbeatApp(api).resource(), reactor=reactor)
@@ -128,4 +130,5 @@ def _store(settings: Settings, reactor: Any) -> Store:
     from heartbeat.store.redis.store import RedisStore
 
     return RedisStore(settings.redis, settings.redis_prefix, reactor, settings.presence_timeout,
-                      settings.redis_ca_file, settings.redis_wait_replicas, hiding)
+                      settings.redis_ca_file, settings.redis_wait_replicas, hiding,
+                      changes_retention=settings.changes_retention)
