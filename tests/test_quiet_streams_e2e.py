@@ -211,3 +211,30 @@ def test_changes_only_across_two_instances_on_redis(redis_server, start_daemon):
     assert user.event(timeout=6)["online"] is False  # web timed out
     user.no_event(0.5)
     pinger.close()
+
+
+def test_resume_across_two_instances_on_redis(redis_server, start_daemon):
+    """The Redis feed gives the stream's first events a position: a client that comes
+    back, to the other instance, gets only the users that changed since."""
+    args = ["--redis", redis_server.address]
+    one, two = start_daemon(args), start_daemon(args)
+    users = USERS[:40]
+    pinger = Pinger(one.port)
+    for userid in users:
+        pinger.ping(userid, "0")
+    path = "/subscribe?" + query(*users) + "&changes=only&snapshot=1"
+    first = stream(two, path)
+    name, position, data = first.message()
+    assert name == "snapshot" and len(data["users"]) == 40 and "_" in position
+    first.close()
+    changed = users[7:10]
+    for userid in changed:
+        pinger.ping(userid, "2")
+    for userid in users:  # repeats: no change
+        pinger.ping(userid, "2" if userid in changed else "0")
+    again = stream(one, path, headers={"Last-Event-ID": position})
+    name, _, data = again.message()
+    assert name == "snapshot" and sorted(data["users"]) == sorted(changed)
+    assert {state["status"] for state in data["users"].values()} == {"2"}
+    again.no_event(0.5)
+    pinger.close()

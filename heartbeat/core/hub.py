@@ -106,11 +106,14 @@ class Hub:
     """
 
     def __init__(self, store: HubStore, clock: IReactorTime,
-                 feed: ChangeFeed | None = None) -> None:
+                 feed: ChangeFeed | None = None, *, positions: bool = False) -> None:
         self._store = store
         # The change feed, if the store keeps one: ``changes=only`` streams'
         # ids and resume points are its positions.
         self.feed = feed
+        # Whether the store's bus hands each change's feed position with it
+        # (the in-process stores); else the hub finds the changes itself.
+        self._positions = positions
         store.listener = self
         self._interest: dict[str, _Interest] = {}
         self.streams: set[Stream] = set()
@@ -271,13 +274,13 @@ class Hub:
         """A change the store found visible (it gave its feed position): to the
         ``changes=only`` streams of its view.
 
-        A store without a feed (Redis, for now) gives no positions: then the
-        same rule is applied here, once per change, to what the bus said last.
+        A store whose bus carries no positions (Redis, for now): the same rule
+        is applied here, once per change, to what the bus said last.
         """
         quiet = interest.quiet.get(change.clientid)
         if not quiet:
             return
-        if position is None and (self.feed is not None or not visibly_changed(before, change)):
+        if position is None and (self._positions or not visibly_changed(before, change)):
             return
         event = Event(change, position)
         streams = tuple(quiet)

@@ -34,12 +34,17 @@ RESUME_PAGE = 1000
 
 
 def _covered(position: Position | None, cursor: Position | None) -> bool:
-    """Whether a state read at ``cursor`` already includes the change at ``position``."""
+    """Whether a state read at ``cursor`` already includes the change at ``position``
+    (both one-mark positions of one feed: a sequence number, or a Redis stream id)."""
     if position is None or cursor is None or position.epoch != cursor.epoch:
         return False
     if len(position.marks) != 1 or len(cursor.marks) != 1:
         return False
-    return position.seq <= cursor.seq
+    return _mark(position) <= _mark(cursor)
+
+
+def _mark(position: Position) -> tuple[int, ...]:
+    return tuple(int(part) for part in position.marks[0].split("-"))
 
 
 class OptionStream(Stream):
@@ -191,24 +196,29 @@ async def opening_state(
     cursor = None if feed is None else await feed.position()
     userids: Collection[str] = stream.userids
     after = stream.resume_point()
-    if feed is not None and after is not None:
+    if feed is not None and cursor is not None and after is not None:
         try:
-            userids = await _changed_since(feed, after, stream.userids, stream.clientid)
+            userids = await _changed_since(feed, after, cursor, stream.userids, stream.clientid)
         except PositionGone:
             pass
     states = await store.get(userids) if userids else {}
     return states, cursor
 
 
-async def _changed_since(feed: ChangeFeed, after: Position, userids: tuple[str, ...],
-                         clientid: str | None) -> list[str]:
-    """Which of ``userids`` changed (their view: ``clientid``'s, or the user's) after ``after``."""
+async def _changed_since(feed: ChangeFeed, after: Position, cursor: Position,
+                         userids: tuple[str, ...], clientid: str | None) -> list[str]:
+    """Which of ``userids`` changed (their view: ``clientid``'s, or the user's) after
+    ``after``, up to ``cursor`` at least (a later change comes live as well).
+
+    Pages are read until one ends at or past ``cursor``: a page filtered by
+    user may hold fewer than asked while more follow (the Redis feed's).
+    """
     changed: dict[str, None] = {}
     while True:
         page = await feed.changes(after, RESUME_PAGE, userids)
         for change in page.changes:
             if change.clientid == clientid:
                 changed[change.userid] = None
-        if len(page.changes) < RESUME_PAGE:
+        if _covered(cursor, page.next) or page.next == after:
             return [userid for userid in userids if userid in changed]
         after = page.next

@@ -11,6 +11,7 @@ from twisted.python.usage import Options as _Options
 from twisted.python.usage import UsageError
 from twisted.web.server import Site
 
+from heartbeat.core.changes import ChangeFeed
 from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity
@@ -91,9 +92,11 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
     """The service tree of ``settings``; a ``DATABASE`` it cannot use raises ``DatabaseUnusable``."""
     log_settings(settings)
     store = _store(settings, reactor)
-    # The in-process stores keep the change feed; Redis does not yet.
-    feed = store if isinstance(store, MemoryStore) else None
-    hub = Hub(store, reactor, feed)
+    # The change feed: the in-process stores' own, one Redis's stream; none in a Cluster yet.
+    feed: ChangeFeed | None = (
+        store if isinstance(store, MemoryStore) else getattr(store, "change_feed", None))
+    # The in-process stores hand the hub each change's feed position with it.
+    hub = Hub(store, reactor, feed, positions=isinstance(store, MemoryStore))
     identity = Identity(settings.jwt_secret, settings.max_userid_length)
     identity.announce()
     metrics = Metrics(hub, store)
@@ -125,13 +128,8 @@ def _store(settings: Settings, reactor: Any) -> Store:
         return open_store(settings.database, reactor, settings.presence_timeout, hiding,
                           changes_retention=settings.changes_retention)
     # Imported only when used: txredisapi imports the global reactor.
-    if settings.redis.kind == "cluster":
-        from heartbeat.store.redis.cluster_store import ClusterStore
-
-        return ClusterStore(settings.redis, settings.redis_prefix, reactor,
-                            settings.presence_timeout, settings.redis_ca_file,
-                            settings.redis_wait_replicas, hiding)
     from heartbeat.store.redis.store import RedisStore
 
     return RedisStore(settings.redis, settings.redis_prefix, reactor, settings.presence_timeout,
-                      settings.redis_ca_file, settings.redis_wait_replicas, hiding)
+                      settings.redis_ca_file, settings.redis_wait_replicas, hiding,
+                      changes_retention=settings.changes_retention)
