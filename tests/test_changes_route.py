@@ -190,3 +190,17 @@ def test_status_and_its_cursor_then_changes_reconstruct_every_user(steps):
         cursor = page["next"]
         _, _, body = call(client, "GET", query)
         assert known == from_status(json.loads(body))
+
+
+def test_a_store_without_a_feed_answers_503_after_the_key_check():
+    settings = load_settings({}, environ={"API_KEY": KEY}, dotenv={})
+    clock = Clock()
+    store = MemoryStore(clock, 10)
+    app = HeartbeatApp(Api(store, Hub(store, clock), clock,
+                           Identity(None, settings.max_userid_length), settings, None, None))
+    client = StubTreq(app.resource())
+    assert call(client, "GET", "/changes")[0] == 401
+    code, headers, body = call(client, "GET", "/changes", headers=AUTH)
+    assert code == 503 and "Cluster" in json.loads(body)["error"] and headers["retry-after"]
+    code, headers, _ = call(client, "GET", "/status?user=a")
+    assert code == 200 and "heartbeat-cursor" not in headers

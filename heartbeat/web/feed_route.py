@@ -106,7 +106,7 @@ class ChangesRoute:
     def _feed(self, request: RequestView) -> ChangeFeed:
         check_api_key(request, self.keys)
         if self.feed is None:
-            raise Unavailable("this store keeps no change feed yet (REDIS)", 60)
+            raise Unavailable("a Redis Cluster keeps no change feed yet", 60)
         return self.feed
 
     def page(self, request: RequestView) -> Deferred[bytes]:
