@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -20,8 +23,10 @@ from heartbeat.core.quiet import OptionStream
 from heartbeat.core.stream_options import PLAIN, StreamOptions, stream_options
 from heartbeat.core.user_query import posted_users
 from heartbeat.store.memory import MemoryStore
+from heartbeat.store.sqlite import Database, SQLiteStore
 from heartbeat.web.api import SUBSCRIBE_BODY
 from tests.helpers.in_memory import StreamEnd, Wire
+from tests.helpers.sqlite_writer import Writer
 
 TIMEOUT = 60
 
@@ -37,17 +42,33 @@ class Query:
 
 
 class World:
-    def __init__(self) -> None:
+    """A store (``memory``, or ``sqlite`` on a file, written at once) and a hub, on a Clock."""
+
+    def __init__(self, kind: str = "memory") -> None:
         self.clock = Clock()
         self.clock.advance(1_800_000_000)
-        self.store = MemoryStore(self.clock, TIMEOUT)
+        self.directory: str | None = None
+        if kind == "sqlite":
+            self.directory = tempfile.mkdtemp()
+            database, state = Database.open(str(Path(self.directory) / "heartbeat.db"))
+            self.store = SQLiteStore(database, state, self.clock, TIMEOUT, writer=Writer())
+        else:
+            self.store = MemoryStore(self.clock, TIMEOUT)
         self.hub = Hub(self.store, self.clock, self.store, positions=True)
+
+    def close(self) -> None:
+        """Close the file (and its lock) and remove it."""
+        self.store.close()
+        if self.directory is not None:
+            shutil.rmtree(self.directory)
 
     def ping(self, userid: str, status: str = "0", clientid: str = "web") -> None:
         self.store.ping(Ping(userid, int(self.clock.seconds()), status, clientid))
+        self.clock.advance(0)  # the SQLite store commits on the next turn
 
     def leave(self, userid: str, clientid: str = "web") -> None:
         self.store.leave(userid, clientid)
+        self.clock.advance(0)
 
     def open(self, *userids: str, clientid: str | None = None, last_event_id: str | None = None,
              **options: object) -> Watcher:
@@ -283,8 +304,9 @@ def test_a_paused_reader_gets_its_batch_when_it_reads_again():
 
 # Resume: one position for the whole stream.
 
-def test_resume_sends_exactly_the_users_that_changed_since_the_position():
-    world = World()
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_resume_sends_exactly_the_users_that_changed_since_the_position(kind):
+    world = World(kind)
     users = [f"u{i}" for i in range(256)]
     for userid in users:
         world.ping(userid, "0")
@@ -304,6 +326,7 @@ def test_resume_sends_exactly_the_users_that_changed_since_the_position():
     # Nothing changed since this one: nothing at all.
     third = world.open(*users, changes_only=True, last_event_id=again.last_id())
     assert third.new() == []
+    world.close()
 
 
 def test_resume_for_one_user_and_with_a_snapshot():
@@ -355,11 +378,12 @@ ACTIONS = st.lists(st.one_of(
 ), max_size=40)
 
 
-@settings(max_examples=150, deadline=None)
-@given(actions=ACTIONS, before=st.integers(0, 40), snapshot=st.booleans(),
+@settings(max_examples=100, deadline=None)
+@given(kind=st.sampled_from(("memory", "sqlite")), actions=ACTIONS, before=st.integers(0, 40), snapshot=st.booleans(),
        batch=st.sampled_from((0, 1, 5)), away=st.integers(0, 40), back=st.integers(0, 20))
-def test_a_quiet_streams_final_view_is_the_status(actions, before, snapshot, batch, away, back):
-    world = World()
+def test_a_quiet_streams_final_view_is_the_status(kind, actions, before, snapshot, batch, away,
+                                                  back):
+    world = World(kind)
     users = ("a", "b", "c")
     options = {"changes_only": True, "snapshot": snapshot, "batch": batch}
     watchers: list[Watcher] = []
@@ -410,6 +434,7 @@ def test_a_quiet_streams_final_view_is_the_status(actions, before, snapshot, bat
         assert (shown["online"], shown["status"]) == (stored.online, stored.status)
         # Offline: the last-seen time; online: "now" (a later same-status ping sends nothing).
         assert shown["time"] == stored.time if not stored.online else shown["time"] <= stored.time
+    world.close()
 
 
 def test_changes_while_the_state_is_read_come_after_it_once():
