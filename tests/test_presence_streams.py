@@ -245,7 +245,8 @@ def presence_stream(server: MemoryServer, path: str = "/subscribe/bob?presence=0
 
 @pytest.mark.parametrize("path", [
     "/subscribe/bob?presence=2", "/subscribe?user=bob&presence=2",
-    "/subscribe/bob/client/x?presence=2",
+    "/subscribe/bob/client/x?presence=2", "/subscribe/bob?changes=only&presence=2",
+    "/subscribe/bob?batch=5&snapshot=1&presence=2",
 ])
 def test_every_subscribe_route_takes_presence(path):
     server = MemoryServer()

@@ -89,6 +89,11 @@ class Scripts:
     expire: Script
     read_many: Script
     rearm: Script
+    # The change feed's read, and its webhooks' claims and progress (one Redis; a
+    # Cluster keeps no feed yet).
+    changes: Script
+    claim: Script
+    delivered: Script
     # One Redis only.
     restore: Script
     # A Cluster only (cluster_topology).
