@@ -30,6 +30,9 @@ class Listener(Protocol):
     def resync(self) -> object:
         """The bus was down: pings may have been missed, re-read stored state."""
 
+    def disconnect(self, userid: str) -> None:
+        """End the streams opened here with ``userid``'s credentials (a logout, a ban)."""
+
 
 class Feed(Protocol):
     """Stored presence, and the bus that brings its changes for the users subscribed."""

@@ -75,6 +75,8 @@ class Hub:
         store.listener = self
         self._interest: dict[str, _Interest] = {}
         self.streams: set[Stream] = set()
+        # The open streams of each user whose credentials opened them.
+        self._owned: dict[str, set[Stream]] = {}
         # Plain counts for /metrics, read when scraped: an addition per ping
         # fanned out is all they cost here.
         self.delivered = 0
@@ -92,6 +94,8 @@ class Hub:
         """
         self.streams.add(stream)
         stream.ends = self
+        if stream.owner is not None:
+            self._owned.setdefault(stream.owner, set()).add(stream)
         for userid in stream.userids:
             interest = self._interest.get(userid)
             if interest is None:
@@ -156,6 +160,11 @@ class Hub:
         if stream not in self.streams:
             return
         self.streams.discard(stream)
+        owned = self._owned.get(stream.owner) if stream.owner is not None else None
+        if owned is not None:
+            owned.discard(stream)
+            if not owned:
+                del self._owned[stream.owner]  # type: ignore[arg-type]
         for userid in stream.userids:
             interest = self._interest[userid]
             watchers = interest.watchers(stream)
@@ -173,19 +182,31 @@ class Hub:
         if interest is None:
             return
         interest.deliveries += 1
+        if change.erased:
+            # Every stream of the user hears it, device streams too; nothing
+            # of theirs is known any more.
+            interest.learn(None)
+            self._fan_out(change, interest.all_streams())
+            return
         if change.clientid is None:
             interest.user = change
             watching: set[Stream] | None = interest.streams
         else:
             interest.devices[change.clientid] = change
             watching = interest.device_streams.get(change.clientid)
-        if not watching:
-            return
+        if watching:
+            self._fan_out(change, tuple(watching))
+
+    def _fan_out(self, change: Presence, streams: tuple[Stream, ...]) -> None:
         event = Event(change)
-        streams = tuple(watching)
         self.delivered += len(streams)
         for stream in streams:
             stream.send(event)
+
+    def disconnect(self, userid: str) -> None:
+        """End every stream opened here with ``userid``'s credentials."""
+        for stream in tuple(self._owned.get(userid, ())):
+            stream.close()
 
     def bus_lost(self) -> None:
         """Changes may go unheard until ``resync``: streams opening meanwhile

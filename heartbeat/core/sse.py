@@ -34,6 +34,8 @@ def event_id(change: Presence) -> str:
         key += "\0offline"
     if change.clientid is not None:
         key += f"\0client\0{change.clientid}"
+    if change.erased:
+        key += "\0erased"
     digest = blake2b(key.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
     return f"{change.time}-{digest}"
 
@@ -71,6 +73,12 @@ def _chunk(frame: bytes) -> bytes:
 
 
 KEEPALIVE_CHUNK = _chunk(KEEPALIVE)
+
+
+def retry_frame(retry_ms: int) -> tuple[bytes, bytes]:
+    """A ``retry:`` field alone, and as a chunk: how long the client waits to reconnect."""
+    frame = b"retry: %d\n" % retry_ms
+    return frame, _chunk(frame)
 
 
 # What an event stream's response says of itself (a HEAD gets them too).

@@ -11,7 +11,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from heartbeat.core.presence import Presence
-from heartbeat.core.sse import KEEPALIVE, KEEPALIVE_CHUNK, Event, event_id
+from heartbeat.core.sse import KEEPALIVE, KEEPALIVE_CHUNK, Event, event_id, retry_frame
 from heartbeat.twisted_internals import eager_write
 
 log = Logger()
@@ -56,7 +56,7 @@ class Stream:
     """
 
     __slots__ = (
-        "userids", "clientid", "last_event_id", "seen", "closed", "held", "transport", "chunked",
+        "userids", "clientid", "owner", "last_event_id", "seen", "closed", "held", "transport", "chunked",
         "ends", "_clock", "_blocked_timeout", "_blocked", "_gone", "_lost",
     )
 
@@ -67,9 +67,13 @@ class Stream:
         blocked_timeout: float,
         last_event_id: bytes | None = None,
         clientid: str | None = None,
+        owner: str | None = None,
     ) -> None:
         self.userids = userids
         self.clientid = clientid
+        # Whose credentials opened it (None: no user's), so a logout or an
+        # erasure of that user can end it.
+        self.owner = owner
         # What a reconnecting browser says it saw last (``Last-Event-ID``).
         self.last_event_id = last_event_id
         # The last change this stream was sent per user, to resend only what
@@ -179,9 +183,11 @@ class Stream:
                 self._blocked.cancel()
             self._blocked = None
 
-    def close(self) -> Deferred[None]:
+    def close(self, retry_ms: int | None = None) -> Deferred[None]:
         """End the response cleanly (the client sees the stream end).
 
+        ``retry_ms``: first tell the client how long to wait before it
+        reconnects (a draining instance spreads its clients' returns).
         Fires once the connection is gone, its last bytes flushed; the
         caller (shutdown) bounds the wait.
         """
@@ -196,6 +202,9 @@ class Stream:
             if self.ends is not None:
                 self.ends.detach(self)
             transport.unregisterProducer()
+            if retry_ms is not None and self.held is None:
+                frame, chunk = retry_frame(retry_ms)
+                eager_write(transport, chunk if self.chunked else frame)
             if self.chunked:
                 eager_write(transport, b"0\r\n\r\n")
             transport.loseConnection()

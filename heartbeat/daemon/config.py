@@ -46,6 +46,9 @@ class Settings:
     request_timeout: float
     stream_blocked_timeout: float
     log_format: str
+    api_key: tuple[str, ...]
+    drain_seconds: float
+    device_retention: float
 
 
 # The endpoint types whose listen backlog we set from BACKLOG.
@@ -79,6 +82,33 @@ def _count(value: str) -> int:
     if number < 0:
         raise ValueError("must be a whole number, 0 or more")
     return number
+
+
+def _seconds(value: str) -> float:
+    number = float(value)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError("must be a number of seconds, 0 or more")
+    return number
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str) -> float:
+    """Seconds of a duration setting: ``90``, ``90s``, ``15m``, ``24h``, ``30d``."""
+    unit = _DURATION_UNITS.get(value[-1:].lower())
+    number = value[:-1] if unit is not None else value
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        raise ValueError("must be a number of seconds, or a number with s, m, h or d") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError("must be a positive duration")
+    return seconds
+
+
+def _keys(value: str) -> tuple[str, ...]:
+    return tuple(key.strip() for key in value.split(",") if key.strip())
 
 
 def _ca_file(value: str) -> str | None:
@@ -174,6 +204,9 @@ SETTINGS = (
     Setting("REQUEST_TIMEOUT", "10", _positive_float, "seconds a client has to send a whole request (headers and body)"),
     Setting("STREAM_BLOCKED_TIMEOUT", "60", _positive_float, "seconds a stream may stay blocked by a client that does not read"),
     Setting("LOG_FORMAT", "text", _log_format, "log lines as text, or json (one JSON object per line, for log shippers)"),
+    Setting("API_KEY", "", _keys, "comma-separated keys of the backend routes (Authorization: Bearer <key>); unset: those routes answer 403"),
+    Setting("DRAIN_SECONDS", "0", _seconds, "on stop, seconds to keep serving after /readyz turns 503, ending streams spread over them"),
+    Setting("DEVICE_RETENTION", "30d", parse_duration, "how long an offline device is remembered: seconds, or a number with s, m, h or d"),
 )
 
 

@@ -67,6 +67,22 @@ class Store(Feed, Protocol):
         :class:`StoreUnavailable` when it was not stored.
         """
 
+    def online_page(self, after: str | None, limit: int) -> Deferred[tuple[list[str], str | None]]:
+        """Up to ``limit`` users online now, and the token of the next page (None: the last).
+
+        ``after`` is a token this store gave; paging from None to the last
+        page names each user online throughout exactly once. A token that is
+        not one fails with :class:`~heartbeat.core.errors.BadInput`.
+        """
+
+    def erase(self, userid: str) -> Deferred[None]:
+        """Forget every trace of ``userid`` (latest ping, devices, deadlines), atomically,
+        and publish the ``erased`` change to their watchers."""
+
+    def disconnect(self, userid: str) -> Deferred[None]:
+        """Have every instance end the streams opened with ``userid``'s credentials
+        (:meth:`~heartbeat.core.feed.Listener.disconnect` on each)."""
+
     def close(self) -> Deferred[None]:
         """Release connections; called last on shutdown."""
 

@@ -37,14 +37,14 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from heartbeat.core.hidden import Hiding
 from heartbeat.core.presence import Ping, Presence
 from heartbeat.store.interface import StoreUnavailable
-from heartbeat.store.memory import MemoryStore
+from heartbeat.store.memory import MemoryStore, prune_interval
 
 log = Logger()
 
@@ -75,6 +75,10 @@ _PUT_USER = "INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?)"
 _PUT_DEVICE = "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?)"
 _LEAVE = "UPDATE devices SET deadline = NULL WHERE userid = ? AND clientid = ?"
 _PROBE = "INSERT OR REPLACE INTO meta VALUES ('written', ?)"
+_ERASE_USER = "DELETE FROM users WHERE userid = ?"
+_ERASE_DEVICES = "DELETE FROM devices WHERE userid = ?"
+# Offline devices (left, or past their deadline) last seen before a cutoff.
+_STALE = "FROM devices WHERE time < ? AND (deadline IS NULL OR deadline <= ?)"
 
 
 class DatabaseUnusable(Exception):
@@ -98,6 +102,9 @@ class Changes:
     devices: dict[tuple[str, str], tuple[str, str, int, str, float | None]] = field(
         default_factory=dict)
     leaves: dict[tuple[str, str], None] = field(default_factory=dict)
+    # Users erased in this batch, deleted before any row above is written:
+    # those rows came after the erasure.
+    erased: dict[str, None] = field(default_factory=dict)
 
     def ping(self, ping: Ping, deadline: float) -> None:
         key = (ping.userid, ping.clientid)
@@ -112,6 +119,13 @@ class Changes:
             self.leaves[key] = None
         else:
             self.devices[key] = (*row[:4], None)
+
+    def erase(self, userid: str) -> None:
+        self.users.pop(userid, None)
+        for rows in (self.devices, self.leaves):
+            for key in [key for key in rows if key[0] == userid]:
+                del rows[key]
+        self.erased[userid] = None
 
 
 class Database:
@@ -156,16 +170,37 @@ class Database:
             # pings, never the file. FULL (an fsync per commit) would make a
             # ping sent only after the last was answered wait for the disk.
             conn.execute("PRAGMA synchronous = NORMAL")
+            # A row deleted or replaced is overwritten with zeros, not left
+            # in free space: an erased user is gone from the file's bytes.
+            conn.execute("PRAGMA secure_delete = ON")
             self._conn = conn
         return conn
 
     def write(self, changes: Changes) -> None:
         """Commit ``changes`` as one transaction (in the writer thread)."""
+        erased = [(userid,) for userid in changes.erased]
         self._transaction(lambda conn: (
+            conn.executemany(_ERASE_USER, erased),
+            conn.executemany(_ERASE_DEVICES, erased),
             conn.executemany(_PUT_USER, changes.users.values()),
             conn.executemany(_PUT_DEVICE, changes.devices.values()),
             conn.executemany(_LEAVE, changes.leaves),
         ))
+        if erased:
+            # The WAL still holds the erased rows' old pages: copy the file
+            # up to date and empty it, so no byte of theirs is left.
+            self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def prune(self, cutoff: float, now: float) -> list[tuple[str, str]]:
+        """Delete the devices offline and last seen before ``cutoff``; which they were."""
+        stale: list[tuple[str, str]] = []
+
+        def delete(conn: sqlite3.Connection) -> None:
+            stale.extend(conn.execute("SELECT userid, clientid " + _STALE, (cutoff, now)))
+            conn.execute("DELETE " + _STALE, (cutoff, now))
+
+        self._transaction(delete)
+        return stale
 
     def probe(self) -> None:
         """A small write, to learn whether writes work again (in the writer thread)."""
@@ -296,8 +331,9 @@ class SQLiteStore(MemoryStore, Service):
     kind = "sqlite"
 
     def __init__(self, database: Database, state: list[Restored], reactor: Any,
-                 timeout: float, hiding: Hiding = Hiding(), writer: Writer | None = None) -> None:
-        super().__init__(reactor, timeout, hiding)
+                 timeout: float, hiding: Hiding = Hiding(), writer: Writer | None = None,
+                 retention: float | None = None) -> None:
+        super().__init__(reactor, timeout, hiding, retention)
         self._reactor = reactor
         self._db = database
         self.available = True
@@ -341,6 +377,26 @@ class SQLiteStore(MemoryStore, Service):
     def leave(self, userid: str, clientid: str) -> Deferred[None]:
         self._changes.leave(userid, clientid)
         return self._queue(lambda: self._apply_leave(userid, clientid))
+
+    def erase(self, userid: str) -> Deferred[None]:
+        self._changes.erase(userid)
+        return self._queue(lambda: self._apply_erase(userid))
+
+    def _prune(self) -> None:
+        """Forget old offline devices in the file first, then in memory, as a write."""
+        assert self._retention is not None
+        self._prune_call = None
+        now = self._clock.seconds()
+        cutoff = now - self._retention
+        d = self._run(self._db.prune, cutoff, now)
+        d.addCallback(self._forget, cutoff)
+        d.addErrback(lambda f: log.failure("forgetting old devices failed", f,
+                                           log_level=LogLevel.warn))
+        d.addCallback(self._prune_later)
+
+    def _prune_later(self, _: object) -> None:
+        if self.running and self._retention is not None:
+            self._prune_call = self._clock.callLater(prune_interval(self._retention), self._prune)
 
     def close(self) -> Deferred[None]:
         """Finish the writes under way, close the file, stop the thread, unlock."""
@@ -445,10 +501,11 @@ class SQLiteStore(MemoryStore, Service):
         d.addCallbacks(lambda _: self._now_available(), self._now_unavailable)
 
 
-def open_store(setting: str, reactor: Any, timeout: float, hiding: Hiding = Hiding()) -> MemoryStore:
+def open_store(setting: str, reactor: Any, timeout: float, hiding: Hiding = Hiding(),
+               retention: float | None = None) -> MemoryStore:
     """The embedded store ``DATABASE`` asks for: ``:memory:`` keeps nothing."""
     if setting == ":memory:":
-        return MemoryStore(reactor, timeout, hiding)
+        return MemoryStore(reactor, timeout, hiding, retention)
     database, state = Database.open(setting)
-    return SQLiteStore(database, state, reactor, timeout, hiding)
+    return SQLiteStore(database, state, reactor, timeout, hiding, retention=retention)
 

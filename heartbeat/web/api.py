@@ -41,6 +41,8 @@ class RouteSettings(Protocol):
     def stream_blocked_timeout(self) -> float: ...
     @property
     def cors_origins(self) -> tuple[str, ...]: ...
+    @property
+    def api_key(self) -> tuple[str, ...]: ...
 
 
 class Meter(Protocol):
@@ -90,6 +92,8 @@ class Api:
         self.meter = meter
         self.cors = CorsPolicy(settings.cors_origins)
         self.expiry = Expiry(clock)
+        # Set when the instance starts stopping: /readyz answers 503 from then on.
+        self.stopping = False
 
     def ping(self, request: Asking, body: bytes, too_large: bool = False) -> Deferred[None]:
         """Store the caller's ping; fails with a domain error when refused."""
@@ -132,17 +136,18 @@ class Api:
             raise Unavailable(f"too many open streams (limit {limit}), retry later", 5)
         return Stream(
             reading.userids, self.clock, self.settings.stream_blocked_timeout,
-            request.getHeader(b"Last-Event-ID"), clientid,
+            request.getHeader(b"Last-Event-ID"), clientid, reading.owner,
         )
 
     def status(self, request: Asking) -> Deferred[bytes]:
         """``{"a": {"time": …, "status": …, "online": …, "devices": {…}}, "b": null}``
         in the order asked."""
         userids = self.many_users(request).userids
-        return self.store.get(userids).addCallback(_status_body)
+        return self.store.get(userids).addCallback(status_body)
 
 
-def _status_body(states: dict[str, UserState | None]) -> bytes:
+def status_body(states: dict[str, UserState | None]) -> bytes:
+    """The ``/status`` answer for ``states``, in their order."""
     return json.dumps(
         {userid: state.as_status() if state is not None else None
          for userid, state in states.items()},

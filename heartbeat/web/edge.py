@@ -51,6 +51,7 @@ from heartbeat.core.stream import Stream
 from heartbeat.twisted_internals import eager_write, read_now
 from heartbeat.web import responses
 from heartbeat.web.api import Api, subscribe_target
+from heartbeat.web.backend import body_limit
 from heartbeat.web.errors import HttpError, as_http, internal_error
 from heartbeat.web.handoff import hand_to_site
 
@@ -72,7 +73,7 @@ class ParsedRequest:
 
     __slots__ = (
         "method", "url", "path", "query", "version", "raw_headers", "headers",
-        "body", "too_large", "keep_alive", "received_at", "continue_owed", "_args",
+        "body", "body_limit", "too_large", "keep_alive", "received_at", "continue_owed", "_args",
     )
 
     def __init__(self) -> None:
@@ -84,6 +85,8 @@ class ParsedRequest:
         self.raw_headers: list[tuple[bytes, bytes]] = []
         self.headers: dict[bytes, bytes] = {}
         self.body = b""
+        # The most body bytes the route reads: a ping's, unless a backend route's.
+        self.body_limit = MAX_BODY
         self.too_large = False
         self.keep_alive = True
         self.received_at = 0.0
@@ -236,9 +239,10 @@ class HttpConnection:
         request.method = parser.get_method()
         request.version = parser.get_http_version()
         request.path, request.query = _split_url(request.url)
+        request.body_limit = body_limit(request.method, request.path) or MAX_BODY
         self._in_head = False
         length = request.headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY:
+        if length is not None and length.isdigit() and int(length) > request.body_limit:
             self._refuse_body(request)
         if request.headers.get(b"expect", b"").lower() == b"100-continue" and request.version == "1.1":
             request.continue_owed = True
@@ -248,7 +252,7 @@ class HttpConnection:
     def on_body(self, body: bytes) -> None:
         request = self._current
         assert request is not None
-        if len(request.body) + len(body) > MAX_BODY:
+        if len(request.body) + len(body) > request.body_limit:
             self._refuse_body(request)
         request.body += body
 
@@ -285,7 +289,8 @@ class HttpConnection:
             self.edge.ping_answered(413, None)
         # The headers are known: a browser's script may read this answer too.
         cors = dict(self._cors(request))
-        self._refuse(HttpError(413, f"request body is larger than {MAX_BODY} bytes", cors))
+        limit = request.body_limit
+        self._refuse(HttpError(413, f"request body is larger than {limit} bytes", cors))
         raise _Stop()
 
     # Answering, in order.

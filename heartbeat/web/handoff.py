@@ -107,15 +107,15 @@ def check_target(parsed: ParsedRequest) -> None:
 def hand_to_site(connection: HttpConnection, parsed: ParsedRequest, site: Site) -> Request:
     """Start ``site``'s answer to ``parsed``; the request, for ``connectionLost``.
 
-    No route behind the edge reads a body (``/ping`` and ``/leave`` are the
-    edge's), so the request is given none, which also keeps twisted.web's
-    form parsing out of it.
+    The body the edge read (none, but for a backend route that takes one)
+    is the request's content; twisted.web's form parsing never sees it, as
+    no route sends a form content type behind the edge.
     """
     check_target(parsed)
     request = site.requestFactory(SiteChannel(connection, parsed, site))
     for name, value in parsed.raw_headers:
         request.requestHeaders.addRawHeader(name, value)
-    request.content = BytesIO()
+    request.content = BytesIO(parsed.body)
     version = b"HTTP/1.0" if parsed.version == "1.0" else b"HTTP/1.1"
     request.requestReceived(parsed.method, parsed.url, version)
     return request

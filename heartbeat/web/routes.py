@@ -23,9 +23,10 @@ from heartbeat.core.identity import Reading
 from heartbeat.core.ping_body import MAX_BODY
 from heartbeat.core.sse import RETRY, STREAM_HEADERS
 from heartbeat.web.api import Api
+from heartbeat.web.backend import MAX_BULK_BODY, Backend
 from heartbeat.web.cors import with_cors
 from heartbeat.web.errors import HttpError, internal_error, render_error
-from heartbeat.web.health import health
+from heartbeat.web.health import health, liveness, readiness
 
 
 class HeartbeatApp:
@@ -38,6 +39,7 @@ class HeartbeatApp:
 
     def __init__(self, api: Api) -> None:
         self.api = api
+        self.backend = Backend(api, api.settings.api_key)
 
     def resource(self) -> IResource:
         return with_cors(self.app.resource(), self.api.cors)
@@ -82,6 +84,32 @@ class HeartbeatApp:
     @app.route("/status", methods=["GET"])
     def status(self, request: IRequest) -> Deferred[bytes]:
         return self.api.status(request).addCallback(_json_body, request)
+
+    @app.route("/status", methods=["POST"])
+    def bulk_status(self, request: IRequest) -> Deferred[bytes]:
+        body = request.content.read(MAX_BULK_BODY + 1)
+        d = self.backend.status(request, body, too_large=len(body) > MAX_BULK_BODY)
+        return d.addCallback(_json_body, request)
+
+    @app.route("/online", methods=["GET"])
+    def online(self, request: IRequest) -> Deferred[bytes]:
+        return self.backend.online(request).addCallback(_json_body, request)
+
+    @app.route("/users/<userid>", methods=["DELETE"])
+    def erase(self, request: IRequest, userid: str) -> Deferred[bytes]:
+        return self.backend.erase(request, userid).addCallback(_no_content, request)
+
+    @app.route("/users/<userid>/disconnect", methods=["POST"])
+    def disconnect(self, request: IRequest, userid: str) -> Deferred[bytes]:
+        return self.backend.disconnect(request, userid).addCallback(_no_content, request)
+
+    @app.route("/livez", methods=["GET"])
+    def livez(self, request: IRequest) -> bytes:
+        return liveness(request)
+
+    @app.route("/readyz", methods=["GET"])
+    def readyz(self, request: IRequest) -> bytes:
+        return readiness(request, self.api.store, self.api.stopping)
 
     @app.route("/health", methods=["GET"])
     def get_health(self, request: IRequest) -> bytes:
@@ -129,6 +157,11 @@ def _json_body(body: bytes, request: IRequest) -> bytes:
     request.setHeader(b"Cache-Control", b"no-cache")
     request.setHeader(b"Content-Length", b"%d" % len(body))
     return body
+
+
+def _no_content(_: object, request: IRequest) -> bytes:
+    request.setResponseCode(204)
+    return b""
 
 
 def set_stream_headers(request: IRequest) -> None:

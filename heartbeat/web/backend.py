@@ -1,0 +1,183 @@
+"""The app's backend routes (SPEC §1 "The app's backend", §2 "(backend)").
+
+The chat app's own servers read many users at once, count and list who is
+online, erase a user and end a user's streams. These routes open only with
+one of ``API_KEY``'s keys, checked by :func:`check_api_key` — the one door
+of every backend route; a user's token or claim never opens one, and a key
+never stands in for a user (the user routes read only tokens and claims).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Sequence
+
+from twisted.internet.defer import Deferred, gatherResults, succeed
+
+from heartbeat.core.asking import Asking
+from heartbeat.core.errors import BadCredentials, BadInput, NotAllowed, TooLarge, Unavailable
+from heartbeat.core.presence import UserState
+from heartbeat.web.api import Api, status_body
+from heartbeat.web.errors import HttpError
+
+# Users one POST /status may name, and the bytes of its body.
+MAX_BULK_USERS = 10_000
+MAX_BULK_BODY = 1 << 20
+# Users one page of GET /online?list=1 holds: by default, and at most.
+DEFAULT_PAGE = 1_000
+MAX_PAGE = 10_000
+_BEARER = b"bearer"
+
+
+def check_api_key(request: Asking, keys: Sequence[bytes]) -> None:
+    """Let a backend request through only with one of ``keys``.
+
+    403 naming ``API_KEY`` while none is set (the routes are off); 401 for
+    a missing or wrong key. Every key is compared, each in constant time,
+    so the answer's timing tells nothing of which key, or how much of one,
+    matched.
+    """
+    if not keys:
+        raise NotAllowed("the backend routes are off: set API_KEY to use them")
+    header = request.getHeader(b"Authorization")
+    if header is None:
+        raise BadCredentials("missing API key: send Authorization: Bearer <API_KEY>")
+    scheme, _, given = header.strip().partition(b" ")
+    given = given.strip()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, key)
+    if scheme.lower() != _BEARER or not matched:
+        raise BadCredentials("wrong API key")
+
+
+def body_limit(method: bytes, path: bytes) -> int | None:
+    """The body a backend route reads, in bytes; None for every other route."""
+    if method == b"POST" and path == b"/status":
+        return MAX_BULK_BODY
+    return None
+
+
+class Backend:
+    """The handlers of the backend routes, over the same store and hub as :class:`Api`."""
+
+    def __init__(self, api: Api, keys: Sequence[str]) -> None:
+        self.api = api
+        self._keys = tuple(key.encode("utf-8") for key in keys)
+
+    def check(self, request: Asking, needs: str | None = None) -> None:
+        """The key check; ``needs``: the store method the route calls, which
+        the Redis stores do not have yet (issue 20) — 501 there."""
+        check_api_key(request, self._keys)
+        if needs is not None and not hasattr(self.api.store, needs):
+            raise HttpError(501, f"not yet available with the {self.api.store.kind} store")
+
+    def status(self, request: Asking, body: bytes, too_large: bool = False) -> Deferred[bytes]:
+        """``POST /status``: ``GET /status``'s answer for the users of a JSON body."""
+        self.check(request)
+        if too_large:
+            raise TooLarge(f"request body is larger than {MAX_BULK_BODY} bytes")
+        userids = self.api.identity.check_userids(_body_users(body))
+        only_online = _flag(request, b"online", b"only")
+        return self.api.store.get(userids).addCallback(_online_only if only_online else _all)
+
+    def online(self, request: Asking) -> Deferred[bytes]:
+        """``GET /online``: how many users are online, and with ``?list=1`` a page of them."""
+        self.check(request, "online_page")
+        listing = _flag(request, b"list", b"1")
+        limit = _limit(request)
+        after = _text(request, b"after")
+        count = self.api.store.online_users()
+        if count is None:
+            raise Unavailable("who is online is not known yet, retry later")
+        if not listing:
+            return succeed(_json({"count": count}))
+        page = self.api.store.online_page(after, limit)
+        return page.addCallback(
+            lambda found: _json({"count": count, "users": found[0], "next": found[1]}))
+
+    def erase(self, request: Asking, userid: str) -> Deferred[object]:
+        """``DELETE /users/{id}``: every trace of the user gone, their streams ended."""
+        self.check(request, "erase")
+        userid = self.api.identity.check_userid(userid)
+        store = self.api.store
+        # The change feed's erasure (issue 22) belongs in the store's erase,
+        # in the same atomic step; nothing more is needed here.
+        return store.erase(userid).addCallback(lambda _: store.disconnect(userid))
+
+    def disconnect(self, request: Asking, userid: str) -> Deferred[object]:
+        """``POST /users/{id}/disconnect``: the user's own streams end everywhere;
+        with ``?leave=1`` their devices go offline first, as ``POST /leave``."""
+        self.check(request, "disconnect")
+        userid = self.api.identity.check_userid(userid)
+        store = self.api.store
+        leaving: Deferred[object] = succeed(None)
+        if _flag(request, b"leave", b"1"):
+            leaving = store.get((userid,)).addCallback(self._leave_all, userid)
+        return leaving.addCallback(lambda _: store.disconnect(userid))
+
+    def _leave_all(self, states: dict[str, UserState | None], userid: str) -> Deferred[object]:
+        # Every device, online or not: a hidden one is still connected.
+        state = states.get(userid)
+        devices = () if state is None else tuple(state.devices)
+        return gatherResults(
+            [self.api.store.leave(userid, clientid) for clientid in devices], consumeErrors=True,
+        ).addCallback(lambda _: None)
+
+
+def _json(body: object) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def _all(states: dict[str, UserState | None]) -> bytes:
+    return status_body(states)
+
+
+def _online_only(states: dict[str, UserState | None]) -> bytes:
+    return status_body({u: s for u, s in states.items() if s is not None and s.user.online})
+
+
+def _body_users(body: bytes) -> list[str]:
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadInput('the body must be JSON: {"users": ["a", "b"]}') from None
+    users = parsed.get("users") if isinstance(parsed, dict) else None
+    if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
+        raise BadInput('the body must be {"users": [<user id>, ...]}')
+    distinct = list(dict.fromkeys(users))
+    if not distinct:
+        raise BadInput("name at least one user")
+    if len(distinct) > MAX_BULK_USERS:
+        raise BadInput(f"at most {MAX_BULK_USERS} users per request, got {len(distinct)}")
+    return distinct
+
+
+def _text(request: Asking, name: bytes) -> str | None:
+    values = request.args.get(name)
+    if not values:
+        return None
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(f"{name.decode()} must be valid UTF-8") from None
+
+
+def _flag(request: Asking, name: bytes, on: bytes) -> bool:
+    """Whether ``?name=on`` is given: absent is off, any other value a 400."""
+    values = request.args.get(name)
+    if not values:
+        return False
+    if values[0] != on:
+        raise BadInput(f"{name.decode()} must be {on.decode()}")
+    return True
+
+
+def _limit(request: Asking) -> int:
+    text = _text(request, b"limit")
+    if text is None:
+        return DEFAULT_PAGE
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+        raise BadInput(f"limit must be a whole number from 1 to {MAX_PAGE}")
+    return int(text)
