@@ -224,9 +224,14 @@ class HeartbeatService(MultiService):
         """
         clock = self.clock
         end = clock.seconds() + window
+        # The fraction of a stream a tick's share left over, carried to the
+        # next, so rounding never bunches ends together.
+        owed = 0.0
         while (left := end - clock.seconds()) > 0:
             streams = tuple(self.hub.streams)
-            share = math.ceil(len(streams) * min(1.0, DRAIN_TICK / left))
+            owed += len(streams) * min(1.0, DRAIN_TICK / left)
+            share = min(len(streams), math.floor(owed))
+            owed -= share
             for stream in random.sample(streams, share):
                 stream.close(retry_ms=random.randint(*DRAIN_RETRY_MS))
             await deferLater(clock, min(DRAIN_TICK, left))

@@ -1,0 +1,208 @@
+"""The app's backend routes against the real daemon and its SQLite file:
+keys, bulk status, paging who is online, retention, erasure (to the file's
+bytes, across a restart), disconnect; the probes while Redis is down."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import Daemon, SSEClient, get, post_ping
+
+KEY = "backend-key-1"
+NEW_KEY = "backend-key-2"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def request(port: int, method: str, path: str, body: bytes = b"",
+            headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body or None, headers=dict(AUTH if headers is None
+                                                                    else headers))
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def status(port: int, users: list[str], query: str = "") -> dict:
+    code, body = request(port, "POST", "/status" + query, json.dumps({"users": users}).encode())
+    assert code == 200, body
+    return json.loads(body)
+
+
+def ping_many(port: int, users: list[str], clientid: str = "c1") -> None:
+    """One pipelined connection of pings: fast, and every one answered 200."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        for start in range(0, len(users), 500):
+            batch = users[start:start + 500]
+            sock.sendall(b"".join(
+                b"POST /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nX-User-Claim: "
+                + json.dumps({"userid": u, "clientid": clientid}).encode() + b"\r\n\r\n0"
+                for u in batch))
+            received = b""
+            while received.count(b"HTTP/1.1 ") < len(batch):
+                data = sock.recv(1 << 16)
+                assert data, "connection closed"
+                received += data
+            assert received.count(b"HTTP/1.1 200 ") == len(batch)
+
+
+def wait_for(check, timeout: float = 10, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.1)
+    return result
+
+
+@pytest.fixture
+def backend(start_daemon) -> Daemon:
+    return start_daemon(env={"API_KEY": f"{KEY},{NEW_KEY}", "DATABASE": "hb.db"})
+
+
+ROUTES = [("POST", "/status", b'{"users": ["a"]}'), ("GET", "/online?list=1", b""),
+          ("DELETE", "/users/a", b""), ("POST", "/users/a/disconnect?leave=1", b"")]
+
+
+def test_each_backend_route_with_no_wrong_and_rotated_keys(backend):
+    for method, path, body in ROUTES:
+        assert request(backend.port, method, path, body, {})[0] == 401
+        assert request(backend.port, method, path, body,
+                       {"Authorization": "Bearer backend-key-3"})[0] == 401
+        for key in (KEY, NEW_KEY):
+            code = request(backend.port, method, path, body, {"Authorization": f"Bearer {key}"})[0]
+            assert code in (200, 204), (method, path, code)
+
+
+def test_without_api_key_backend_routes_answer_403(daemon):
+    for method, path, body in ROUTES:
+        code, answer = request(daemon.port, method, path, body)
+        assert code == 403 and "API_KEY" in json.loads(answer)["error"]
+
+
+def test_bulk_status_of_ten_thousand_users_and_online_paging(backend):
+    online = [f"user-{i:05d}" for i in range(0, 10_000, 20)]  # 500 of them
+    ping_many(backend.port, online)
+    users = [f"user-{i:05d}" for i in range(10_000)]
+    started = time.monotonic()
+    states = status(backend.port, users)
+    took = time.monotonic() - started
+    assert list(states) == users
+    assert sum(1 for s in states.values() if s is not None) == len(online)
+    assert list(status(backend.port, users, "?online=only")) == online
+    print(f"POST /status with 10,000 users: {took * 1000:.0f} ms")
+
+    assert json.loads(request(backend.port, "GET", "/online")[1]) == {"count": len(online)}
+    seen: list[str] = []
+    after = None
+    while True:
+        query = "/online?list=1&limit=64" + (f"&after={after}" if after else "")
+        page = json.loads(request(backend.port, "GET", query)[1])
+        seen += page["users"]
+        after = page["next"]
+        if after is None:
+            break
+    assert sorted(seen) == online and len(seen) == len(set(seen))
+    big = json.dumps({"users": ["u" * 200] * 6000}).encode()
+    assert request(backend.port, "POST", "/status", big)[0] == 413
+
+
+def test_a_device_past_device_retention_is_forgotten(start_daemon):
+    daemon = start_daemon(env={"API_KEY": KEY, "DEVICE_RETENTION": "2s", "PRESENCE_TIMEOUT": "60"})
+    claim = {"X-User-Claim": json.dumps({"userid": "r", "clientid": "old"})}
+    assert post_ping(daemon.port, "0", headers=claim)[0] == 200
+    assert request(daemon.port, "POST", "/leave", headers=claim)[0] == 200
+    assert post_ping(daemon.port, "1", userid="r")[0] == 200  # device c1, online
+    assert set(status(daemon.port, ["r"])["r"]["devices"]) == {"old", "c1"}
+    wait_for(lambda: set(status(daemon.port, ["r"])["r"]["devices"]) == {"c1"}, 10,
+             "the old device forgotten")
+
+
+def _file_bytes(directory: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(directory.glob("hb.db*")) if p.is_file())
+
+
+def test_erase_leaves_no_trace_in_the_file_and_across_a_restart(tmp_path, start_daemon):
+    env = {"API_KEY": KEY, "DATABASE": "hb.db"}
+    daemon = start_daemon(env=env)
+    gone = "erase-me-7f3a9c"
+    # Enough users that the tables span many pages, and the user is pinged
+    # from two devices, with statuses of different lengths (rows rewritten).
+    ping_many(daemon.port, [f"other-{i:05d}" for i in range(3000)])
+    for clientid, body in (("phone", "0"), ("web", "away for a while"), ("phone", "1")):
+        claim = {"X-User-Claim": json.dumps({"userid": gone, "clientid": clientid})}
+        assert post_ping(daemon.port, body, headers=claim)[0] == 200
+    ping_many(daemon.port, [f"later-{i:05d}" for i in range(1000)])
+    assert status(daemon.port, [gone])[gone] is not None
+    assert gone.encode() in _file_bytes(tmp_path)
+
+    watcher = SSEClient(daemon.port, f"/subscribe/{gone}")
+    assert watcher.event()["userid"] == gone
+    own = SSEClient(daemon.port, "/subscribe/other-00001",
+                    {"X-User-Claim": json.dumps({"userid": gone})})
+    assert request(daemon.port, "DELETE", f"/users/{gone}")[0] == 204
+    assert watcher.event() == {"userid": gone, "online": False, "erased": True}
+    assert own.ended()
+    assert status(daemon.port, [gone]) == {gone: None}
+    assert gone.encode() not in _file_bytes(tmp_path)
+    assert json.loads(request(daemon.port, "GET", "/online")[1])["count"] == 4000
+    watcher.close()
+    own.close()
+
+    daemon.stop()
+    daemon = start_daemon(env=env)
+    assert status(daemon.port, [gone, "other-00001"])[gone] is None
+    assert status(daemon.port, ["other-00001"])["other-00001"] is not None
+    daemon.stop()
+    assert gone.encode() not in _file_bytes(tmp_path)
+
+
+def test_erase_from_the_command_line(tmp_path, start_daemon):
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+
+    env = {"API_KEY": KEY, "DATABASE": "hb.db"}
+    daemon = start_daemon(env=env)
+    ping_many(daemon.port, ["keep", "cli-gone-42"])
+    command = [sys.executable, "-m", "heartbeat.admin", "erase", "cli-gone-42"]
+    run_env = {**daemon.environment(), "DATABASE": "hb.db", "PYTHONPATH": str(REPO)}
+    busy = subprocess.run(command, cwd=tmp_path, env=run_env, capture_output=True, text=True)
+    assert busy.returncode != 0 and "DELETE /users/" in busy.stderr  # the daemon holds the file
+    daemon.stop()
+    done = subprocess.run(command, cwd=tmp_path, env=run_env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert b"cli-gone-42" not in _file_bytes(tmp_path)
+    daemon = start_daemon(env=env)
+    assert status(daemon.port, ["keep", "cli-gone-42"]) == {
+        "keep": status(daemon.port, ["keep"])["keep"], "cli-gone-42": None}
+
+
+def test_disconnect_ends_the_users_own_streams(backend):
+    assert post_ping(backend.port, "0", userid="dave")[0] == 200
+    own = SSEClient(backend.port, "/subscribe/erin", {"X-User-Claim": json.dumps({"userid": "dave"})})
+    watcher = SSEClient(backend.port, "/subscribe/dave")
+    assert watcher.event()["online"] is True
+    assert request(backend.port, "POST", "/users/dave/disconnect")[0] == 204
+    assert own.ended()
+    assert request(backend.port, "POST", "/users/dave/disconnect?leave=1")[0] == 204
+    assert watcher.event()["online"] is False
+    watcher.close()
+
+
+def test_probes_while_redis_is_stopped(start_daemon, redis_server):
+    daemon = start_daemon(env={"REDIS": redis_server.address, "JWT_SECRET": "s" * 32})
+    assert get(daemon.port, "/readyz")[0] == 200
+    redis_server.stop()
+    wait_for(lambda: get(daemon.port, "/readyz")[0] == 503, 20, "/readyz 503")
+    assert get(daemon.port, "/livez")[0] == 200
