@@ -3,14 +3,13 @@ still served, the streams' ends are spread over the window, the exit is on time.
 
 from __future__ import annotations
 
-import selectors
 import signal
 import socket
 import threading
 import time
 
 from tests.support import Daemon, get, post_ping
-from tests.test_stop_e2e import _open_streams, _room_for
+from tests.test_stop_e2e import _open_streams, _read_to_end, _room_for
 
 STREAMS = 1000
 DRAIN = 3
@@ -18,24 +17,12 @@ DRAIN = 3
 
 def _end_times(socks: list[socket.socket], since: float, timeout: float) -> list[float]:
     """Seconds after ``since`` at which each socket saw the server close it."""
-    ends = []
-    tails = {sock: b"" for sock in socks}
-    with selectors.DefaultSelector() as selector:
-        for sock in socks:
-            sock.setblocking(False)
-            selector.register(sock, selectors.EVENT_READ)
-        deadline = time.monotonic() + timeout
-        while len(ends) < len(socks) and time.monotonic() < deadline:
-            for key, _ in selector.select(0.2):
-                data = key.fileobj.recv(65536)
-                tails[key.fileobj] = (tails[key.fileobj] + data)[-64:]
-                if not data:
-                    ends.append(time.monotonic() - since)
-                    selector.unregister(key.fileobj)
-    assert len(ends) == len(socks), f"{len(socks) - len(ends)} streams never ended"
+    ends: list[float] = []
+    received = _read_to_end(socks, timeout, ends)
     # Each ended cleanly, with a reconnect delay first.
-    assert all(tail.endswith(b"0\r\n\r\n") and b"retry: " in tail for tail in tails.values())
-    return ends
+    assert all(data.endswith(b"0\r\n\r\n") and b"retry: " in data[-64:]
+               for data in received.values())
+    return [end - since for end in ends]
 
 
 def test_sigterm_drains_over_drain_seconds(start_daemon):

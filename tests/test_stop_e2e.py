@@ -40,8 +40,10 @@ def _open_streams(port: int, n: int) -> list[socket.socket]:
     return socks
 
 
-def _read_to_end(socks: list[socket.socket], timeout: float) -> dict[socket.socket, bytes]:
-    """Everything each socket receives until the server closes it."""
+def _read_to_end(socks: list[socket.socket], timeout: float,
+                 ends: list[float] | None = None) -> dict[socket.socket, bytes]:
+    """Everything each socket receives until the server closes it; ``ends``
+    gets the ``time.monotonic()`` of each close."""
     received = {sock: b"" for sock in socks}
     with selectors.DefaultSelector() as selector:
         for sock in socks:
@@ -56,6 +58,8 @@ def _read_to_end(socks: list[socket.socket], timeout: float) -> dict[socket.sock
                 if not data:
                     selector.unregister(key.fileobj)
                     open_ -= 1
+                    if ends is not None:
+                        ends.append(time.monotonic())
     assert open_ == 0, f"{open_} connections still open"
     return received
 

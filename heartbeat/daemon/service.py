@@ -227,14 +227,20 @@ class HeartbeatService(MultiService):
         # The fraction of a stream a tick's share left over, carried to the
         # next, so rounding never bunches ends together.
         owed = 0.0
-        while (left := end - clock.seconds()) > 0:
+        while True:
+            left = end - clock.seconds()
+            last = left <= DRAIN_TICK  # (a late tick may find the window gone)
             streams = tuple(self.hub.streams)
-            owed += len(streams) * min(1.0, DRAIN_TICK / left)
+            owed += len(streams) * (1.0 if last else DRAIN_TICK / left)
             share = min(len(streams), math.floor(owed))
             owed -= share
             for stream in random.sample(streams, share):
                 stream.close(retry_ms=random.randint(*DRAIN_RETRY_MS))
-            await deferLater(clock, min(DRAIN_TICK, left))
+            if last:
+                break
+            await deferLater(clock, DRAIN_TICK)
+        if left > 0:
+            await deferLater(clock, left)
 
 
 def _abort(streams: tuple[Stream, ...]) -> None:
