@@ -9,7 +9,8 @@ import pytest
 
 from heartbeat.core.errors import BadCredentials, NotAllowed
 from heartbeat.web.backend import check_api_key
-from tests.wire import Wire, claim, events
+from tests.helpers.claims import claim
+from tests.helpers.in_memory import Wire, events
 
 KEY = "k-0123456789"
 OLD_KEY = "k-old-9876543210"

@@ -5,72 +5,22 @@ bytes, across a restart), disconnect; the probes while Redis is down."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.support import Daemon, SSEClient, get, post_ping
+from tests.helpers.backend_calls import KEY, ROUTES, page_through, ping_many, request, status
+from tests.helpers.clients import SSEClient, get, post_ping
+from tests.helpers.processes import REPO, Daemon
+from tests.helpers.waiting import wait_for
 
-KEY = "backend-key-1"
 NEW_KEY = "backend-key-2"
-AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-def request(port: int, method: str, path: str, body: bytes = b"",
-            headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request(method, path, body=body or None, headers=dict(AUTH if headers is None
-                                                                    else headers))
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
-def status(port: int, users: list[str], query: str = "") -> dict:
-    code, body = request(port, "POST", "/status" + query, json.dumps({"users": users}).encode())
-    assert code == 200, body
-    return json.loads(body)
-
-
-def ping_many(port: int, users: list[str], clientid: str = "c1") -> None:
-    """One pipelined connection of pings: fast, and every one answered 200."""
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        for start in range(0, len(users), 500):
-            batch = users[start:start + 500]
-            sock.sendall(b"".join(
-                b"POST /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nX-User-Claim: "
-                + json.dumps({"userid": u, "clientid": clientid}).encode() + b"\r\n\r\n0"
-                for u in batch))
-            received = b""
-            while received.count(b"HTTP/1.1 ") < len(batch):
-                data = sock.recv(1 << 16)
-                assert data, "connection closed"
-                received += data
-            assert received.count(b"HTTP/1.1 200 ") == len(batch)
-
-
-def wait_for(check, timeout: float = 10, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.1)
-    return result
 
 
 @pytest.fixture
 def backend(start_daemon) -> Daemon:
     return start_daemon(env={"API_KEY": f"{KEY},{NEW_KEY}", "DATABASE": "hb.db"})
-
-
-ROUTES = [("POST", "/status", b'{"users": ["a"]}'), ("GET", "/online?list=1", b""),
-          ("DELETE", "/users/a", b""), ("POST", "/users/a/disconnect?leave=1", b"")]
 
 
 def test_each_backend_route_with_no_wrong_and_rotated_keys(backend):
@@ -102,15 +52,7 @@ def test_bulk_status_of_ten_thousand_users_and_online_paging(backend):
     print(f"POST /status with 10,000 users: {took * 1000:.0f} ms")
 
     assert json.loads(request(backend.port, "GET", "/online")[1]) == {"count": len(online)}
-    seen: list[str] = []
-    after = None
-    while True:
-        query = "/online?list=1&limit=64" + (f"&after={after}" if after else "")
-        page = json.loads(request(backend.port, "GET", query)[1])
-        seen += page["users"]
-        after = page["next"]
-        if after is None:
-            break
+    seen = page_through(backend.port, 64)
     assert sorted(seen) == online and len(seen) == len(set(seen))
     big = json.dumps({"users": ["u" * 200] * 6000}).encode()
     assert request(backend.port, "POST", "/status", big)[0] == 413
@@ -123,8 +65,7 @@ def test_a_device_past_device_retention_is_forgotten(start_daemon):
     assert request(daemon.port, "POST", "/leave", headers=claim)[0] == 200
     assert post_ping(daemon.port, "1", userid="r")[0] == 200  # device c1, online
     assert set(status(daemon.port, ["r"])["r"]["devices"]) == {"old", "c1"}
-    wait_for(lambda: set(status(daemon.port, ["r"])["r"]["devices"]) == {"c1"}, 10,
-             "the old device forgotten")
+    wait_for(lambda: set(status(daemon.port, ["r"])["r"]["devices"]) == {"c1"}, 10)
 
 
 def _file_bytes(directory: Path) -> bytes:
@@ -170,8 +111,6 @@ def test_erase_from_the_command_line(tmp_path, start_daemon):
     import subprocess
     import sys
 
-    from tests.support import REPO
-
     env = {"API_KEY": KEY, "DATABASE": "hb.db"}
     daemon = start_daemon(env=env)
     ping_many(daemon.port, ["keep", "cli-gone-42"])
@@ -204,5 +143,5 @@ def test_probes_while_redis_is_stopped(start_daemon, redis_server):
     daemon = start_daemon(env={"REDIS": redis_server.address, "JWT_SECRET": "s" * 32})
     assert get(daemon.port, "/readyz")[0] == 200
     redis_server.stop()
-    wait_for(lambda: get(daemon.port, "/readyz")[0] == 503, 20, "/readyz 503")
+    wait_for(lambda: get(daemon.port, "/readyz")[0] == 503, 20)
     assert get(daemon.port, "/livez")[0] == 200

@@ -3,34 +3,46 @@ still served, the streams' ends are spread over the window, the exit is on time.
 
 from __future__ import annotations
 
+import selectors
 import signal
-import socket
 import threading
 import time
 
-from tests.support import Daemon, get, post_ping
-from tests.test_stop_e2e import _open_streams, _read_to_end, _room_for
+from tests.helpers.clients import SSEClient, get, post_ping
+from tests.helpers.processes import Daemon, room_for_streams
 
 STREAMS = 1000
 DRAIN = 3
 
 
-def _end_times(socks: list[socket.socket], since: float, timeout: float) -> list[float]:
-    """Seconds after ``since`` at which each socket saw the server close it."""
+def _ends(streams: list[SSEClient], since: float, timeout: float) -> list[float]:
+    """Seconds after ``since`` at which the server closed each stream; each
+    must have ended cleanly (its last chunk), told when to come back first."""
+    tails = {stream.sock: stream.buffer for stream in streams}
     ends: list[float] = []
-    received = _read_to_end(socks, timeout, ends)
-    # Each ended cleanly, with a reconnect delay first.
-    assert all(data.endswith(b"0\r\n\r\n") and b"retry: " in data[-64:]
-               for data in received.values())
-    return [end - since for end in ends]
+    with selectors.DefaultSelector() as selector:
+        for stream in streams:
+            stream.sock.setblocking(False)
+            selector.register(stream.sock, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while len(ends) < len(streams) and time.monotonic() < deadline:
+            for key, _ in selector.select(0.2):
+                data = key.fileobj.recv(65536)
+                tails[key.fileobj] = (tails[key.fileobj] + data)[-64:]
+                if not data:
+                    ends.append(time.monotonic() - since)
+                    selector.unregister(key.fileobj)
+    assert len(ends) == len(streams), f"{len(streams) - len(ends)} streams never ended"
+    assert all(tail.endswith(b"0\r\n\r\n") and b"retry: " in tail for tail in tails.values())
+    return ends
 
 
 def test_sigterm_drains_over_drain_seconds(start_daemon):
-    n = _room_for(STREAMS)
+    n = room_for_streams(STREAMS)
     assert n >= STREAMS, "the open-file limit leaves too little room for the test"
     daemon: Daemon = start_daemon(env={"DRAIN_SECONDS": str(DRAIN)})
     assert get(daemon.port, "/readyz")[0] == 200
-    socks = _open_streams(daemon.port, n)
+    streams = [SSEClient(daemon.port, f"/subscribe/u{i % 200}") for i in range(n)]
     pings: list[tuple[float, int]] = []
     stop_pinging = threading.Event()
     try:
@@ -48,15 +60,15 @@ def test_sigterm_drains_over_drain_seconds(start_daemon):
 
         pinger = threading.Thread(target=keep_pinging)
         pinger.start()
-        ends = _end_times(socks, signalled, timeout=DRAIN + 10)
+        ends = _ends(streams, signalled, timeout=DRAIN + 10)
         stop_pinging.set()
         pinger.join()
         assert daemon.proc.wait(DRAIN + 10) == -signal.SIGTERM
         exited_after = time.monotonic() - signalled
     finally:
         stop_pinging.set()
-        for sock in socks:
-            sock.close()
+        for stream in streams:
+            stream.close()
     per_second = [sum(1 for t in ends if k <= t < k + 1) for k in range(int(max(ends)) + 1)]
     print(f"/readyz 503 after {not_ready_after:.3f}s; stream ends per second {per_second}; "
           f"pings {len(pings)}; exit after {exited_after:.2f}s")

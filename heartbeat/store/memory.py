@@ -12,9 +12,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from heartbeat.core.deadlines import Deadlines
 from heartbeat.core.errors import BadInput
-from heartbeat.core.feed import Listener
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Devices, Ping, Presence, UserState, erased
+from heartbeat.core.store_contract import BusListener
 
 # Seconds between sweeps for devices past ``DEVICE_RETENTION``, at most and at least.
 PRUNE_INTERVAL = (1.0, 3600.0)
@@ -51,7 +51,7 @@ class MemoryStore:
     store wakes no more than once a second and not at all with nobody online.
     """
 
-    listener: Listener | None = None
+    listener: BusListener | None = None
     available = True
     kind = "memory"
 
@@ -166,10 +166,8 @@ class MemoryStore:
         self._online.discard(userid)
         for clientid in () if devices is None else devices.devices:
             self._deadlines.disarm((userid, clientid))
-        # A device that only ever pinged hidden has a deadline and no entry.
-        for key in self._deadlines.items():
-            if key[0] == userid:
-                self._deadlines.disarm(key)
+        # A device that only ever pinged hidden has a deadline and no entry:
+        # it fires into no user (nothing happens), and is never on disk.
         self._publish((erased(userid),))
 
     def _prune(self) -> None:

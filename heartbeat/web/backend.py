@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 
-from heartbeat.core.asking import Asking
 from heartbeat.core.errors import BadCredentials, BadInput, NotAllowed, TooLarge, Unavailable
 from heartbeat.core.presence import UserState
+from heartbeat.core.request_view import RequestView
 from heartbeat.web.api import Api, status_body
 from heartbeat.web.errors import HttpError
 
@@ -30,7 +30,7 @@ MAX_PAGE = 10_000
 _BEARER = b"bearer"
 
 
-def check_api_key(request: Asking, keys: Sequence[bytes]) -> None:
+def check_api_key(request: RequestView, keys: Sequence[bytes]) -> None:
     """Let a backend request through only with one of ``keys``.
 
     403 naming ``API_KEY`` while none is set (the routes are off); 401 for
@@ -66,14 +66,14 @@ class Backend:
         self.api = api
         self._keys = tuple(key.encode("utf-8") for key in keys)
 
-    def check(self, request: Asking, needs: str | None = None) -> None:
+    def check(self, request: RequestView, needs: str | None = None) -> None:
         """The key check; ``needs``: the store method the route calls, which
         the Redis stores do not have yet (issue 20) — 501 there."""
         check_api_key(request, self._keys)
         if needs is not None and not hasattr(self.api.store, needs):
             raise HttpError(501, f"not yet available with the {self.api.store.kind} store")
 
-    def status(self, request: Asking, body: bytes, too_large: bool = False) -> Deferred[bytes]:
+    def status(self, request: RequestView, body: bytes, too_large: bool = False) -> Deferred[bytes]:
         """``POST /status``: ``GET /status``'s answer for the users of a JSON body."""
         self.check(request)
         if too_large:
@@ -82,7 +82,7 @@ class Backend:
         only_online = _flag(request, b"online", b"only")
         return self.api.store.get(userids).addCallback(_online_only if only_online else _all)
 
-    def online(self, request: Asking) -> Deferred[bytes]:
+    def online(self, request: RequestView) -> Deferred[bytes]:
         """``GET /online``: how many users are online, and with ``?list=1`` a page of them."""
         self.check(request, "online_page")
         listing = _flag(request, b"list", b"1")
@@ -97,7 +97,7 @@ class Backend:
         return page.addCallback(
             lambda found: _json({"count": count, "users": found[0], "next": found[1]}))
 
-    def erase(self, request: Asking, userid: str) -> Deferred[object]:
+    def erase(self, request: RequestView, userid: str) -> Deferred[object]:
         """``DELETE /users/{id}``: every trace of the user gone, their streams ended."""
         self.check(request, "erase")
         userid = self.api.identity.check_userid(userid)
@@ -106,7 +106,7 @@ class Backend:
         # in the same atomic step; nothing more is needed here.
         return store.erase(userid).addCallback(lambda _: store.disconnect(userid))
 
-    def disconnect(self, request: Asking, userid: str) -> Deferred[object]:
+    def disconnect(self, request: RequestView, userid: str) -> Deferred[object]:
         """``POST /users/{id}/disconnect``: the user's own streams end everywhere;
         with ``?leave=1`` their devices go offline first, as ``POST /leave``."""
         self.check(request, "disconnect")
@@ -154,7 +154,7 @@ def _body_users(body: bytes) -> list[str]:
     return distinct
 
 
-def _text(request: Asking, name: bytes) -> str | None:
+def _text(request: RequestView, name: bytes) -> str | None:
     values = request.args.get(name)
     if not values:
         return None
@@ -164,7 +164,7 @@ def _text(request: Asking, name: bytes) -> str | None:
         raise BadInput(f"{name.decode()} must be valid UTF-8") from None
 
 
-def _flag(request: Asking, name: bytes, on: bytes) -> bool:
+def _flag(request: RequestView, name: bytes, on: bytes) -> bool:
     """Whether ``?name=on`` is given: absent is off, any other value a 400."""
     values = request.args.get(name)
     if not values:
@@ -174,7 +174,7 @@ def _flag(request: Asking, name: bytes, on: bytes) -> bool:
     return True
 
 
-def _limit(request: Asking) -> int:
+def _limit(request: RequestView) -> int:
     text = _text(request, b"limit")
     if text is None:
         return DEFAULT_PAGE
