@@ -208,3 +208,11 @@ def test_devices_older_than_retention_are_forgotten():
     clock.advance(400)
     state = wire.request("POST", "/status", bearer(KEY), b'{"users": ["a"]}').json()["a"]
     assert state["devices"] == {} and state["status"] == "0"
+
+
+def test_user_ids_with_a_slash_are_erased_and_disconnected(wire):
+    wire.ping("team/alice")
+    assert wire.request("POST", "/users/team%2Falice/disconnect", bearer(KEY)).status == 204
+    assert wire.request("DELETE", "/users/team%2Falice", bearer(KEY)).status == 204
+    status = wire.request("POST", "/status", bearer(KEY), b'{"users": ["team/alice"]}').json()
+    assert status == {"team/alice": None}

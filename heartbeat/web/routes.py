@@ -95,11 +95,11 @@ class HeartbeatApp:
     def online(self, request: IRequest) -> Deferred[bytes]:
         return self.backend.online(request).addCallback(_json_body, request)
 
-    @app.route("/users/<userid>", methods=["DELETE"])
+    @app.route("/users/<path:userid>", methods=["DELETE"])
     def erase(self, request: IRequest, userid: str) -> Deferred[bytes]:
         return self.backend.erase(request, userid).addCallback(_no_content, request)
 
-    @app.route("/users/<userid>/disconnect", methods=["POST"])
+    @app.route("/users/<path:userid>/disconnect", methods=["POST"])
     def disconnect(self, request: IRequest, userid: str) -> Deferred[bytes]:
         return self.backend.disconnect(request, userid).addCallback(_no_content, request)
 
