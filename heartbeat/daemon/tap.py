@@ -87,7 +87,7 @@ def _endpoint(reactor: Any, settings: Settings) -> IStreamServerEndpoint:
 def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatService:
     """The service tree of ``settings``; a ``DATABASE`` it cannot use raises ``DatabaseUnusable``."""
     log_settings(settings)
-    store = _store(settings, reactor)
+    store = make_store(settings, reactor)
     hub = Hub(store, reactor)
     identity = Identity(settings.jwt_secret, settings.max_userid_length)
     identity.announce()
@@ -105,7 +105,8 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
     return service
 
 
-def _store(settings: Settings, reactor: Any) -> Store:
+def make_store(settings: Settings, reactor: Any) -> Store:
+    """The store ``settings`` name (also ``python -m heartbeat.admin``'s)."""
     hiding = Hiding.of(settings.hidden_statuses)
     if settings.redis is None:
         return open_store(settings.database, reactor, settings.presence_timeout, hiding,
