@@ -5,6 +5,7 @@ online, erase a user and end a user's streams. These routes open only with
 one of ``API_KEY``'s keys, checked by :func:`check_api_key` — the one door
 of every backend route; a user's token or claim never opens one, and a key
 never stands in for a user (the user routes read only tokens and claims).
+Each handler here is a ``KLEIN`` route of the table (:mod:`heartbeat.web.routes`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import json
 from collections.abc import Sequence
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.web.iweb import IRequest
 
 from heartbeat.core.errors import BadCredentials, BadInput, NotAllowed, TooLarge, Unavailable
 from heartbeat.core.presence import UserState
 from heartbeat.core.request_view import RequestView
-from heartbeat.web.api import Api, status_body
-from heartbeat.web.errors import HttpError
+from heartbeat.web.api import Api, json_body, status_body
 
 # Users one POST /status may name, and the bytes of its body.
 MAX_BULK_USERS = 10_000
@@ -52,86 +53,80 @@ def check_api_key(request: RequestView, keys: Sequence[bytes]) -> None:
         raise BadCredentials("wrong API key")
 
 
-def body_limit(method: bytes, path: bytes) -> int | None:
-    """The body a backend route reads, in bytes; None for every other route."""
-    if method == b"POST" and path == b"/status":
-        return MAX_BULK_BODY
-    return None
+def check(api: Api, request: RequestView) -> None:
+    """The door of every backend route: one of ``API_KEY``'s keys."""
+    check_api_key(request, tuple(key.encode("utf-8") for key in api.settings.api_key))
 
 
-class Backend:
-    """The handlers of the backend routes, over the same store and hub as :class:`Api`."""
+def bulk_status(api: Api, request: IRequest) -> Deferred[bytes]:
+    """``POST /status``: ``GET /status``'s answer for the users of a JSON body."""
+    check(api, request)
+    body = request.content.read(MAX_BULK_BODY + 1)
+    if len(body) > MAX_BULK_BODY:
+        raise TooLarge(f"request body is larger than {MAX_BULK_BODY} bytes")
+    userids = api.identity.check_userids(_body_users(body))
+    only_online = _flag(request, b"online", b"only")
+    d = api.store.get(userids).addCallback(_online_only if only_online else status_body)
+    return d.addCallback(json_body, request)
 
-    def __init__(self, api: Api, keys: Sequence[str]) -> None:
-        self.api = api
-        self._keys = tuple(key.encode("utf-8") for key in keys)
 
-    def check(self, request: RequestView, needs: str | None = None) -> None:
-        """The key check; ``needs``: the store method the route calls, which
-        the Redis stores do not have yet (issue 20) — 501 there."""
-        check_api_key(request, self._keys)
-        if needs is not None and not hasattr(self.api.store, needs):
-            raise HttpError(501, f"not yet available with the {self.api.store.kind} store")
+def online(api: Api, request: IRequest) -> Deferred[bytes]:
+    """``GET /online``: how many users are online, and with ``?list=1`` a page of them."""
+    check(api, request)
+    listing = _flag(request, b"list", b"1")
+    limit = _limit(request)
+    after = _text(request, b"after")
+    count = api.store.online_users()
+    if count is None:
+        raise Unavailable("who is online is not known yet, retry later")
+    if not listing:
+        return succeed(json_body(_json({"count": count}), request))
+    page = api.store.online_page(after, limit)
+    return page.addCallback(
+        lambda found: json_body(_json({"count": count, "users": found[0], "next": found[1]}),
+                                request))
 
-    def status(self, request: RequestView, body: bytes, too_large: bool = False) -> Deferred[bytes]:
-        """``POST /status``: ``GET /status``'s answer for the users of a JSON body."""
-        self.check(request)
-        if too_large:
-            raise TooLarge(f"request body is larger than {MAX_BULK_BODY} bytes")
-        userids = self.api.identity.check_userids(_body_users(body))
-        only_online = _flag(request, b"online", b"only")
-        return self.api.store.get(userids).addCallback(_online_only if only_online else _all)
 
-    def online(self, request: RequestView) -> Deferred[bytes]:
-        """``GET /online``: how many users are online, and with ``?list=1`` a page of them."""
-        self.check(request, "online_page")
-        listing = _flag(request, b"list", b"1")
-        limit = _limit(request)
-        after = _text(request, b"after")
-        count = self.api.store.online_users()
-        if count is None:
-            raise Unavailable("who is online is not known yet, retry later")
-        if not listing:
-            return succeed(_json({"count": count}))
-        page = self.api.store.online_page(after, limit)
-        return page.addCallback(
-            lambda found: _json({"count": count, "users": found[0], "next": found[1]}))
+def erase(api: Api, request: IRequest, userid: str) -> Deferred[bytes]:
+    """``DELETE /users/{id}``: every trace of the user gone, their streams ended."""
+    check(api, request)
+    userid = api.identity.check_userid(userid)
+    store = api.store
+    # The change feed's erasure (issue 22) belongs in the store's erase, in
+    # the same atomic step; nothing more is needed here.
+    d = store.erase(userid).addCallback(lambda _: store.disconnect(userid))
+    return d.addCallback(_no_content, request)
 
-    def erase(self, request: RequestView, userid: str) -> Deferred[object]:
-        """``DELETE /users/{id}``: every trace of the user gone, their streams ended."""
-        self.check(request, "erase")
-        userid = self.api.identity.check_userid(userid)
-        store = self.api.store
-        # The change feed's erasure (issue 22) belongs in the store's erase,
-        # in the same atomic step; nothing more is needed here.
-        return store.erase(userid).addCallback(lambda _: store.disconnect(userid))
 
-    def disconnect(self, request: RequestView, userid: str) -> Deferred[object]:
-        """``POST /users/{id}/disconnect``: the user's own streams end everywhere;
-        with ``?leave=1`` their devices go offline first, as ``POST /leave``."""
-        self.check(request, "disconnect")
-        userid = self.api.identity.check_userid(userid)
-        store = self.api.store
-        leaving: Deferred[object] = succeed(None)
-        if _flag(request, b"leave", b"1"):
-            leaving = store.get((userid,)).addCallback(self._leave_all, userid)
-        return leaving.addCallback(lambda _: store.disconnect(userid))
+def disconnect(api: Api, request: IRequest, userid: str) -> Deferred[bytes]:
+    """``POST /users/{id}/disconnect``: the user's own streams end everywhere;
+    with ``?leave=1`` their devices go offline first, as ``POST /leave``."""
+    check(api, request)
+    userid = api.identity.check_userid(userid)
+    store = api.store
+    leaving: Deferred[object] = succeed(None)
+    if _flag(request, b"leave", b"1"):
+        leaving = store.get((userid,)).addCallback(_leave_all, api, userid)
+    d = leaving.addCallback(lambda _: store.disconnect(userid))
+    return d.addCallback(_no_content, request)
 
-    def _leave_all(self, states: dict[str, UserState | None], userid: str) -> Deferred[object]:
-        # Every device, online or not: a hidden one is still connected.
-        state = states.get(userid)
-        devices = () if state is None else tuple(state.devices)
-        return gatherResults(
-            [self.api.store.leave(userid, clientid) for clientid in devices], consumeErrors=True,
-        ).addCallback(lambda _: None)
+
+def _leave_all(states: dict[str, UserState | None], api: Api, userid: str) -> Deferred[object]:
+    # Every device, online or not: a hidden one is still connected.
+    state = states.get(userid)
+    devices = () if state is None else tuple(state.devices)
+    return gatherResults(
+        [api.store.leave(userid, clientid) for clientid in devices], consumeErrors=True,
+    ).addCallback(lambda _: None)
+
+
+def _no_content(_: object, request: IRequest) -> bytes:
+    request.setResponseCode(204)
+    return b""
 
 
 def _json(body: object) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode("utf-8")
-
-
-def _all(states: dict[str, UserState | None]) -> bytes:
-    return status_body(states)
 
 
 def _online_only(states: dict[str, UserState | None]) -> bytes:
