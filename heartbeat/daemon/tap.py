@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
@@ -113,16 +113,8 @@ def make_store(settings: Settings, reactor: Any) -> Store:
         return open_store(settings.database, reactor, settings.presence_timeout, hiding,
                           settings.device_retention)
     # Imported only when used: txredisapi imports the global reactor.
-    if settings.redis.kind == "cluster":
-        from heartbeat.store.redis.cluster_store import ClusterStore
-
-        return cast(Store, ClusterStore(settings.redis, settings.redis_prefix, reactor,
-                            settings.presence_timeout, settings.redis_ca_file,
-                            settings.redis_wait_replicas, hiding))
     from heartbeat.store.redis.store import RedisStore
 
-    # The Redis stores lack the backend routes' methods (erase, disconnect,
-    # online_page) until they are rebuilt (issue 20); those routes say 501 there.
-    return cast(Store, RedisStore(settings.redis, settings.redis_prefix, reactor,
-                                  settings.presence_timeout, settings.redis_ca_file,
-                                  settings.redis_wait_replicas, hiding))
+    return RedisStore(settings.redis, settings.redis_prefix, reactor, settings.presence_timeout,
+                      settings.redis_ca_file, settings.redis_wait_replicas, hiding,
+                      retention=settings.device_retention)
