@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.backend_calls import KEY, ROUTES, page_through, ping_many, request, status
+from tests.helpers.backend_calls import (
+    KEY,
+    ROUTES,
+    old_device_is_forgotten,
+    page_through,
+    ping_many,
+    request,
+    status,
+)
 from tests.helpers.clients import SSEClient, post_ping
 from tests.helpers.redis_cluster import RedisCluster
 from tests.helpers.waiting import wait_for
@@ -98,12 +106,7 @@ def test_erase_and_disconnect_across_instances(start_daemon, redis_server, tmp_p
 
 def test_a_device_past_device_retention_is_forgotten_on_redis(start_daemon, redis_server):
     a, b = two_instances(start_daemon, redis_server.address, DEVICE_RETENTION="2s")
-    claim = {"X-User-Claim": json.dumps({"userid": "r", "clientid": "old"})}
-    assert post_ping(a.port, "0", headers=claim)[0] == 200
-    assert request(a.port, "POST", "/leave", headers=claim)[0] == 200
-    assert post_ping(b.port, "1", userid="r")[0] == 200  # device c1, online
-    assert set(status(b.port, ["r"])["r"]["devices"]) == {"old", "c1"}
-    wait_for(lambda: set(status(b.port, ["r"])["r"]["devices"]) == {"c1"}, 15)
+    old_device_is_forgotten(a.port, b.port)
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +127,6 @@ def test_paging_25000_online_users_across_a_cluster(cluster, start_daemon):
 
 def test_erase_disconnect_and_retention_on_a_cluster(cluster, start_daemon):
     a, b = two_instances(start_daemon, cluster.url, DEVICE_RETENTION="2s")
-    old = {"X-User-Claim": json.dumps({"userid": "r", "clientid": "old"})}
-    assert post_ping(a.port, "0", headers=old)[0] == 200
-    assert request(a.port, "POST", "/leave", headers=old)[0] == 200
-    assert post_ping(b.port, "1", userid="r")[0] == 200
     gone = "cluster-gone-77"
     assert post_ping(a.port, "0", userid=gone)[0] == 200
     watcher = SSEClient(b.port, f"/subscribe/{gone}")
@@ -141,4 +140,22 @@ def test_erase_disconnect_and_retention_on_a_cluster(cluster, start_daemon):
     for node in cluster.alive():
         assert not [k for k in node.command("--scan").split() if gone.encode() in k]
     watcher.close()
-    wait_for(lambda: set(status(b.port, ["r"])["r"]["devices"]) == {"c1"}, 15)
+    old_device_is_forgotten(a.port, b.port)
+
+
+def test_erase_from_the_command_line_on_redis(start_daemon, redis_server, tmp_path):
+    import subprocess
+    import sys
+
+    daemon = start_daemon(env={"REDIS": redis_server.address, "API_KEY": KEY})
+    ping_many(daemon.port, ["keep", "cli-gone-42"])
+    watcher = SSEClient(daemon.port, "/subscribe/cli-gone-42")
+    assert watcher.event()["userid"] == "cli-gone-42"
+    done = subprocess.run([sys.executable, "-m", "heartbeat.admin", "erase", "cli-gone-42"],
+                          cwd=tmp_path, env=daemon.environment(), capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert watcher.event() == {"userid": "cli-gone-42", "online": False, "erased": True}
+    assert keys_with(redis_server, "cli-gone-42") == []
+    assert status(daemon.port, ["keep", "cli-gone-42"])["cli-gone-42"] is None
+    watcher.close()

@@ -6,6 +6,9 @@ import http.client
 import json
 import socket
 
+from tests.helpers.clients import post_ping
+from tests.helpers.waiting import wait_for
+
 KEY = "backend-key-1"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 # Every backend route, with a body it takes.
@@ -64,3 +67,14 @@ def ping_many(port: int, users: list[str], clientid: str = "c1") -> None:
                 assert data, "connection closed"
                 received += data
             assert received.count(b"HTTP/1.1 200 ") == len(batch)
+
+
+def old_device_is_forgotten(first: int, second: int, userid: str = "r") -> None:
+    """With a short ``DEVICE_RETENTION``: a device that left (pinged on ``first``)
+    goes from ``/status`` (read on ``second``); one still online stays."""
+    old = {"X-User-Claim": json.dumps({"userid": userid, "clientid": "old"})}
+    assert post_ping(first, "0", headers=old)[0] == 200
+    assert request(first, "POST", "/leave", headers=old)[0] == 200
+    assert post_ping(second, "1", userid=userid)[0] == 200  # device c1, online
+    assert set(status(second, [userid])[userid]["devices"]) == {"old", "c1"}
+    wait_for(lambda: set(status(second, [userid])[userid]["devices"]) == {"c1"}, 15)
