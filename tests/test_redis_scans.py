@@ -26,6 +26,7 @@ def test_each_users_keys_are_known_as_theirs(userid, cluster):
 
 
 @pytest.mark.parametrize("key", ["{other}:online", "{heartbeat:}:online", "heartbeat:a:online",
+                                 "{heartbeat:a:online", "{}:online", "{:online",
                                  "{x}heartbeat:a:online", control_channel("heartbeat:")])
 def test_other_keys_are_nobodys(key):
     assert user_of(key, "heartbeat:", False) is None

@@ -43,7 +43,8 @@ _GLOB_SPECIAL = "*?[]\\"
 
 Scan = Callable[[int, int, str, int, str], Deferred[Any]]
 Kind = Literal["online", "devices"]
-_TYPES = {"online": "set", "devices": "hash"}
+# The Redis type of each kind of key, for SCAN's TYPE.
+TYPES: dict[Kind, str] = {"online": "set", "devices": "hash"}
 
 
 def pattern(prefix: str, kind: Kind) -> str:
@@ -61,8 +62,10 @@ def user_of(key: str, prefix: str, cluster: bool, kind: Kind = "online") -> str 
     inner = base[1:-1]
     if base.endswith("}") and "}" not in inner and inner.startswith(prefix):
         compat = inner
-    else:
+    elif "}" in base:
         compat = base[base.index("}") + 1:]
+    else:
+        return None
     if not compat.startswith(prefix) or len(compat) == len(prefix):
         return None
     userid = compat[len(prefix):]
@@ -101,7 +104,7 @@ async def _page(scan: Scan, nodes: list[int], prefix: str, cluster: bool, node: 
     for _ in range(MAX_SCANS):
         if not left:
             return page, None
-        reply = await scan(left[0], cursor, match, SCAN_COUNT, "set")
+        reply = await scan(left[0], cursor, match, SCAN_COUNT, TYPES["online"])
         found = [u for u in (user_of(k, prefix, cluster) for k in reply[1]) if u is not None]
         found = found[skip:]
         room = limit - len(page)
@@ -165,7 +168,7 @@ class DeviceRetention:
             cursor = None
             while cursor != 0 and self._loop.running:
                 cursor, keys = await self._topology.scan(node, cursor or 0, match, SCAN_COUNT,
-                                                         "hash")
+                                                         TYPES["devices"])
                 cursor = int(cursor)
                 users = [u for u in (user_of(k, self._prefix, self._cluster, "devices")
                                      for k in keys) if u is not None]
