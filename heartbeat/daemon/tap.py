@@ -69,7 +69,8 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         from heartbeat.daemon.workers import WorkerPool
 
         pool = WorkerPool(
-            reactor, settings.workers - 1, config, service.when_listening, sockets or ()
+            reactor, settings.workers - 1, config, service.when_listening, sockets or (),
+            settings.drain_seconds,
         )
         service.add_workers(pool)
     # Last child, so it runs once the rest has started.
