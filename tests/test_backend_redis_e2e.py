@@ -159,3 +159,22 @@ def test_erase_from_the_command_line_on_redis(start_daemon, redis_server, tmp_pa
     assert keys_with(redis_server, "cli-gone-42") == []
     assert status(daemon.port, ["keep", "cli-gone-42"])["cli-gone-42"] is None
     watcher.close()
+
+
+def test_backend_routes_through_sentinel(start_daemon, redis_server, tmp_path):
+    from tests.helpers.redis_ops import Sentinel
+
+    sentinel = Sentinel(tmp_path, redis_server.port).start()
+    try:
+        url = f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster"
+        a, b = two_instances(start_daemon, url)
+        ping_many(a.port, [f"s-{i:03d}" for i in range(300)])
+        wait_for(lambda: json.loads(request(b.port, "GET", "/online")[1])["count"] == 300, 10)
+        assert sorted(page_through(b.port, 64)) == [f"s-{i:03d}" for i in range(300)]
+        own = [SSEClient(d.port, "/subscribe/s-001",
+                         {"X-User-Claim": json.dumps({"userid": "s-000"})}) for d in (a, b)]
+        assert request(b.port, "DELETE", "/users/s-000")[0] == 204
+        assert all(stream.ended() for stream in own)
+        assert keys_with(redis_server, "s-000") == []
+    finally:
+        sentinel.stop()
