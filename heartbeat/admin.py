@@ -12,6 +12,7 @@ daemon's watchers.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from twisted.application.service import IService
 from twisted.internet.task import deferLater, react
 from twisted.python.usage import UsageError
 
+from heartbeat.core.changes import erased
 from heartbeat.daemon.config import Settings, load_settings
 from heartbeat.daemon.tap import make_store
 from heartbeat.store.sqlite import Changes, Database, DatabaseUnusable
@@ -41,7 +43,12 @@ def erase_embedded(setting: str, userids: Sequence[str]) -> None:
             ) from None
         raise
     try:
-        database.write(Changes(erased=dict.fromkeys(userids)))
+        # Each user's one erased change, numbered after the file's newest.
+        rows = Changes()
+        at = int(time.time() * 1000)
+        for n, userid in enumerate(dict.fromkeys(userids), database.feed_newest + 1):
+            rows.erase(erased(userid, at), n)
+        database.write(rows)
     finally:
         database.close()
         database.unlock()

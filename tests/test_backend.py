@@ -8,7 +8,7 @@ import json
 import pytest
 
 from heartbeat.core.errors import BadCredentials, NotAllowed
-from heartbeat.web.backend import check_api_key
+from heartbeat.web.feed_route import check_api_key
 from tests.helpers.claims import claim
 from tests.helpers.in_memory import Wire, events
 
@@ -46,7 +46,7 @@ BACKEND_ROUTES = [
 
 
 def test_key_check():
-    keys = (b"one", b"two")
+    keys = ("one", "two")
     check_api_key(Asked(b"Bearer one"), keys)
     check_api_key(Asked(b"bearer  two "), keys)
     for wrong in (None, b"Bearer", b"Bearer three", b"Basic one", b"one", b"Bearer onetwo"):
@@ -216,3 +216,13 @@ def test_user_ids_with_a_slash_are_erased_and_disconnected(wire):
     assert wire.request("DELETE", "/users/team%2Falice", bearer(KEY)).status == 204
     status = wire.request("POST", "/status", bearer(KEY), b'{"users": ["team/alice"]}').json()
     assert status == {"team/alice": None}
+
+
+def test_erase_leaves_one_erased_change_in_the_feed(wire):
+    wire.ping("gone")
+    wire.ping("stays")
+    assert wire.request("DELETE", "/users/gone", bearer(KEY)).status == 204
+    changes = wire.request("GET", "/changes", bearer(KEY)).json()["changes"]
+    assert [c["type"] for c in changes if c["userid"] == "gone"] == ["erased"]
+    assert [c for c in changes if c["userid"] == "gone"][0].keys() == {"id", "type", "userid", "at"}
+    assert any(c["userid"] == "stays" for c in changes)

@@ -2,7 +2,8 @@
 
 The chat app's own servers read many users at once, count and list who is
 online, erase a user and end a user's streams. These routes open only with
-one of ``API_KEY``'s keys, checked by :func:`check_api_key` — the one door
+one of ``API_KEY``'s keys, checked by
+:func:`~heartbeat.web.feed_route.check_api_key` — the one door
 of every backend route; a user's token or claim never opens one, and a key
 never stands in for a user (the user routes read only tokens and claims).
 Each handler here is a ``KLEIN`` route of the table (:mod:`heartbeat.web.routes`).
@@ -10,17 +11,16 @@ Each handler here is a ``KLEIN`` route of the table (:mod:`heartbeat.web.routes`
 
 from __future__ import annotations
 
-import hmac
 import json
-from collections.abc import Sequence
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.web.iweb import IRequest
 
-from heartbeat.core.errors import BadCredentials, BadInput, NotAllowed, TooLarge, Unavailable
+from heartbeat.core.errors import BadInput, TooLarge, Unavailable
 from heartbeat.core.presence import UserState
 from heartbeat.core.request_view import RequestView
 from heartbeat.web.api import Api, json_body, status_body
+from heartbeat.web.feed_route import check_api_key
 
 # Users one POST /status may name, and the bytes of its body.
 MAX_BULK_USERS = 10_000
@@ -31,31 +31,9 @@ MAX_PAGE = 10_000
 _BEARER = b"bearer"
 
 
-def check_api_key(request: RequestView, keys: Sequence[bytes]) -> None:
-    """Let a backend request through only with one of ``keys``.
-
-    403 naming ``API_KEY`` while none is set (the routes are off); 401 for
-    a missing or wrong key. Every key is compared, each in constant time,
-    so the answer's timing tells nothing of which key, or how much of one,
-    matched.
-    """
-    if not keys:
-        raise NotAllowed("the backend routes are off: set API_KEY to use them")
-    header = request.getHeader(b"Authorization")
-    if header is None:
-        raise BadCredentials("missing API key: send Authorization: Bearer <API_KEY>")
-    scheme, _, given = header.strip().partition(b" ")
-    given = given.strip()
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(given, key)
-    if scheme.lower() != _BEARER or not matched:
-        raise BadCredentials("wrong API key")
-
-
 def check(api: Api, request: RequestView) -> None:
     """The door of every backend route: one of ``API_KEY``'s keys."""
-    check_api_key(request, tuple(key.encode("utf-8") for key in api.settings.api_key))
+    check_api_key(request, api.settings.api_key)
 
 
 def bulk_status(api: Api, request: IRequest) -> Deferred[bytes]:

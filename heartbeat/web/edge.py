@@ -101,11 +101,6 @@ class Cycle:
         self.handed: Any = None
 
 
-def _max_body(cycle: Cycle) -> int:
-    """The body the request's route reads (a ping's, for an unknown one)."""
-    return MAX_BODY if cycle.route is None else cycle.route.max_body
-
-
 class _Stop(Exception):
     """Raised from a parser callback to stop parsing what is left of a read."""
 
@@ -629,6 +624,11 @@ class Edge(Factory):
             return result
 
         return DeferredList([c.hang_up() for c in connections]).addCallback(closed)
+
+
+def _max_body(cycle: Cycle) -> int:
+    """The body its route reads (a ping's for a request with no route: it is refused anyway)."""
+    return MAX_BODY if cycle.route is None else cycle.route.max_body
 
 
 def _abort_all(connections: Iterable[HttpConnection]) -> None:

@@ -53,8 +53,7 @@ class Route:
     # Its answers are pings: counted in /metrics, and they carry
     # ``Heartbeat-Presence-Timeout`` (as every stream does).
     ping: bool = False
-    # The most body bytes it reads; a longer body is a 413, at once when
-    # Content-Length says so.
+    # The largest body it reads (a longer one is a 413): a ping's, unless it says.
     max_body: int = MAX_BODY
 
     @property
