@@ -178,3 +178,13 @@ def test_backend_routes_through_sentinel(start_daemon, redis_server, tmp_path):
         assert keys_with(redis_server, "s-000") == []
     finally:
         sentinel.stop()
+
+
+def test_an_erasure_on_redis_is_one_erased_change_in_the_feed(start_daemon, redis_server):
+    daemon = start_daemon(env={"REDIS": redis_server.address, "API_KEY": KEY})
+    ping_many(daemon.port, ["feed-gone"])
+    assert request(daemon.port, "DELETE", "/users/feed-gone")[0] == 204
+    changes = json.loads(request(daemon.port, "GET", "/changes")[1])["changes"]
+    erased = [c for c in changes if c["type"] == "erased"]
+    assert [c["userid"] for c in erased] == ["feed-gone"]
+    assert erased[0].keys() == {"id", "type", "userid", "at"}

@@ -288,7 +288,7 @@ class ClusterTopology:
         """In the user's slot; their partition's index entries are dropped by the
         sweep when due (nothing is behind them), its count adjusted here."""
         user = self._users(userid)
-        d = self._run(_SCRIPTS.erase, user.key, _user_slot_keys(user), [message])
+        d = self._run(_SCRIPTS.erase, user.key, _user_slot_keys(user), [message, userid])
         return d.addCallback(self._left, user.partition)
 
     def notify(self, channel: str, message: str) -> Deferred[object]:

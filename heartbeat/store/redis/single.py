@@ -206,8 +206,10 @@ class SingleTopology:
         _, _, fields, online = rows[0]
         members = [deadline_member(userid, c) for c in dict.fromkeys([*fields[::2], *online])]
         user = user_keys(self._prefix, userid)
-        keys = [user.key, user.devices, user.online, *partition_keys(self._prefix, user.partition)]
-        return _SCRIPTS.erase.run(self._conn(), keys, [message, *members])
+        keys = [user.key, user.devices, user.online, *partition_keys(self._prefix, user.partition),
+                self._feed]
+        return _SCRIPTS.erase.run(self._conn(), keys,
+                                  [message, userid, *members, self._retention_ms])
 
     def notify(self, channel: str, message: str) -> Deferred[object]:
         return _SCRIPTS.notify.run(self._conn(), [channel], [message])
