@@ -20,7 +20,7 @@ from twisted.application.service import IService
 from twisted.internet.task import deferLater, react
 from twisted.python.usage import UsageError
 
-from heartbeat.core.changes import erased
+from heartbeat.core.changes import erased_change
 from heartbeat.daemon.config import Settings, load_settings
 from heartbeat.daemon.tap import make_store
 from heartbeat.store.sqlite import Changes, Database, DatabaseUnusable
@@ -47,7 +47,7 @@ def erase_embedded(setting: str, userids: Sequence[str]) -> None:
         rows = Changes()
         at = int(time.time() * 1000)
         for n, userid in enumerate(dict.fromkeys(userids), database.feed_newest + 1):
-            rows.erase(erased(userid, at), n)
+            rows.erase(erased_change(userid, at), n)
         database.write(rows)
     finally:
         database.close()

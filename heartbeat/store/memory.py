@@ -22,7 +22,6 @@ from heartbeat.core.changes import (
     ping_changes,
     positions_of,
 )
-from heartbeat.core.changes import erased as erased_change
 from heartbeat.core.deadlines import Deadlines
 from heartbeat.core.errors import BadInput
 from heartbeat.core.hidden_statuses import Hiding
@@ -216,9 +215,8 @@ class MemoryStore:
 
     def _apply_erase(self, userid: str) -> None:
         """Forget the user, their feed entries too, but for the one erased change."""
-        self.feed.forget(userid)
-        change = erased_change(userid, now_ms(self._clock))
-        self._erased(userid, positions_of((change,), self.feed.append((change,))))
+        self.feed.erase(userid, now_ms(self._clock))
+        self._erased(userid, {None: Position.at(self.feed.epoch, self.feed.newest)})
 
     def _erased(self, userid: str, marks: Marks) -> None:
         """What an erasure does besides its feed: memory, deadlines, watchers."""

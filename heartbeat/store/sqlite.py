@@ -46,12 +46,12 @@ from heartbeat.core.changes import (
     Page,
     Position,
     PositionGone,
+    erased_change,
     new_epoch,
     offline_changes,
     ping_changes,
     positions_of,
 )
-from heartbeat.core.changes import erased as erased_change
 from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Devices, Ping, Presence
 from heartbeat.core.store_contract import StoreUnavailable
