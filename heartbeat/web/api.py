@@ -84,6 +84,8 @@ class Api:
         self.settings = settings
         self.meter = meter
         self.cors = CorsPolicy(settings.cors_origins)
+        # Set when the instance starts stopping: /readyz answers 503 from then on.
+        self.stopping = False
         # The change feed (SPEC §8), if this store keeps one, and a way to end
         # each open /changes stream (the service's stop calls them).
         self.feed = feed
@@ -145,10 +147,11 @@ class Api:
             raise Unavailable(f"too many open streams (limit {limit}), retry later", 5)
         last_event_id = request.getHeader(b"Last-Event-ID")
         blocked_timeout = self.settings.stream_blocked_timeout
-        stream = (Stream(reading.userids, self.clock, blocked_timeout, last_event_id, clientid)
+        stream = (Stream(reading.userids, self.clock, blocked_timeout, last_event_id, clientid,
+                         reading.owner)
                   if options.plain else
                   OptionStream(reading.userids, self.clock, blocked_timeout, last_event_id,
-                               clientid, options))
+                               clientid, options, reading.owner))
         stream.presence = presence
         return stream
 
@@ -176,10 +179,19 @@ class Api:
         # change up to it (and perhaps some after, which a reader applies again).
         cursor = None if self.feed is None else await self.feed.position()
         states = await self.store.get(userids)
-        return _status_body(states), cursor
+        return status_body(states), cursor
 
 
-def _status_body(states: dict[str, UserState | None]) -> bytes:
+def json_body(body: bytes, request: IRequest) -> bytes:
+    """``body`` as a JSON answer that no cache keeps."""
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-cache")
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
+
+
+def status_body(states: dict[str, UserState | None]) -> bytes:
+    """The ``/status`` answer for ``states``, in their order."""
     return json.dumps(
         {userid: state.as_status() if state is not None else None
          for userid, state in states.items()},

@@ -89,6 +89,9 @@ class Scripts:
     expire: Script
     read_many: Script
     rearm: Script
+    erase: Script
+    notify: Script
+    prune: Script
     # The change feed's read, and its webhooks' claims and progress (one Redis; a
     # Cluster keeps no feed yet).
     changes: Script
