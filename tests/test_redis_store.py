@@ -31,11 +31,15 @@ class Recorder:
     def __init__(self) -> None:
         self.pings: list[Presence] = []
         self.devices: list[Presence] = []
+        # Each change's feed position as the bus told it, and whether it told.
+        self.positions: list[tuple[Presence, Position | None, bool | None]] = []
         self.resyncs = 0
         self.losses = 0
 
-    def deliver(self, change: Presence) -> None:
+    def deliver(self, change: Presence, position: Position | None = None,
+                judged: bool | None = None) -> None:
         (self.pings if change.clientid is None else self.devices).append(change)
+        self.positions.append((change, position, judged))
 
     def bus_lost(self) -> None:
         self.losses += 1
@@ -223,9 +227,9 @@ async def test_prefix_names_keys_and_channels(make_store, redis_server):
     assert redis_server.command("PUBSUB", "CHANNELS").split() == [b"hb/test/alice"]
     await store.ping(Ping("alice", 5, "1"))
     # The compat key, then the user's and the deadline partition's keys and the change
-    # feed, all prefixed.
+    # feed and its epoch, all prefixed.
     keys = redis_server.command("KEYS", "*").split()
-    assert b"hb/test/alice" in keys and b"{hb/test/changes}" in keys and len(keys) == 6
+    assert b"hb/test/alice" in keys and b"{hb/test/changes}" in keys and len(keys) == 7
     assert all(key.startswith((b"hb/test/", b"{hb/test/")) for key in keys)
     await until(lambda: store.listener.pings)
     assert store.listener.pings == [Presence("alice", 5, "1")]

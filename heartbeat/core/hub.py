@@ -112,7 +112,8 @@ class Hub:
         # ids and resume points are its positions.
         self.feed = feed
         # Whether the store's bus hands each change's feed position with it
-        # (the in-process stores); else the hub finds the changes itself.
+        # (the in-process stores; the Redis bus says so per message, ``judged``);
+        # else the hub finds the changes itself.
         self._positions = positions
         store.listener = self
         self._interest: dict[str, _Interest] = {}
@@ -246,7 +247,8 @@ class Hub:
                     lambda f: log.failure("unsubscribe failed", f, log_level=LogLevel.warn)
                 )
 
-    def deliver(self, change: Presence, position: Position | None = None) -> None:
+    def deliver(self, change: Presence, position: Position | None = None,
+                judged: bool | None = None) -> None:
         interest = self._interest.get(change.userid)
         if interest is None:
             return
@@ -260,7 +262,8 @@ class Hub:
             interest.devices[change.clientid] = change
             watching = interest.device_streams.get(change.clientid)
         if quiet:
-            self._deliver_quiet(interest, before, change, position)
+            self._deliver_quiet(interest, before, change, position,
+                                self._positions if judged is None else judged)
         if not watching:
             return
         event = Event(change)
@@ -270,17 +273,18 @@ class Hub:
             stream.send(event)
 
     def _deliver_quiet(self, interest: _Interest, before: Presence | None, change: Presence,
-                       position: Position | None) -> None:
+                       position: Position | None, judged: bool) -> None:
         """A change the store found visible (it gave its feed position): to the
         ``changes=only`` streams of its view.
 
-        A store whose bus carries no positions (Redis, for now): the same rule
-        is applied here, once per change, to what the bus said last.
+        A change the store did not judge (a Cluster's, another service's
+        message on the Redis bus): the same rule is applied here, once per
+        change, to what the bus said last.
         """
         quiet = interest.quiet.get(change.clientid)
         if not quiet:
             return
-        if position is None and (self._positions or not visibly_changed(before, change)):
+        if position is None and (judged or not visibly_changed(before, change)):
             return
         event = Event(change, position)
         streams = tuple(quiet)
