@@ -299,16 +299,26 @@ class Hub:
             interest.loaded = False
 
     def resync(self) -> Deferred[None]:
-        """After a bus outage, send each stream what changed while it was down."""
+        """After a bus outage, send each stream what changed while it was down.
+
+        With a feed, its position is read before the state, as a stream's
+        opening does: a ``changes=only`` stream's events then carry it, so
+        its client resumes from a position even after the outage.
+        """
         if not self._interest:
             return succeed(None)
         deliveries = {userid: i.deliveries for userid, i in self._interest.items()}
-        d = self._store.get(list(self._interest))
-        sent = d.addCallback(self._send_changed, deliveries)
+        d = ensureDeferred(self._read_all())
+        sent = d.addCallback(lambda read: self._send_changed(read[0], read[1], deliveries))
         return sent.addErrback(self._stored_failed)
 
+    async def _read_all(self) -> tuple[dict[str, UserState | None], Position | None]:
+        cursor = None if self.feed is None else await self.feed.position()
+        return await self._store.get(list(self._interest)), cursor
+
     def _send_changed(
-        self, states: dict[str, UserState | None], deliveries: dict[str, int]
+        self, states: dict[str, UserState | None], cursor: Position | None,
+        deliveries: dict[str, int],
     ) -> None:
         for userid, state in states.items():
             interest = self._interest.get(userid)
@@ -327,9 +337,15 @@ class Hub:
                     view = state.view(clientid)
                     events[clientid] = None if view is None else Event(view)
                 event = events[clientid]
-                if event is not None and stream.seen.get(userid) != event.change:
-                    stream.send(event)
-                    self.delivered += 1
+                if event is None or stream.seen.get(userid) == event.change:
+                    continue
+                if stream.options.changes_only:
+                    # Only a visible change, its id the position the state was read at.
+                    if not visibly_changed(stream.seen.get(userid), event.change):
+                        continue
+                    event = Event(event.change, cursor)
+                stream.send(event)
+                self.delivered += 1
 
     def keepalive(self) -> None:
         streams = tuple(self.streams)
