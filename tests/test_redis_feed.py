@@ -138,6 +138,11 @@ async def test_the_bus_carries_each_changes_feed_position_and_another_services_n
                          '{"userid":"alice","time":9,"status":"2","online":true}')
     await until(lambda: len(told.told) == 9)
     assert told.told[-1] == (None, "2", None, None)
+    # An erasure's event carries its erased change's position.
+    await sender.erase("alice")
+    await until(lambda: len(told.told) == 10)
+    [erased] = (await feed.changes(page.next, 100)).positions
+    assert told.told[-1] == (None, "", str(erased), True)
 
 
 @pytest_twisted.ensureDeferred
