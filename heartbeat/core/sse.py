@@ -5,9 +5,9 @@ Only SSE: how those bytes travel (HTTP/1.1 chunks, or none) is the web layer's.
 
 from __future__ import annotations
 
-import json
 from hashlib import blake2b
 
+from heartbeat.core import fast_json
 from heartbeat.core.presence import Presence
 
 # A comment line, with no blank line after it: a blank line ends an event
@@ -44,13 +44,12 @@ def event_id(change: Presence) -> str:
 def encode_event(change: Presence) -> bytes:
     """One event's bytes, built once and written to every subscriber.
 
-    ``json.dumps`` escapes every control character and non-ASCII code point,
+    JSON escapes every control character and non-ASCII code point,
     so no user id or status can smuggle a line break into the frame.
     """
-    payload = json.dumps(change.as_event(), separators=(",", ":"))
     return (
         b"id: " + event_id(change).encode("ascii")
-        + b"\ndata: " + payload.encode("ascii") + b"\n\n"
+        + b"\ndata: " + fast_json.dumps(change.as_event()) + b"\n\n"
     )
 
 
