@@ -102,6 +102,7 @@ def test_a_queued_reply_answers_the_oldest_waiting_command():
 ])
 def test_a_batch_command_is_encoded_as_txredisapi_encodes_it(args):
     assert txredis.encode(args) == RedisProtocol()._build_command(*args)
+    assert txredis.encode(args[2:], args[:2]) == RedisProtocol()._build_command(*args)
 
 
 def batch_connection(clock=None):

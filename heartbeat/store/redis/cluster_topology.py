@@ -196,14 +196,18 @@ class ClusterTopology:
         groups = []
         calls = []
         for numbered, stale in rounds:
-            for group in _by(numbered, lambda n: slot(self._prefix + n[1][0].userid)).values():
+            by_slot: dict[int, list] = defaultdict(list)
+            for item in numbered:
+                user = self._users(item[1][0].userid)
+                by_slot[slot(user.key)].append((item, user))
+            for user_slot, members in by_slot.items():
                 keys: list[str] = []
                 args: list[object] = [timeout, 4, stale]
-                for _, (ping, hides) in group:
-                    keys += _user_slot_keys(self._users(ping.userid))
+                for (_, (ping, hides)), user in members:
+                    keys += _user_slot_keys(user)
                     args += ping_args(ping, ping.clientid, hides)
-                groups.append(group)
-                calls.append((slot(keys[0]), keys, args))
+                groups.append([item for item, _ in members])
+                calls.append((user_slot, keys, args))
         d = self._run_all(_SCRIPTS.ping, calls)
         return d.addCallback(self._round_done, groups, calls, timeout, wait_replicas, outcomes)
 
@@ -213,6 +217,11 @@ class ClusterTopology:
         for group, call, result in zip(groups, calls, results):
             if isinstance(result, Failure):
                 _fill(result, group, outcomes)
+                continue
+            if not wait_replicas:  # as below, without a Deferred per slot
+                again = self._answer([(r, None) for r in result], group, outcomes, timeout, 0)
+                if again is not None:
+                    steps.append(again.addErrback(_fill, group, outcomes))
                 continue
             d = succeed(result).addCallback(self._stored, call[1][0], wait_replicas)
             d.addCallback(self._answer, group, outcomes, timeout, wait_replicas)
@@ -258,8 +267,9 @@ class ClusterTopology:
                 again.append((n, (ping, hides)))
                 continue
             outcomes[n] = outcome
-            partition = self._users(ping.userid).partition
-            changes[partition] += (outcome[0] == CAME_ONLINE) - (outcome[0] == WENT_OFFLINE)
+            change = (outcome[0] == CAME_ONLINE) - (outcome[0] == WENT_OFFLINE)
+            if change:
+                changes[self._users(ping.userid).partition] += change
         for partition, change in changes.items():
             if change:
                 self._count(partition, change)

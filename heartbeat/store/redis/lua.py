@@ -70,7 +70,7 @@ class Script:
 
     def command(self, keys: Sequence[str], args: Sequence[object] = ()) -> bytes:
         """The ``EVALSHA`` of this script, encoded (for :func:`~.txredis.send`)."""
-        return encode(("EVALSHA", self.sha, len(keys), *keys, *args))
+        return encode(args, ("EVALSHA", self.sha, len(keys), *keys))
 
     def run(self, conn: Any, keys: Sequence[str], args: Sequence[object] = ()) -> Deferred[Any]:
         """``EVALSHA``, then ``EVAL`` if the server has not seen the script.

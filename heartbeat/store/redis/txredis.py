@@ -88,13 +88,15 @@ def encode_command(conn: RedisProtocol, *args: object) -> bytes:
     return conn._build_command(*args)
 
 
-def encode(args: Sequence[object]) -> bytes:
-    """``args`` as one RESP command, byte for byte as ``_build_command`` writes it.
+def encode(args: Sequence[object], plain: Sequence[str | int | bytes] = ()) -> bytes:
+    """``plain`` then ``args`` as one RESP command, byte for byte as ``_build_command``
+    writes them.
 
     Floats are written as txredisapi writes them (``format(x, "f")``);
-    hiredis would write their shortest repr.
+    hiredis would write their shortest repr. ``plain`` holds none, so it is
+    not looked through (a script's keys).
     """
-    packed: Any = tuple(format(arg, "f") if type(arg) is float else arg for arg in args)
+    packed: Any = (*plain, *[format(arg, "f") if type(arg) is float else arg for arg in args])
     return hiredis.pack_command(packed)
 
 
