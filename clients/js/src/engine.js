@@ -80,12 +80,17 @@ export class Engine {
     this.pinging = false;
     this.stopped = false;
     this.opens = 0;
+    this.state = null;
     this.refused = 0;      // 401s in a row
   }
 
+  /**
+   * Lead: open the stream and ping at once (whether the server will hold a
+   * presence stream is known only once it answers; one ping too many is cheap).
+   */
   start() {
     this.update();
-    if (!this.presenceHeld()) this.pingSoon(0);
+    if (this.host.present()) this.ping();
   }
 
   stop() {
@@ -268,6 +273,7 @@ export class Engine {
   }
 
   report(state, retryIn = null) {
+    this.state = state;
     this.host.connection({
       state, retryIn, opens: this.opens,
       presence: !this.host.present() ? null
@@ -342,7 +348,10 @@ export class Engine {
   readTimeout(response) {
     const value = Number.parseFloat(response.headers.get(TIMEOUT_HEADER) ?? "");
     if (!(value > 0)) return null;
-    this.timeout = value;
+    if (value !== this.timeout) {
+      this.timeout = value;
+      if (this.state) this.report(this.state);
+    }
     return value;
   }
 

@@ -1,0 +1,318 @@
+import {test} from "node:test";
+import assert from "node:assert/strict";
+import {Heartbeat} from "../src/index.js";
+import {FakeBrowser, flush, token} from "./fakes.js";
+
+const SERVER = "http://hb.test";
+
+function client(browser, options = {}, random) {
+  const {env, page} = browser.tab(random);
+  const hb = new Heartbeat({server: SERVER, env, ...options});
+  const changes = [];
+  hb.onChange((userid, state) => changes.push([userid, state && state.status, state && state.online]));
+  return {hb, page, changes};
+}
+
+const snapshot = (users) => ({users});
+const state = (status, online = true, time = 100) => ({time, status, online});
+
+test("the map: a snapshot, a batch, plain events; onChange only for real changes", async (t) => {
+  const browser = new FakeBrowser();
+  const {hb, changes} = client(browser, {watch: ["alice", "bob"], present: false});
+  t.after(() => hb.close());
+  await flush();
+  const [stream] = browser.server.streams;
+  const url = stream.request.url;
+  assert.equal(url.pathname, "/subscribe");
+  assert.deepEqual(url.searchParams.getAll("user"), ["alice", "bob"]);
+  assert.equal(url.searchParams.get("changes"), "only");
+  assert.equal(url.searchParams.get("snapshot"), "1");
+  assert.equal(url.searchParams.get("presence"), null, "present: false holds no presence");
+
+  stream.event(snapshot({alice: {...state("0"), devices: {}}, bob: null}), {type: "snapshot", id: "10"});
+  await flush();
+  assert.deepEqual(hb.get("alice"), {userid: "alice", time: 100, status: "0", online: true});
+  assert.equal(hb.get("bob"), null);
+  stream.event({changes: [{userid: "bob", ...state("1")}, {userid: "alice", ...state("0")}]},
+               {type: "batch", id: "11"});
+  stream.event({userid: "alice", ...state("0", false)}, {id: "12"});
+  stream.event({userid: "alice", clientid: "phone", ...state("2")}, {id: "13"});  // a device's, not the user's
+  await flush();
+  assert.deepEqual(changes, [["alice", "0", true], ["bob", "1", true], ["alice", "0", false]]);
+  stream.event({userid: "bob", online: false, erased: true}, {id: "14"});
+  await flush();
+  assert.equal(hb.get("bob"), null);
+  assert.deepEqual(changes.at(-1), ["bob", null, null]);
+  assert.equal(browser.server.pings.length, 0, "not present: no pings");
+});
+
+test("an older server (no Heartbeat-Presence-Timeout on the stream): pings every 30 s, paced by the ping's answer", async (t) => {
+  const browser = new FakeBrowser();
+  const {hb} = client(browser, {watch: ["alice"], status: "2", token: token({userid: "me"})});
+  t.after(() => hb.close());
+  await flush();
+  assert.equal(browser.server.streams[0].request.url.searchParams.get("presence"), "2");
+  assert.equal(browser.server.pings.length, 1, "one ping at once");
+  const ping = browser.server.pings[0];
+  assert.equal(ping.method, "POST");
+  assert.equal(ping.body, '{"status":"2"}');
+  assert.match(ping.headers.get("Authorization"), /^Bearer /);
+  assert.equal(hb.connection.presence, "ping");
+  await browser.clock.advance(29_000);
+  assert.equal(browser.server.pings.length, 1);
+  browser.server.pingHeaders = {"Heartbeat-Presence-Timeout": "4"};
+  await browser.clock.advance(1_000);
+  assert.equal(browser.server.pings.length, 2, "half of the default 60 s");
+  await browser.clock.advance(2_000);
+  assert.equal(browser.server.pings.length, 3, "half of the advertised 4 s");
+  assert.equal(hb.connection.timeout, 4);
+});
+
+test("a server offering presence streams (the header on the stream): no ping loop while it is open", async (t) => {
+  let down = false;
+  const browser = new FakeBrowser((request) => (down && request.path === "/subscribe"
+    ? new TypeError("network") : null));
+  browser.server.streamHeaders = {"Heartbeat-Presence-Timeout": "10"};
+  const {hb} = client(browser, {watch: ["alice"]});
+  t.after(() => hb.close());
+  await browser.clock.advance(0);
+  const before = browser.server.pings.length;
+  assert.equal(hb.connection.presence, "stream");
+  await browser.clock.advance(60_000);
+  assert.equal(browser.server.pings.length, before, "the stream holds the device");
+  hb.setStatus("1");
+  await flush();
+  assert.equal(browser.server.pings.length, before + 1, "a new status is sent at once");
+  assert.equal(browser.server.pings.at(-1).body, '{"status":"1"}');
+  // The stream drops and cannot come back: pings keep the device meanwhile.
+  down = true;
+  browser.server.streams[0].end();
+  await browser.clock.advance(4_999);
+  assert.equal(browser.server.pings.length, before + 1);
+  await browser.clock.advance(1);
+  assert.equal(browser.server.pings.length, before + 2, "due half a timeout after the last");
+});
+
+test("watching no one, a presence stream of the user's own id (from the token)", async (t) => {
+  const browser = new FakeBrowser();
+  browser.server.streamHeaders = {"Heartbeat-Presence-Timeout": "10"};
+  const {hb} = client(browser, {token: token({userid: "me"})});
+  t.after(() => hb.close());
+  await flush();
+  assert.deepEqual(browser.server.streams[0].request.url.searchParams.getAll("user"), ["me"]);
+  assert.equal(hb.connection.presence, "stream");
+});
+
+test("reconnect: full-jitter backoff, Last-Event-ID, Retry-After on 503", async (t) => {
+  let refuse = 0;
+  const browser = new FakeBrowser((request) => {
+    if (request.path === "/subscribe" && refuse > 0) {
+      refuse -= 1;
+      return {status: 503, headers: {"Retry-After": "7"}};
+    }
+    return null;
+  });
+  const {hb} = client(browser, {watch: ["alice"], present: false, backoff: {base: 1000, max: 8000}},
+                      () => 0.5);
+  t.after(() => hb.close());
+  await flush();
+  browser.server.streams[0].event({userid: "alice", ...state("0")}, {id: "41"});
+  await flush();
+  refuse = 1;
+  browser.server.streams[0].end();
+  await flush();
+  assert.equal(hb.connection.state, "reconnecting");
+  await browser.clock.advance(499);
+  assert.equal(browser.server.subscribes.length, 1);
+  await browser.clock.advance(1);
+  assert.equal(browser.server.subscribes.length, 2, "0.5 × 1 s");
+  // 503: Retry-After (7 s) beats the backoff (0.5 × 2 s).
+  await browser.clock.advance(6_999);
+  assert.equal(browser.server.subscribes.length, 2);
+  await browser.clock.advance(1);
+  assert.equal(browser.server.subscribes.length, 3);
+  assert.equal(browser.server.subscribes[2].headers.get("Last-Event-ID"), "41");
+  assert.equal(hb.connection.state, "live");
+  assert.equal(hb.connection.opens, 2);
+});
+
+test("getToken: called before exp, the stream reopened with the fresh token before the old one closes", async (t) => {
+  const browser = new FakeBrowser();
+  const now = () => browser.clock.now() / 1000;
+  let issued = 0;
+  const getToken = async () => token({userid: "me", n: ++issued, exp: Math.floor(now()) + 4});
+  const {hb} = client(browser, {watch: ["alice"], present: false, getToken});
+  t.after(() => hb.close());
+  await flush();
+  assert.equal(issued, 1);
+  const first = browser.server.streams[0];
+  first.event({userid: "alice", ...state("0")}, {id: "1"});
+  await browser.clock.advance(2_999);
+  assert.equal(issued, 1);
+  await browser.clock.advance(1);
+  assert.equal(issued, 2, "refreshed a quarter of its life before exp");
+  assert.equal(browser.server.streams.length, 2);
+  const second = browser.server.streams[1];
+  assert.notEqual(second.request.headers.get("Authorization"), first.request.headers.get("Authorization"));
+  assert.equal(second.request.headers.get("Last-Event-ID"), "1");
+  assert.ok(first.aborted, "the old stream is closed once the new one is open");
+  assert.equal(browser.server.open.length, 1);
+});
+
+test("a 401 asks getToken again and retries at once", async (t) => {
+  let refuse = true;
+  const browser = new FakeBrowser((request) => {
+    if (request.path === "/subscribe" && refuse) {
+      refuse = false;
+      return {status: 401};
+    }
+    return null;
+  });
+  let issued = 0;
+  const {hb} = client(browser, {watch: ["alice"], present: false, getToken: () => token({userid: "me", n: ++issued})});
+  t.after(() => hb.close());
+  await flush();
+  assert.equal(issued, 2);
+  assert.equal(browser.server.subscribes.length, 2);
+  assert.equal(hb.connection.state, "live");
+});
+
+test("changing whom to watch reopens once, without Last-Event-ID, keeping what is known", async (t) => {
+  const browser = new FakeBrowser();
+  const {hb, changes} = client(browser, {watch: ["alice"], present: false});
+  t.after(() => hb.close());
+  await flush();
+  browser.server.streams[0].event(snapshot({alice: state("0")}), {type: "snapshot", id: "5"});
+  await flush();
+  hb.watch(["bob"]);
+  hb.watch(["carol"]);
+  await flush();
+  assert.equal(browser.server.subscribes.length, 2, "one reopen for both calls");
+  const second = browser.server.streams[1];
+  assert.deepEqual(second.request.url.searchParams.getAll("user"), ["alice", "bob", "carol"]);
+  assert.equal(second.request.headers.get("Last-Event-ID"), null, "new users need their state");
+  assert.ok(browser.server.streams[0].aborted);
+  second.event(snapshot({alice: state("0"), bob: state("1"), carol: null}), {type: "snapshot", id: "6"});
+  await flush();
+  assert.deepEqual(changes, [["alice", "0", true], ["bob", "1", true]], "alice did not flicker");
+  hb.unwatch(["alice"]);
+  await flush();
+  assert.deepEqual(browser.server.streams[2].request.url.searchParams.getAll("user"), ["bob", "carol"]);
+});
+
+test("a long list goes by POST /subscribe; an older server's 405 falls back to GET", async (t) => {
+  const browser = new FakeBrowser((request) => (request.method === "POST" && request.path === "/subscribe"
+    ? {status: 405} : null));
+  const users = Array.from({length: 300}, (_, i) => `user-${i}`);
+  const {hb} = client(browser, {watch: users, present: false});
+  t.after(() => hb.close());
+  await flush();
+  const [post, get] = browser.server.subscribes;
+  assert.equal(post.method, "POST");
+  assert.equal(JSON.parse(post.body).users.length, 300);
+  assert.equal(post.url.searchParams.get("changes"), "only");
+  assert.equal(get.method, "GET");
+  assert.equal(get.url.searchParams.getAll("user").length, 300);
+});
+
+test("three tabs: one stream; the others mirror the leader; the leader's tab closes and another resumes", async (t) => {
+  const browser = new FakeBrowser();
+  const tabs = [["alice"], ["bob"], ["alice"]].map((watch) => client(browser, {watch, present: false}));
+  t.after(() => tabs.forEach(({hb}) => hb.close()));
+  await browser.clock.advance(0);
+  assert.equal(tabs.filter(({hb}) => hb.isLeader).length, 1);
+  assert.equal(browser.server.open.length, 1);
+  const stream = browser.server.open[0];
+  assert.deepEqual(stream.request.url.searchParams.getAll("user"), ["alice", "bob"]);
+  stream.event(snapshot({alice: state("0"), bob: state("1")}), {type: "snapshot", id: "20"});
+  await flush();
+  for (const {hb} of tabs) assert.equal(hb.connection.state, "live");
+  assert.deepEqual(tabs.map(({changes}) => changes),
+                   [[["alice", "0", true]], [["bob", "1", true]], [["alice", "0", true]]]);
+
+  const leader = tabs.find(({hb}) => hb.isLeader);
+  leader.page.dispatch("pagehide", {persisted: false});
+  await flush();
+  assert.ok(stream.aborted);
+  const rest = tabs.filter((tab) => tab !== leader);
+  assert.equal(rest.filter(({hb}) => hb.isLeader).length, 1, "another tab leads at once");
+  assert.equal(browser.server.open.length, 1);
+  const next = browser.server.open[0];
+  assert.equal(next.request.headers.get("Last-Event-ID"), "20", "resumes where the old leader was");
+  next.event({userid: "bob", ...state("2")}, {id: "21"});
+  await flush();
+  const bob = tabs.find(({hb}) => hb.watched.includes("bob"));
+  assert.equal(bob.hb.get("bob").status, "2");
+});
+
+test("visibility: hidden → the away status at once; visible → back at once", async (t) => {
+  const browser = new FakeBrowser();
+  const {hb, page} = client(browser, {awayStatus: "1"});
+  t.after(() => hb.close());
+  await flush();
+  assert.equal(browser.server.pings.at(-1).body, '{"status":"0"}');
+  page.hide();
+  await flush();
+  assert.equal(browser.server.pings.at(-1).body, '{"status":"1"}');
+  assert.equal(hb.status, "1");
+  page.show();
+  await flush();
+  assert.equal(browser.server.pings.at(-1).body, '{"status":"0"}');
+});
+
+test("two tabs: one hidden is not away while the other is visible", async (t) => {
+  const browser = new FakeBrowser();
+  const a = client(browser, {awayStatus: "1"});
+  const b = client(browser, {awayStatus: "1"});
+  t.after(() => { a.hb.close(); b.hb.close(); });
+  await flush();
+  const pings = browser.server.pings.length;
+  b.page.hide();
+  await flush();
+  assert.equal(browser.server.pings.length, pings + 1, "a ping at once");
+  assert.equal(browser.server.pings.at(-1).body, '{"status":"0"}');
+  a.page.hide();
+  await flush();
+  assert.equal(browser.server.pings.at(-1).body, '{"status":"1"}');
+});
+
+test("pagehide: the last tab sends a beacon to /leave with its token; not while another tab lives", async (t) => {
+  const browser = new FakeBrowser();
+  const me = token({userid: "me"});
+  const a = client(browser, {token: me});
+  const b = client(browser, {token: me});
+  t.after(() => { a.hb.close(); b.hb.close(); });
+  await flush();
+  a.page.dispatch("pagehide", {persisted: false});
+  await flush();
+  assert.deepEqual(a.page.beacons, []);
+  b.page.dispatch("pagehide", {persisted: false});
+  assert.deepEqual(b.page.beacons, [`${SERVER}/leave?token=${encodeURIComponent(me)}`]);
+});
+
+test("pagehide with a presence stream: no beacon (the stream's end and LEAVE_GRACE do it)", async (t) => {
+  const browser = new FakeBrowser();
+  browser.server.streamHeaders = {"Heartbeat-Presence-Timeout": "10"};
+  const {hb, page} = client(browser, {watch: ["alice"]});
+  t.after(() => hb.close());
+  await flush();
+  page.dispatch("pagehide", {persisted: false});
+  assert.deepEqual(page.beacons, []);
+  assert.ok(browser.server.streams[0].aborted);
+});
+
+test("leave(): POST /leave, no more pings, until setStatus()", async (t) => {
+  const browser = new FakeBrowser();
+  const {hb} = client(browser, {});
+  t.after(() => hb.close());
+  await flush();
+  await hb.leave();
+  assert.equal(browser.server.requests.at(-1).path, "/leave");
+  const pings = browser.server.pings.length;
+  await browser.clock.advance(120_000);
+  assert.equal(browser.server.pings.length, pings);
+  assert.equal(hb.status, null);
+  hb.setStatus("2");
+  await flush();
+  assert.equal(browser.server.pings.length, pings + 1);
+});
