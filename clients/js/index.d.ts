@@ -59,6 +59,8 @@ export interface HeartbeatOptions {
   awayStatus?: string | null;
   /** Whether this device is present at all (false: watch only). Default true. */
   present?: boolean;
+  /** The server's PRESENCE_TIMEOUT in seconds, for a server that does not send Heartbeat-Presence-Timeout (default 60). */
+  presenceTimeout?: number;
   /** How to stay present: a presence stream when the server offers it ("auto", the default), always ("stream"), or pings ("ping"). */
   presence?: "auto" | "stream" | "ping";
   /** Send POST /leave by sendBeacon when the last tab goes: "auto" (unless a presence stream holds the device), true, false. */

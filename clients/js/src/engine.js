@@ -68,7 +68,7 @@ export class Engine {
     this.tokens = tokens;
     this.backoff = new Backoff({...options.backoff, random: env.random});
     this.pingBackoff = new Backoff({...options.backoff, random: env.random});
-    this.timeout = DEFAULT_PRESENCE_TIMEOUT;
+    this.timeout = options.presenceTimeout ?? DEFAULT_PRESENCE_TIMEOUT;
     /** Whether the server holds presence streams (null: not known yet). */
     this.presenceStreams = options.presence === "stream" ? true : null;
     this.postUnsupported = false;

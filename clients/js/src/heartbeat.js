@@ -77,6 +77,8 @@ export class Heartbeat {
     this._engine = null;
     this._release = null;
     this._lockAbort = null;
+    this._tabRelease = null;         // ends this tab's own lock
+    this._tabWatches = null;         // ends the watches on the other tabs' locks
     this._closed = false;
     this._hidden = false;            // between pagehide and pageshow
     this._updateQueued = false;
@@ -204,8 +206,33 @@ export class Heartbeat {
 
   _join() {
     this._hidden = false;
+    this._holdTabLock();
     this._announce(true);
     this._elect();
+  }
+
+  _lockName(suffix) {
+    return `${this.options.channel ?? `heartbeat:${this.options.server}`}:${suffix}`;
+  }
+
+  /**
+   * Each tab holds a lock named after it while it lives. Another tab asking
+   * for that lock is granted it when the tab is gone, however it went (a
+   * crash sends no "bye"): that is how the tabs know who is left.
+   */
+  _holdTabLock() {
+    if (!this.env.locks || !this._channel) return;
+    this.env.locks.request(this._lockName(`tab:${this.tab}`), () => new Promise((resolve) => {
+      this._tabRelease = resolve;
+    })).catch(() => {});
+  }
+
+  _watchTab(tab) {
+    if (!this.env.locks) return;
+    if (!this._tabWatches) this._tabWatches = new AbortController();
+    this.env.locks.request(this._lockName(`tab:${tab}`), {signal: this._tabWatches.signal}, () => {
+      if (this._tabs.delete(tab)) this._queueUpdate();
+    }).catch(() => {});
   }
 
   _elect() {
@@ -216,8 +243,7 @@ export class Heartbeat {
     }
     const abort = new AbortController();
     this._lockAbort = abort;
-    const name = `${this.options.channel ?? `heartbeat:${this.options.server}`}:leader`;
-    locks.request(name, {signal: abort.signal}, () => {
+    locks.request(this._lockName("leader"), {signal: abort.signal}, () => {
       if (this._closed || this._hidden || abort.signal.aborted) return undefined;
       return new Promise((resolve) => {
         this._release = resolve;
@@ -234,7 +260,12 @@ export class Heartbeat {
     this._engine.start();
   }
 
+  /** Stop leading, and stop counting as a tab. */
   _resign() {
+    this._tabRelease?.();
+    this._tabRelease = null;
+    this._tabWatches?.abort();
+    this._tabWatches = null;
     this._lockAbort?.abort();
     this._lockAbort = null;
     this._engine?.stop();
@@ -299,6 +330,7 @@ export class Heartbeat {
       case "tab": {
         const before = this._tabs.get(message.tab);
         this._tabs.set(message.tab, {watch: message.watch, visible: message.visible});
+        if (!before) this._watchTab(message.tab);
         if (message.hello) {
           this._announce(false);
           if (this._engine) this._sync();
@@ -310,9 +342,6 @@ export class Heartbeat {
       case "bye":
         this._tabs.delete(message.tab);
         this._queueUpdate();
-        break;
-      case "leader":
-        this._tabs.has(message.tab) || this._tabs.set(message.tab, {watch: [], visible: false});
         break;
       case "sync":
         this._shared = message.shared;

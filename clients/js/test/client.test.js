@@ -316,3 +316,16 @@ test("leave(): POST /leave, no more pings, until setStatus()", async (t) => {
   await flush();
   assert.equal(browser.server.pings.length, pings + 1);
 });
+
+test("a tab gone without a word (no bye) is forgotten through its lock: the last one left sends the beacon", async (t) => {
+  const browser = new FakeBrowser();
+  const a = client(browser, {});
+  const b = client(browser, {});
+  t.after(() => { a.hb.close(); b.hb.close(); });
+  await flush();
+  a.hb._channel.close();  // it can no longer say goodbye…
+  a.hb._resign();         // …and its locks go with its document
+  await flush();
+  b.page.dispatch("pagehide", {persisted: false});
+  assert.equal(b.page.beacons.length, 1);
+});

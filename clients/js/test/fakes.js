@@ -157,6 +157,7 @@ export class FakeLocks {
   }
 
   request(name, options, callback) {
+    if (typeof options === "function") [options, callback] = [{}, options];
     return new Promise((resolve, reject) => {
       const entry = {callback, resolve, reject};
       options.signal?.addEventListener("abort", () => {

@@ -1,0 +1,213 @@
+"""The browser client library (clients/js) in headless Chromium against the real daemon.
+
+Each test opens ``tests/browser/harness.html`` (the library and a JWT minter)
+on its own origin, with the daemon in JWT mode on another (``CORS_ORIGINS``):
+the map a page builds is compared with ``/status``, open streams are counted
+on ``/metrics``, and presence is read back from the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jwt
+import pytest
+
+from tests.browsers import checkout_site, chromium
+from tests.support import get, post_ping
+
+SECRET = "client-e2e-secret-at-least-32-bytes!!"
+ME = "me"
+
+
+def token(userid: str, clientid: str = "c1", **claims: Any) -> str:
+    return jwt.encode({"userid": userid, "clientid": clientid, **claims}, SECRET, algorithm="HS256")
+
+
+def auth(userid: str = "observer") -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(userid)}"}
+
+
+def ping(port: int, userid: str, status: str) -> None:
+    answer = post_ping(port, json.dumps({"status": status}), userid=None,
+                       content_type="application/json", headers=auth(userid))
+    assert answer[0] == 200, answer
+
+
+def status(port: int, *users: str) -> dict[str, Any]:
+    query = "&".join(f"user={u}" for u in users)
+    code, _, body = get(port, f"/status?{query}", headers=auth())
+    assert code == 200, body
+    return {user: state and {k: state[k] for k in ("time", "status", "online")}
+            for user, state in json.loads(body).items()}
+
+
+def open_streams(port: int) -> int:
+    code, _, body = get(port, "/metrics")
+    assert code == 200
+    match = re.search(rb"^heartbeat_open_streams (\d+)", body, re.M)
+    assert match, body
+    return int(match.group(1))
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll ``check`` until true; the seconds it took."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def online(port: int, user: str = ME) -> bool:
+    state = status(port, user)[user]
+    return bool(state and state["online"])
+
+
+@pytest.fixture
+def origin() -> Iterator[str]:
+    with checkout_site() as site:
+        yield site
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    with chromium() as chrome:
+        yield chrome
+
+
+@pytest.fixture
+def hb_daemon(start_daemon, origin):
+    """A JWT daemon open to the pages' origin: ``hb_daemon(**settings)``."""
+    def start(port: int | None = None, **settings: str):
+        env = {"JWT_SECRET": SECRET, "CORS_ORIGINS": origin, **settings}
+        return start_daemon(env=env, port=port)
+    return start
+
+
+def open_client(context: Any, origin: str, daemon: Any, **options: Any) -> Any:
+    """A tab of ``context`` running the library as user ``me``, device ``c1``."""
+    page = context.new_page()
+    page.goto(f"{origin}/tests/browser/harness.html")
+    page.wait_for_function("window.ready === true")
+    page.evaluate("(o) => start(o)", {
+        "server": daemon.url, "secret": SECRET, "userid": ME, "clientid": "c1",
+        "backoff": {"base": 250, "max": 2000}, **options})
+    return page
+
+
+def leaders(pages: list[Any]) -> list[Any]:
+    return [p for p in pages if p.evaluate("hb.isLeader")]
+
+
+def test_the_map_matches_status_after_pings(hb_daemon, origin, browser):
+    daemon = hb_daemon()
+    ping(daemon.port, "alice", "0")
+    page = open_client(browser.new_context(), origin, daemon, watch=["alice", "bob", "carol"])
+    page.wait_for_function("hb.connection.state === 'live'")
+    ping(daemon.port, "bob", "1")
+    ping(daemon.port, "alice", "2")
+    expected = status(daemon.port, "alice", "bob", "carol")
+    assert expected["carol"] is None
+    page.wait_for_function("(want) => JSON.stringify(presenceMap()) === want", arg=json.dumps(expected, separators=(",", ":")))
+    assert page.evaluate("log").count(["alice", "2", True]) == 1
+    # The page is present itself: its pings, paced from the server.
+    wait_until(lambda: online(daemon.port), 5, "the page's user online")
+    assert page.evaluate("hb.connection.presence") in ("ping", "stream")
+
+
+def test_three_tabs_hold_one_stream_and_the_leader_hands_over_within_a_second(hb_daemon, origin, browser):
+    daemon = hb_daemon()
+    ping(daemon.port, "alice", "0")
+    context = browser.new_context()
+    pages = [open_client(context, origin, daemon, watch=["alice"]) for _ in range(3)]
+    for page in pages:
+        page.wait_for_function("JSON.stringify(presenceMap().alice) !== 'null'")
+    wait_until(lambda: open_streams(daemon.port) == 1, 5, "one stream for three tabs")
+    time.sleep(1)  # and it stays one
+    assert open_streams(daemon.port) == 1
+    [leader] = leaders(pages)
+    rest = [p for p in pages if p is not leader]
+
+    closed_at = time.time()
+    leader.close()
+    ping(daemon.port, "alice", "1")  # while the lead changes hands
+    for page in rest:
+        page.wait_for_function("presenceMap().alice.status === '1'", timeout=5_000)
+    [heir] = leaders(rest)
+    live_at = heir.evaluate(
+        "connections.find((c) => c.leader && c.state === 'live').at") / 1000
+    assert live_at - closed_at < 1.0, f"handed over in {live_at - closed_at:.2f} s"
+    assert open_streams(daemon.port) == 1
+    for page in rest:
+        assert page.evaluate("log") == [["alice", "0", True], ["alice", "1", True]]
+
+
+def test_a_hidden_tab_stays_online_past_presence_timeout(hb_daemon, origin, browser):
+    daemon = hb_daemon(PRESENCE_TIMEOUT="2")
+    # An older server does not say its timeout: the client is told it instead
+    # (the server's Heartbeat-Presence-Timeout header wins when it comes).
+    page = open_client(browser.new_context(), origin, daemon, presenceTimeout=2, watch=["alice"])
+    wait_until(lambda: online(daemon.port), 5, "online")
+    page.evaluate("hide()")
+    deadline = time.monotonic() + 3 * 2 + 1
+    while time.monotonic() < deadline:
+        assert online(daemon.port), "went offline while hidden"
+        time.sleep(0.2)
+
+
+def test_closing_the_last_tab_takes_the_user_offline(hb_daemon, origin, browser):
+    daemon = hb_daemon(PRESENCE_TIMEOUT="30", LEAVE_GRACE="1")
+    context = browser.new_context()
+    pages = [open_client(context, origin, daemon, watch=["alice"]) for _ in range(2)]
+    wait_until(lambda: online(daemon.port), 5, "online")
+    pages[0].close()
+    time.sleep(1.5)
+    assert online(daemon.port), "one tab closed of two: still online"
+    pages[1].close()
+    took = wait_until(lambda: not online(daemon.port), 1 + 1, "offline after the last tab closed")
+    assert took < 2
+
+
+def test_a_daemon_restart_the_client_is_back_within_its_backoff_and_exact(hb_daemon, origin, browser):
+    daemon = hb_daemon()
+    ping(daemon.port, "alice", "0")
+    ping(daemon.port, "bob", "1")
+    page = open_client(browser.new_context(), origin, daemon, watch=["alice", "bob"])
+    page.wait_for_function("hb.connection.state === 'live' && presenceMap().bob !== null")
+    daemon.stop()
+    page.wait_for_function("hb.connection.state === 'reconnecting'")
+    daemon = hb_daemon(port=daemon.port)
+    healthy_at = time.time()
+    ping(daemon.port, "alice", "2")  # a change the page did not see happen
+    page.wait_for_function("hb.connection.opens === 2", timeout=10_000)
+    back_at = page.evaluate("connections.find((c) => c.state === 'live' && c.opens === 2).at") / 1000
+    # The backoff's ceiling is 2 s (plus the moment the page takes to connect).
+    assert back_at - healthy_at < 2.5, f"back {back_at - healthy_at:.2f} s after the daemon"
+    expected = status(daemon.port, "alice", "bob")
+    page.wait_for_function("(want) => JSON.stringify(presenceMap()) === want", arg=json.dumps(expected, separators=(",", ":")))
+
+
+def test_a_token_expiring_in_3_s_is_refreshed_with_no_gap(hb_daemon, origin, browser):
+    daemon = hb_daemon(PRESENCE_TIMEOUT="3")
+    page = open_client(browser.new_context(), origin, daemon, watch=["alice"], lifetime=3,
+                       presenceTimeout=3)
+    page.wait_for_function("hb.connection.state === 'live'")
+    statuses = [str(n) for n in range(20)]
+    for value in statuses:  # 8 s: the stream's token is replaced at least twice
+        ping(daemon.port, "alice", value)
+        assert online(daemon.port), "the page's user went offline"
+        time.sleep(0.4)
+    page.wait_for_function("presenceMap().alice.status === '19'")
+    seen = [status for user, status, _ in page.evaluate("log") if user == "alice"]
+    assert seen == statuses, "every change, in order, none lost"
+    assert page.evaluate("tokensIssued") >= 3
+    states = page.evaluate("connections.map((c) => c.state)")
+    assert "reconnecting" not in states, states
+    assert page.evaluate("hb.connection.opens") >= 3
+    assert open_streams(daemon.port) == 1
