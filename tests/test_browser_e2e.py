@@ -1,9 +1,10 @@
 """A real browser: examples/presence.html on one origin, the daemon on another.
 
 Headless Chromium (Debian's ``chromium``) driven by Playwright, never a
-downloaded browser: the page opens one EventSource for two users across
-origins (so CORS must work), shows the stored and a live ping, and reconnects
-by itself when the daemon restarts on the same port.
+downloaded browser: the page, built on the client library (clients/js), opens
+one stream for two users across origins (so CORS must work), shows the stored
+and a live ping, and reconnects by itself when the daemon restarts on the same
+port.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def test_contact_list_goes_live_across_origins_and_survives_a_restart(
     assert post_ping(daemon.port, "0", userid="alice")[0] == 200
 
     page.clock.install()
-    page.goto(f"{page_origin}/presence.html?server={daemon.url}&user=alice&user=bob")
+    page.goto(f"{page_origin}/examples/presence.html?server={daemon.url}&user=alice&user=bob")
     alice = page.locator('li[data-user="alice"] .presence')
     bob = page.locator('li[data-user="bob"] .presence')
     badge = page.locator("#connection")
