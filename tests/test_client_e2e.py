@@ -18,7 +18,7 @@ import jwt
 import pytest
 
 from tests.browsers import checkout_site, chromium
-from tests.support import get, post_ping
+from tests.support import SSEClient, get, post_ping
 
 SECRET = "client-e2e-secret-at-least-32-bytes!!"
 ME = "me"
@@ -46,12 +46,24 @@ def status(port: int, *users: str) -> dict[str, Any]:
             for user, state in json.loads(body).items()}
 
 
-def open_streams(port: int) -> int:
+def metric(port: int, name: str) -> int:
     code, _, body = get(port, "/metrics")
     assert code == 200
-    match = re.search(rb"^heartbeat_open_streams (\d+)", body, re.M)
+    match = re.search(rb"^" + name.encode() + rb"(?:_total)? (\d+)", body, re.M)
     assert match, body
     return int(match.group(1))
+
+
+def open_streams(port: int) -> int:
+    return metric(port, "heartbeat_open_streams")
+
+
+def offers_presence_streams(port: int) -> bool:
+    """The server's capability, from outside: ``presence=`` with a bad status is
+    ``400`` where presence streams exist (SPEC §2), an ignored parameter elsewhere."""
+    probe = SSEClient(port, "/subscribe?user=probe&presence=%0A", auth("probe"))
+    probe.close()
+    return probe.status == 400
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
@@ -149,13 +161,21 @@ def test_three_tabs_hold_one_stream_and_the_leader_hands_over_within_a_second(hb
 
 
 def test_a_hidden_tab_stays_online_past_presence_timeout(hb_daemon, origin, browser):
-    daemon = hb_daemon(PRESENCE_TIMEOUT="2")
-    # An older server does not say its timeout: the client is told it instead
-    # (the server's Heartbeat-Presence-Timeout header wins when it comes).
-    page = open_client(browser.new_context(), origin, daemon, presenceTimeout=2, watch=["alice"])
+    """Hidden, with its timers throttled to once a minute, as Chrome does to background tabs.
+
+    A presence stream holds the device with no pings at all; against a server
+    without them the client pings when the stream's keep-alives arrive, as its
+    timers are too late.
+    """
+    daemon = hb_daemon(PRESENCE_TIMEOUT="3", KEEPALIVE="1")
+    # A server that does not send its timeout (Heartbeat-Presence-Timeout) is
+    # told it instead; the header wins where it comes.
+    page = open_client(browser.new_context(), origin, daemon, presenceTimeout=3, watch=["alice"],
+                       throttle=True)
+    page.wait_for_function("hb.connection.state === 'live'")
     wait_until(lambda: online(daemon.port), 5, "online")
     page.evaluate("hide()")
-    deadline = time.monotonic() + 3 * 2 + 1
+    deadline = time.monotonic() + 3 * 3
     while time.monotonic() < deadline:
         assert online(daemon.port), "went offline while hidden"
         time.sleep(0.2)
@@ -211,3 +231,18 @@ def test_a_token_expiring_in_3_s_is_refreshed_with_no_gap(hb_daemon, origin, bro
     assert "reconnecting" not in states, states
     assert page.evaluate("hb.connection.opens") >= 3
     assert open_streams(daemon.port) == 1
+
+
+def test_a_presence_stream_holds_the_device_with_no_pings(hb_daemon, origin, browser):
+    daemon = hb_daemon(PRESENCE_TIMEOUT="2")
+    if not offers_presence_streams(daemon.port):
+        pytest.skip("this server has no presence streams (SPEC §2 presence=); the ping path is tested above")
+    page = open_client(browser.new_context(), origin, daemon, watch=["alice"])
+    page.wait_for_function("hb.connection.presence === 'stream'")
+    wait_until(lambda: online(daemon.port), 5, "online")
+    pings = metric(daemon.port, "heartbeat_pings_accepted")
+    deadline = time.monotonic() + 3 * 2
+    while time.monotonic() < deadline:
+        assert online(daemon.port), "went offline with its presence stream open"
+        time.sleep(0.2)
+    assert metric(daemon.port, "heartbeat_pings_accepted") == pings, "pinged while the stream held it"

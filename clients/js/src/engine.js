@@ -199,6 +199,7 @@ export class Engine {
     if (token) headers.Authorization = `Bearer ${token}`;
     const resume = this.host.resumeId(attempt.usersKey);
     if (resume) headers["Last-Event-ID"] = resume;
+    attempt.resumed = Boolean(resume);
     const init = {headers, signal: attempt.controller.signal, cache: "no-store",
                   credentials: this.options.credentials};
     const users = new URLSearchParams(attempt.users.map((u) => ["user", u]));
@@ -214,7 +215,10 @@ export class Engine {
     const parser = new SseParser((event) => {
       if (attempt !== this.current) return;
       const parsed = eventChanges(event);
-      if (parsed) this.host.apply(parsed.changes, parsed.reset, event.lastEventId, attempt.usersKey);
+      // A snapshot is the stream's whole state only on a fresh stream; after
+      // a resume it may hold just the users that changed.
+      const reset = parsed?.reset && !attempt.resumed;
+      if (parsed) this.host.apply(parsed.changes, reset, event.lastEventId, attempt.usersKey);
     });
     const decoder = new TextDecoder();
     try {
@@ -268,7 +272,9 @@ export class Engine {
     this._clear("retryTimer");
     this.retryTimer = this.env.setTimeout(() => {
       this.retryTimer = null;
-      this.open(this.wanted(), true);
+      const wanted = this.wanted();
+      if (wanted === null) this.update();
+      else this.open(wanted, true);
     }, delay);
   }
 

@@ -329,3 +329,39 @@ test("a tab gone without a word (no bye) is forgotten through its lock: the last
   b.page.dispatch("pagehide", {persisted: false});
   assert.equal(b.page.beacons.length, 1);
 });
+
+test("throttled timers: a ping that is due goes out when the stream receives anything", async (t) => {
+  const browser = new FakeBrowser();
+  const {env} = browser.tab();
+  // A background tab's timers: late by a minute.
+  const hb = new Heartbeat({server: SERVER, watch: ["alice"], presenceTimeout: 4,
+                            env: {...env, setTimeout: (fn, ms) => browser.clock.setTimeout(fn, ms + 60_000)}});
+  t.after(() => hb.close());
+  await flush();
+  assert.equal(browser.server.pings.length, 1);
+  await browser.clock.advance(1_000);
+  browser.server.streams[0].write(":\n");  // a keep-alive, not yet due
+  await flush();
+  assert.equal(browser.server.pings.length, 1);
+  await browser.clock.advance(1_000);
+  browser.server.streams[0].write(":\n");
+  await flush();
+  assert.equal(browser.server.pings.length, 2, "half the timeout has passed: the keep-alive sends it");
+});
+
+test("after a resume, a snapshot updates the users it names and keeps the others", async (t) => {
+  const browser = new FakeBrowser();
+  const {hb} = client(browser, {watch: ["alice", "bob"], present: false});
+  t.after(() => hb.close());
+  await flush();
+  browser.server.streams[0].event(snapshot({alice: state("0"), bob: state("1")}), {type: "snapshot", id: "9"});
+  await flush();
+  browser.server.streams[0].end();
+  await browser.clock.advance(1_000);
+  const resumed = browser.server.streams[1];
+  assert.equal(resumed.request.headers.get("Last-Event-ID"), "9");
+  resumed.event(snapshot({alice: state("2")}), {type: "snapshot", id: "10"});
+  await flush();
+  assert.equal(hb.get("alice").status, "2");
+  assert.equal(hb.get("bob").status, "1");
+});
