@@ -82,6 +82,7 @@ export class Engine {
     this.opens = 0;
     this.state = null;
     this.refused = 0;      // 401s in a row
+    this.probing = false;
   }
 
   /**
@@ -107,11 +108,12 @@ export class Engine {
     const wanted = this.wanted();
     const have = this.pending ?? this.current;
     if (wanted === null) {
+      if (this.state === "idle") return;
       for (const attempt of [this.current, this.pending]) attempt?.controller.abort();
       this.current = this.pending = null;
       this._clear("retryTimer");
       this.report("idle");
-      this.pingSoon(0);
+      this.pingSoon(this.pingDue());
       return;
     }
     if (have && have.key === wanted.key) return;
@@ -180,14 +182,52 @@ export class Engine {
     previous?.controller.abort();
     attempt.openedAt = this.env.now();
     const timeout = this.readTimeout(response);
-    if (this.options.presence === "auto") this.presenceStreams = timeout !== null;
+    // No Heartbeat-Presence-Timeout on a stream: a server from before presence streams.
+    if (this.options.presence === "auto" && timeout === null) this.presenceStreams = false;
     attempt.presenceHeld = attempt.presence && this.presenceStreams === true;
+    if (attempt.presence && this.presenceStreams === null) this.probe(attempt);
     this.opens += 1;
     this.report("live");
     if (attempt.presenceHeld) this._clear("pingTimer");
     else this.pingSoon(this.pingDue());
     this.read(attempt, response);
     this.update();  // an older server: a stream kept only for presence is not needed
+  }
+
+  /**
+   * Whether the server holds presence streams, asked in a way only such a
+   * server understands: `presence=` with a status no ping may have is `400`
+   * there (SPEC §2), and an ignored parameter (a `200` stream, closed at once)
+   * on a server without them. Asked once per leading tab, and only of a
+   * server that sends Heartbeat-Presence-Timeout on its streams; pings go on
+   * until the answer is yes.
+   */
+  async probe(attempt) {
+    if (this.probing) return;
+    this.probing = true;
+    const controller = new AbortController();
+    try {
+      const token = await this.tokens.get();
+      const headers = {Accept: "text/event-stream", ...this.options.headers};
+      if (token) headers.Authorization = `Bearer ${token}`;
+      const users = new URLSearchParams([["user", attempt.users[0]], ["presence", "\n"]]);
+      const response = await this.env.fetch(`${this.options.server}/subscribe?${users}`, {
+        headers, signal: controller.signal, cache: "no-store", credentials: this.options.credentials});
+      if (response.status === 400) this.presenceStreams = true;
+      else if (response.ok) this.presenceStreams = false;
+    } catch {
+      // unknown yet: the next stream asks again
+    } finally {
+      controller.abort();
+      this.probing = false;
+    }
+    if (this.stopped || this.presenceStreams !== true) return;
+    const current = this.current;
+    if (current?.presence && !current.presenceHeld) {
+      current.presenceHeld = true;
+      this._clear("pingTimer");
+      this.report(this.state);
+    }
   }
 
   request(attempt, token) {
@@ -319,6 +359,7 @@ export class Engine {
 
   async ping() {
     this._clear("pingTimer");
+    if (this.stopped || !this.host.present()) return;
     this.pinging = true;
     this.lastPing = this.env.now();
     let next = this.interval;

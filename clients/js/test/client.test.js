@@ -72,12 +72,14 @@ test("a server offering presence streams (the header on the stream): no ping loo
   let down = false;
   const browser = new FakeBrowser((request) => (down && request.path === "/subscribe"
     ? new TypeError("network") : null));
-  browser.server.streamHeaders = {"Heartbeat-Presence-Timeout": "10"};
+  browser.server.offerPresenceStreams();
   const {hb} = client(browser, {watch: ["alice"]});
   t.after(() => hb.close());
   await browser.clock.advance(0);
   const before = browser.server.pings.length;
   assert.equal(hb.connection.presence, "stream");
+  const probe = browser.server.subscribes.find((r) => r.url.searchParams.get("presence") === "\n");
+  assert.ok(probe, "asked with a status only such a server refuses");
   await browser.clock.advance(60_000);
   assert.equal(browser.server.pings.length, before, "the stream holds the device");
   hb.setStatus("1");
@@ -95,7 +97,7 @@ test("a server offering presence streams (the header on the stream): no ping loo
 
 test("watching no one, a presence stream of the user's own id (from the token)", async (t) => {
   const browser = new FakeBrowser();
-  browser.server.streamHeaders = {"Heartbeat-Presence-Timeout": "10"};
+  browser.server.offerPresenceStreams();
   const {hb} = client(browser, {token: token({userid: "me"})});
   t.after(() => hb.close());
   await flush();
@@ -292,7 +294,7 @@ test("pagehide: the last tab sends a beacon to /leave with its token; not while 
 
 test("pagehide with a presence stream: no beacon (the stream's end and LEAVE_GRACE do it)", async (t) => {
   const browser = new FakeBrowser();
-  browser.server.streamHeaders = {"Heartbeat-Presence-Timeout": "10"};
+  browser.server.offerPresenceStreams();
   const {hb, page} = client(browser, {watch: ["alice"]});
   t.after(() => hb.close());
   await flush();
@@ -364,4 +366,17 @@ test("after a resume, a snapshot updates the users it names and keeps the others
   await flush();
   assert.equal(hb.get("alice").status, "2");
   assert.equal(hb.get("bob").status, "1");
+});
+
+test("a server with the header but no presence streams (its probe is a 200 stream): pings go on", async (t) => {
+  const browser = new FakeBrowser();
+  browser.server.streamHeaders = {"Heartbeat-Presence-Timeout": "4"};
+  const {hb} = client(browser, {watch: ["alice"]});
+  t.after(() => hb.close());
+  await browser.clock.advance(0);
+  assert.equal(hb.connection.presence, "ping");
+  assert.equal(browser.server.open.length, 1, "the probe's stream is closed at once");
+  const pings = browser.server.pings.length;
+  await browser.clock.advance(2_000);
+  assert.equal(browser.server.pings.length, pings + 1);
 });

@@ -103,7 +103,17 @@ export class FakeServer {
     };
   }
 
+  /** Be a server with presence streams (SPEC §2): the header on streams, a bad `presence=` refused. */
+  offerPresenceStreams(timeout = "10") {
+    this.streamHeaders = {"Heartbeat-Presence-Timeout": timeout};
+    this.presenceStreams = true;
+  }
+
   default(request) {
+    const presence = request.url.searchParams.get("presence");
+    if (this.presenceStreams && presence !== null && !/^[^\x00-\x1f\x7f]{1,64}$/.test(presence)) {
+      return {status: 400, body: '{"error": "bad status"}'};
+    }
     if (request.path.startsWith("/subscribe")) return "stream";
     if (request.path === "/ping") return {status: 200, headers: this.pingHeaders};
     return {status: 200};
