@@ -207,8 +207,8 @@ def test_a_daemon_restart_the_client_is_back_within_its_backoff_and_exact(hb_dae
     ping(daemon.port, "alice", "2")  # a change the page did not see happen
     page.wait_for_function("hb.connection.opens === 2", timeout=10_000)
     back_at = page.evaluate("connections.find((c) => c.state === 'live' && c.opens === 2).at") / 1000
-    # The backoff's ceiling is 2 s (plus the moment the page takes to connect).
-    assert back_at - healthy_at < 2.5, f"back {back_at - healthy_at:.2f} s after the daemon"
+    # The backoff's ceiling is 2 s; a loaded machine's connect comes on top.
+    assert back_at - healthy_at < 2 + 1, f"back {back_at - healthy_at:.2f} s after the daemon"
     expected = status(daemon.port, "alice", "bob")
     page.wait_for_function("(want) => JSON.stringify(presenceMap()) === want", arg=json.dumps(expected, separators=(",", ":")))
 
