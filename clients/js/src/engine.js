@@ -181,9 +181,7 @@ export class Engine {
     this.current = attempt;
     previous?.controller.abort();
     attempt.openedAt = this.env.now();
-    const timeout = this.readTimeout(response);
-    // No Heartbeat-Presence-Timeout on a stream: a server from before presence streams.
-    if (this.options.presence === "auto" && timeout === null) this.presenceStreams = false;
+    this.readTimeout(response);
     attempt.presenceHeld = attempt.presence && this.presenceStreams === true;
     if (attempt.presence && this.presenceStreams === null) this.probe(attempt);
     this.opens += 1;
@@ -198,9 +196,9 @@ export class Engine {
    * Whether the server holds presence streams, asked in a way only such a
    * server understands: `presence=` with a status no ping may have is `400`
    * there (SPEC §2), and an ignored parameter (a `200` stream, closed at once)
-   * on a server without them. Asked once per leading tab, and only of a
-   * server that sends Heartbeat-Presence-Timeout on its streams; pings go on
-   * until the answer is yes.
+   * on a server without them. Asked once per leading tab; pings go on until
+   * the answer is yes. (Not the stream's Heartbeat-Presence-Timeout header:
+   * it tells the pace, and a server may send it without presence streams.)
    */
   async probe(attempt) {
     if (this.probing) return;

@@ -368,7 +368,7 @@ test("after a resume, a snapshot updates the users it names and keeps the others
   assert.equal(hb.get("bob").status, "1");
 });
 
-test("a server with the header but no presence streams (its probe is a 200 stream): pings go on", async (t) => {
+test("a server with the header but no presence streams (the probe is a 200 stream): pings go on", async (t) => {
   const browser = new FakeBrowser();
   browser.server.streamHeaders = {"Heartbeat-Presence-Timeout": "4"};
   const {hb} = client(browser, {watch: ["alice"]});
