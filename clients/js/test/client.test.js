@@ -380,3 +380,59 @@ test("a server with the header but no presence streams (the probe is a 200 strea
   await browser.clock.advance(2_000);
   assert.equal(browser.server.pings.length, pings + 1);
 });
+
+test("the backoff widens on every failure and starts over once a stream stayed up 10 s", async (t) => {
+  let down = true;
+  const browser = new FakeBrowser((request) => (down && request.path === "/subscribe"
+    ? new TypeError("refused") : null));
+  const {hb} = client(browser, {watch: ["alice"], present: false, backoff: {base: 1000, max: 8000}},
+                      () => 0.999);
+  t.after(() => hb.close());
+  await flush();
+  const retries = () => hb.connection.retryIn;
+  const seen = [Math.round(retries())];
+  for (let i = 0; i < 4; i++) {
+    await browser.clock.advance(retries());
+    seen.push(Math.round(retries()));
+  }
+  assert.deepEqual(seen, [999, 1998, 3996, 7992, 7992]);
+  down = false;
+  await browser.clock.advance(retries());
+  assert.equal(hb.connection.state, "live");
+  await browser.clock.advance(10_000);
+  browser.server.open[0].end();
+  await flush();
+  assert.equal(Math.round(retries()), 999, "from the start again");
+});
+
+test("a ping answered 503 is retried after its Retry-After (within the ping interval)", async (t) => {
+  let busy = true;
+  const browser = new FakeBrowser((request) => (busy && request.path === "/ping"
+    ? {status: 503, headers: {"Retry-After": "5"}} : null));
+  const {hb} = client(browser, {presenceTimeout: 60}, () => 0);
+  t.after(() => hb.close());
+  await flush();
+  assert.equal(browser.server.pings.length, 1);
+  busy = false;
+  await browser.clock.advance(4_999);
+  assert.equal(browser.server.pings.length, 1);
+  await browser.clock.advance(1);
+  assert.equal(browser.server.pings.length, 2);
+});
+
+test("back from the back/forward cache (pageshow persisted): the tab leads again and pings", async (t) => {
+  const browser = new FakeBrowser();
+  const {hb, page} = client(browser, {watch: ["alice"]});
+  t.after(() => hb.close());
+  await flush();
+  page.dispatch("pagehide", {persisted: true});
+  await flush();
+  assert.equal(hb.isLeader, false);
+  assert.equal(browser.server.open.length, 0);
+  const pings = browser.server.pings.length;
+  page.dispatch("pageshow", {persisted: true});
+  await flush();
+  assert.equal(hb.isLeader, true);
+  assert.equal(browser.server.open.length, 1);
+  assert.equal(browser.server.pings.length, pings + 1);
+});
