@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.browsers import checkout_site, chromium
-from tests.support import post_ping
+from tests.helpers.browsers import checkout_site, chromium
+from tests.helpers.clients import post_ping
 
 # Reconnecting waits the client's backoff after the daemon is back; twistd's
 # start-up on a loaded machine comes on top.

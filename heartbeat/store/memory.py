@@ -8,9 +8,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from heartbeat.core.deadlines import Deadlines
-from heartbeat.core.feed import Listener
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Devices, Ping, Presence, UserState
+from heartbeat.core.store_contract import BusListener
 
 
 class MemoryStore:
@@ -21,7 +21,7 @@ class MemoryStore:
     store wakes no more than once a second and not at all with nobody online.
     """
 
-    listener: Listener | None = None
+    listener: BusListener | None = None
     available = True
     kind = "memory"
 

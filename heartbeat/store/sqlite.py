@@ -41,7 +41,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping, Presence
 from heartbeat.store.interface import StoreUnavailable
 from heartbeat.store.memory import MemoryStore
@@ -132,7 +132,7 @@ class Database:
         path = os.path.abspath(setting)
         lock_fd, created = _lock(setting, path + "-lock")
         try:
-            conn = _checked(setting, path)
+            conn = _open_database(setting, path)
             try:
                 state = list(_read(conn))
             finally:
@@ -218,7 +218,7 @@ def _lock(setting: str, lock_path: str) -> tuple[int, bool]:
     return fd, created
 
 
-def _checked(setting: str, path: str) -> sqlite3.Connection:
+def _open_database(setting: str, path: str) -> sqlite3.Connection:
     """A connection to heartbeat's database at ``path``, made if there is none yet."""
     def unusable(why: str) -> DatabaseUnusable:
         return DatabaseUnusable(f"cannot use DATABASE={setting!r}: {why}")

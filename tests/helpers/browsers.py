@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import REPO, free_port, need_binary
+from tests.helpers.processes import REPO, free_port, need_binary
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
