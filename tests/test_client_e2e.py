@@ -119,9 +119,28 @@ def test_the_map_matches_status_after_pings(hb_daemon, origin, browser):
     assert expected["carol"] is None
     page.wait_for_function("(want) => JSON.stringify(presenceMap()) === want", arg=json.dumps(expected, separators=(",", ":")))
     assert page.evaluate("log").count(["alice", "2", True]) == 1
+    # Watching one more user: one new stream, and nothing known is lost or repeated.
+    ping(daemon.port, "dave", "0")
+    page.evaluate("hb.watch(['dave'])")
+    page.wait_for_function("hb.connection.opens === 2 && presenceMap().dave !== null")
+    assert page.evaluate("presenceMap()") == status(daemon.port, "alice", "bob", "carol", "dave")
+    assert [entry[0] for entry in page.evaluate("log")].count("alice") == 2  # "0", then "2"
     # The page is present itself: its pings, paced from the server.
     wait_for(lambda: online(daemon.port), timeout=5)
     assert page.evaluate("hb.connection.presence") in ("ping", "stream")
+
+
+def test_a_long_list_is_watched_on_one_stream(hb_daemon, origin, browser):
+    """Past 4,000 characters of URL: POST /subscribe, or GET where the server has no POST."""
+    daemon = hb_daemon()
+    users = [f"colleague-{n:03d}-" + "x" * 20 for n in range(200)]
+    ping(daemon.port, users[7], "1")
+    page = open_client(browser.new_context(), origin, daemon, watch=users)
+    page.wait_for_function("(u) => presenceMap()[u] !== null", arg=users[7])
+    ping(daemon.port, users[199], "2")
+    page.wait_for_function("(u) => presenceMap()[u] !== null", arg=users[199])
+    assert page.evaluate("presenceMap()") == status(daemon.port, *users)
+    wait_for(lambda: open_streams(daemon.port) == 1, timeout=5)
 
 
 def test_three_tabs_hold_one_stream_and_the_leader_hands_over_within_a_second(hb_daemon, origin, browser):

@@ -287,8 +287,10 @@ export class Engine {
       this.open(attempt);  // at once, with a fresh token
       return;
     }
-    if (attempt.post && (status === 404 || status === 405)) {
-      this.postUnsupported = true;  // an older server: GET it is
+    if (attempt.post && (status === 404 || status === 405 || status === 413)) {
+      // An older server: no POST /subscribe (its answer: the route or method
+      // unknown, or the body over the ping's 4 KiB limit). GET it is.
+      this.postUnsupported = true;
       this.pending = null;
       this.open(attempt);
       return;

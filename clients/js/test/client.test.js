@@ -202,9 +202,9 @@ test("changing whom to watch reopens once, without Last-Event-ID, keeping what i
   assert.deepEqual(browser.server.streams[2].request.url.searchParams.getAll("user"), ["bob", "carol"]);
 });
 
-test("a long list goes by POST /subscribe; an older server's 405 falls back to GET", async (t) => {
+for (const refusal of [404, 405, 413]) test(`a long list goes by POST /subscribe; an older server's ${refusal} falls back to GET`, async (t) => {
   const browser = new FakeBrowser((request) => (request.method === "POST" && request.path === "/subscribe"
-    ? {status: 405} : null));
+    ? {status: refusal} : null));
   const users = Array.from({length: 300}, (_, i) => `user-${i}`);
   const {hb} = client(browser, {watch: users, present: false});
   t.after(() => hb.close());
