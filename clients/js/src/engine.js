@@ -275,7 +275,10 @@ export class Engine {
     if (this.env.now() - attempt.openedAt >= STABLE_MS) this.backoff.reset();
     if (!this.presenceHeld()) this.pingSoon(this.pingDue());
     if (this.pending) return;  // its replacement is on its way
-    this.retry(this.backoff.next());
+    // The server ends a stream at its token's exp: that is no failure, and
+    // the fresh token is fetched as it reopens.
+    if (this.tokens.expiring(1000)) this.retry(0);
+    else this.retry(this.backoff.next());
   }
 
   refusedWith(attempt, response) {
@@ -310,12 +313,15 @@ export class Engine {
     if (this.stopped) return;
     if (!this.current) this.report("reconnecting", delay);
     this._clear("retryTimer");
-    this.retryTimer = this.env.setTimeout(() => {
+    const again = () => {
       this.retryTimer = null;
       const wanted = this.wanted();
       if (wanted === null) this.update();
       else this.open(wanted, true);
-    }, delay);
+    };
+    // No timer for "now": a background tab's timers may run a minute late.
+    if (delay <= 0) again();
+    else this.retryTimer = this.env.setTimeout(again, delay);
   }
 
   report(state, retryIn = null) {
@@ -340,11 +346,12 @@ export class Engine {
   }
 
   /**
-   * Any byte of the stream: a chance to ping when the timer is late. A
-   * background tab's timers may be throttled to once a minute; the stream's
-   * keep-alives still arrive.
+   * Any byte of the stream: a chance to ping, or refresh the token, when the
+   * timer is late. A background tab's timers may be throttled to once a
+   * minute; the stream's keep-alives still arrive.
    */
   activity() {
+    this.tokens.refreshIfDue();
     if (!this.presenceHeld() && this.host.present() && !this.pinging && this.pingDue() === 0) this.ping();
   }
 

@@ -35,6 +35,7 @@ export class TokenSource {
     /** The last token obtained, for synchronous uses (`sendBeacon` on pagehide). */
     this.value = token ?? null;
     this._expires = null;
+    this._refreshAt = null;
     this._fetching = null;
     this._timer = null;
     this._stopped = false;
@@ -99,6 +100,22 @@ export class TokenSource {
     this._timer = null;
   }
 
+  /**
+   * Refresh now if it is past time (the timer of a background tab may fire a
+   * minute late; the stream's keep-alives call this).
+   */
+  refreshIfDue() {
+    if (this.getToken && this.refreshing && !this._fetching && this._refreshAt !== null
+        && this.env.now() >= this._refreshAt) {
+      this.refresh().catch(() => {});
+    }
+  }
+
+  /** Whether the token has expired, or will within `ms`. */
+  expiring(ms = 0) {
+    return this._expires !== null && this.env.now() + ms >= this._expires;
+  }
+
   _expired() {
     return this._expires !== null && this.env.now() >= this._expires;
   }
@@ -113,14 +130,15 @@ export class TokenSource {
     this._timer = null;
     const exp = tokenClaims(token)?.exp;
     if (typeof exp !== "number") {
-      this._expires = null;
+      this._expires = this._refreshAt = null;
       return;
     }
     const now = this.env.now();
     this._expires = exp * 1000;
-    if (!this.getToken || this._stopped || !this.refreshing) return;
     const margin = Math.min(30000, Math.max(0, this._expires - now) / 4);
-    const delay = Math.max(0, this._expires - margin - now);
+    this._refreshAt = this._expires - margin;
+    if (!this.getToken || this._stopped || !this.refreshing) return;
+    const delay = Math.max(0, this._refreshAt - now);
     this._timer = this.env.setTimeout(() => {
       this._timer = null;
       this.refresh().catch(() => this.env.setTimeout(() => this.refresh().catch(() => {}), 1000));

@@ -436,3 +436,29 @@ test("back from the back/forward cache (pageshow persisted): the tab leads again
   assert.equal(browser.server.open.length, 1);
   assert.equal(browser.server.pings.length, pings + 1);
 });
+
+test("throttled timers: a due token refresh happens on the stream's next keep-alive; a stream ended at exp reopens at once", async (t) => {
+  const browser = new FakeBrowser();
+  const {env} = browser.tab(() => 0.999);
+  let issued = 0;
+  const now = () => browser.clock.now() / 1000;
+  const hb = new Heartbeat({server: SERVER, watch: ["alice"], present: false,
+                            getToken: () => token({userid: "me", n: ++issued, exp: Math.floor(now()) + 8}),
+                            env: {...env, setTimeout: (fn, ms) => browser.clock.setTimeout(fn, ms + 60_000)}});
+  t.after(() => hb.close());
+  await flush();
+  assert.equal(issued, 1);
+  await browser.clock.advance(6_000);  // past the refresh time (exp − 2 s), the timer is a minute late
+  browser.server.streams[0].write(":\n");
+  await flush();
+  assert.equal(issued, 2, "refreshed on the keep-alive");
+  assert.equal(browser.server.open.length, 1);
+  assert.ok(browser.server.streams[0].aborted, "the old stream replaced");
+  // Its token expires and the server ends the stream: reopened with no backoff.
+  const second = browser.server.open[0];
+  await browser.clock.advance(8_000);
+  const before = browser.server.subscribes.length;
+  second.end();
+  await flush();
+  assert.equal(browser.server.subscribes.length, before + 1);
+});
