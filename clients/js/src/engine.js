@@ -189,7 +189,6 @@ export class Engine {
     if (attempt.presenceHeld) this._clear("pingTimer");
     else this.pingSoon(this.pingDue());
     this.read(attempt, response);
-    this.update();  // an older server: a stream kept only for presence is not needed
   }
 
   /**
@@ -219,7 +218,12 @@ export class Engine {
       controller.abort();
       this.probing = false;
     }
-    if (this.stopped || this.presenceStreams !== true) return;
+    if (this.stopped) return;
+    if (this.presenceStreams === false) {
+      this.update();  // a stream kept only for presence is not needed
+      return;
+    }
+    if (this.presenceStreams !== true) return;
     const current = this.current;
     if (current?.presence && !current.presenceHeld) {
       current.presenceHeld = true;

@@ -87,6 +87,7 @@ export class Heartbeat {
       onFresh: (token) => {
         this._post({type: "token", token});
         this._engine?.tokenRefreshed();
+        this._queueUpdate();  // the first token names this user (a presence stream of its own)
       },
     });
     const Channel = this.env.BroadcastChannel;
@@ -207,6 +208,8 @@ export class Heartbeat {
   _join() {
     this._hidden = false;
     this._holdTabLock();
+    // Back from the back/forward cache: the tabs known before may have gone meanwhile.
+    for (const tab of this._tabs.keys()) this._watchTab(tab);
     this._announce(true);
     this._elect();
   }

@@ -462,3 +462,15 @@ test("throttled timers: a due token refresh happens on the stream's next keep-al
   await flush();
   assert.equal(browser.server.subscribes.length, before + 1);
 });
+
+test("watching no one, with getToken: the first token names the user; an older server's answer drops that stream", async (t) => {
+  const browser = new FakeBrowser();
+  const {hb} = client(browser, {getToken: () => token({userid: "me"})});
+  t.after(() => hb.close());
+  await flush();
+  const [own] = browser.server.streams;
+  assert.deepEqual(own.request.url.searchParams.getAll("user"), ["me"]);
+  assert.ok(own.aborted, "no presence streams here: the stream is closed, pings keep the device");
+  assert.equal(browser.server.open.length, 0);
+  assert.equal(hb.connection.presence, "ping");
+});
