@@ -130,6 +130,12 @@ export class Engine {
     this.open(this.wanted());
   }
 
+  /** The network is back (the browser's `online` event): no need to wait out the backoff. */
+  retryNow() {
+    if (this.stopped || this.retryTimer === null || this.current) return;
+    this.retry(0);
+  }
+
   /** The status changed, or a tab came into view: tell the server now. */
   pingNow() {
     if (this.stopped || !this.host.present()) return;

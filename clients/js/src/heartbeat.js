@@ -96,9 +96,11 @@ export class Heartbeat {
     this._onVisibility = () => this._visibilityChanged();
     this._onPagehide = () => this._pagehide();
     this._onPageshow = (event) => { if (event.persisted) this._join(); };
+    this._onOnline = () => this._engine?.retryNow();
     this.env.document?.addEventListener?.("visibilitychange", this._onVisibility);
     this.env.window?.addEventListener?.("pagehide", this._onPagehide);
     this.env.window?.addEventListener?.("pageshow", this._onPageshow);
+    this.env.window?.addEventListener?.("online", this._onOnline);
     this._join();
   }
 
@@ -200,6 +202,7 @@ export class Heartbeat {
     this.env.document?.removeEventListener?.("visibilitychange", this._onVisibility);
     this.env.window?.removeEventListener?.("pagehide", this._onPagehide);
     this.env.window?.removeEventListener?.("pageshow", this._onPageshow);
+    this.env.window?.removeEventListener?.("online", this._onOnline);
     this._channel?.close();
   }
 

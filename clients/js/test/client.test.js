@@ -474,3 +474,17 @@ test("watching no one, with getToken: the first token names the user; an older s
   assert.equal(browser.server.open.length, 0);
   assert.equal(hb.connection.presence, "ping");
 });
+
+test("the browser's online event ends a backoff wait at once", async (t) => {
+  let down = true;
+  const browser = new FakeBrowser((request) => (down && request.path === "/subscribe"
+    ? new TypeError("offline") : null));
+  const {hb, page} = client(browser, {watch: ["alice"], present: false}, () => 0.999);
+  t.after(() => hb.close());
+  await flush();
+  assert.equal(hb.connection.state, "reconnecting");
+  down = false;
+  page.dispatch("online");
+  await flush();
+  assert.equal(hb.connection.state, "live");
+});
