@@ -43,7 +43,7 @@ from twisted.python.threadpool import ThreadPool
 
 from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping, Presence
-from heartbeat.store.interface import StoreUnavailable
+from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.store.memory import MemoryStore
 
 log = Logger()
