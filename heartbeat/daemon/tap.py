@@ -111,12 +111,6 @@ def _store(settings: Settings, reactor: Any) -> Store:
     if settings.redis is None:
         return open_store(settings.database, reactor, settings.presence_timeout, hiding)
     # Imported only when used: txredisapi imports the global reactor.
-    if settings.redis.kind == "cluster":
-        from heartbeat.store.redis.cluster_store import ClusterStore
-
-        return ClusterStore(settings.redis, settings.redis_prefix, reactor,
-                            settings.presence_timeout, settings.redis_ca_file,
-                            settings.redis_wait_replicas, hiding)
     from heartbeat.store.redis.store import RedisStore
 
     return RedisStore(settings.redis, settings.redis_prefix, reactor, settings.presence_timeout,
