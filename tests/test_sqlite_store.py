@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from heartbeat.core.hidden_statuses import Hiding
@@ -16,42 +16,24 @@ from heartbeat.store.memory import MemoryStore
 from heartbeat.store.sqlite import (
     APPLICATION_ID,
     PROBE_INTERVAL,
+    SCHEMA_VERSION,
     Database,
     DatabaseUnusable,
     SQLiteStore,
     open_store,
 )
-
-START = 1_800_000_000.0
+from tests.helpers.sqlite_writer import START, Writer
 
 
 class Listener:
     def __init__(self) -> None:
         self.changes: list[Presence] = []
 
-    def deliver(self, change: Presence) -> None:
+    def deliver(self, change: Presence, position: object = None) -> None:
         self.changes.append(change)
 
     def bus_lost(self) -> None: ...
     def resync(self) -> None: ...
-
-
-class Writer:
-    """Runs each write at once; counts them, and fails them while ``failing``."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.failing = False
-
-    def __call__(self, f, *args) -> Deferred:
-        self.calls += 1
-        if self.failing:
-            return maybeDeferred(_raise_full)
-        return maybeDeferred(f, *args)
-
-
-def _raise_full() -> None:
-    raise sqlite3.OperationalError("database or disk is full")
 
 
 def make_store(path: Path, timeout: float = 60, at: float = START, hiding: Hiding = Hiding()
@@ -156,6 +138,8 @@ def test_a_deadline_survives_a_restart_and_one_already_due_falls_at_once(tmp_pat
     assert not state_of(again, "alice").user.online
     assert listener.changes[-1] == Presence("alice", 1, "1", False)
     # A restart after the deadline: offline at the first sweep, before anyone reads.
+    again.ping(Ping("alice", 11, "1"))
+    clock.advance(0)
     late, clock, _ = reopen(again, path, at=START + 3600)
     assert state_of(late, "alice").user.online  # not yet swept
     clock.advance(0)
@@ -218,8 +202,27 @@ def test_a_new_database_is_heartbeats_in_wal_mode(tmp_path):
     make_store(path)[0].close()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_schema_1_file_gains_the_change_feed_and_keeps_its_users(tmp_path):
+    path = tmp_path / "heartbeat.db"
+    store, clock, _ = make_store(path)
+    store.ping(Ping("alice", 1, "1"))
+    clock.advance(0)
+    store.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DROP TABLE changes")
+    conn.execute("DELETE FROM meta")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    again, clock, _ = make_store(path)
+    assert state_of(again, "alice").user.time == 1
+    again.ping(Ping("alice", 2, "2"))
+    clock.advance(0)
+    assert [c.type for c in again.changes(None, 10).result.changes] == ["status"]
+    again.close()
 
 
 def _refused(path: Path) -> str:

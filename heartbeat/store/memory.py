@@ -1,16 +1,27 @@
-"""The in-process store and bus: one instance, nothing kept across restarts."""
+"""The in-process store and bus: one instance, nothing kept across restarts.
+
+Each transition's feed changes (SPEC §8) come from the same step that makes
+it (:func:`~heartbeat.core.changes.ping_changes`), recorded in the store's
+:class:`~heartbeat.store.changelog.ChangeLog`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
+from heartbeat.core.changes import Page, Position, offline_changes, ping_changes, positions_of
 from heartbeat.core.deadlines import Deadlines
 from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Devices, Ping, Presence, UserState
 from heartbeat.core.store_contract import BusListener
+from heartbeat.store.changelog import DEFAULT_RETENTION, ChangeLog, now_ms
+
+# Each published view's change-feed position, by clientid (None: the user's view).
+Marks = Mapping[str | None, Position]
+NO_MARKS: Marks = {}
 
 
 class MemoryStore:
@@ -25,8 +36,12 @@ class MemoryStore:
     available = True
     kind = "memory"
 
-    def __init__(self, clock: IReactorTime, timeout: float, hiding: Hiding = Hiding()) -> None:
+    def __init__(self, clock: IReactorTime, timeout: float, hiding: Hiding = Hiding(),
+                 *, changes_retention: float = DEFAULT_RETENTION,
+                 feed: ChangeLog | None = None) -> None:
         self._clock = clock
+        # The change feed (SPEC §8); the SQLite store's continues its file's.
+        self.feed = feed if feed is not None else ChangeLog(clock, changes_retention)
         self._timeout = timeout
         self._hiding = hiding
         self._users: dict[str, Devices] = {}
@@ -49,15 +64,21 @@ class MemoryStore:
 
     def _apply_ping(self, ping: Ping, deadline: float) -> None:
         """Record ``ping``, its device due offline at ``deadline``, and publish it."""
-        devices = self._devices(ping.userid)
+        presences, changes = ping_changes(
+            self._devices(ping.userid), ping, self._hiding, now_ms(self._clock))
+        marks = positions_of(changes, self.feed.append(changes))
+        self._pinged(ping, deadline, presences, marks)
+
+    def _pinged(self, ping: Ping, deadline: float, presences: tuple[Presence, ...],
+                marks: Marks = NO_MARKS) -> None:
+        """What a stored ping does besides its changes: its deadline, counts, watchers."""
         # Armed for a ping that hides too: its device stays connected.
         self._deadlines.arm_at((ping.userid, ping.clientid), deadline)
-        changes = devices.ping(ping, self._hiding)
-        if changes and changes[0].online:  # visible: the user's change, online, comes first
+        if presences and presences[0].online:  # visible: the user's change, online, comes first
             self._online.add(ping.userid)
         else:  # hidden: its device went offline, perhaps the user with it
-            self._count_offline(changes)
-        self._publish(changes)
+            self._count_offline(presences)
+        self._publish(presences, marks)
 
     def _apply_leave(self, userid: str, clientid: str) -> None:
         self._deadlines.disarm((userid, clientid))
@@ -92,6 +113,31 @@ class MemoryStore:
             states[userid] = None if devices is None else devices.state()
         return succeed(states)
 
+    # The change feed (ChangeFeed): the log's.
+
+    @property
+    def changes_recorded(self) -> int:
+        return self.feed.changes_recorded
+
+    def position(self) -> Deferred[Position]:
+        return self.feed.position()
+
+    def changes(self, after: Position | None, limit: int,
+                userids: Collection[str] | None = None) -> Deferred[Page]:
+        return self.feed.changes(after, limit, userids)
+
+    def wait(self, after: Position) -> Deferred[None]:
+        return self.feed.wait(after)
+
+    def delivered(self, name: str) -> Deferred[Position | None]:
+        return self.feed.delivered(name)
+
+    def set_delivered(self, name: str, position: Position, owner: str = "") -> Deferred[bool]:
+        return self.feed.set_delivered(name, position, owner)
+
+    def claim(self, name: str, owner: str, seconds: float) -> Deferred[bool]:
+        return self.feed.claim(name, owner, seconds)
+
     def subscribe(self, userid: str) -> Deferred[None]:
         self._subscribed.add(userid)
         return succeed(None)
@@ -108,9 +154,13 @@ class MemoryStore:
         devices = self._users.get(userid)
         if devices is None:
             return
-        changes = devices.offline(clientid)
-        self._count_offline(changes)
-        self._publish(changes)
+        presences, changes = offline_changes(devices, clientid, now_ms(self._clock))
+        marks = positions_of(changes, self.feed.append(changes))
+        self._went_offline(presences, marks)
+
+    def _went_offline(self, presences: tuple[Presence, ...], marks: Marks = NO_MARKS) -> None:
+        self._count_offline(presences)
+        self._publish(presences, marks)
 
     def _count_offline(self, changes: tuple[Presence, ...]) -> None:
         """Count the user out when ``changes`` end with their going offline (SPEC §3)."""
@@ -118,11 +168,13 @@ class MemoryStore:
             self._online.discard(changes[-1].userid)
             self.offline_transitions += 1
 
-    def _publish(self, changes: tuple[Presence, ...]) -> None:
+    def _publish(self, changes: tuple[Presence, ...], marks: Marks = NO_MARKS) -> None:
+        """Hand ``changes`` to the hub, each view's feed position with it if
+        it was recorded (``marks``, by clientid)."""
         if self.listener is None or not changes or changes[0].userid not in self._subscribed:
             return
         for change in changes:
-            self.listener.deliver(change)
+            self.listener.deliver(change, marks.get(change.clientid))
 
     def _timed_out(self, device: tuple[str, str]) -> None:
         self._offline(*device)

@@ -39,10 +39,12 @@ from txredisapi import ConnectionError as RedisConnectionError
 from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping, Presence, UserState
 from heartbeat.core.store_contract import BusListener, StoreUnavailable
+from heartbeat.store.changelog import DEFAULT_RETENTION
 from heartbeat.store.redis.address import RedisAddress
 from heartbeat.store.redis.batching import Waiting, queue_for_turn
 from heartbeat.store.redis.bus import relay
 from heartbeat.store.redis.codec import from_row
+from heartbeat.store.redis.feed import RedisFeed
 from heartbeat.store.redis.lua import CAME_ONLINE, HIDDEN, STORED, WENT_OFFLINE
 from heartbeat.store.redis.replicas import Replicas
 from heartbeat.store.redis.tls import load_trust_root
@@ -56,7 +58,7 @@ _STORED = frozenset((STORED, CAME_ONLINE, HIDDEN, WENT_OFFLINE))
 
 
 def topology_for(reactor: Any, address: RedisAddress, prefix: str,
-                 ca_file: str | None) -> Topology:
+                 ca_file: str | None, changes_retention: float = DEFAULT_RETENTION) -> Topology:
     """The topology ``REDIS`` names: a Cluster, or one server (direct or through Sentinel)."""
     trust = load_trust_root(ca_file) if ca_file else None
     if address.kind == "cluster":
@@ -65,7 +67,7 @@ def topology_for(reactor: Any, address: RedisAddress, prefix: str,
         return ClusterTopology(reactor, address, prefix, trust)
     from heartbeat.store.redis.single import SingleTopology
 
-    return SingleTopology(reactor, address, prefix, trust)
+    return SingleTopology(reactor, address, prefix, trust, changes_retention)
 
 
 class RedisStore(Service):
@@ -82,11 +84,15 @@ class RedisStore(Service):
 
     def __init__(self, address: RedisAddress | None, prefix: str, reactor: Any,
                  timeout: float, ca_file: str | None = None, wait_replicas: int = 0,
-                 hiding: Hiding = Hiding(), topology: Topology | None = None) -> None:
+                 hiding: Hiding = Hiding(), topology: Topology | None = None,
+                 *, changes_retention: float = DEFAULT_RETENTION) -> None:
         if topology is None:
             assert address is not None
-            topology = topology_for(reactor, address, prefix, ca_file)
+            topology = topology_for(reactor, address, prefix, ca_file, changes_retention)
         self._topology = topology
+        # The change feed (SPEC §8), where the topology keeps one (one Redis, Sentinel).
+        make_feed = getattr(topology, "change_feed", None)
+        self.change_feed: RedisFeed | None = None if make_feed is None else make_feed()
         self.reconnects = topology.reconnects
         self._reactor = reactor
         self._prefix = prefix
@@ -138,6 +144,8 @@ class RedisStore(Service):
         self._closed = True
         if self._sweeper.running:
             self._sweeper.stop()
+        if self.change_feed is not None:
+            self.change_feed.stop()
         return self._topology.stop()
 
     # The Store protocol.
