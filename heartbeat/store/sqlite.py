@@ -37,7 +37,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
@@ -46,6 +46,7 @@ from heartbeat.core.changes import (
     Page,
     Position,
     PositionGone,
+    erased_change,
     new_epoch,
     offline_changes,
     ping_changes,
@@ -55,7 +56,7 @@ from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Devices, Ping, Presence
 from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.store.changelog import DEFAULT_RETENTION, ChangeLog, now_ms
-from heartbeat.store.memory import NO_MARKS, Marks, MemoryStore
+from heartbeat.store.memory import NO_MARKS, Marks, MemoryStore, prune_interval
 
 log = Logger()
 
@@ -106,6 +107,12 @@ _PUT_USER = "INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?)"
 _PUT_DEVICE = "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?)"
 _LEAVE = "UPDATE devices SET deadline = NULL WHERE userid = ? AND clientid = ?"
 _PROBE = "INSERT OR REPLACE INTO meta VALUES ('written', ?)"
+_ERASE_USER = "DELETE FROM users WHERE userid = ?"
+_ERASE_DEVICES = "DELETE FROM devices WHERE userid = ?"
+# The user's changes in the feed; the erased change is written after it.
+_ERASE_CHANGES = "DELETE FROM changes WHERE userid = ? AND seq < ?"
+# Offline devices (left, or past their deadline) last seen before a cutoff.
+_STALE = "FROM devices WHERE time < ? AND (deadline IS NULL OR deadline <= ?)"
 
 
 class DatabaseUnusable(Exception):
@@ -129,6 +136,9 @@ class Changes:
     devices: dict[tuple[str, str], tuple[str, str, int, str, float | None]] = field(
         default_factory=dict)
     leaves: dict[tuple[str, str], None] = field(default_factory=dict)
+    # Users erased in this batch (an erasure ends its batch), each with the
+    # seq of its erased change: their rows go, and their changes before it.
+    erased: dict[str, int] = field(default_factory=dict)
     # The feed's rows (SPEC §8), a trim of those older than ``trim_before``
     # (epoch ms), and meta values (webhooks' delivered positions).
     feed: list[tuple[object, ...]] = field(default_factory=list)
@@ -148,6 +158,22 @@ class Changes:
             self.leaves[key] = None
         else:
             self.devices[key] = (*row[:4], None)
+
+    def erase(self, change: Change, seq: int) -> None:
+        """Erase ``change``'s user: the rows queued for them too, and record
+        ``change`` (their erased change) as ``seq``."""
+        userid = change.userid
+        self.users.pop(userid, None)
+        for rows in (self.devices, self.leaves):
+            for key in [key for key in rows if key[0] == userid]:
+                del rows[key]
+        self.erased[userid] = seq
+        self.record(change, seq)
+
+    def record(self, change: Change, seq: int) -> None:
+        """``change`` into the feed, as ``seq``."""
+        self.feed.append((seq, change.at, change.type, change.userid, change.clientid,
+                          change.time, change.status, int(change.online)))
 
 
 class Database:
@@ -196,6 +222,9 @@ class Database:
             # pings, never the file. FULL (an fsync per commit) would make a
             # ping sent only after the last was answered wait for the disk.
             conn.execute("PRAGMA synchronous = NORMAL")
+            # A row deleted or replaced is overwritten with zeros, not left
+            # in free space: an erased user is gone from the file's bytes.
+            conn.execute("PRAGMA secure_delete = ON")
             self._conn = conn
         return conn
 
@@ -204,17 +233,38 @@ class Database:
         highest seq trimmed, if it trimmed."""
         trimmed: list[int] = []
 
+        erased = [(userid,) for userid in changes.erased]
+
         def work(conn: sqlite3.Connection) -> None:
+            conn.executemany(_ERASE_USER, erased)
+            conn.executemany(_ERASE_DEVICES, erased)
             conn.executemany(_PUT_USER, changes.users.values())
             conn.executemany(_PUT_DEVICE, changes.devices.values())
             conn.executemany(_LEAVE, changes.leaves)
             conn.executemany(_PUT_CHANGE, changes.feed)
+            # After the batch's own rows: none of the user's before their erased change stays.
+            conn.executemany(_ERASE_CHANGES, changes.erased.items())
             conn.executemany(_PUT_META, changes.meta.items())
             if changes.trim_before is not None:
                 trimmed.extend(_trim(conn, changes.trim_before))
 
         self._transaction(work)
+        if erased:
+            # The WAL still holds the erased rows' old pages: copy the file
+            # up to date and empty it, so no byte of theirs is left.
+            self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         return trimmed[0] if trimmed else None
+
+    def prune(self, cutoff: float, now: float) -> list[tuple[str, str]]:
+        """Delete the devices offline and last seen before ``cutoff``; which they were."""
+        stale: list[tuple[str, str]] = []
+
+        def delete(conn: sqlite3.Connection) -> None:
+            stale.extend(conn.execute("SELECT userid, clientid " + _STALE, (cutoff, now)))
+            conn.execute("DELETE " + _STALE, (cutoff, now))
+
+        self._transaction(delete)
+        return stale
 
     def read_changes(self, after: int | None, limit: int,
                      userids: tuple[str, ...] | None) -> tuple[list[tuple[Any, ...]], int] | None:
@@ -437,7 +487,20 @@ class _Delivered:
     position: Position
 
 
-_Op = _Ping | _Offline | _Delivered
+@dataclass(frozen=True, slots=True)
+class _Erase:
+    userid: str
+
+
+_Op = _Ping | _Offline | _Delivered | _Erase
+
+
+def _user_of(op: _Op) -> str | None:
+    if isinstance(op, _Ping):
+        return op.ping.userid
+    if isinstance(op, (_Offline, _Erase)):
+        return op.userid
+    return None
 
 
 def _copied(devices: Devices | None, userid: str) -> Devices:
@@ -464,10 +527,11 @@ class SQLiteStore(MemoryStore, Service):
 
     def __init__(self, database: Database, state: list[Restored], reactor: Any,
                  timeout: float, hiding: Hiding = Hiding(), writer: Writer | None = None,
-                 *, changes_retention: float = DEFAULT_RETENTION) -> None:
+                 retention: float | None = None, *,
+                 changes_retention: float = DEFAULT_RETENTION) -> None:
         feed = ChangeLog(reactor, changes_retention, database.feed_epoch, database.feed_newest,
                          database.feed_trimmed)
-        super().__init__(reactor, timeout, hiding, feed=feed)
+        super().__init__(reactor, timeout, hiding, retention, feed=feed)
         self._reactor = reactor
         self._db = database
         self.available = True
@@ -516,6 +580,25 @@ class SQLiteStore(MemoryStore, Service):
     def _timed_out(self, device: tuple[str, str]) -> None:
         # Recorded like a leave, so its offline change is in the feed, once.
         self._queue(_Offline(*device, timeout=True), answered=False)
+
+    def erase(self, userid: str) -> Deferred[None]:
+        return self._queue(_Erase(userid))
+
+    def _prune(self) -> None:
+        """Forget old offline devices in the file first, then in memory, as a write."""
+        assert self._retention is not None
+        self._prune_call = None
+        now = self._clock.seconds()
+        cutoff = now - self._retention
+        d = self._run(self._db.prune, cutoff, now)
+        d.addCallback(self._forget, cutoff)
+        d.addErrback(lambda f: log.failure("forgetting old devices failed", f,
+                                           log_level=LogLevel.warn))
+        d.addCallback(self._prune_later)
+
+    def _prune_later(self, _: object) -> None:
+        if self.running and self._retention is not None:
+            self._prune_call = self._clock.callLater(prune_interval(self._retention), self._prune)
 
     def close(self) -> Deferred[None]:
         """Finish the writes under way, close the file, stop the threads, unlock."""
@@ -607,6 +690,12 @@ class SQLiteStore(MemoryStore, Service):
             return
         ops, self._ops = self._ops, []
         waiting, self._waiting = self._waiting, []
+        erasing = next((n for n, op in enumerate(ops) if isinstance(op, _Erase)), None)
+        if erasing is not None:
+            # An erasure ends its batch: what comes after it is the next one's,
+            # so nothing of a user comes back from before it.
+            self._ops, ops = ops[erasing + 1:], ops[:erasing + 1]
+            self._waiting, waiting = waiting[erasing + 1:], waiting[:erasing + 1]
         rows, users, outcomes = self._work_out(ops)
         if trim:
             self._trimmed_at = now
@@ -640,6 +729,15 @@ class SQLiteStore(MemoryStore, Service):
             return devices
 
         for op in ops:
+            if isinstance(op, _Erase):
+                # What the batch said of the user before goes with them: their
+                # rows and changes, and what watchers would have been told.
+                seq += 1
+                rows.erase(erased_change(op.userid, at), seq)
+                outcomes = [o for o in outcomes if _user_of(o[0]) != op.userid]
+                users[op.userid] = Devices(op.userid)
+                outcomes.append((op, (), {None: Position.at(self.feed.epoch, seq)}))
+                continue
             if isinstance(op, _Delivered):
                 rows.meta[_DELIVERED_KEY + op.name] = str(op.position)
                 outcomes.append((op, (), NO_MARKS))
@@ -666,8 +764,7 @@ class SQLiteStore(MemoryStore, Service):
             positions = []
             for change in changes:
                 seq += 1
-                rows.feed.append((seq, change.at, change.type, change.userid, change.clientid,
-                                  change.time, change.status, int(change.online)))
+                rows.record(change, seq)
                 positions.append(Position.at(self.feed.epoch, seq))
             outcomes.append((op, presences, positions_of(changes, positions)))
         return rows, users, outcomes
@@ -684,7 +781,9 @@ class SQLiteStore(MemoryStore, Service):
         self.feed.committed(self.feed.newest + recorded, recorded)
         for op, presences, marks in outcomes:
             try:
-                if isinstance(op, _Ping):
+                if isinstance(op, _Erase):
+                    self._erased(op.userid, marks)
+                elif isinstance(op, _Ping):
                     self._pinged(op.ping, op.deadline, presences, marks)
                 elif isinstance(op, _Offline):
                     if not op.timeout:
@@ -746,11 +845,13 @@ class SQLiteStore(MemoryStore, Service):
 
 
 def open_store(setting: str, reactor: Any, timeout: float, hiding: Hiding = Hiding(),
-               *, changes_retention: float = DEFAULT_RETENTION) -> MemoryStore:
+               retention: float | None = None, *,
+               changes_retention: float = DEFAULT_RETENTION) -> MemoryStore:
     """The embedded store ``DATABASE`` asks for: ``:memory:`` keeps nothing."""
     if setting == ":memory:":
-        return MemoryStore(reactor, timeout, hiding, changes_retention=changes_retention)
+        return MemoryStore(reactor, timeout, hiding, retention,
+                           changes_retention=changes_retention)
     database, state = Database.open(setting)
-    return SQLiteStore(database, state, reactor, timeout, hiding,
+    return SQLiteStore(database, state, reactor, timeout, hiding, retention=retention,
                        changes_retention=changes_retention)
 
