@@ -40,7 +40,7 @@ class Recorder:
         self.resyncs = 0
         self.losses = 0
 
-    def deliver(self, change: Presence) -> None:
+    def deliver(self, change: Presence, position: object = None, judged: object = None) -> None:
         self.delivered.append(change)
 
     def bus_lost(self) -> None:
