@@ -172,6 +172,27 @@ def test_changes_only_sends_the_state_then_only_what_changes():
     assert all("_" in eid for eid in ids) and len(set(ids)) == len(ids)
 
 
+def test_after_a_bus_outage_a_quiet_stream_gets_only_visible_changes_with_a_position():
+    world = World()
+    world.ping("alice", "0")
+    world.ping("bob", "0")
+    watcher = world.open("alice", "bob", changes_only=True)
+    watcher.new()
+    world.hub.bus_lost()
+    world.store.listener = None  # the bus is down: nobody hears these
+    world.clock.advance(10)
+    world.ping("alice", "1")  # a status change
+    world.ping("bob", "0")  # only a newer time: no change
+    world.store.listener = world.hub
+    world.hub.resync()
+    world.clock.advance(0)
+    [(_, eid, data)] = watcher.new()
+    assert (data["userid"], data["status"]) == ("alice", "1")
+    # Its id is a position: a reconnect from it gets nothing again.
+    again = world.open("alice", "bob", changes_only=True, last_event_id=eid)
+    assert again.new() == []
+
+
 def test_a_plain_stream_beside_a_quiet_one_still_gets_every_ping():
     world = World()
     quiet = world.open("alice", changes_only=True)

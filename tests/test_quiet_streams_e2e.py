@@ -8,6 +8,9 @@ import json
 import threading
 import time
 
+import pytest
+
+from heartbeat.core.changes import Position, PositionGone
 from tests.helpers.claims import claim
 from tests.helpers.clients import SSEClient, get, post_ping
 from tests.helpers.processes import Daemon
@@ -135,28 +138,58 @@ def test_batch_under_load_sends_at_most_one_batch_per_window_with_the_latest(dae
     assert min(gaps) > 1.5, gaps  # sent by the server 2 s apart; read with some jitter
 
 
-def test_reconnecting_after_10_of_256_changed_gets_exactly_those_10(daemon):
-    pinger = Pinger(daemon.port)
+@pytest.fixture(params=["embedded", "redis"])
+def pinged_and_watched(request, start_daemon) -> tuple[Daemon, Daemon]:
+    """(the daemon pings go to, the one streams read): one embedded daemon, or two
+    daemons on one redis-server, the change crossing the bus."""
+    if request.param == "embedded":
+        daemon = start_daemon()
+        return daemon, daemon
+    redis_server = request.getfixturevalue("redis_server")
+    args = ["--redis", redis_server.address]
+    return start_daemon(args), start_daemon(args)
+
+
+def test_reconnecting_after_10_of_256_changed_gets_exactly_those_10(pinged_and_watched):
+    """A live event's id is a feed position: resuming from it gets exactly the
+    changes missed since, whichever instance made them."""
+    pinged, watched = pinged_and_watched
+    pinger = Pinger(pinged.port)
     for userid in USERS:
         pinger.ping(userid, "0")
     path = "/subscribe?" + query(*USERS) + "&changes=only"
-    first = stream(daemon, path)
-    ids = [first.message()[1] for _ in USERS]
+    first = stream(watched, path)
+    opening = {first.message()[1] for _ in USERS}
+    assert len(opening) == 1 and is_position(opening.pop())
+    pinger.ping(USERS[0], "0")  # no change: no event
+    pinger.ping(USERS[0], "5")
+    _, live, data = first.message()
+    assert data["userid"] == USERS[0] and data["status"] == "5" and is_position(live)
+    first.no_event(0.3)
     first.close()
     changed = USERS[100:110]
     for userid in changed:
         pinger.ping(userid, "1")
     for userid in USERS[:50]:  # the same status again: no change
-        pinger.ping(userid, "0")
-    again = stream(daemon, path, headers={"Last-Event-ID": ids[-1]})
+        pinger.ping(userid, "5" if userid == USERS[0] else "0")
+    again = stream(pinged, path, headers={"Last-Event-ID": live})
     resumed = [again.message() for _ in changed]
     assert sorted(data["userid"] for _, _, data in resumed) == sorted(changed)
     assert {data["status"] for _, _, data in resumed} == {"1"}
+    assert all(is_position(eid) for _, eid, _ in resumed)
     again.no_event(0.5)
     # A stale or foreign id: the full state.
-    full = stream(daemon, path, headers={"Last-Event-ID": "1800000000-abcdef012345"})
+    full = stream(watched, path, headers={"Last-Event-ID": "1800000000-abcdef012345"})
     assert len({full.message()[2]["userid"] for _ in USERS}) == 256
     pinger.close()
+
+
+def is_position(event_id: str) -> bool:
+    try:
+        Position.parse(event_id)
+    except PositionGone:
+        return False
+    return True
 
 
 def test_post_subscribe_takes_1000_users(start_daemon):
@@ -188,7 +221,7 @@ def test_any_other_option_value_is_400_on_every_route(daemon):
 
 
 def test_changes_only_across_two_instances_on_redis(redis_server, start_daemon):
-    """Redis keeps no feed yet: the same one-per-change events, ids not positions."""
+    """The same one-per-change events across the bus, each id a feed position."""
     args = ["--redis", redis_server.address, "--presence-timeout", "2"]
     one, two = start_daemon(args), start_daemon(args)
     user = stream(two, "/subscribe?user=alice&user=bob&changes=only")
@@ -202,9 +235,11 @@ def test_changes_only_across_two_instances_on_redis(redis_server, start_daemon):
         pinger.ping("alice", "0")
     user.no_event(0.5)
     pinger.ping("alice", "1")
-    assert user.event()["status"] == "1"
+    _, position, data = user.message()
+    assert data["status"] == "1" and is_position(position)
     pinger.ping("alice", "1", clientid="phone")
-    assert device.event()["online"] is True
+    _, position, data = device.message()
+    assert data["online"] is True and is_position(position)
     user.no_event(0.3)
     pinger.ping("alice", "", clientid="phone", path="/leave")
     assert device.event()["online"] is False

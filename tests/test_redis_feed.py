@@ -23,7 +23,7 @@ class Quiet:
 
     resyncs = 0
 
-    def deliver(self, change) -> None: ...
+    def deliver(self, change, position=None, judged=None) -> None: ...
     def bus_lost(self) -> None: ...
 
     def resync(self) -> None:
@@ -98,6 +98,51 @@ async def test_the_scripts_record_each_transitions_changes_and_a_repeat_none(mak
     assert len(set(ids)) == len(ids) == 11
     assert [str(p) for p in everything.positions][-1] == str(page.positions[-1])
     assert (await feed.changes(everything.next, 10)).changes == ()
+
+
+class Told(Quiet):
+    """A listener that keeps what the bus told of each change: its view, position, judged."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str | None, str, str | None, bool | None]] = []
+
+    def deliver(self, change, position=None, judged=None) -> None:
+        self.told.append((change.clientid, change.status,
+                          None if position is None else str(position), judged))
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_bus_carries_each_changes_feed_position_and_another_services_none(
+        make_store, redis_server):
+    sender, hearer = await started(make_store()), await started(make_store())
+    hearer.listener = told = Told()
+    await hearer.subscribe("alice")
+    feed = sender.change_feed
+    start = await feed.position()
+    await sender.ping(Ping("alice", 1, "0", "web"))  # online + device_online
+    await sender.ping(Ping("alice", 2, "0", "web"))  # no change
+    await sender.ping(Ping("alice", 3, "1", "web"))  # status
+    await sender.leave("alice", "web")  # device_offline, then offline
+    await until(lambda: len(told.told) == 8)
+    page = await feed.changes(start, 100)
+    at = {(c.type, c.clientid): str(p) for c, p in zip(page.changes, page.positions)}
+    assert told.told == [
+        (None, "0", at[("online", None)], True), ("web", "0", at[("device_online", "web")], True),
+        (None, "0", None, True), ("web", "0", None, True),
+        (None, "1", at[("status", None)], True), ("web", "1", None, True),
+        ("web", "1", at[("device_offline", "web")], True), (None, "1", at[("offline", None)], True),
+    ]
+    # A message another service publishes (the compat fields only) still arrives,
+    # judged by nobody: the hub applies its own rule.
+    redis_server.command("PUBLISH", "heartbeat:alice",
+                         '{"userid":"alice","time":9,"status":"2","online":true}')
+    await until(lambda: len(told.told) == 9)
+    assert told.told[-1] == (None, "2", None, None)
+    # An erasure's event carries its erased change's position.
+    await sender.erase("alice")
+    await until(lambda: len(told.told) == 10)
+    [erased] = (await feed.changes(page.next, 100)).positions
+    assert told.told[-1] == (None, "", str(erased), True)
 
 
 @pytest_twisted.ensureDeferred

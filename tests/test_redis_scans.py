@@ -40,5 +40,5 @@ def test_control_messages_and_the_erased_event():
     assert from_control(disconnect_message("dave")) == "dave"
     for text in ("", "{}", '{"disconnect": 3}', '{"disconnect": ""}', "[1]", None):
         assert from_control(text) is None
-    assert from_message("alice", erased_message("alice")) == (erased("alice"),)
+    assert from_message("alice", erased_message("alice")) == ((erased("alice"),), None)
     assert not control_channel("heartbeat:").startswith("heartbeat:")

@@ -34,7 +34,7 @@ class Recorder:
         self.resyncs = 0
         self.losses = 0
 
-    def deliver(self, change: Presence) -> None:
+    def deliver(self, change: Presence, position: object = None, judged: object = None) -> None:
         (self.pings if change.clientid is None else self.devices).append(change)
 
     def bus_lost(self) -> None:
@@ -225,9 +225,9 @@ async def test_prefix_names_keys_and_channels(make_store, redis_server):
         b"hb/test/alice", b"{hb/test/}:control"]
     await store.ping(Ping("alice", 5, "1"))
     # The compat key, then the user's and the deadline partition's keys and the change
-    # feed, all prefixed.
+    # feed and its epoch, all prefixed.
     keys = redis_server.command("KEYS", "*").split()
-    assert b"hb/test/alice" in keys and b"{hb/test/changes}" in keys and len(keys) == 6
+    assert b"hb/test/alice" in keys and b"{hb/test/changes}" in keys and len(keys) == 7
     assert all(key.startswith((b"hb/test/", b"{hb/test/")) for key in keys)
     await until(lambda: store.listener.pings)
     assert store.listener.pings == [Presence("alice", 5, "1")]

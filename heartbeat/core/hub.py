@@ -114,7 +114,8 @@ class Hub:
         # ids and resume points are its positions.
         self.feed = feed
         # Whether the store's bus hands each change's feed position with it
-        # (the in-process stores); else the hub finds the changes itself.
+        # (the in-process stores; the Redis bus says so per message, ``judged``);
+        # else the hub finds the changes itself.
         self._positions = positions
         store.listener = self
         # Keeps the devices of presence streams online (None: no presence streams).
@@ -263,7 +264,8 @@ class Hub:
                     lambda f: log.failure("unsubscribe failed", f, log_level=LogLevel.warn)
                 )
 
-    def deliver(self, change: Presence, position: Position | None = None) -> None:
+    def deliver(self, change: Presence, position: Position | None = None,
+                judged: bool | None = None) -> None:
         interest = self._interest.get(change.userid)
         if interest is None:
             return
@@ -287,7 +289,8 @@ class Hub:
             interest.devices[change.clientid] = change
             watching = interest.device_streams.get(change.clientid)
         if quiet:
-            self._deliver_quiet(interest, before, change, position)
+            self._deliver_quiet(interest, before, change, position,
+                                self._positions if judged is None else judged)
         if watching:
             self._fan_out(Event(change), tuple(watching))
 
@@ -302,17 +305,18 @@ class Hub:
             stream.close()
 
     def _deliver_quiet(self, interest: _Interest, before: Presence | None, change: Presence,
-                       position: Position | None) -> None:
+                       position: Position | None, judged: bool) -> None:
         """A change the store found visible (it gave its feed position): to the
         ``changes=only`` streams of its view.
 
-        A store whose bus carries no positions (Redis, for now): the same rule
-        is applied here, once per change, to what the bus said last.
+        A change the store did not judge (a Cluster's, another service's
+        message on the Redis bus): the same rule is applied here, once per
+        change, to what the bus said last.
         """
         quiet = interest.quiet.get(change.clientid)
         if not quiet:
             return
-        if position is None and (self._positions or not visibly_changed(before, change)):
+        if position is None and (judged or not visibly_changed(before, change)):
             return
         self._fan_out(Event(change, position), tuple(quiet))
 
@@ -323,16 +327,26 @@ class Hub:
             interest.loaded = False
 
     def resync(self) -> Deferred[None]:
-        """After a bus outage, send each stream what changed while it was down."""
+        """After a bus outage, send each stream what changed while it was down.
+
+        With a feed, its position is read before the state, as a stream's
+        opening does: a ``changes=only`` stream's events then carry it, so
+        its client resumes from a position even after the outage.
+        """
         if not self._interest:
             return succeed(None)
         deliveries = {userid: i.deliveries for userid, i in self._interest.items()}
-        d = self._store.get(list(self._interest))
-        sent = d.addCallback(self._send_changed, deliveries)
+        d = ensureDeferred(self._read_all())
+        sent = d.addCallback(lambda read: self._send_changed(read[0], read[1], deliveries))
         return sent.addErrback(self._stored_failed)
 
+    async def _read_all(self) -> tuple[dict[str, UserState | None], Position | None]:
+        cursor = None if self.feed is None else await self.feed.position()
+        return await self._store.get(list(self._interest)), cursor
+
     def _send_changed(
-        self, states: dict[str, UserState | None], deliveries: dict[str, int]
+        self, states: dict[str, UserState | None], cursor: Position | None,
+        deliveries: dict[str, int],
     ) -> None:
         for userid, state in states.items():
             interest = self._interest.get(userid)
@@ -351,9 +365,15 @@ class Hub:
                     view = state.view(clientid)
                     events[clientid] = None if view is None else Event(view)
                 event = events[clientid]
-                if event is not None and stream.seen.get(userid) != event.change:
-                    stream.send(event)
-                    self.delivered += 1
+                if event is None or stream.seen.get(userid) == event.change:
+                    continue
+                if stream.options.changes_only:
+                    # Only a visible change, its id the position the state was read at.
+                    if not visibly_changed(stream.seen.get(userid), event.change):
+                        continue
+                    event = Event(event.change, cursor)
+                stream.send(event)
+                self.delivered += 1
 
     def keepalive(self) -> None:
         streams = tuple(self.streams)

@@ -37,14 +37,17 @@ from heartbeat.core.presence import Ping, Presence, UserState
 class BusListener(Protocol):
     """What a store hands its bus traffic to (the hub)."""
 
-    def deliver(self, change: Presence, position: Position | None = None) -> None:
+    def deliver(self, change: Presence, position: Position | None = None,
+                judged: bool | None = None) -> None:
         """A change was stored for a user this process subscribed to.
 
         A ping is two changes, the user's then the device's; a device going
         offline is the device's, then the user's if it was their last.
         ``position`` is given when the store recorded the view in its change
         feed (it changed visibly: SPEC §8): that test is made once, where
-        the change is made, for every ``changes=only`` stream.
+        the change is made, for every ``changes=only`` stream. ``judged``
+        says whether the store made that test for this change (None: as its
+        bus always does; false for a message another service published).
         """
 
     def bus_lost(self) -> None:

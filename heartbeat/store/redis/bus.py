@@ -18,10 +18,13 @@ def relay(listener: BusListener | None, prefix: str, channel: str, text: object)
     """
     if not (isinstance(text, str) and channel.startswith(prefix)):
         return
-    changes = from_message(channel[len(prefix):], text)
+    changes, positions = from_message(channel[len(prefix):], text)
     if changes and listener is not None:
         try:
             for change in changes:
-                listener.deliver(change)
+                if positions is None:
+                    listener.deliver(change)
+                else:
+                    listener.deliver(change, positions.get(change.clientid), judged=True)
         except Exception:
             log.failure("delivering a ping failed")

@@ -10,6 +10,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from heartbeat.core import fast_json
+from heartbeat.core.changes import Position, PositionGone
 from heartbeat.core.presence import Ping, Presence, UserState, erased
 
 
@@ -27,7 +29,7 @@ def ping_message(ping: Ping) -> str:
     as the two changes.
     """
     device = Presence(ping.userid, ping.time, ping.status, True, ping.clientid)
-    return json.dumps(device.as_event(), separators=(",", ":"))
+    return fast_json.dumps(device.as_event()).decode("ascii")
 
 
 def erased_message(userid: str) -> str:
@@ -54,7 +56,7 @@ def from_control(text: object) -> str | None:
 
 def deadline_member(userid: str, clientid: str) -> str:
     """A device's member in its deadline partition: both ids, unambiguously."""
-    return json.dumps([userid, clientid], separators=(",", ":"))
+    return fast_json.dumps([userid, clientid]).decode("ascii")
 
 
 def from_member(member: str) -> tuple[str, str] | None:
@@ -67,37 +69,60 @@ def from_member(member: str) -> tuple[str, str] | None:
     return userid, clientid
 
 
-def from_message(userid: str, text: str) -> tuple[Presence, ...]:
-    """The changes a message on ``userid``'s channel carries.
+# A message's changes, and the feed positions it gives them by view (None: the
+# user's, else its device's), or None when it says nothing of the feed.
+Message = tuple[tuple[Presence, ...], dict[str | None, Position] | None]
+
+
+def from_message(userid: str, text: str) -> Message:
+    """The changes a message on ``userid``'s channel carries, and their positions.
 
     A JSON object with ``time`` and ``status`` (and optionally ``online``,
     default true) is the user's change; with a string ``clientid`` too, the
-    device's, and when it is online (a ping) the user's as well. The Go
-    service's ``"time status"`` text is still read, as the user's change.
-    Anything else is ignored.
+    device's, and when it is online (a ping) the user's as well. Its
+    ``feed`` object (``lua/feed.lua``'s ``with_feed``) gives the position of
+    each view that changed, ``user`` and ``device``; a message without it
+    (another service's) says nothing of the feed. The Go service's ``"time
+    status"`` text is still read, as the user's change. Anything else is
+    ignored.
     """
     if not text.startswith("{"):
         stamp, _, text_status = text.partition(" ")
         ping = _ping(userid, stamp, text_status)
-        return () if ping is None else (Presence(userid, ping.time, ping.status),)
+        return () if ping is None else (Presence(userid, ping.time, ping.status),), None
     try:
-        event = json.loads(text)
+        event = fast_json.loads(text)
     except ValueError:
-        return ()
+        return (), None
     if not isinstance(event, dict):
-        return ()
+        return (), None
     if event.get("erased") is True:
-        return (erased(userid),)
+        return (erased(userid),), _positions(event.get("feed"), None)
     time, status, online = event.get("time"), event.get("status"), event.get("online", True)
     if (type(time) is not int or time < 0 or not isinstance(status, str) or not status
             or not isinstance(online, bool)):
-        return ()
+        return (), None
     clientid = event.get("clientid")
+    positions = _positions(event.get("feed"), clientid)
     user = Presence(userid, time, status, online)
     if not isinstance(clientid, str):
-        return (user,)
+        return (user,), positions
     device = Presence(userid, time, status, online, clientid)
-    return (user, device) if online else (device,)
+    return ((user, device) if online else (device,)), positions
+
+
+def _positions(feed: object, clientid: object) -> dict[str | None, Position] | None:
+    if not isinstance(feed, dict):
+        return None
+    positions: dict[str | None, Position] = {}
+    for view, key in ((None, "user"), (clientid, "device")):
+        text = feed.get(key)
+        if isinstance(text, str) and (view is None or isinstance(view, str)):
+            try:
+                positions[view] = Position.parse(text)
+            except PositionGone:
+                return None  # not heartbeat's: read as if it said nothing
+    return positions
 
 
 def from_row(userid: str, row: Sequence[Any]) -> UserState | None:

@@ -16,7 +16,6 @@ if FEED then
 else
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 end
-record('erased', ARGV[2], false, 0, '', false)
-emit(KEYS[1], ARGV[1])
+emit(KEYS[1], with_feed(ARGV[1], record('erased', ARGV[2], false, 0, '', false), nil))
 if online then return 1 end
 return 0

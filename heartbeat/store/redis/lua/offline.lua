@@ -9,17 +9,17 @@ local function offline(count, key, devices, online, userid, clientid)
   local space = device and string.find(device, ' ', 1, true)
   if space then
     local time, status = tonumber(string.sub(device, 1, space - 1)), string.sub(device, space + 1)
-    emit(key, cjson.encode({userid = userid, clientid = clientid, online = false,
-      time = time, status = status}))
-    record('device_offline', userid, clientid, time, status, false)
+    local position = record('device_offline', userid, clientid, time, status, false)
+    emit(key, with_feed(cjson.encode({userid = userid, clientid = clientid, online = false,
+      time = time, status = status}), nil, position))
   end
   if redis.call('SCARD', online) > 0 then return 0 end
   if count then redis.call('DECR', count) end
   local user = redis.pcall('HMGET', key, 'time', 'status')
   if not user.err and user[1] and user[2] then
-    emit(key, cjson.encode({userid = userid, online = false,
-      time = tonumber(user[1]), status = user[2]}))
-    record('offline', userid, nil, tonumber(user[1]), user[2], false)
+    local position = record('offline', userid, nil, tonumber(user[1]), user[2], false)
+    emit(key, with_feed(cjson.encode({userid = userid, online = false,
+      time = tonumber(user[1]), status = user[2]}), position, nil))
   end
   return 1
 end

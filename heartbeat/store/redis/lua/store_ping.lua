@@ -19,14 +19,15 @@ local function store_ping(count, key, devices, online, deadlines, userid, time, 
   local came = arrived and redis.call('SCARD', online) == 1
   if came and count then redis.call('INCR', count) end
   redis.call('ZADD', deadlines, deadline, member)
-  emit(key, message)
   -- The feed's rule (heartbeat.core.changes.derive): the user's change, then the device's.
+  local user, device
   if came then
-    record('online', userid, nil, time, status, true)
+    user = record('online', userid, nil, time, status, true)
   elseif before ~= status then
-    record('status', userid, nil, time, status, true)
+    user = record('status', userid, nil, time, status, true)
   end
-  if arrived then record('device_online', userid, clientid, time, status, true) end
+  if arrived then device = record('device_online', userid, clientid, time, status, true) end
+  emit(key, with_feed(message, user, device))
   if came then return CAME_ONLINE end
   return STORED
 end
