@@ -123,7 +123,8 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
 def _store(settings: Settings, reactor: Any) -> Store:
     hiding = Hiding.of(settings.hidden_statuses)
     if settings.redis is None:
-        return open_store(settings.database, reactor, settings.presence_timeout, hiding)
+        return open_store(settings.database, reactor, settings.presence_timeout, hiding,
+                          settings.max_devices_per_user)
     # Imported only when used: txredisapi imports the global reactor.
     if settings.redis.kind == "cluster":
         from heartbeat.store.redis.cluster_store import ClusterStore

@@ -12,6 +12,9 @@ from heartbeat.core.feed import Listener
 from heartbeat.core.hidden import Hiding
 from heartbeat.core.presence import Devices, Ping, Presence, UserState
 
+# SPEC §3's default for MAX_DEVICES_PER_USER.
+MAX_DEVICES_PER_USER = 100
+
 
 class MemoryStore:
     """The in-process store and bus: one instance, nothing kept across restarts.
@@ -25,10 +28,12 @@ class MemoryStore:
     available = True
     kind = "memory"
 
-    def __init__(self, clock: IReactorTime, timeout: float, hiding: Hiding = Hiding()) -> None:
+    def __init__(self, clock: IReactorTime, timeout: float, hiding: Hiding = Hiding(),
+                 max_devices: int = MAX_DEVICES_PER_USER) -> None:
         self._clock = clock
         self._timeout = timeout
         self._hiding = hiding
+        self._max_devices = max_devices
         self._users: dict[str, Devices] = {}
         self._subscribed: set[str] = set()
         self._deadlines: Deadlines[tuple[str, str]] = Deadlines(clock, self._timed_out)
@@ -50,6 +55,13 @@ class MemoryStore:
     def _apply_ping(self, ping: Ping, deadline: float) -> None:
         """Record ``ping``, its device due offline at ``deadline``, and publish it."""
         devices = self._devices(ping.userid)
+        if not self._hiding.hides(ping.status):
+            room = devices.make_room(ping.clientid, self._max_devices)
+            if room is not None:
+                forgotten, gone = room
+                self._deadlines.disarm((ping.userid, forgotten))
+                self._forgot(ping.userid, forgotten)
+                self._publish(gone)
         # Armed for a ping that hides too: its device stays connected.
         self._deadlines.arm_at((ping.userid, ping.clientid), deadline)
         changes = devices.ping(ping, self._hiding)
@@ -62,6 +74,10 @@ class MemoryStore:
     def _apply_leave(self, userid: str, clientid: str) -> None:
         self._deadlines.disarm((userid, clientid))
         self._offline(userid, clientid)
+
+    def _forgot(self, userid: str, clientid: str) -> None:
+        """``clientid`` was forgotten to make room for a new device: nothing to
+        do here; a store that keeps devices elsewhere forgets it there too."""
 
     def _devices(self, userid: str) -> Devices:
         devices = self._users.get(userid)
@@ -80,7 +96,7 @@ class MemoryStore:
         user.latest = latest
         for device, deadline in devices:
             assert device.clientid is not None
-            user.devices[device.clientid] = device
+            user.put(device)
             if device.online:
                 self._online.add(latest.userid)
                 self._deadlines.arm_at((latest.userid, device.clientid), deadline)

@@ -44,7 +44,7 @@ from twisted.python.threadpool import ThreadPool
 from heartbeat.core.hidden import Hiding
 from heartbeat.core.presence import Ping, Presence
 from heartbeat.store.interface import StoreUnavailable
-from heartbeat.store.memory import MemoryStore
+from heartbeat.store.memory import MAX_DEVICES_PER_USER, MemoryStore
 
 log = Logger()
 
@@ -74,6 +74,7 @@ _SCHEMA = (
 _PUT_USER = "INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?)"
 _PUT_DEVICE = "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?)"
 _LEAVE = "UPDATE devices SET deadline = NULL WHERE userid = ? AND clientid = ?"
+_FORGET = "DELETE FROM devices WHERE userid = ? AND clientid = ?"
 _PROBE = "INSERT OR REPLACE INTO meta VALUES ('written', ?)"
 
 
@@ -98,11 +99,13 @@ class Changes:
     devices: dict[tuple[str, str], tuple[str, str, int, str, float | None]] = field(
         default_factory=dict)
     leaves: dict[tuple[str, str], None] = field(default_factory=dict)
+    forgets: dict[tuple[str, str], None] = field(default_factory=dict)
 
     def ping(self, ping: Ping, deadline: float) -> None:
         key = (ping.userid, ping.clientid)
         self.users[ping.userid] = (ping.userid, ping.time, ping.status, ping.clientid)
         self.leaves.pop(key, None)
+        self.forgets.pop(key, None)
         self.devices[key] = (ping.userid, ping.clientid, ping.time, ping.status, deadline)
 
     def leave(self, userid: str, clientid: str) -> None:
@@ -112,6 +115,15 @@ class Changes:
             self.leaves[key] = None
         else:
             self.devices[key] = (*row[:4], None)
+
+    def forget(self, userid: str, clientid: str) -> None:
+        key = (userid, clientid)
+        self.devices.pop(key, None)
+        self.leaves.pop(key, None)
+        self.forgets[key] = None
+
+    def __bool__(self) -> bool:
+        return bool(self.users or self.devices or self.leaves or self.forgets)
 
 
 class Database:
@@ -165,6 +177,7 @@ class Database:
             conn.executemany(_PUT_USER, changes.users.values()),
             conn.executemany(_PUT_DEVICE, changes.devices.values()),
             conn.executemany(_LEAVE, changes.leaves),
+            conn.executemany(_FORGET, changes.forgets),
         ))
 
     def probe(self) -> None:
@@ -296,8 +309,9 @@ class SQLiteStore(MemoryStore, Service):
     kind = "sqlite"
 
     def __init__(self, database: Database, state: list[Restored], reactor: Any,
-                 timeout: float, hiding: Hiding = Hiding(), writer: Writer | None = None) -> None:
-        super().__init__(reactor, timeout, hiding)
+                 timeout: float, hiding: Hiding = Hiding(),
+                 max_devices: int = MAX_DEVICES_PER_USER, writer: Writer | None = None) -> None:
+        super().__init__(reactor, timeout, hiding, max_devices)
         self._reactor = reactor
         self._db = database
         self.available = True
@@ -342,6 +356,11 @@ class SQLiteStore(MemoryStore, Service):
         self._changes.leave(userid, clientid)
         return self._queue(lambda: self._apply_leave(userid, clientid))
 
+    def _forgot(self, userid: str, clientid: str) -> None:
+        # Applied after the ping's commit: the row goes in the next transaction.
+        self._changes.forget(userid, clientid)
+        self._schedule_flush()
+
     def close(self) -> Deferred[None]:
         """Finish the writes under way, close the file, stop the thread, unlock."""
         if self._probe_call is not None and self._probe_call.active():
@@ -369,9 +388,12 @@ class SQLiteStore(MemoryStore, Service):
         d: Deferred[None] = Deferred()
         self._waiting.append(d)
         self._applies.append(apply)
+        self._schedule_flush()
+        return d
+
+    def _schedule_flush(self) -> None:
         if not self._writing and self._flush_call is None:
             self._flush_call = self._clock.callLater(0, self._flush)
-        return d
 
     def _run(self, f: Callable[..., T], *args: object) -> Deferred[T]:
         if self._writer is None:  # not started, or stopped: nothing is written
@@ -380,7 +402,7 @@ class SQLiteStore(MemoryStore, Service):
 
     def _flush(self) -> None:
         self._flush_call = None
-        if not self._waiting:
+        if not self._waiting and not self._changes:
             self._check_idle()
             return
         changes, self._changes = self._changes, Changes()
@@ -416,7 +438,7 @@ class SQLiteStore(MemoryStore, Service):
         self._flush()
 
     def _check_idle(self) -> None:
-        if self._writing or self._waiting:
+        if self._writing or self._waiting or self._changes:
             return
         idle, self._idle = self._idle, []
         for d in idle:
@@ -445,10 +467,11 @@ class SQLiteStore(MemoryStore, Service):
         d.addCallbacks(lambda _: self._now_available(), self._now_unavailable)
 
 
-def open_store(setting: str, reactor: Any, timeout: float, hiding: Hiding = Hiding()) -> MemoryStore:
+def open_store(setting: str, reactor: Any, timeout: float, hiding: Hiding = Hiding(),
+               max_devices: int = MAX_DEVICES_PER_USER) -> MemoryStore:
     """The embedded store ``DATABASE`` asks for: ``:memory:`` keeps nothing."""
     if setting == ":memory:":
-        return MemoryStore(reactor, timeout, hiding)
+        return MemoryStore(reactor, timeout, hiding, max_devices)
     database, state = Database.open(setting)
-    return SQLiteStore(database, state, reactor, timeout, hiding)
+    return SQLiteStore(database, state, reactor, timeout, hiding, max_devices)
 
