@@ -16,6 +16,7 @@ from heartbeat.store.memory import MemoryStore
 from heartbeat.store.sqlite import (
     APPLICATION_ID,
     PROBE_INTERVAL,
+    SCHEMA_VERSION,
     Database,
     DatabaseUnusable,
     SQLiteStore,
@@ -37,13 +38,15 @@ class Listener:
 
 
 class Writer:
-    """Runs each write at once; counts them, and fails them while ``failing``."""
+    """Runs each call at once; counts the writes, and fails them while ``failing``."""
 
     def __init__(self) -> None:
         self.calls = 0
         self.failing = False
 
     def __call__(self, f, *args) -> Deferred:
+        if f.__name__.startswith("read_"):
+            return maybeDeferred(f, *args)
         self.calls += 1
         if self.failing:
             return maybeDeferred(_raise_full)
@@ -59,8 +62,7 @@ def make_store(path: Path, timeout: float = 60, at: float = START, hiding: Hidin
     clock = Clock()
     clock.advance(at)
     writer = Writer()
-    database, state = Database.open(str(path))
-    store = SQLiteStore(database, state, clock, timeout, hiding, writer=writer)
+    store = SQLiteStore(Database.open(str(path)), clock, timeout, hiding, writer=writer)
     store.startService()
     return store, clock, writer
 
@@ -77,10 +79,11 @@ def state_of(store: MemoryStore, userid: str):
 def test_a_ping_is_answered_once_committed_and_is_there_after_a_restart(tmp_path):
     path = tmp_path / "heartbeat.db"
     store, clock, writer = make_store(path)
-    answered = store.ping(Ping("alice", 5, "1", "phone"))
-    assert not answered.called and state_of(store, "alice") is None
+    answered: list = []
+    store.ping(Ping("alice", 5, "1", "phone")).addCallback(answered.append)
+    assert not answered and state_of(store, "alice") is None
     clock.advance(0)
-    assert answered.called and writer.calls == 1
+    assert answered and writer.calls == 1
     assert state_of(store, "alice").user == Presence("alice", 5, "1", True)
     again, _, _ = reopen(store, path)
     state = state_of(again, "alice")
@@ -155,11 +158,13 @@ def test_a_deadline_survives_a_restart_and_one_already_due_falls_at_once(tmp_pat
     clock.advance(1)
     assert not state_of(again, "alice").user.online
     assert listener.changes[-1] == Presence("alice", 1, "1", False)
-    # A restart after the deadline: offline at the first sweep, before anyone reads.
+    # A restart after the deadline: offline from the start, and on disk once written.
     late, clock, _ = reopen(again, path, at=START + 3600)
-    assert state_of(late, "alice").user.online  # not yet swept
+    assert not state_of(late, "alice").user.online and late.online_users() == 0
     clock.advance(0)
-    assert not state_of(late, "alice").user.online and late.offline_transitions == 1
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM devices WHERE deadline IS NOT NULL"
+                            ).fetchone() == (0,)
 
 
 def test_a_failing_write_answers_503_and_the_store_recovers(tmp_path):
@@ -193,10 +198,13 @@ def test_close_waits_for_the_write_under_way(tmp_path):
         pending.append((d, f, args))
         return d
 
-    database, state = Database.open(str(path))
-    store = SQLiteStore(database, state, clock, 60, writer=slow)
+    store = SQLiteStore(Database.open(str(path)), clock, 60, writer=slow)
     store.startService()
+    d, f, args = pending.pop()  # start-up's read of who is online
+    d.callback(f(*args))
     answered = store.ping(Ping("alice", 1, "1"))
+    d, f, args = pending.pop()  # alice, read before her ping
+    d.callback(f(*args))
     clock.advance(0)
     closed = store.close()
     assert not closed.called
@@ -218,7 +226,7 @@ def test_a_new_database_is_heartbeats_in_wal_mode(tmp_path):
     make_store(path)[0].close()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -269,3 +277,92 @@ def test_a_second_opener_is_refused_while_the_first_holds_it(tmp_path):
 
 def test_a_directory_that_does_not_exist_is_refused(tmp_path):
     assert "cannot create" in _refused(tmp_path / "missing" / "heartbeat.db")
+
+
+def test_memory_holds_the_online_the_watched_and_a_bounded_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr("heartbeat.store.sqlite.RESTING_USERS", 5)
+    path = tmp_path / "heartbeat.db"
+    store, clock, _ = make_store(path, timeout=10)
+    store.subscribe("u0")
+    for n in range(50):
+        store.ping(Ping(f"u{n}", n, "1", "phone"))
+    clock.advance(0)
+    assert len(store._users) == 50  # all online
+    clock.advance(11)
+    # Offline: the watched one and the five last used stay.
+    assert "u0" in store._users and len(store._users) == 6
+    # The others are read back from the file when asked, whole.
+    assert state_of(store, "u7").user == Presence("u7", 7, "1", False)
+    assert state_of(store, "u7").devices["phone"].online is False
+    assert state_of(store, "nobody") is None
+    # A restart loads only who is online.
+    store.ping(Ping("u9", 60, "2", "desk"))
+    clock.advance(0)
+    again, _, _ = reopen(store, path, at=START + 12)
+    assert list(again._users) == ["u9"] and again.loaded and again.online_users() == 1
+    assert set(state_of(again, "u9").devices) == {"phone", "desk"}
+
+
+def test_a_user_read_back_keeps_their_devices_and_the_bound(tmp_path, monkeypatch):
+    monkeypatch.setattr("heartbeat.store.sqlite.RESTING_USERS", 0)
+    path = tmp_path / "heartbeat.db"
+    clock = Clock()
+    clock.advance(START)
+    store = SQLiteStore(Database.open(str(path)), clock, 10, max_devices=3, writer=Writer())
+    store.startService()
+    for device in ("a", "b", "c"):
+        store.ping(Ping("alice", 1, "1", device))
+        clock.advance(0)
+    clock.advance(11)
+    assert "alice" not in store._users  # offline, unwatched, nothing cached
+    store.ping(Ping("alice", 20, "1", "d"))
+    clock.advance(0)
+    clock.advance(0)  # the forgotten device's row goes in the next transaction
+    assert sorted(state_of(store, "alice").devices) == ["b", "c", "d"]
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT clientid FROM devices ORDER BY clientid").fetchall()
+    assert rows == [("b",), ("c",), ("d",)]
+
+
+def test_a_database_of_the_first_schema_is_brought_up_to_date(tmp_path):
+    path = tmp_path / "heartbeat.db"
+    store, clock, _ = make_store(path)
+    store.ping(Ping("alice", 1, "1"))
+    clock.advance(0)
+    store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP INDEX devices_online")
+        conn.execute("PRAGMA user_version = 1")
+    again, _, _ = make_store(path, at=START + 1)
+    assert state_of(again, "alice").user.online and again.online_users() == 1
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'devices_online'"
+                            ).fetchone() == (1,)
+
+
+def test_presence_is_loaded_after_start_and_asked_users_are_read_meanwhile(tmp_path):
+    path = tmp_path / "heartbeat.db"
+    store, clock, _ = make_store(path)
+    store.ping(Ping("alice", 1, "1"))
+    clock.advance(0)
+    store.close()
+    pending: list = []
+
+    def later(f, *args) -> Deferred:
+        d = Deferred()
+        pending.append((d, f, args))
+        return d
+
+    again = SQLiteStore(Database.open(str(path)), clock, 60, writer=later)
+    again.startService()
+    loaded: list = []
+    again.when_loaded().addCallback(loaded.append)
+    assert not again.loaded and again.online_users() is None
+    asked = again.get(["alice"])
+    (d, f, args), (d2, f2, args2) = pending
+    d2.callback(f2(*args2))  # alice's read, answered first
+    assert asked.result["alice"].user.online
+    d.callback(f(*args))  # then everyone online
+    assert loaded and again.loaded and again.online_users() == 1
+    again.close()

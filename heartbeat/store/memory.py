@@ -85,28 +85,15 @@ class MemoryStore:
             devices = self._users[userid] = Devices(userid)
         return devices
 
-    def restore(self, latest: Ping, devices: Iterable[tuple[Presence, float]]) -> None:
-        """Put back a user kept elsewhere (a database), publishing nothing.
-
-        ``devices`` are the user's devices as last stored, each with its
-        deadline; an online one whose deadline has passed goes offline at
-        the first sweep, by the same rules as any other timeout.
-        """
-        user = self._devices(latest.userid)
-        user.latest = latest
-        for device, deadline in devices:
-            assert device.clientid is not None
-            user.put(device)
-            if device.online:
-                self._online.add(latest.userid)
-                self._deadlines.arm_at((latest.userid, device.clientid), deadline)
-
     def get(self, userids: Iterable[str]) -> Deferred[dict[str, UserState | None]]:
+        return succeed(self._states(userids))
+
+    def _states(self, userids: Iterable[str]) -> dict[str, UserState | None]:
         states = {}
         for userid in userids:
             devices = self._users.get(userid)
             states[userid] = None if devices is None else devices.state()
-        return succeed(states)
+        return states
 
     def subscribe(self, userid: str) -> Deferred[None]:
         self._subscribed.add(userid)

@@ -29,12 +29,13 @@ import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -42,7 +43,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from heartbeat.core.hidden import Hiding
-from heartbeat.core.presence import Ping, Presence
+from heartbeat.core.presence import Devices, Ping, Presence, UserState
 from heartbeat.store.interface import StoreUnavailable
 from heartbeat.store.memory import MAX_DEVICES_PER_USER, MemoryStore
 
@@ -51,7 +52,7 @@ log = Logger()
 # "hbea" in the database header: how a file is known to be heartbeat's.
 APPLICATION_ID = 0x68626561
 # The schema below; a later one migrates files of an earlier one.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 # Milliseconds a write waits for a reader's lock (``sqlite3 … .backup``) before failing.
 BUSY_TIMEOUT_MS = 2000
@@ -59,6 +60,12 @@ BUSY_TIMEOUT_MS = 2000
 # so /health recovers with no ping to try it.
 PROBE_INTERVAL = 1.0
 
+# What each schema version adds to the one before.
+_MIGRATIONS = {
+    # The online devices, what start-up loads, without reading every row.
+    2: ("CREATE INDEX IF NOT EXISTS devices_online ON devices (deadline)"
+        " WHERE deadline IS NOT NULL",),
+}
 _SCHEMA = (
     # Each user's latest ping, whichever device sent it.
     "CREATE TABLE users (userid TEXT PRIMARY KEY, time INTEGER NOT NULL,"
@@ -70,11 +77,18 @@ _SCHEMA = (
     " PRIMARY KEY (userid, clientid)) WITHOUT ROWID",
     # When this file last took a write: what the probe writes.
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    *_MIGRATIONS[2],
 )
 _PUT_USER = "INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?)"
 _PUT_DEVICE = "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?)"
 _LEAVE = "UPDATE devices SET deadline = NULL WHERE userid = ? AND clientid = ?"
 _FORGET = "DELETE FROM devices WHERE userid = ? AND clientid = ?"
+# A device's deadline passed: offline on disk too, unless a later ping moved it.
+_TIMED_OUT = ("UPDATE devices SET deadline = NULL"
+              " WHERE userid = ? AND clientid = ? AND deadline <= ?")
+_ONLINE_USERS = "SELECT DISTINCT userid FROM devices WHERE deadline IS NOT NULL"
+# Most userids in one IN (…): under SQLite's smallest variable limit.
+_READ_CHUNK = 500
 _PROBE = "INSERT OR REPLACE INTO meta VALUES ('written', ?)"
 
 
@@ -100,6 +114,7 @@ class Changes:
         default_factory=dict)
     leaves: dict[tuple[str, str], None] = field(default_factory=dict)
     forgets: dict[tuple[str, str], None] = field(default_factory=dict)
+    timeouts: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def ping(self, ping: Ping, deadline: float) -> None:
         key = (ping.userid, ping.clientid)
@@ -122,8 +137,11 @@ class Changes:
         self.leaves.pop(key, None)
         self.forgets[key] = None
 
+    def timed_out(self, userid: str, clientid: str, now: float) -> None:
+        self.timeouts[(userid, clientid)] = now
+
     def __bool__(self) -> bool:
-        return bool(self.users or self.devices or self.leaves or self.forgets)
+        return bool(self.users or self.devices or self.leaves or self.forgets or self.timeouts)
 
 
 class Database:
@@ -135,26 +153,60 @@ class Database:
         self._conn: sqlite3.Connection | None = None
 
     @classmethod
-    def open(cls, setting: str) -> tuple[Database, list[Restored]]:
-        """Lock, check (creating it if new) and read ``DATABASE``.
+    def open(cls, setting: str) -> Database:
+        """Lock and check (creating it if new) ``DATABASE``; read nothing yet.
 
-        Runs before the reactor does, so blocking here blocks nobody; the
-        connection it reads with is closed before twistd may fork.
+        Runs before the reactor does, so blocking here blocks nobody; it
+        costs the same however many users the file holds. The connection it
+        checks with is closed before twistd may fork.
         """
         path = os.path.abspath(setting)
         lock_fd, created = _lock(setting, path + "-lock")
         try:
-            conn = _checked(setting, path)
-            try:
-                state = list(_read(conn))
-            finally:
-                conn.close()
+            _checked(setting, path).close()
         except BaseException:
             os.close(lock_fd)
             if created:
                 os.unlink(path + "-lock")
             raise
-        return cls(path, lock_fd), state
+        return cls(path, lock_fd)
+
+    def read_online(self) -> list[Restored]:
+        """Every user with an online device, whole (in the writer thread).
+
+        What presence needs at start-up: their deadlines, to sweep, and
+        their devices, to tell watchers which went offline. A file of an
+        older schema is brought up to date first.
+        """
+        conn = self._connection()
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version < SCHEMA_VERSION:
+            def migrate(conn: sqlite3.Connection) -> None:
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[step]:
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._transaction(migrate)
+        users = [row[0] for row in conn.execute(_ONLINE_USERS)]
+        return list(self.read_users(users).values())
+
+    def read_users(self, userids: list[str]) -> dict[str, Restored]:
+        """The stored ones of ``userids`` (in the writer thread)."""
+        conn = self._connection()
+        found: dict[str, Restored] = {}
+        for start in range(0, len(userids), _READ_CHUNK):
+            found.update(_read(conn, userids[start:start + _READ_CHUNK]))
+        return found
+
+    def read_all(self, chunk: int = _READ_CHUNK) -> Iterator[list[Restored]]:
+        """Every stored user, ``chunk`` at a time (for the export, which owns the file)."""
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            userids = [row[0] for row in conn.execute("SELECT userid FROM users")]
+            for start in range(0, len(userids), chunk):
+                yield list(_read(conn, userids[start:start + chunk]).values())
+        finally:
+            conn.close()
 
     def _connection(self) -> sqlite3.Connection:
         conn = self._conn
@@ -178,6 +230,7 @@ class Database:
             conn.executemany(_PUT_DEVICE, changes.devices.values()),
             conn.executemany(_LEAVE, changes.leaves),
             conn.executemany(_FORGET, changes.forgets),
+            conn.executemany(_TIMED_OUT, ((*key, now) for key, now in changes.timeouts.items())),
         ))
 
     def probe(self) -> None:
@@ -284,15 +337,31 @@ def _create(conn: sqlite3.Connection) -> None:
     conn.execute("COMMIT")
 
 
-def _read(conn: sqlite3.Connection) -> Iterator[Restored]:
+def _read(conn: sqlite3.Connection, userids: list[str]) -> dict[str, Restored]:
+    """``userids``' rows, each user's devices least recently seen first."""
+    marks = ",".join("?" * len(userids))
     devices: dict[str, list[tuple[Presence, float]]] = {}
-    for userid, clientid, ptime, status, deadline in conn.execute("SELECT * FROM devices"):
+    for userid, clientid, ptime, status, deadline in conn.execute(
+            f"SELECT * FROM devices WHERE userid IN ({marks}) ORDER BY userid, time", userids):
         online = deadline is not None
         device = Presence(userid, ptime, status, online, clientid)
         devices.setdefault(userid, []).append((device, deadline if online else 0.0))
-    for userid, ptime, status, clientid in conn.execute("SELECT * FROM users"):
-        yield Ping(userid, ptime, status, clientid), devices.get(userid, [])
+    return {
+        userid: (Ping(userid, ptime, status, clientid), devices.get(userid, []))
+        for userid, ptime, status, clientid in conn.execute(
+            f"SELECT * FROM users WHERE userid IN ({marks})", userids)
+    }
 
+
+def _read_failed(failure: Failure) -> None:
+    failure.trap(sqlite3.Error)
+    log.error("cannot read DATABASE: {error}", error=failure.getErrorMessage())
+    raise StoreUnavailable()
+
+
+# Users kept in memory though offline and unwatched, so a user read again
+# soon (a page of /status, a stream reopened) costs no read.
+RESTING_USERS = 10_000
 
 T = TypeVar("T")
 # Runs a function in the writer thread; its Deferred fires on the reactor thread.
@@ -300,7 +369,16 @@ Writer = Callable[..., Deferred[Any]]
 
 
 class SQLiteStore(MemoryStore, Service):
-    """The default store: one process, its state in memory and on disk.
+    """The default store: one process, what is live in memory, everything on disk.
+
+    Memory holds the users someone needs now: those online (their deadlines
+    are presence), those watched (a change reaches their streams without a
+    read), those with a write under way, and a bounded cache of the
+    :data:`RESTING_USERS` others last used. Any other user is read from the
+    file when asked, in the writer thread, so memory and start-up do not
+    grow with every user ever stored (SPEC §4). A user out of memory is
+    offline once start-up has loaded the online ones, so reading them back
+    is only ever a read; before that, whoever is asked for is read first.
 
     A service so its writer thread starts with the application (after
     twistd forks, if it daemonizes) and stops with it.
@@ -308,9 +386,9 @@ class SQLiteStore(MemoryStore, Service):
 
     kind = "sqlite"
 
-    def __init__(self, database: Database, state: list[Restored], reactor: Any,
-                 timeout: float, hiding: Hiding = Hiding(),
-                 max_devices: int = MAX_DEVICES_PER_USER, writer: Writer | None = None) -> None:
+    def __init__(self, database: Database, reactor: Any, timeout: float,
+                 hiding: Hiding = Hiding(), max_devices: int = MAX_DEVICES_PER_USER,
+                 writer: Writer | None = None) -> None:
         super().__init__(reactor, timeout, hiding, max_devices)
         self._reactor = reactor
         self._db = database
@@ -320,13 +398,18 @@ class SQLiteStore(MemoryStore, Service):
         self._pool: ThreadPool | None = None
         self._changes = Changes()
         self._waiting: list[Deferred[None]] = []
-        self._applies: list[Callable[[], None]] = []
+        self._applies: list[tuple[str, Callable[[], None]]] = []
         self._flush_call: IDelayedCall | None = None
         self._writing = False
         self._idle: list[Deferred[None]] = []
         self._probe_call: IDelayedCall | None = None
-        for latest, devices in state:
-            self.restore(latest, devices)
+        # Users in memory whom nothing holds there, least recently used first.
+        self._resting: OrderedDict[str, None] = OrderedDict()
+        # Users with changes queued or being written: held in memory until applied.
+        self._pending: dict[str, int] = {}
+        self._load_call: IDelayedCall | None = None
+        self._loaded_waiters: list[Deferred[None]] = []
+        self.loaded = False
 
     def startService(self) -> None:
         super().startService()
@@ -334,14 +417,146 @@ class SQLiteStore(MemoryStore, Service):
             pool = self._pool = ThreadPool(1, 1, "heartbeat-sqlite")
             pool.start()
             self._writer = lambda f, *args: deferToThreadPool(self._reactor, pool, f, *args)
+        self._load_online()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
         return self.close()
 
+    # Start-up: presence loaded after the port opens, never before.
+
+    def when_loaded(self) -> Deferred[None]:
+        """Fires once every online device's deadline is in memory (``/readyz``)."""
+        if self.loaded:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._loaded_waiters.append(d)
+        return d
+
+    def online_users(self) -> int | None:
+        return super().online_users() if self.loaded else None
+
+    def _load_online(self) -> None:
+        self._load_call = None
+        d = self._run(self._db.read_online)
+        d.addCallbacks(self._restore_online, self._load_failed)
+
+    def _restore_online(self, state: list[Restored]) -> None:
+        for restored in state:
+            userid = restored[0].userid
+            if userid not in self._users:  # read since, as someone asked: as new
+                self._restore(restored)
+                self._settle(userid)
+        self.loaded = True
+        log.info("presence loaded from DATABASE={path}: {users} users online",
+                 path=self._db.path, users=len(self._online))
+        waiters, self._loaded_waiters = self._loaded_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _load_failed(self, failure: Failure) -> None:
+        if not self.running:
+            return
+        log.error("cannot read DATABASE={path}: {error}; trying again",
+                  path=self._db.path, error=failure.getErrorMessage())
+        self._load_call = self._clock.callLater(PROBE_INTERVAL, self._load_online)
+
+    def _restore(self, restored: Restored) -> None:
+        """Put back a user as stored, publishing nothing.
+
+        A device whose deadline passed while nobody held it in memory (the
+        process was down) is offline from the start, on disk too.
+        """
+        latest, stored = restored
+        user = self._users[latest.userid] = Devices(latest.userid)
+        user.latest = latest
+        now = self._clock.seconds()
+        for device, deadline in stored:
+            clientid = device.clientid
+            assert clientid is not None
+            if device.online and deadline <= now:
+                device = replace(device, online=False)
+                self._changes.timed_out(latest.userid, clientid, now)
+                self._schedule_flush()
+            user.put(device)
+            if device.online:
+                self._online.add(latest.userid)
+                self._deadlines.arm_at((latest.userid, clientid), deadline)
+
+    def _read(self, userids: list[str], then: Callable[[], Any]) -> Deferred[Any]:
+        """Bring those of ``userids`` not in memory into it, from the file, then ``then()``.
+
+        They are held in memory until ``then`` is done with them.
+        """
+        missing = [userid for userid in userids if userid not in self._users]
+        for userid in missing:
+            self._hold(userid)
+        read = self._run(self._db.read_users, missing) if missing else succeed({})
+        read.addCallbacks(self._restore_read, _read_failed)
+        read.addCallback(lambda _: then())
+
+        def release(result: object) -> object:
+            for userid in missing:
+                self._release(userid)
+            return result
+
+        return read.addBoth(release)
+
+    def _restore_read(self, found: dict[str, Restored]) -> None:
+        for userid, restored in found.items():
+            # Reads and writes take turns in one thread: a user already back
+            # in memory (written, or read by an earlier call) is newer there.
+            if userid not in self._users:
+                self._restore(restored)
+            self._settle(userid)
+
+    # What memory holds.
+
+    def _settle(self, userid: str) -> None:
+        """Hold ``userid`` in memory while something needs them; else cache them."""
+        user = self._users.get(userid)
+        if user is None:
+            return
+        if user.online or userid in self._subscribed or userid in self._pending:
+            self._resting.pop(userid, None)
+            return
+        self._resting[userid] = None
+        self._resting.move_to_end(userid)
+        while len(self._resting) > RESTING_USERS:
+            del self._users[self._resting.popitem(last=False)[0]]
+
+    def _hold(self, userid: str) -> None:
+        self._pending[userid] = self._pending.get(userid, 0) + 1
+        self._resting.pop(userid, None)
+
+    def _release(self, userid: str) -> None:
+        left = self._pending.pop(userid) - 1
+        if left:
+            self._pending[userid] = left
+        self._settle(userid)
+
     # The Store protocol, where it differs from memory's: durable first.
 
+    def get(self, userids: Iterable[str]) -> Deferred[dict[str, UserState | None]]:
+        userids = list(userids)
+        return self._read(userids, lambda: self._states(userids))
+
+    def subscribe(self, userid: str) -> Deferred[None]:
+        self._subscribed.add(userid)
+        self._resting.pop(userid, None)
+        return succeed(None)
+
+    def unsubscribe(self, userid: str) -> Deferred[None]:
+        self._subscribed.discard(userid)
+        self._settle(userid)
+        return succeed(None)
+
     def ping(self, ping: Ping) -> Deferred[None]:
+        if ping.userid in self._users:
+            return self._store_ping(ping)
+        return self._read([ping.userid], lambda: self._store_ping(ping))
+
+    def _store_ping(self, ping: Ping) -> Deferred[None]:
         deadline = self._clock.seconds() + self._timeout
         if self._hiding.hides(ping.status):
             # Stored as watchers see it: the device offline at its last visible
@@ -350,11 +565,25 @@ class SQLiteStore(MemoryStore, Service):
             self._changes.leave(ping.userid, ping.clientid)
         else:
             self._changes.ping(ping, deadline)
-        return self._queue(lambda: self._apply_ping(ping, deadline))
+        return self._queue(ping.userid, lambda: self._apply_ping(ping, deadline))
 
     def leave(self, userid: str, clientid: str) -> Deferred[None]:
+        if userid in self._users:
+            return self._store_leave(userid, clientid)
+        return self._read([userid], lambda: self._store_leave(userid, clientid))
+
+    def _store_leave(self, userid: str, clientid: str) -> Deferred[None]:
         self._changes.leave(userid, clientid)
-        return self._queue(lambda: self._apply_leave(userid, clientid))
+        return self._queue(userid, lambda: self._apply_leave(userid, clientid))
+
+    def _timed_out(self, device: tuple[str, str]) -> None:
+        # Memory first, as a sweep is no answer to anyone: if the process
+        # dies before this commits, the deadline is past at the next start.
+        userid, clientid = device
+        self._changes.timed_out(userid, clientid, self._clock.seconds())
+        self._schedule_flush()
+        super()._timed_out(device)
+        self._settle(userid)
 
     def _forgot(self, userid: str, clientid: str) -> None:
         # Applied after the ping's commit: the row goes in the next transaction.
@@ -363,8 +592,9 @@ class SQLiteStore(MemoryStore, Service):
 
     def close(self) -> Deferred[None]:
         """Finish the writes under way, close the file, stop the thread, unlock."""
-        if self._probe_call is not None and self._probe_call.active():
-            self._probe_call.cancel()
+        for call in (self._probe_call, self._load_call):
+            if call is not None and call.active():
+                call.cancel()
         idle: Deferred[None] = Deferred()
         self._idle.append(idle)
         self._check_idle()
@@ -383,11 +613,12 @@ class SQLiteStore(MemoryStore, Service):
 
     # Batching.
 
-    def _queue(self, apply: Callable[[], None]) -> Deferred[None]:
+    def _queue(self, userid: str, apply: Callable[[], None]) -> Deferred[None]:
         """Answered once this turn's transaction, with this change in it, commits."""
         d: Deferred[None] = Deferred()
+        self._hold(userid)
         self._waiting.append(d)
-        self._applies.append(apply)
+        self._applies.append((userid, apply))
         self._schedule_flush()
         return d
 
@@ -411,24 +642,28 @@ class SQLiteStore(MemoryStore, Service):
         self._writing = True
         d = self._run(self._db.write, changes)
         d.addCallbacks(self._committed, self._failed,
-                       callbackArgs=(waiting, applies), errbackArgs=(waiting,))
+                       callbackArgs=(waiting, applies), errbackArgs=(waiting, applies))
         d.addBoth(self._written)
 
     def _committed(self, _: None, waiting: list[Deferred[None]],
-                   applies: list[Callable[[], None]]) -> None:
+                   applies: list[tuple[str, Callable[[], None]]]) -> None:
         self._now_available()
-        for apply in applies:
+        for userid, apply in applies:
             try:
                 apply()
             except Exception:
                 # Stored all the same: a failing stream must not leave the
                 # rest of the batch unanswered.
                 log.failure("delivering a stored change failed")
+            self._release(userid)
         for d in waiting:
             d.callback(None)
 
-    def _failed(self, failure: Failure, waiting: list[Deferred[None]]) -> None:
+    def _failed(self, failure: Failure, waiting: list[Deferred[None]],
+                applies: list[tuple[str, Callable[[], None]]]) -> None:
         self._now_unavailable(failure)
+        for userid, _ in applies:
+            self._release(userid)
         for d in waiting:
             d.errback(StoreUnavailable())
 
@@ -472,6 +707,5 @@ def open_store(setting: str, reactor: Any, timeout: float, hiding: Hiding = Hidi
     """The embedded store ``DATABASE`` asks for: ``:memory:`` keeps nothing."""
     if setting == ":memory:":
         return MemoryStore(reactor, timeout, hiding, max_devices)
-    database, state = Database.open(setting)
-    return SQLiteStore(database, state, reactor, timeout, hiding, max_devices)
+    return SQLiteStore(Database.open(setting), reactor, timeout, hiding, max_devices)
 
