@@ -87,14 +87,17 @@ def measure(users: int, repo: Path, directory: Path) -> dict[str, object]:
     path = directory / f"heartbeat-{users}.db"
     env = _environment(repo)
     built = time.monotonic()
-    subprocess.run([sys.executable, "-c", _BUILD, str(path), str(users)], env=env, check=True)
+    subprocess.run([sys.executable, "-c", _BUILD, str(path), str(users)], env=env, check=True,
+                   cwd=directory)  # not this checkout: -c puts the working directory first
     build_s = time.monotonic() - built
     port = free_port()
     started = time.monotonic()
-    proc = subprocess.Popen(
-        [TWISTD, "-n", "--pidfile=", "heartbeat", "--listen", f"tcp:{port}:interface=127.0.0.1",
-         "--database", str(path)],
-        cwd=directory, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    log = directory / f"heartbeat-{users}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "heartbeat", "--listen",
+             f"tcp:{port}:interface=127.0.0.1", "--database", str(path)],
+            cwd=directory, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         while True:
             try:
@@ -102,7 +105,8 @@ def measure(users: int, repo: Path, directory: Path) -> dict[str, object]:
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() - started > 300:
-                    raise RuntimeError("heartbeat did not listen") from None
+                    raise RuntimeError(f"heartbeat did not listen: {log.read_text()[-2000:]}"
+                                       ) from None
                 time.sleep(0.01)
         port_s = time.monotonic() - started
         while b"heartbeat_online_users" not in _get(port, "/metrics")[1]:

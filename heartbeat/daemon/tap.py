@@ -16,6 +16,7 @@ from heartbeat.core.hidden import Hiding
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity
 from heartbeat.daemon.config import SETTINGS, Settings, listen_endpoint, load_settings
+from heartbeat.daemon.descriptors import fit_streams, raise_open_files_limit
 from heartbeat.daemon.logs import log_observer, log_settings
 from heartbeat.daemon.metrics import Metrics
 from heartbeat.daemon.service import HeartbeatService
@@ -43,7 +44,7 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         reactor = default_reactor
     sockets = None
     try:
-        settings = load_settings(config)
+        settings = fit_streams(load_settings(config), raise_open_files_limit())
         if settings.workers > 1:
             from heartbeat.daemon.workers import reuseport_sockets
 
