@@ -366,3 +366,23 @@ def test_presence_is_loaded_after_start_and_asked_users_are_read_meanwhile(tmp_p
     d.callback(f(*args))  # then everyone online
     assert loaded and again.loaded and again.online_users() == 1
     again.close()
+
+
+def test_devices_stored_past_a_lower_limit_are_trimmed_when_read(tmp_path):
+    path = tmp_path / "heartbeat.db"
+    store, clock, _ = make_store(path, timeout=10)
+    for n in range(5):
+        store.ping(Ping("alice", n, "1", f"d{n}"))
+        clock.advance(1)
+    store.leave("alice", "d3")
+    clock.advance(0)
+    store.close()
+    clock = Clock()
+    clock.advance(START + 6)
+    again = SQLiteStore(Database.open(str(path)), clock, 10, max_devices=3, writer=Writer())
+    again.startService()
+    clock.advance(0)
+    # d3, offline, goes first, then d0, the least recently seen of the online ones.
+    assert sorted(state_of(again, "alice").devices) == ["d1", "d2", "d4"]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM devices").fetchone() == (3,)

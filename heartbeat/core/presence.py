@@ -148,12 +148,18 @@ class Devices:
 
         Returns the device forgotten and its offline change, if it was online
         (never the user's: the ping about to come keeps them online), or None.
-        The search reaches past offline devices only when the user is at the
-        limit with a new device, so a ping of a known device costs a lookup.
+        Only a new device at the limit searches, so a ping of a known device
+        costs a lookup.
         """
         if clientid in self.devices or len(self.devices) < limit:
             return None
-        victim = None
+        return self.forget_oldest()
+
+    def forget_oldest(self) -> tuple[str, tuple[Presence, ...]]:
+        """Forget the least recently seen device, an offline one if there is one.
+
+        Returns it and its offline change, if it was online.
+        """
         if self._online < len(self.devices):
             victim = next(c for c, device in self.devices.items() if not device.online)
         else:

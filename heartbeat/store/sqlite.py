@@ -482,6 +482,13 @@ class SQLiteStore(MemoryStore, Service):
             if device.online:
                 self._online.add(latest.userid)
                 self._deadlines.arm_at((latest.userid, clientid), deadline)
+        # Stored before MAX_DEVICES_PER_USER was (or was lower): down to it now.
+        while len(user.devices) > self._max_devices:
+            forgotten, _ = user.forget_oldest()
+            self._deadlines.disarm((latest.userid, forgotten))
+            self._forgot(latest.userid, forgotten)
+        if not user.online:
+            self._online.discard(latest.userid)
 
     def _read(self, userids: list[str], then: Callable[[], Any]) -> Deferred[Any]:
         """Bring those of ``userids`` not in memory into it, from the file, then ``then()``.
