@@ -7,19 +7,9 @@ import time
 from twisted.internet.task import Clock
 
 from heartbeat.core.hidden import Hiding
-from heartbeat.core.presence import Devices, Ping, Presence
+from heartbeat.core.presence import Devices, Ping
 from heartbeat.store.memory import MemoryStore
-
-
-class Listener:
-    def __init__(self) -> None:
-        self.changes: list[Presence] = []
-
-    def deliver(self, change: Presence) -> None:
-        self.changes.append(change)
-
-    def bus_lost(self) -> None: ...
-    def resync(self) -> None: ...
+from tests.test_sqlite_store import Listener
 
 
 def store_with(limit: int) -> tuple[MemoryStore, Clock, Listener]:

@@ -53,6 +53,22 @@ class Writer:
         return maybeDeferred(f, *args)
 
 
+class Later:
+    """Holds each call until the test runs it: ``run()`` the oldest, ``run(i)`` the i-th."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Deferred, object, tuple]] = []
+
+    def __call__(self, f, *args) -> Deferred:
+        d: Deferred = Deferred()
+        self.pending.append((d, f, args))
+        return d
+
+    def run(self, index: int = 0) -> None:
+        d, f, args = self.pending.pop(index)
+        d.callback(f(*args))
+
+
 def _raise_full() -> None:
     raise sqlite3.OperationalError("database or disk is full")
 
@@ -191,28 +207,18 @@ def test_a_failing_write_answers_503_and_the_store_recovers(tmp_path):
 def test_close_waits_for_the_write_under_way(tmp_path):
     path = tmp_path / "heartbeat.db"
     clock = Clock()
-    pending: list = []
-
-    def slow(f, *args) -> Deferred:
-        d = Deferred()
-        pending.append((d, f, args))
-        return d
-
+    slow = Later()
     store = SQLiteStore(Database.open(str(path)), clock, 60, writer=slow)
     store.startService()
-    d, f, args = pending.pop()  # start-up's read of who is online
-    d.callback(f(*args))
+    slow.run()  # start-up's read of who is online
     answered = store.ping(Ping("alice", 1, "1"))
-    d, f, args = pending.pop()  # alice, read before her ping
-    d.callback(f(*args))
+    slow.run()  # alice, read before her ping
     clock.advance(0)
     closed = store.close()
     assert not closed.called
-    d, f, args = pending.pop()
-    d.callback(f(*args))
+    slow.run()
     assert answered.called
-    d, f, args = pending.pop()  # the connection's close, in the writer
-    d.callback(f(*args))
+    slow.run()  # the connection's close, in the writer
     assert closed.called
     Database.open(str(path))  # unlocked
 
@@ -347,23 +353,16 @@ def test_presence_is_loaded_after_start_and_asked_users_are_read_meanwhile(tmp_p
     store.ping(Ping("alice", 1, "1"))
     clock.advance(0)
     store.close()
-    pending: list = []
-
-    def later(f, *args) -> Deferred:
-        d = Deferred()
-        pending.append((d, f, args))
-        return d
-
+    later = Later()
     again = SQLiteStore(Database.open(str(path)), clock, 60, writer=later)
     again.startService()
     loaded: list = []
     again.when_loaded().addCallback(loaded.append)
     assert not again.loaded and again.online_users() is None
     asked = again.get(["alice"])
-    (d, f, args), (d2, f2, args2) = pending
-    d2.callback(f2(*args2))  # alice's read, answered first
+    later.run(1)  # alice's read, answered first
     assert asked.result["alice"].user.online
-    d.callback(f(*args))  # then everyone online
+    later.run()  # then everyone online
     assert loaded and again.loaded and again.online_users() == 1
     again.close()
 
