@@ -26,6 +26,8 @@ class MemoryStore:
 
     listener: Listener | None = None
     available = True
+    # Presence is all here from the start (``/readyz``; the SQLite store loads it).
+    loaded = True
     kind = "memory"
 
     def __init__(self, clock: IReactorTime, timeout: float, hiding: Hiding = Hiding(),
