@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.procs import free_port
 from heartbeat.core.presence import Ping
 from heartbeat.store.redis.keys import partition_keys, user_keys
 from heartbeat.store.redis.scripts import STORE_AND_PUBLISH, ping_args
@@ -30,12 +31,6 @@ from heartbeat.store.redis.scripts import STORE_AND_PUBLISH, ping_args
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "heartbeat:"
 LEAD = 8  # seconds before the first deadline, for the daemon to start
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Resp:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, free_port, need_binary, post_ping
+from tests.helpers.clients import post_ping
+from tests.helpers.processes import REPO, free_port, need_binary
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",

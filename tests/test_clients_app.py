@@ -24,7 +24,7 @@ ORIGIN = "https://chat.example"
 def make_client(**env: str) -> tuple[StubTreq, MemoryStore]:
     store = MemoryStore(Clock(), 60)
     settings = load_settings({}, environ=env, dotenv={})
-    app = HeartbeatApp(Api(store, Hub(store), Clock(),
+    app = HeartbeatApp(Api(store, Hub(store, Clock()), Clock(),
                            Identity(None, settings.max_userid_length), settings))
     return StubTreq(app.resource()), store
 

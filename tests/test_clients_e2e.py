@@ -7,7 +7,7 @@ import json
 import httpx
 import httpx_sse
 
-from tests.support import SSEClient, get, post_ping
+from tests.helpers.clients import SSEClient, get, post_ping
 
 ORIGIN = "http://page.example:8000"
 

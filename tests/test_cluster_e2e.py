@@ -11,16 +11,18 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import count
 from pathlib import Path
 
 import pytest
 
 from heartbeat.store.redis.keys import slot
-from tests.redis_cluster import RedisCluster, migrate_slot
-from tests.redis_ops import wait_until
-from tests.support import SSEClient, get, need_binary, post_ping
+from tests.helpers.claims import claim_header
+from tests.helpers.clients import SSEClient, get, post_ping
+from tests.helpers.processes import need_binary
+from tests.helpers.redis_cluster import RedisCluster, migrate_slot
+from tests.helpers.waiting import wait_for
 
 TIMEOUT = 2
 LATEST = TIMEOUT + 5
@@ -52,8 +54,7 @@ def shard_subscribers(cluster: RedisCluster, userid: str) -> int:
 
 
 def ping(port: int, userid: str, status: str, clientid: str = "c1") -> int:
-    claim = {"X-User-Claim": json.dumps({"userid": userid, "clientid": clientid})}
-    return post_ping(port, status, None, headers=claim)[0]
+    return post_ping(port, status, None, headers=claim_header(userid, clientid))[0]
 
 
 def cluster_daemons(start_daemon, cluster: RedisCluster, count: int = 2) -> list:
@@ -66,7 +67,7 @@ def test_pings_on_one_instance_reach_streams_on_another_on_every_master(cluster,
     users = users_on_every_master(cluster)
     streams = {userid: SSEClient(watcher.port, f"/subscribe/{userid}") for userid in users}
     for userid in users:
-        wait_until(lambda userid=userid: shard_subscribers(cluster, userid) == 1)
+        wait_for(lambda userid=userid: shard_subscribers(cluster, userid) == 1)
     for userid in users:
         assert ping(pinger.port, userid, f"s-{userid}") == 200
     for userid, stream in streams.items():
@@ -88,7 +89,7 @@ def test_offline_events_come_once_from_every_instance_sweeping(cluster, start_da
     users = users_on_every_master(cluster, 1)
     streams = [(userid, SSEClient(d.port, f"/subscribe/{userid}")) for d in daemons for userid in users]
     for userid in users:
-        wait_until(lambda userid=userid: shard_subscribers(cluster, userid) == 2)
+        wait_for(lambda userid=userid: shard_subscribers(cluster, userid) == 2)
     sent = time.monotonic()
     for userid in users:
         assert ping(pinger.port, userid, "0") == 200
@@ -139,20 +140,54 @@ def last_status(stream: SSEClient, wanted: str, timeout: float = 10) -> None:
             return
 
 
-def test_slots_of_watched_users_resharded_under_load_lose_nothing(cluster, start_daemon):
-    pinger_daemon, watcher = cluster_daemons(start_daemon, cluster)
+def slot_by_slot(cluster: RedisCluster) -> tuple[list[str], str, Callable[[], None]]:
+    """Users on one master, moved to another slot by slot as ``migrate_slot`` does it by hand."""
     source, target, *_ = cluster.masters()
     users = [u for u in users_on_every_master(cluster, 3)
              if cluster.owner(slot("heartbeat:" + u)).address == source]
+
+    def move() -> None:
+        for userid in users:
+            migrate_slot(cluster, slot("heartbeat:" + userid), cluster.node(target), pause=0.2)
+
+    return users, target, move
+
+
+def with_redis_cli(cluster: RedisCluster) -> tuple[list[str], str, Callable[[], None]]:
+    """The tool operators use: ``redis-cli --cluster reshard`` moves the source's lowest
+    slots first, so the users are picked among them."""
+    masters = cluster.masters()
+    source, target = list(masters)[:2]
+    moving = set(sorted(n for start, end in masters[source] for n in range(start, end + 1))[:300])
+    users: list[str] = []
+    while len(users) < 3:
+        userid = f"user{next(_ids)}"
+        if slot("heartbeat:" + userid) in moving:
+            users.append(userid)
+
+    def move() -> None:
+        subprocess.run(
+            [need_binary("redis-cli"), "--cluster", "reshard", source,
+             "--cluster-from", cluster.node_id(cluster.node(source)),
+             "--cluster-to", cluster.node_id(cluster.node(target)),
+             "--cluster-slots", "300", "--cluster-yes"],
+            check=True, capture_output=True, timeout=120)
+
+    return users, target, move
+
+
+@pytest.mark.parametrize("reshard", [slot_by_slot, with_redis_cli], ids=["slot-by-slot", "redis-cli"])
+def test_slots_of_watched_users_resharded_under_load_lose_nothing(cluster, start_daemon, reshard):
+    pinger_daemon, watcher = cluster_daemons(start_daemon, cluster)
+    users, target, move = reshard(cluster)
     streams = {userid: SSEClient(watcher.port, f"/subscribe/{userid}") for userid in users}
     for userid in users:
-        wait_until(lambda userid=userid: shard_subscribers(cluster, userid) == 1)
+        wait_for(lambda userid=userid: shard_subscribers(cluster, userid) == 1)
     pinger = Pinger(pinger_daemon.port, users)
     pinger.start()
     try:
-        wait_until(lambda: len(pinger.acknowledged) == len(users))
-        for userid in users:
-            migrate_slot(cluster, slot("heartbeat:" + userid), cluster.node(target), pause=0.2)
+        wait_for(lambda: len(pinger.acknowledged) == len(users))
+        move()
         time.sleep(1)
     finally:
         pinger.stop()
@@ -165,7 +200,7 @@ def test_slots_of_watched_users_resharded_under_load_lose_nothing(cluster, start
         # (or one after it that was stored but whose answer was a 503).
         assert int(stored) >= pinger.acknowledged[userid]
         last_status(streams[userid], stored)
-        wait_until(lambda userid=userid: shard_subscribers(cluster, userid) == 1)
+        wait_for(lambda userid=userid: shard_subscribers(cluster, userid) == 1)
     assert pinger.refused <= 5 * len(users), pinger.refused
     for stream in streams.values():
         stream.close()
@@ -185,7 +220,7 @@ def test_a_master_killed_is_followed_to_its_promoted_replica(cluster, start_daem
     master = cluster.owner(slot("heartbeat:" + victim))
     streams = {userid: SSEClient(watcher.port, f"/subscribe/{userid}") for userid in users}
     for userid in users:
-        wait_until(lambda userid=userid: shard_subscribers(cluster, userid) == 1)
+        wait_for(lambda userid=userid: shard_subscribers(cluster, userid) == 1)
         assert ping(pinger.port, userid, "before") == 200
         assert streams[userid].event()["status"] == "before"
 
@@ -210,9 +245,9 @@ def test_a_master_killed_is_followed_to_its_promoted_replica(cluster, start_daem
                 assert ping(pinger.port, userid, "after") == 200
         for stream in streams.values():
             last_status(stream, "after")
-        wait_until(lambda: shard_subscribers(cluster, victim) == 1)
+        wait_for(lambda: shard_subscribers(cluster, victim) == 1)
         assert cluster.owner(slot("heartbeat:" + victim)) is not master
-        wait_until(lambda: get(pinger.port, "/health")[0] == 200)
+        wait_for(lambda: get(pinger.port, "/health")[0] == 200)
     finally:
         master.start()  # back as a replica of the promoted one
         cluster.wait_ok()
@@ -226,7 +261,7 @@ def test_replicas_acknowledge_and_odd_ids_share_their_slot(cluster, start_daemon
     pinger, watcher = (start_daemon(["--redis", cluster.url, "--redis-wait-replicas", "1"])
                        for _ in range(2))
     stream = SSEClient(watcher.port, "/subscribe?user=a%7Db")
-    wait_until(lambda: shard_subscribers(cluster, "a}b") == 1)
+    wait_for(lambda: shard_subscribers(cluster, "a}b") == 1)
     assert ping(pinger.port, "a}b", "odd") == 200
     event = stream.event()
     assert (event["userid"], event["status"]) == ("a}b", "odd")
@@ -240,7 +275,7 @@ def test_hidden_statuses_on_the_cluster(cluster, start_daemon):
     a, b = start_daemon(args), start_daemon(args)
     (userid,) = users_on_every_master(cluster, 1)[:1]
     stream = SSEClient(b.port, f"/subscribe/{userid}")
-    wait_until(lambda: shard_subscribers(cluster, userid) == 1)
+    wait_for(lambda: shard_subscribers(cluster, userid) == 1)
     assert ping(a.port, userid, "1") == 200
     shown = stream.event()
     assert (shown["status"], shown["online"]) == ("1", True)
@@ -257,43 +292,3 @@ def test_hidden_statuses_on_the_cluster(cluster, start_daemon):
     event = stream.event()
     assert (event["status"], event["online"]) == ("2", True)
     stream.close()
-
-
-def test_redis_cli_reshard_of_watched_users_slots_under_load(cluster, start_daemon):
-    # The tool operators use: redis-cli --cluster reshard moves the source's lowest
-    # slots first, so the watched users are picked among them.
-    pinger_daemon, watcher = cluster_daemons(start_daemon, cluster)
-    masters = cluster.masters()
-    source, target = list(masters)[:2]
-    moving = set(sorted(n for start, end in masters[source] for n in range(start, end + 1))[:300])
-    users: list[str] = []
-    while len(users) < 3:
-        userid = f"user{next(_ids)}"
-        if slot("heartbeat:" + userid) in moving:
-            users.append(userid)
-    streams = {userid: SSEClient(watcher.port, f"/subscribe/{userid}") for userid in users}
-    for userid in users:
-        wait_until(lambda userid=userid: shard_subscribers(cluster, userid) == 1)
-    pinger = Pinger(pinger_daemon.port, users)
-    pinger.start()
-    try:
-        wait_until(lambda: len(pinger.acknowledged) == len(users))
-        subprocess.run(
-            [need_binary("redis-cli"), "--cluster", "reshard", source,
-             "--cluster-from", cluster.node_id(cluster.node(source)),
-             "--cluster-to", cluster.node_id(cluster.node(target)),
-             "--cluster-slots", "300", "--cluster-yes"],
-            check=True, capture_output=True, timeout=120)
-        time.sleep(1)
-    finally:
-        pinger.stop()
-    for userid in users:
-        node = cluster.owner(slot("heartbeat:" + userid))
-        assert node.address == target
-        stored = node.command("HGET", "heartbeat:" + userid, "status").decode().strip()
-        assert int(stored) >= pinger.acknowledged[userid]
-        last_status(streams[userid], stored)
-        wait_until(lambda userid=userid: shard_subscribers(cluster, userid) == 1)
-    assert pinger.refused <= 5 * len(users), pinger.refused
-    for stream in streams.values():
-        stream.close()

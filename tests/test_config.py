@@ -16,7 +16,7 @@ from heartbeat.daemon.config import (
     read_dotenv,
 )
 from heartbeat.daemon.tap import Options, makeService
-from tests.support import REPO, TWISTD
+from tests.helpers.processes import REPO, TWISTD
 
 
 def settings(options=None, env=None, dotenv=None) -> Settings:

@@ -6,8 +6,10 @@ import socket
 
 import pytest
 
-from tests.support import SSEClient, free_port, get, post_ping
-from tests.wire import claim, parse_response, request_bytes
+from tests.helpers.claims import claim
+from tests.helpers.clients import SSEClient, get, post_ping
+from tests.helpers.in_memory import parse_response, request_bytes
+from tests.helpers.processes import free_port
 
 FORM = "application/x-www-form-urlencoded"
 

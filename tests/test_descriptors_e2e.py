@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Daemon, get, need_binary
-from tests.wire import request_bytes
+from tests.helpers.clients import get
+from tests.helpers.in_memory import request_bytes
+from tests.helpers.processes import Daemon, need_binary
 
 
 class Limited(Daemon):

@@ -6,7 +6,7 @@ import time
 
 from twisted.internet.task import Clock
 
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Devices, Ping
 from heartbeat.store.memory import MemoryStore
 from tests.test_sqlite_store import Listener

@@ -7,7 +7,8 @@ import json
 from twisted.internet.interfaces import IProtocolNegotiationFactory
 
 from heartbeat.web.edge import HttpConnection
-from tests.wire import Wire, claim, parse_response, request_bytes
+from tests.helpers.claims import claim
+from tests.helpers.in_memory import Wire, parse_response, request_bytes
 
 ORIGIN = "https://chat.example"
 

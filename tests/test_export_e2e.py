@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 
-from tests.support import REPO, get, post_ping
+from tests.helpers.claims import claim_header
+from tests.helpers.clients import get, post_ping
+from tests.helpers.processes import REPO
 
 
 def export(cwd, *args: str) -> subprocess.CompletedProcess:
@@ -22,16 +24,12 @@ def status(port: int) -> dict:
     return json.loads(body)
 
 
-def claim(userid: str, clientid: str) -> dict[str, str]:
-    return {"X-User-Claim": json.dumps({"userid": userid, "clientid": clientid})}
-
-
 def test_the_embedded_state_moves_to_redis(start_daemon, redis_server, tmp_path):
     embedded = start_daemon()
-    assert post_ping(embedded.port, "1", headers=claim("alice", "phone"))[0] == 200
-    assert post_ping(embedded.port, "2", headers=claim("alice", "desk"))[0] == 200
-    assert post_ping(embedded.port, "3", headers=claim("bob", "phone"))[0] == 200
-    code, _, _ = post_ping(embedded.port, "", headers=claim("bob", "phone"), path="/leave")
+    assert post_ping(embedded.port, "1", headers=claim_header("alice", "phone"))[0] == 200
+    assert post_ping(embedded.port, "2", headers=claim_header("alice", "desk"))[0] == 200
+    assert post_ping(embedded.port, "3", headers=claim_header("bob", "phone"))[0] == 200
+    code, _, _ = post_ping(embedded.port, "", headers=claim_header("bob", "phone"), path="/leave")
     assert code == 200
     before = status(embedded.port)
 

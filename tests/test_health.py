@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 
-from tests.memory import MemoryServer
-from tests.test_metrics import dechunk
+from tests.helpers.in_memory import MemoryServer, response
 
 
 def probe(server: MemoryServer) -> tuple[bytes, dict]:
-    head, _, body = server.send("GET", "/health").take().partition(b"\r\n\r\n")
-    return head, json.loads(dechunk(body))
+    raw = server.send("GET", "/health").take()
+    return raw.partition(b"\r\n\r\n")[0], json.loads(response(raw)[1])
 
 
 def test_ok_with_the_in_process_store_and_no_credentials():

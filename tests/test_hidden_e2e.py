@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 
-from tests.support import RedisServer, SSEClient, get, post_ping
-from tests.test_presence_e2e import partition, subscribed
+from tests.helpers.claims import claim_header
+from tests.helpers.clients import SSEClient, get, post_ping
+from tests.helpers.processes import RedisServer
+from tests.helpers.redis_checks import partition, subscribed
 
 
 def ping_as(port: int, status: str, device: str, userid: str = "alice") -> None:
-    claim = json.dumps({"userid": userid, "clientid": device})
-    assert post_ping(port, status, None, headers={"X-User-Claim": claim})[0] == 200
+    assert post_ping(port, status, None, headers=claim_header(userid, device))[0] == 200
 
 
 def status_of(port: int, userid: str = "alice") -> dict:

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from heartbeat.core.identity import MAX_WATCH
-from tests.wire import Connection, Response, Wire, request_bytes, stored_pings
+from tests.helpers.claims import claim
+from tests.helpers.in_memory import Connection, Response, Wire, request_bytes, stored_pings
 
 SECRET = "a hostile-input test secret that is long enough for every HMAC hash"
 VICTIM = "victim"
@@ -125,9 +126,8 @@ def test_any_user_id_pinged_and_watched(userid, status, clientid):
     by_path = watch(wire, f"/subscribe/{path_id}")
     by_query = watch(wire, f"/subscribe?user={path_id}&user={VICTIM}")
     victim = watch(wire, f"/subscribe/{VICTIM}")
-    claim = json.dumps({"userid": userid, "clientid": clientid})
     response = assert_answered(wire.ping(userid, status.encode("utf-8", "surrogatepass"),
-                                         {"X-User-Claim": claim, "Content-Type": "text/plain"}))
+                                         {"X-User-Claim": claim(userid, clientid), "Content-Type": "text/plain"}))
     for conn in (by_path, by_query):
         for event in events_of(conn):
             assert event["userid"] == userid
@@ -266,9 +266,8 @@ def test_a_hidden_status_never_reaches_a_watcher(steps):
              "/subscribe/alice/client/phone", "/subscribe/alice/client/web"]
     streams = [watch(wire, path) for path in paths]
     for device, status, advance in steps:
-        claim = json.dumps({"userid": "alice", "clientid": device})
         assert_answered(wire.ping("alice", status.encode("utf-8", "surrogatepass"),
-                                  {"X-User-Claim": claim, "Content-Type": "text/plain"}))
+                                  {"X-User-Claim": claim("alice", device), "Content-Type": "text/plain"}))
         wire.clock.advance(advance)
     for conn in streams:
         assert not {e["status"] for e in events_of(conn)} & set(HIDDEN)

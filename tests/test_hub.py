@@ -9,7 +9,7 @@ from twisted.internet.testing import StringTransport
 from heartbeat.core.hub import Hub
 from heartbeat.core.presence import Presence, UserState
 from heartbeat.core.stream import Stream
-from tests.wire import Wire, request_bytes
+from tests.helpers.in_memory import Wire, request_bytes
 
 
 class LateStore:
@@ -55,7 +55,7 @@ def sent(transport: StringTransport) -> list[str]:
 
 def test_one_read_per_user_however_many_streams_open_meanwhile_and_after():
     store = LateStore()
-    hub = Hub(store)
+    hub = Hub(store, Clock())
     early = [open_stream(hub, "alice")[1] for _ in range(3)]
     assert [userids for userids, _ in store.reads] == [("alice",)]
     store.answer(alice=(10, "1"))
@@ -66,7 +66,7 @@ def test_one_read_per_user_however_many_streams_open_meanwhile_and_after():
 
 def test_a_live_ping_that_crosses_the_read_wins_over_it():
     store = LateStore()
-    hub = Hub(store)
+    hub = Hub(store, Clock())
     _, first = open_stream(hub, "alice")
     hub.deliver(Presence("alice", 11, "2"))
     store.answer(alice=(10, "1"))  # read before the ping was stored
@@ -76,7 +76,7 @@ def test_a_live_ping_that_crosses_the_read_wins_over_it():
 
 def test_after_the_bus_is_lost_streams_read_the_store_until_resync():
     store = LateStore()
-    hub = Hub(store)
+    hub = Hub(store, Clock())
     open_stream(hub, "alice")
     store.answer(alice=(10, "1"))
     hub.bus_lost()
@@ -89,7 +89,7 @@ def test_after_the_bus_is_lost_streams_read_the_store_until_resync():
 
 def test_resync_teaches_the_hub_what_it_missed():
     store = LateStore()
-    hub = Hub(store)
+    hub = Hub(store, Clock())
     _, watching = open_stream(hub, "alice", "bob")
     store.answer(alice=None)
     store.answer(bob=None)
@@ -119,7 +119,7 @@ def test_a_user_watched_here_is_sent_its_last_ping_without_reading_the_store():
 
 def test_a_user_whose_state_is_gone_after_a_resync_goes_offline_once_as_last_sent():
     store = LateStore()
-    hub = Hub(store)
+    hub = Hub(store, Clock())
     _, watching = open_stream(hub, "alice")
     store.answer(alice=(5, "busy"))
     hub.deliver(Presence("alice", 7, "away"))

@@ -9,7 +9,8 @@ import time
 import jwt
 import pytest
 
-from tests.wire import Wire, claim, events, request_bytes, stored_pings
+from tests.helpers.claims import claim
+from tests.helpers.in_memory import Wire, events, request_bytes, stored_pings
 
 SECRET = "correct horse battery staple, long enough for HS256, HS384 and HS512 too"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from heartbeat.daemon.config import load_settings
-from tests.wire import Wire, claim, request_bytes, stored_pings
+from tests.helpers.claims import claim
+from tests.helpers.in_memory import Wire, request_bytes, stored_pings
 
 
 def assert_refused(response, status: int) -> None:

@@ -12,7 +12,7 @@ from twisted.python.usage import UsageError
 
 from heartbeat.daemon.config import load_settings
 from heartbeat.daemon.logs import log_observer, masked
-from tests.memory import MemoryServer
+from tests.helpers.in_memory import MemoryServer
 
 
 def test_secrets_are_masked_and_everything_else_shown():

@@ -2,30 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred
 
-from tests.memory import MemoryServer, response
-
-
-def dechunk(body: bytes) -> bytes:
-    out = b""
-    while body:
-        size, _, body = body.partition(b"\r\n")
-        n = int(size, 16)
-        out, body = out + body[:n], body[n + 2:]
-    return out
-
-
-def samples(server: MemoryServer) -> dict[tuple[str, tuple], float]:
-    """Every sample of a scrape, through the real route, keyed by name and labels."""
-    head, _, body = server.send("GET", "/metrics").take().partition(b"\r\n\r\n")
-    assert b"Content-Type: text/plain; version=" in head
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(dechunk(body).decode())
-        for s in family.samples
-    }
+from tests.helpers.in_memory import MemoryServer, response, samples
 
 
 def test_pings_accepted_rejected_and_timed():

@@ -7,8 +7,8 @@ import json
 import jwt
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import SSEClient, get, post_ping
-from tests.test_redis_e2e import eventually
+from tests.helpers.clients import SSEClient, get, post_ping
+from tests.helpers.waiting import wait_for
 
 SECRET = "a-long-enough-hs256-secret-for-the-tests"
 
@@ -87,18 +87,18 @@ def test_json_logs_by_environment(start_daemon):
 
 def test_health_and_store_metrics_follow_redis(redis_server, start_daemon):
     daemon = start_daemon(["--redis", redis_server.address])
-    eventually(lambda: get(daemon.port, "/health")[0] == 200)
+    wait_for(lambda: get(daemon.port, "/health")[0] == 200)
     assert json.loads(get(daemon.port, "/health")[2])["store"] == "redis"
 
     redis_server.stop()
-    eventually(lambda: get(daemon.port, "/health")[0] == 503)
+    wait_for(lambda: get(daemon.port, "/health")[0] == 503)
     status, headers, body = get(daemon.port, "/health")
     assert headers["retry-after"].isdigit() and headers["content-type"] == "application/json"
     assert json.loads(body)["status"] == "unavailable" and json.loads(body)["error"]
     assert scrape(daemon.port)["heartbeat_store_available"] == 0
 
     redis_server.start()
-    eventually(lambda: get(daemon.port, "/health")[0] == 200)
+    wait_for(lambda: get(daemon.port, "/health")[0] == 200)
     got = scrape(daemon.port)
     assert got["heartbeat_store_available"] == 1
     assert got["heartbeat_store_reconnects_total{link=commands}"] == 1

@@ -10,7 +10,8 @@ from twisted.plugin import IPlugin, getPlugins
 
 from heartbeat.daemon.service import HeartbeatService
 from heartbeat.daemon.tap import Options, makeService
-from tests.support import REPO, TWISTD, SSEClient, free_port, post_ping, wait_for_port
+from tests.helpers.clients import SSEClient, post_ping
+from tests.helpers.processes import REPO, TWISTD, free_port, wait_for_port
 
 
 def test_plugin_is_found_by_twistd():
@@ -25,7 +26,7 @@ def test_make_service_builds_the_tree_without_listening():
     service = makeService(options, reactor)
     assert isinstance(service, HeartbeatService)
     children = list(service)
-    assert service.listener in children
+    assert service.listening in children
     assert service.keepalive.step == 5 and isinstance(service.keepalive, TimerService)
     assert reactor.tcpServers == []
     service.startService()
@@ -33,9 +34,12 @@ def test_make_service_builds_the_tree_without_listening():
     assert (port, backlog, interface) == (9123, 4096, "127.0.0.1")
 
 
-def test_make_service_takes_start_up_objects_out_of_garbage_collection():
+def test_starting_takes_start_up_objects_out_of_garbage_collection_building_does_not():
     gc.unfreeze()
-    makeService(Options(), MemoryReactorClock())
+    threshold = gc.get_threshold()
+    service = makeService(Options(), MemoryReactorClock())
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == threshold
+    service.startService()
     # conftest's autouse fixture undoes both after the test.
     assert gc.get_freeze_count() > 10_000
     assert gc.get_threshold()[0] >= 10_000

@@ -5,41 +5,21 @@ from __future__ import annotations
 import json
 
 import pytest
-from twisted.internet.task import Clock
 
-from heartbeat.core.deadlines import Deadlines
-from tests.memory import MemoryServer, response
-from tests.wire import Connection, claim, events, request_bytes
+from tests.helpers.in_memory import PRESENCE_TIMEOUT as T
+from tests.helpers.in_memory import (
+    MemoryServer,
+    events,
+    ids,
+    leave,
+    ping,
+    response,
+    samples,
+    seen,
+    watch,
+)
 
-T = 60  # PRESENCE_TIMEOUT's default
 SECRET = "a-test-secret-of-at-least-32-bytes!"
-
-
-def ping(server: MemoryServer, status: str, device: str = "phone", userid: str = "alice") -> int:
-    return response(server.send("POST", "/ping", status.encode(),
-                                {"X-User-Claim": claim(userid, device)}).take())[0]
-
-
-def leave(server: MemoryServer, device: str = "phone", userid: str = "alice") -> int:
-    return response(server.send("POST", "/leave", b"bye",
-                                {"X-User-Claim": claim(userid, device)}).take())[0]
-
-
-def watch(server: MemoryServer, path: str = "/subscribe/alice",
-          headers: dict[str, str] | None = None) -> Connection:
-    conn = server.connect()
-    conn.send(request_bytes("GET", path, headers))
-    return conn
-
-
-def seen(conn: Connection) -> list[tuple[str, bool]]:
-    """(status, online) of every event the stream sent so far."""
-    return [(e["status"], e["online"]) for e in events(conn.response())]
-
-
-def ids(conn: Connection) -> list[str]:
-    return [line[4:].decode() for line in conn.response().body.split(b"\n")
-            if line.startswith(b"id: ")]
 
 
 def test_a_device_goes_offline_at_the_timeout_and_not_a_moment_before():
@@ -182,7 +162,6 @@ def test_last_event_id_across_an_offline_event():
 
 
 def test_offline_users_and_transitions_are_metrics():
-    from tests.test_metrics import samples
 
     server = MemoryServer()
     ping(server, "0", "phone")
@@ -218,44 +197,6 @@ def test_a_bad_presence_timeout_is_a_bad_setting(timeout):
 
     with pytest.raises(UsageError, match="PRESENCE_TIMEOUT"):
         load_settings({}, {"PRESENCE_TIMEOUT": timeout}, {})
-
-
-def test_the_deadline_wheel_moves_a_re_armed_device_and_yields_in_deadline_order():
-    clock = Clock()
-    due: list[tuple[str, str]] = []
-    wheel: Deadlines[tuple[str, str]] = Deadlines(clock, due.append)
-    wheel.arm_at(("a", "1"), 10.2)
-    wheel.arm_at(("b", "1"), 10.5)
-    wheel.arm_at(("c", "1"), 12.0)
-    wheel.arm_at(("a", "1"), 13.0)  # re-armed: no longer due at 11
-    clock.advance(10.9)
-    assert due == []
-    clock.advance(0.1)
-    assert due == [("b", "1")]
-    wheel.disarm(("c", "1"))
-    clock.advance(1)
-    assert due == [("b", "1")]
-    assert len(wheel) == 1
-    clock.advance(1)
-    assert due == [("b", "1"), ("a", "1")] and len(wheel) == 0
-
-
-def test_the_deadline_wheel_moves_its_timer_earlier_and_keeps_arming_order():
-    clock = Clock()
-    due: list[str] = []
-    wheel: Deadlines[str] = Deadlines(clock, due.append)
-    wheel.arm_at("late", 60)
-    wheel.arm_at("x", 2.5)  # earlier than the timer: it moves
-    wheel.arm_at("y", 2.1)  # same slot: falls due after x, in arming order
-    clock.advance(3)
-    assert due == ["x", "y"]
-    # A deadline already past falls due on the next turn, not during arm_at.
-    wheel.arm_at("past", 1)
-    assert due == ["x", "y"]
-    clock.advance(0)
-    assert due == ["x", "y", "past"]
-    clock.advance(57)
-    assert due == ["x", "y", "past", "late"] and len(wheel) == 0
 
 
 def test_the_device_of_a_token_is_its_clientid_claim():

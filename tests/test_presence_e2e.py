@@ -9,7 +9,10 @@ import json
 import signal
 import time
 
-from tests.support import RedisServer, SSEClient, get, post_ping
+from tests.helpers.clients import SSEClient, get, post_ping
+from tests.helpers.processes import RedisServer
+from tests.helpers.redis_checks import partition, subscribed
+from tests.helpers.waiting import wait_for
 
 TIMEOUT = 2
 # The latest an offline event may come after its ping (SPEC §3), with room for a
@@ -20,13 +23,6 @@ LATEST = TIMEOUT + 5
 def presence_daemons(start_daemon, redis_server: RedisServer, count: int) -> list:
     args = ["--redis", redis_server.address, "--presence-timeout", str(TIMEOUT)]
     return [start_daemon(args) for _ in range(count)]
-
-
-def subscribed(redis_server: RedisServer, channel: str, count: int) -> None:
-    deadline = time.monotonic() + 10
-    while int(redis_server.command("PUBSUB", "NUMSUB", channel).split()[1]) != count:
-        assert time.monotonic() < deadline, f"{channel} never had {count} subscribers"
-        time.sleep(0.02)
 
 
 def test_each_stream_on_every_instance_gets_one_offline_event_after_the_pinger_is_killed(
@@ -118,14 +114,5 @@ def test_metrics_count_online_users_and_transitions(redis_server, start_daemon):
     assert post_ping(daemon.port, "0", "bob")[0] == 200
     assert post_ping(daemon.port, "", None, path="/leave",
                      headers={"X-User-Claim": '{"userid": "bob", "clientid": "c1"}'})[0] == 200
-    deadline = time.monotonic() + 10
-    while "heartbeat_online_users 1.0" not in get(daemon.port, "/metrics")[2].decode():
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_for(lambda: "heartbeat_online_users 1.0" in get(daemon.port, "/metrics")[2].decode(), 10)
     assert "heartbeat_offline_transitions_total 1.0" in get(daemon.port, "/metrics")[2].decode()
-
-
-def partition(userid: str) -> int:
-    from heartbeat.store.redis.keys import user_keys
-
-    return user_keys("heartbeat:", userid).partition

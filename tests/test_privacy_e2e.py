@@ -7,7 +7,7 @@ import time
 
 import jwt
 
-from tests.support import SSEClient, get, post_ping
+from tests.helpers.clients import SSEClient, get, post_ping
 
 SECRET = "an end-to-end privacy test secret, long enough for HS256 to like it"
 

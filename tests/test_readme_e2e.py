@@ -11,8 +11,8 @@ from pathlib import Path
 
 import jwt
 
-from tests.support import REPO, TWISTD, Daemon, free_port, need_binary, wait_for_port
-from tests.test_redis_e2e import eventually
+from tests.helpers.processes import REPO, TWISTD, Daemon, free_port, need_binary, wait_for_port
+from tests.helpers.waiting import wait_for
 
 SECRET = "a-long-enough-hs256-secret-for-the-tests"
 
@@ -62,7 +62,7 @@ def test_the_tls_example_serves_https_with_its_self_signed_certificate(tmp_path)
     try:
         wait_for_port(port, daemon)
         health, ping, insecure = commands(client)
-        eventually(lambda: shell(tmp_path, port, health, "8443").returncode == 0)
+        wait_for(lambda: shell(tmp_path, port, health, "8443").returncode == 0)
         answer = shell(tmp_path, port, health + " -sS", "8443")
         assert json.loads(answer.stdout)["status"] == "ok", answer.stderr
         answer = shell(tmp_path, port, ping + " -sS -w '%{http_code}'", "8443")

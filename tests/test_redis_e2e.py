@@ -2,47 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable
-
-from tests.support import RedisServer, SSEClient, free_port, post_ping
-
-
-def eventually(predicate: Callable[[], object], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"still not true after {timeout}s"
-        time.sleep(0.02)
-
-
-def numsub(redis_server: RedisServer, channel: str) -> int:
-    return int(redis_server.command("PUBSUB", "NUMSUB", channel).split()[1])
-
-
-def assert_unavailable(answer: tuple[int, dict[str, str], bytes]) -> None:
-    code, headers, body = answer
-    assert code == 503
-    assert headers["retry-after"].isdigit()
-    assert "error" in json.loads(body)
-
-
-def ping_until_stored(port: int, status: str, userid: str = "alice",
-                      timeout: float = 10) -> int:
-    """POST until one is stored; every answer before it must be a proper 503.
-
-    Returns how many 503s came first.
-    """
-    deadline = time.monotonic() + timeout
-    refused = 0
-    while True:
-        answer = post_ping(port, status, userid)
-        if answer[0] == 200:
-            return refused
-        assert_unavailable(answer)
-        refused += 1
-        assert time.monotonic() < deadline, f"no 200 after {timeout}s"
-        time.sleep(0.05)
+from tests.helpers.clients import SSEClient, post_ping
+from tests.helpers.processes import RedisServer, free_port
+from tests.helpers.redis_checks import assert_unavailable, numsub, ping_until_stored
+from tests.helpers.waiting import wait_for
 
 
 def statuses_until(stream: SSEClient, status: str) -> list[str]:
@@ -58,7 +21,7 @@ def test_two_instances_share_pings_and_channels_follow_streams(redis_server, sta
     one, two = start_daemon(args), start_daemon(args)
     first = SSEClient(two.port, "/subscribe/alice")
     second = SSEClient(two.port, "/subscribe/alice/client/c1")  # post_ping's device
-    eventually(lambda: numsub(redis_server, "heartbeat:alice") == 1)
+    wait_for(lambda: numsub(redis_server, "heartbeat:alice") == 1)
     assert post_ping(one.port, "1")[0] == 200
     assert (first.event()["status"], second.event()["status"]) == ("1", "1")
 
@@ -68,7 +31,7 @@ def test_two_instances_share_pings_and_channels_follow_streams(redis_server, sta
     assert (event["userid"], event["status"]) == ("alice", "2")
     assert numsub(redis_server, "heartbeat:alice") == 1
     second.close()
-    eventually(lambda: numsub(redis_server, "heartbeat:alice") == 0)
+    wait_for(lambda: numsub(redis_server, "heartbeat:alice") == 0)
     assert redis_server.command("PUBSUB", "NUMPAT") == b"0\n"
 
 
@@ -88,7 +51,7 @@ def test_redis_outage_gives_503s_keeps_streams_and_loses_nothing(redis_server, s
     daemon = start_daemon(["--redis", redis_server.address])
     alice = SSEClient(daemon.port, "/subscribe/alice")
     bob = SSEClient(daemon.port, "/subscribe/bob")
-    eventually(lambda: numsub(redis_server, "heartbeat:bob") == 1)
+    wait_for(lambda: numsub(redis_server, "heartbeat:bob") == 1)
     assert post_ping(daemon.port, "1")[0] == 200
     assert alice.event()["status"] == "1"
     # A ping whose publish this instance will miss: stored (and saved, so it

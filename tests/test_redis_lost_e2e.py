@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tests.support import SSEClient, post_ping
+from tests.helpers.clients import SSEClient, post_ping
 
 
 def test_watchers_of_online_users_get_one_offline_event_after_redis_comes_back_empty(

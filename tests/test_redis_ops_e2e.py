@@ -9,9 +9,11 @@ import time
 
 import pytest
 
-from tests.redis_ops import Sentinel, SilentProxy, make_ca, tls_redis, wait_until
-from tests.support import RedisServer, SSEClient, get, post_ping
-from tests.test_redis_e2e import assert_unavailable, numsub, ping_until_stored
+from tests.helpers.clients import SSEClient, get, post_ping
+from tests.helpers.processes import RedisServer
+from tests.helpers.redis_checks import assert_unavailable, numsub, ping_until_stored
+from tests.helpers.redis_ops import Sentinel, SilentProxy, make_ca, tls_redis
+from tests.helpers.waiting import wait_for
 
 
 def healthy(daemon) -> bool:
@@ -32,7 +34,7 @@ def test_tls_with_a_private_ca_carries_pings_and_streams(start_daemon, tmp_path)
         daemon = start_daemon(env={"REDIS": f"rediss://127.0.0.1:{server.port}",
                                    "REDIS_CA_FILE": str(ca_file)})
         stream = SSEClient(daemon.port, "/subscribe/alice")
-        wait_until(lambda: numsub(server, "heartbeat:alice") == 1)
+        wait_for(lambda: numsub(server, "heartbeat:alice") == 1)
         assert post_ping(daemon.port, "1")[0] == 200
         assert stream.event()["status"] == "1"
         assert server.command("HGET", "heartbeat:alice", "status") == b"1\n"
@@ -48,7 +50,7 @@ def test_an_untrusted_certificate_is_a_logged_error_and_503s(start_daemon, tmp_p
     try:
         daemon = start_daemon(env={"REDIS": f"rediss://127.0.0.1:{server.port}",
                                    "REDIS_CA_FILE": str(other_ca)}, healthy=False)
-        wait_until(lambda: "certificate verify failed" in daemon.output())
+        wait_for(lambda: "certificate verify failed" in daemon.output())
         line = next(line for line in daemon.output().splitlines() if "certificate verify" in line)
         assert "TLS" in line and "REDIS" in line
         assert_unavailable(post_ping(daemon.port, "1"))
@@ -66,7 +68,7 @@ def test_an_acl_user_works_and_a_wrong_password_is_an_error_not_a_crash(start_da
     try:
         daemon = start_daemon(["--redis", f"redis://app:app-secret@127.0.0.1:{server.port}/1"])
         stream = SSEClient(daemon.port, "/subscribe/alice")
-        wait_until(lambda: numsub(server, "heartbeat:alice") == 1)
+        wait_for(lambda: numsub(server, "heartbeat:alice") == 1)
         assert post_ping(daemon.port, "2")[0] == 200
         assert stream.event()["status"] == "2"
         assert server.command("-n", "1", "HGET", "heartbeat:alice", "status") == b"2\n"
@@ -75,7 +77,7 @@ def test_an_acl_user_works_and_a_wrong_password_is_an_error_not_a_crash(start_da
 
         wrong = start_daemon(["--redis", f"redis://app:nope@127.0.0.1:{server.port}"],
                              healthy=False)
-        wait_until(lambda: "could not auth" in wrong.output())
+        wait_for(lambda: "could not auth" in wrong.output())
         assert "REDIS" in wrong.output()
         assert_unavailable(post_ping(wrong.port, "1"))
         assert get(wrong.port, "/health")[0] == 503
@@ -90,7 +92,7 @@ def test_a_connection_that_goes_silent_is_found_dropped_and_made_again(
     try:
         daemon = start_daemon(["--redis", f"127.0.0.1:{proxy.port}"])
         stream = SSEClient(daemon.port, "/subscribe/alice")
-        wait_until(lambda: numsub(redis_server, "heartbeat:alice") == 1)
+        wait_for(lambda: numsub(redis_server, "heartbeat:alice") == 1)
         assert post_ping(daemon.port, "1")[0] == 200
         assert stream.event()["status"] == "1"
 
@@ -98,15 +100,16 @@ def test_a_connection_that_goes_silent_is_found_dropped_and_made_again(
         # Another instance's ping, which this one's silent subscriber misses.
         redis_server.command("HSET", "heartbeat:alice", "time", "1700000000", "status", "7")
         redis_server.command("PUBLISH", "heartbeat:alice", "1700000000 7")
-        found = wait_until(lambda: not healthy(daemon), timeout=15)
-        print(f"\nsilent connection found after {found:.1f}s")
+        started = time.monotonic()
+        wait_for(lambda: not healthy(daemon), timeout=15)
+        print(f"\nsilent connection found after {time.monotonic() - started:.1f}s")
         assert_unavailable(post_ping(daemon.port, "2"))
         time.sleep(1)
         assert not healthy(daemon)  # new connections through the silent proxy are no better
         assert metric(daemon, "heartbeat_store_liveness_failures_total") >= 1
 
         proxy.forwarding.set()
-        wait_until(lambda: healthy(daemon), timeout=15)
+        wait_for(lambda: healthy(daemon), timeout=15)
         assert stream.event(10) == {"time": 1700000000, "status": "7", "userid": "alice", "online": True}
         ping_until_stored(daemon.port, "3")
         assert stream.event()["status"] == "3"
@@ -172,29 +175,29 @@ def test_sentinel_failover_is_followed_and_loses_no_acknowledged_ping(
     sentinels = [Sentinel(tmp_path, master.port).start() for _ in range(3)]
     try:
         # Every Sentinel knows both replicas and the other two Sentinels.
-        wait_until(lambda: all(
+        wait_for(lambda: all(
             "OK" in s.command("SENTINEL", "CKQUORUM", "mymaster")
             and len(s.command("SENTINEL", "REPLICAS", "mymaster").split("\nname\n")) == 2
             for s in sentinels), timeout=30)
-        wait_until(lambda: master.command("INFO", "replication").count(b"state=online") == 2)
+        wait_for(lambda: master.command("INFO", "replication").count(b"state=online") == 2)
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in sentinels)
         daemon = start_daemon(env={"REDIS": f"redis+sentinel://{hosts}/mymaster",
                                    "REDIS_WAIT_REPLICAS": str(wait_replicas)})
         stream = SSEClient(daemon.port, "/subscribe/alice")
-        wait_until(lambda: numsub(master, "heartbeat:alice") == 1)
+        wait_for(lambda: numsub(master, "heartbeat:alice") == 1)
         assert post_ping(daemon.port, "before")[0] == 200
         assert stream.event()["status"] == "before"
         # The promotion is announced by the Sentinel that led it, the others soon after.
         switches = [SwitchWatcher(sentinel) for sentinel in sentinels]
         pinger = Pinger(daemon.port)
-        wait_until(lambda: sum(code == 200 for _, _, code in pinger.answers) >= 20)
+        wait_for(lambda: sum(code == 200 for _, _, code in pinger.answers) >= 20)
 
         killed = time.monotonic()
         master.proc.kill()
         master.proc.wait()
-        wait_until(lambda: any(switch.at is not None for switch in switches), timeout=30)
+        wait_for(lambda: any(switch.at is not None for switch in switches), timeout=30)
         switched = min(switch.at for switch in switches if switch.at is not None)
-        wait_until(lambda: any(code == 200 and at > switched
+        wait_for(lambda: any(code == 200 and at > switched
                                for at, _, code in pinger.answers), timeout=15)
         time.sleep(0.5)
         pinger.stop()

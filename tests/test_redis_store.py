@@ -13,14 +13,14 @@ from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from txredisapi import MonitorProtocol
 
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping, Presence, UserState
 from heartbeat.daemon.config import load_settings, parse_redis
 from heartbeat.daemon.tap import build_service
 from heartbeat.store.interface import StoreUnavailable
 from heartbeat.store.memory import MemoryStore
 from heartbeat.store.redis.store import RedisStore
-from tests.support import RedisServer, free_port
+from tests.helpers.processes import RedisServer, free_port
 
 
 class Recorder:

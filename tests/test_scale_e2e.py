@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 from heartbeat.store.sqlite import Changes, Database
-from tests.support import Daemon, SSEClient, get, wait_for_port
-from tests.wire import claim
+from tests.helpers.claims import claim
+from tests.helpers.clients import SSEClient, get
+from tests.helpers.processes import Daemon, wait_for_port
 
 
 def _pipelined_pings(port: int, userid: str, clientids: list[str], status: str = "1") -> None:

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import SSEClient, get, post_ping
-from tests.wire import parse_response, request_bytes
+from tests.helpers.claims import claim
+from tests.helpers.clients import SSEClient, get, post_ping
+from tests.helpers.in_memory import parse_response, request_bytes
 
 SECRET = "an end-to-end secret that is long enough for HS256 and then some"
 PINGS = 20_000
@@ -35,12 +36,12 @@ def rss_kib(pid: int) -> int:
 def post_many(port: int, userid: str, bodies: list[bytes], batch: int = 250,
               after_batch: Callable[[list[bytes]], None] = lambda chunk: None) -> None:
     """Ping ``userid`` with each body over one kept-alive connection, pipelined."""
-    claim = json.dumps({"userid": userid, "clientid": "c1"})
+    header = claim(userid)
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         for start in range(0, len(bodies), batch):
             chunk = bodies[start:start + batch]
             sock.sendall(b"".join(
-                request_bytes("POST", "/ping", {"X-User-Claim": claim, "Content-Type": "text/plain"}, body)
+                request_bytes("POST", "/ping", {"X-User-Claim": header, "Content-Type": "text/plain"}, body)
                 for body in chunk))
             answers = b""
             while answers.count(b"\r\n\r\n") < len(chunk):
@@ -140,7 +141,7 @@ def test_proxy_mode_warns_at_start(daemon):
 
 @pytest.fixture(scope="module")
 def shared_daemon(tmp_path_factory):
-    from tests.support import Daemon
+    from tests.helpers.processes import Daemon
 
     daemon = Daemon(tmp_path_factory.mktemp("hostile")).start()
     yield daemon

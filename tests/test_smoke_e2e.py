@@ -1,6 +1,6 @@
 """The daemon as a new user meets it: ping, subscribe, over real sockets."""
 
-from tests.support import SSEClient, post_ping
+from tests.helpers.clients import SSEClient, post_ping
 
 
 def test_ping_then_subscribe_gets_stored_then_live(daemon):

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, Daemon, SSEClient, get, post_ping
+from tests.helpers.clients import SSEClient, get, post_ping
+from tests.helpers.processes import REPO, Daemon
 
 
 def status(port: int, *userids: str) -> dict:

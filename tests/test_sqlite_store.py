@@ -9,7 +9,7 @@ import pytest
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping, Presence
 from heartbeat.store.interface import StoreUnavailable
 from heartbeat.store.memory import MemoryStore

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred, succeed
 
 from heartbeat.daemon.service import DRAIN_TIMEOUT
-from tests.memory import MemoryServer
+from tests.helpers.in_memory import MemoryServer
 
 CLAIM = {"X-User-Claim": '{"userid": "alice"}'}
 

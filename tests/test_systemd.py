@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 
 from heartbeat.daemon import systemd
 from heartbeat.store.memory import MemoryStore
-from tests.memory import MemoryServer
+from tests.helpers.in_memory import MemoryServer
 
 
 @pytest.fixture

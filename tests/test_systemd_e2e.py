@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from tests.support import TWISTD, Daemon, RedisServer, SSEClient, free_port, get, post_ping
+from tests.helpers.clients import SSEClient, get, post_ping
+from tests.helpers.processes import TWISTD, Daemon, RedisServer, free_port
 
 
 @pytest.fixture

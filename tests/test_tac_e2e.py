@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tests.support import REPO, TWISTD, Daemon, SSEClient, free_port, get, post_ping
+from tests.helpers.clients import SSEClient, get, post_ping
+from tests.helpers.processes import REPO, TWISTD, Daemon, free_port
 
 
 class TacDaemon(Daemon):

@@ -8,40 +8,14 @@ from __future__ import annotations
 
 import http.client
 import json
-import signal
 import ssl
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
+from tests.helpers.claims import claim_header
+from tests.helpers.clients import SSEClient, health
+from tests.helpers.waiting import wait_for
 
-from tests.support import Daemon, SSEClient, free_port, need_binary
-from tests.test_redis_e2e import eventually
-
-CLAIM = {"X-User-Claim": json.dumps({"userid": "alice", "clientid": "c1"})}
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(key.pem, cert.pem), from the README's openssl command."""
-    openssl = need_binary("openssl")
-    directory = tmp_path_factory.mktemp("tls")
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem",
-         "-out", "cert.pem", "-days", "365", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        cwd=directory, check=True, capture_output=True,
-    )
-    return directory / "key.pem", directory / "cert.pem"
-
-
-@pytest.fixture
-def trust(certificate: tuple[Path, Path]) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(certificate[1]))
-    context.set_alpn_protocols(["h2", "http/1.1"])
-    return context
+CLAIM = claim_header("alice")
 
 
 def https(port: int, trust: ssl.SSLContext) -> http.client.HTTPSConnection:
@@ -58,32 +32,9 @@ def ask(conn: http.client.HTTPSConnection, method: str, path: str, body: bytes |
     return response.status, response.read()
 
 
-def health(port: int, trust: ssl.SSLContext) -> dict:
-    conn = https(port, trust)
-    try:
-        status, body = ask(conn, "GET", "/health")
-        assert status == 200
-        return json.loads(body)
-    finally:
-        conn.close()
-
-
-@pytest.fixture
-def start_tls(start_daemon, certificate, trust) -> Iterator:
-    def start(args: list[str] = ()) -> Daemon:
-        key, cert = certificate
-        port = free_port()
-        daemon = start_daemon(args, port=port, healthy=False,
-                              listen=f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}")
-        eventually(lambda: health(port, trust)["status"] == "ok")
-        return daemon
-
-    return start
-
-
-def test_pings_over_one_kept_alive_tls_connection_even_a_body_sent_late(start_tls, trust):
-    daemon = start_tls()
-    conn = https(daemon.port, trust)
+def test_pings_over_one_kept_alive_tls_connection_even_a_body_sent_late(start_tls_daemon, tls_trust):
+    daemon = start_tls_daemon()
+    conn = https(daemon.port, tls_trust)
     # The handshake offered h2 too; Twisted 26 answers http/1.1, older ones nothing.
     assert conn.sock.selected_alpn_protocol() in ("http/1.1", None)
     assert ask(conn, "POST", "/ping", b"1", {**CLAIM, "Content-Type": "text/plain"}) == (200, b"")
@@ -103,34 +54,14 @@ def test_pings_over_one_kept_alive_tls_connection_even_a_body_sent_late(start_tl
     conn.close()
 
 
-def test_a_tls_stream_delivers_and_is_uncounted_once_its_client_leaves(start_tls, trust):
-    daemon = start_tls()
-    stream = SSEClient(daemon.port, "/subscribe/alice", tls=trust)
+def test_a_tls_stream_delivers_and_is_uncounted_once_its_client_leaves(start_tls_daemon, tls_trust):
+    daemon = start_tls_daemon()
+    stream = SSEClient(daemon.port, "/subscribe/alice", tls=tls_trust)
     assert stream.status == 200 and stream.headers["content-type"] == "text/event-stream"
-    conn = https(daemon.port, trust)
+    conn = https(daemon.port, tls_trust)
     assert ask(conn, "POST", "/ping", b"away", {**CLAIM, "Content-Type": "text/plain"})[0] == 200
     assert stream.event()["status"] == "away"
-    assert health(daemon.port, trust)["streams"] == 1
+    assert health(daemon.port, tls_trust)["streams"] == 1
     stream.close()
-    eventually(lambda: health(daemon.port, trust)["streams"] == 0)
+    wait_for(lambda: health(daemon.port, tls_trust)["streams"] == 0)
     conn.close()
-
-
-def test_sigterm_with_open_tls_streams_exits_within_5s(start_tls, trust):
-    daemon = start_tls()
-    streams = [SSEClient(daemon.port, f"/subscribe/u{i}", tls=trust) for i in range(50)]
-    assert health(daemon.port, trust)["streams"] == 50
-    started = time.monotonic()
-    daemon.proc.send_signal(signal.SIGTERM)
-    assert daemon.proc.wait(10) == -signal.SIGTERM
-    took = time.monotonic() - started
-    # These clients never answer the server's close_notify, so the drain waits
-    # its full DRAIN_TIMEOUT (3 s) for them before dropping the connections.
-    print(f"stopped with 50 TLS streams open in {took:.2f}s")
-    assert took < 5
-    # Each stream still ended with its terminating chunk.
-    assert all(stream.ended() for stream in streams)
-    for stream in streams:
-        stream.close()
-    assert "heartbeat stopped" in daemon.output()
-    assert "Traceback" not in daemon.output()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import jwt
@@ -10,7 +9,8 @@ import pytest
 
 from heartbeat.core.errors import BadCredentials
 from heartbeat.core.identity import MAX_WATCH, token_claims
-from tests.wire import Wire, request_bytes, stored_pings
+from tests.helpers.claims import claim_header
+from tests.helpers.in_memory import Wire, request_bytes, stored_pings
 
 SECRET = "a watch-claim test secret that is long enough for HS256 and more"
 
@@ -162,8 +162,7 @@ def test_token_claims_reads_exp_and_watch():
 def test_trusted_proxy_mode_reads_anyone():
     """The proxy, not heartbeat, scopes reads in that mode (README: Privacy)."""
     wire = Wire()
-    claim = json.dumps({"userid": "alice", "watch": []})
-    assert wire.request("GET", "/subscribe/bob", {"X-User-Claim": claim}).status == 200
+    assert wire.request("GET", "/subscribe/bob", claim_header("alice", None, watch=[])).status == 200
 
 
 def test_an_expired_token_opens_nothing(wire):

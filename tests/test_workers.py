@@ -22,7 +22,8 @@ from heartbeat.daemon.workers import (
     reuseport_sockets,
     worker_command,
 )
-from tests.support import SSEClient, get, post_ping
+from tests.helpers.clients import SSEClient, get, post_ping
+from tests.helpers.waiting import wait_for
 
 
 def test_worker_command_keeps_options_but_listen_and_workers():
@@ -121,23 +122,15 @@ def _children(pid: int) -> set[int]:
         return {int(p) for p in f.read().split()}
 
 
-def _wait(predicate, timeout: float = 15):
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-    return result
-
-
 def test_two_workers_share_the_port_and_every_ping(redis_server, start_daemon):
     daemon = start_daemon(["--redis", redis_server.address, "--workers", "2"])
     primary = daemon.proc.pid
-    (worker,) = _wait(lambda: _children(primary))
+    (worker,) = wait_for(lambda: _children(primary))
     # A worker that dies is replaced.
     os.kill(worker, signal.SIGKILL)
-    (worker,) = _wait(lambda: _children(primary) - {worker})
+    (worker,) = wait_for(lambda: _children(primary) - {worker})
     # Both processes answer on the one port: connections land on either.
-    _wait(lambda: {_health_pid(daemon.port) for _ in range(20)} == {primary, worker})
+    wait_for(lambda: {_health_pid(daemon.port) for _ in range(20)} == {primary, worker})
     # Streams land on both too, and every ping reaches every stream.
     streams = [SSEClient(daemon.port, "/subscribe/alice") for _ in range(8)]
     for status in ("0", "1", "2"):
@@ -202,8 +195,8 @@ def test_an_address_in_use_is_a_bad_listen_setting():
 def test_connections_opened_together_reach_both_processes(redis_server, start_daemon):
     """What wrk -c64 does: every keep-alive connection opened at once."""
     daemon = start_daemon(["--redis", redis_server.address, "--workers", "2"])
-    (worker,) = _wait(lambda: _children(daemon.proc.pid))
-    _wait(lambda: _health_pid(daemon.port) is not None)
+    (worker,) = wait_for(lambda: _children(daemon.proc.pid))
+    wait_for(lambda: _health_pid(daemon.port) is not None)
     connections = [socket.create_connection(("127.0.0.1", daemon.port)) for _ in range(32)]
     pids = set()
     for conn in connections:

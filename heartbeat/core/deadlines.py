@@ -1,11 +1,14 @@
 """Many deadlines, one timer: a wheel of one-second slots.
 
-Thousands of connections each have a deadline (a request to finish, a
-token to expire) that is nearly always cancelled before it falls due.
-Arming and cancelling a reactor timer per item is what a burst of
-connections would then spend its time on; here arming is a dict insertion,
-cancelling a dict removal, and a single timer runs only while something is
-armed, waking once per occupied slot.
+heartbeat's one timer structure, for every deadline that many items hold at
+once: a device's presence timeout (the embedded stores), a connection's
+request timeout (the edge) and a stream's token expiry (the hub). Nearly
+every one is cancelled or moved before it falls due. A reactor
+``DelayedCall`` per item would cost an object and a push into the
+reactor's heap each time, and a cancelled one stays in that heap until the
+reactor compacts it; here arming is a dict insertion, cancelling a dict
+removal, and a single timer runs only while something is armed, waking
+once per occupied slot.
 """
 
 from __future__ import annotations
@@ -77,9 +80,6 @@ class Deadlines(Generic[T]):
         del items[item]
         if not items:
             del self._slots[slot]
-
-    def items(self) -> tuple[T, ...]:
-        return tuple(self._slot_of)
 
     def stop(self) -> None:
         """Forget every deadline and the timer (shutdown)."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from heartbeat.core.feed import Feed
+from heartbeat.core.deadlines import Deadlines
 from heartbeat.core.presence import Presence, UserState
 from heartbeat.core.sse import Event
+from heartbeat.core.store_contract import HubStore
 from heartbeat.core.stream import Stream
 
 log = Logger()
@@ -64,6 +66,11 @@ class _Interest:
         self.devices = {} if state is None else dict(state.devices)
 
 
+def _expire(stream: Stream) -> None:
+    if not stream.closed:
+        stream.expire()
+
+
 class Hub:
     """Routes each change from the bus to the streams watching its user or device.
 
@@ -72,11 +79,14 @@ class Hub:
     when the last closes, so the bus carries only changes someone here needs.
     """
 
-    def __init__(self, store: Feed) -> None:
+    def __init__(self, store: HubStore, clock: IReactorTime) -> None:
         self._store = store
         store.listener = self
         self._interest: dict[str, _Interest] = {}
         self.streams: set[Stream] = set()
+        # Streams opened with a token that has ``exp`` end then (SPEC §1), so a
+        # client reads only while it holds a valid token.
+        self._expiry: Deadlines[Stream] = Deadlines(clock, _expire)
         # Plain counts for /metrics, read when scraped: an addition per ping
         # fanned out is all they cost here.
         self.delivered = 0
@@ -86,14 +96,17 @@ class Hub:
     def users(self) -> int:
         return len(self._interest)
 
-    def attach(self, stream: Stream) -> None:
-        """Register ``stream`` and send it each user's stored state.
+    def attach(self, stream: Stream, expires: float | None = None) -> None:
+        """Register ``stream`` and send it each user's stored state; end it at
+        ``expires`` (the clock's seconds) if given.
 
         Subscribing comes before reading the stored state, so a change stored
         in between is delivered live rather than missed.
         """
         self.streams.add(stream)
         stream.ends = self
+        if expires is not None:
+            self._expiry.arm_at(stream, expires)
         for userid in stream.userids:
             interest = self._interest.get(userid)
             if interest is None:
@@ -158,6 +171,7 @@ class Hub:
         if stream not in self.streams:
             return
         self.streams.discard(stream)
+        self._expiry.disarm(stream)
         for userid in stream.userids:
             interest = self._interest[userid]
             watchers = interest.watchers(stream)

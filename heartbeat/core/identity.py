@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import jwt
 from twisted.logger import Logger
 
-from heartbeat.core.asking import Asking
 from heartbeat.core.errors import BadCredentials, BadInput, NotAllowed
+from heartbeat.core.request_view import RequestView
 
 CLAIM_HEADER = b"X-User-Claim"
 # The only algorithm accepted: pinning it is what stops ``alg: none`` and
@@ -35,7 +35,7 @@ JWT_ALGORITHMS = ["HS256"]
 _BEARER = b"bearer"
 # The longest ``watch`` list a token may carry. A contact list is far
 # shorter; a list beyond this is a broken or hostile issuer, and refusing it
-# bounds the set built per request. Forty times MAX_USERS_PER_STREAM's default.
+# bounds the set built per request.
 MAX_WATCH = 10_000
 # 9999-12-31T23:59:59Z: an ``exp`` later than this is as good as none, and
 # keeps a huge integer from overflowing the clock's float arithmetic.
@@ -63,7 +63,7 @@ def user_from_claim(header: bytes | None) -> tuple[str, str]:
     return userid, clientid or ""
 
 
-def bearer_token(request: Asking) -> bytes:
+def bearer_token(request: RequestView) -> bytes:
     """The request's token: the ``Authorization`` header, else ``?token=``.
 
     A present header wins even when it is malformed, so a client cannot
@@ -157,7 +157,7 @@ class Identity:
                 "only be reachable through that proxy (set JWT_SECRET otherwise)"
             )
 
-    def ping_user(self, request: Asking) -> tuple[str, str]:
+    def ping_user(self, request: RequestView) -> tuple[str, str]:
         """The user and device a ``POST /ping`` or ``/leave`` is for: 400/401
         when there is none. No ``clientid`` (or an empty one) is the device ``""``."""
         if self.uses_jwt:
@@ -167,7 +167,7 @@ class Identity:
             userid, clientid = user_from_claim(request.getHeader(CLAIM_HEADER))
         return self.check_userid(userid), clientid
 
-    def authorize_read(self, request: Asking, userids: Iterable[str]) -> Reading:
+    def authorize_read(self, request: RequestView, userids: Iterable[str]) -> Reading:
         """The read of ``userids`` the caller may make: 401, 400, then 403.
 
         Without a token (the trusted-proxy mode) anyone may read anyone: the
@@ -202,7 +202,7 @@ class Identity:
     def check_userids(self, userids: Iterable[str]) -> tuple[str, ...]:
         return tuple(self.check_userid(userid) for userid in userids)
 
-    def _token(self, request: Asking) -> Token:
+    def _token(self, request: RequestView) -> Token:
         token = bearer_token(request)
         try:
             claims = jwt.decode(token, self._secret or "", algorithms=JWT_ALGORITHMS)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 
 
 @dataclass(frozen=True, slots=True)

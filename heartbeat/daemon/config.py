@@ -16,7 +16,7 @@ from typing import Any
 from dotenv import dotenv_values
 from twisted.python.usage import UsageError
 
-from heartbeat.core.hidden import parse_hidden_statuses
+from heartbeat.core.hidden_statuses import parse_hidden_statuses
 from heartbeat.store.redis.address import HOST_PORT, RedisAddress, parse_redis
 from heartbeat.store.redis.tls import load_trust_root
 from heartbeat.twisted_internals import endpoint_types

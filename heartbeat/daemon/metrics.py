@@ -23,8 +23,8 @@ from twisted.web.iweb import IRequest
 from heartbeat.core.hub import Hub
 from heartbeat.store.interface import Store
 
-# Pings are answered in well under a millisecond in memory and a Redis round
-# trip or two otherwise; the top buckets catch a struggling store.
+# Fine buckets for pings answered without leaving the process, wider ones for
+# a store round trip or two; the top buckets catch a struggling store.
 _PING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 

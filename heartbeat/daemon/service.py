@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -35,7 +36,26 @@ log = Logger()
 DRAIN_TIMEOUT = 3.0
 
 
-class Listener(Service):
+class SettleGarbageCollector(Service):
+    """Start-up's last step: keep the cyclic garbage collector off what start-up
+    built, and make its young collections rarer.
+
+    Each connection allocates objects, so with Python's default thresholds a
+    burst of connections runs young collections often and, now and then, a
+    full one through every module, class and function the daemon imported.
+    What start-up built lives as long as the process: frozen, no collection
+    walks it again. Process-wide, so only the daemon's own tree has this step
+    (``makeService``); tests that start one get it undone (``tests/conftest.py``).
+    """
+
+    def startService(self) -> None:
+        super().startService()
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(10_000, 10, 10)
+
+
+class ListeningService(Service):
     """Listens on ``LISTEN`` as the service starts; a port it cannot have ends start-up.
 
     twisted's ``StreamServerEndpointService`` logs a failure to listen as an
@@ -133,8 +153,8 @@ class HeartbeatService(MultiService):
         self.clock = clock
         self._ready: Deferred[object] | None = None
         self.workers: Service | None = None
-        self.listener = Listener(endpoint, edge, listen_setting, clock)
-        self.listener.setServiceParent(self)
+        self.listening = ListeningService(endpoint, edge, listen_setting, clock)
+        self.listening.setServiceParent(self)
         self.keepalive = TimerService(keepalive, hub.keepalive)
         self.keepalive.clock = clock
         self.keepalive.setServiceParent(self)
@@ -153,7 +173,7 @@ class HeartbeatService(MultiService):
     def startService(self) -> None:
         super().startService()
         waits: list[Deferred[Any]] = [
-            self.listener.when_listening(), systemd.store_ready(self.store, self.clock),
+            self.listening.when_listening(), systemd.store_ready(self.store, self.clock),
         ]
         ready: Deferred[Any] = gatherResults(waits, consumeErrors=True)
         ready.addCallback(self._serving)
@@ -162,7 +182,7 @@ class HeartbeatService(MultiService):
 
     def when_listening(self) -> Deferred[IListeningPort]:
         """Fires with the listening port once there is one."""
-        return self.listener.when_listening()
+        return self.listening.when_listening()
 
     def add_workers(self, pool: Service) -> None:
         """Run ``pool`` (the ``WORKERS`` processes) with this service.
@@ -186,7 +206,7 @@ class HeartbeatService(MultiService):
         workers_stopped = self.workers.stopService() if self.workers else None
         if self._ready is not None:
             self._ready.cancel()
-        await self.listener.stopService()
+        await self.listening.stopService()
         await self.keepalive.stopService()
         # Streams own their connections; every other connection is the edge's.
         streams = tuple(self.hub.streams)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from typing import Any
 
 from twisted.application.service import IService
@@ -12,14 +11,14 @@ from twisted.python.usage import Options as _Options
 from twisted.python.usage import UsageError
 from twisted.web.server import Site
 
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity
 from heartbeat.daemon.config import SETTINGS, Settings, listen_endpoint, load_settings
 from heartbeat.daemon.descriptors import fit_streams, raise_open_files_limit
 from heartbeat.daemon.logs import log_observer, log_settings
 from heartbeat.daemon.metrics import Metrics
-from heartbeat.daemon.service import HeartbeatService
+from heartbeat.daemon.service import HeartbeatService, SettleGarbageCollector
 from heartbeat.store.interface import Store
 from heartbeat.store.sqlite import DatabaseUnusable, open_store
 from heartbeat.web.api import Api
@@ -52,8 +51,8 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
             sockets = reuseport_sockets(description, settings.workers)
         if sockets:
             # The endpoint closes the fd it adopts, so the fd is the endpoint's,
-            # no longer the socket object's: closing both closed whatever had
-            # reused the number by then (Twisted's child-waker pipe: EBADF at stop).
+            # no longer the socket object's: closing both would close whatever
+            # reuses the number by then.
             primary = sockets.pop(0)
             endpoint: IStreamServerEndpoint = AdoptedStreamServerEndpoint(
                 reactor, primary.detach(), primary.family
@@ -73,23 +72,9 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
             reactor, settings.workers - 1, config, service.when_listening, sockets or ()
         )
         service.add_workers(pool)
-    _settle_gc()
+    # Last child, so it runs once the rest has started.
+    SettleGarbageCollector().setServiceParent(service)
     return service
-
-
-def _settle_gc() -> None:
-    """Keep the cyclic garbage collector off what start-up built, and rarer.
-
-    Every connection allocates a few dozen objects, so a burst of them ran
-    a young collection every few dozen connections and, now and then, a
-    full one through every module, class and function the daemon imported.
-    Start-up's objects live as long as the process; frozen, no collection
-    walks them again. Process-wide: tests that call ``makeService`` get it
-    undone after them (``tests/conftest.py``).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
 
 
 def _endpoint(reactor: Any, settings: Settings) -> IStreamServerEndpoint:
@@ -104,7 +89,7 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
     """The service tree of ``settings``; a ``DATABASE`` it cannot use raises ``DatabaseUnusable``."""
     log_settings(settings)
     store = _store(settings, reactor)
-    hub = Hub(store)
+    hub = Hub(store, reactor)
     identity = Identity(settings.jwt_secret, settings.max_userid_length)
     identity.announce()
     metrics = Metrics(hub, store)

@@ -57,8 +57,8 @@ def reuseport_sockets(description: str, count: int) -> list[socket.socket] | Non
     """``count`` listening sockets on one TCP address, each with ``SO_REUSEPORT``.
 
     Sharing one socket leaves the kernel to wake every process on each
-    connection and the quickest to take them all: under ``wrk -c64`` the
-    primary took all 64 and the worker idled. With a socket each, the
+    connection and the quickest to take them all, so one process can end up
+    with a whole burst while the others idle. With a socket each, the
     kernel spreads connections evenly by their addresses. Only for plain
     ``tcp:``/``tcp6:`` descriptions (None otherwise: other endpoints share
     the primary's socket instead).

@@ -23,11 +23,11 @@ from typing import Protocol
 from twisted.internet.defer import Deferred
 
 from heartbeat.core.errors import Unavailable
-from heartbeat.core.feed import Feed
 from heartbeat.core.presence import Ping
+from heartbeat.core.store_contract import HubStore
 
 
-class Store(Feed, Protocol):
+class Store(HubStore, Protocol):
     """A feed (what the hub reads) that also takes pings and reports its health."""
 
     # What /health calls it: "sqlite", "memory" or "redis".
@@ -52,7 +52,7 @@ class Store(Feed, Protocol):
 
         The user's ``time`` and ``status`` become the ping's and the user and
         device are online. Publishes the user's change, then the device's
-        (see :meth:`~heartbeat.core.feed.Listener.deliver`). A ping whose
+        (see :meth:`~heartbeat.core.store_contract.BusListener.deliver`). A ping whose
         status hides (``HIDDEN_STATUSES``) only re-arms the deadline and is,
         to watchers, the device going offline, as in :meth:`leave`. Fails
         with :class:`StoreUnavailable` when the ping was not stored.

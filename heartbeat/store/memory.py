@@ -8,9 +8,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from heartbeat.core.deadlines import Deadlines
-from heartbeat.core.feed import Listener
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Devices, Ping, Presence, UserState
+from heartbeat.core.store_contract import BusListener
 
 # SPEC §3's default for MAX_DEVICES_PER_USER.
 MAX_DEVICES_PER_USER = 100
@@ -24,7 +24,7 @@ class MemoryStore:
     store wakes no more than once a second and not at all with nobody online.
     """
 
-    listener: Listener | None = None
+    listener: BusListener | None = None
     available = True
     # Presence is all here from the start (``/readyz``; the SQLite store loads it).
     loaded = True

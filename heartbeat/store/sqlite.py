@@ -42,7 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Devices, Ping, Presence, UserState
 from heartbeat.store.interface import StoreUnavailable
 from heartbeat.store.memory import MAX_DEVICES_PER_USER, MemoryStore
@@ -163,7 +163,7 @@ class Database:
         path = os.path.abspath(setting)
         lock_fd, created = _lock(setting, path + "-lock")
         try:
-            _checked(setting, path).close()
+            _open_database(setting, path).close()
         except BaseException:
             os.close(lock_fd)
             if created:
@@ -284,7 +284,7 @@ def _lock(setting: str, lock_path: str) -> tuple[int, bool]:
     return fd, created
 
 
-def _checked(setting: str, path: str) -> sqlite3.Connection:
+def _open_database(setting: str, path: str) -> sqlite3.Connection:
     """A connection to heartbeat's database at ``path``, made if there is none yet."""
     def unusable(why: str) -> DatabaseUnusable:
         return DatabaseUnusable(f"cannot use DATABASE={setting!r}: {why}")

@@ -17,15 +17,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
-from heartbeat.core.asking import Asking
 from heartbeat.core.errors import BadInput, TooLarge, Unavailable
-from heartbeat.core.expiry import Expiry
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity, Reading
 from heartbeat.core.ping_body import MAX_BODY, parse_status
 from heartbeat.core.presence import Ping, UserState
+from heartbeat.core.request_view import RequestView
 from heartbeat.core.stream import Stream
-from heartbeat.core.users import requested_users
+from heartbeat.core.user_query import requested_users
 from heartbeat.store.interface import Store
 from heartbeat.web.cors import CorsPolicy
 
@@ -89,9 +88,8 @@ class Api:
         self.settings = settings
         self.meter = meter
         self.cors = CorsPolicy(settings.cors_origins)
-        self.expiry = Expiry(clock)
 
-    def ping(self, request: Asking, body: bytes, too_large: bool = False) -> Deferred[None]:
+    def ping(self, request: RequestView, body: bytes, too_large: bool = False) -> Deferred[None]:
         """Store the caller's ping; fails with a domain error when refused."""
         userid, clientid = self.identity.ping_user(request)
         if too_large:
@@ -99,27 +97,25 @@ class Api:
         status = parse_status(request.getHeader(b"Content-Type"), body)
         return self.store.ping(Ping(userid, int(self.clock.seconds()), status, clientid))
 
-    def leave(self, request: Asking) -> Deferred[None]:
+    def leave(self, request: RequestView) -> Deferred[None]:
         """The caller's device goes offline now; any body is ignored (sendBeacon)."""
         userid, clientid = self.identity.ping_user(request)
         return self.store.leave(userid, clientid)
 
-    def one_user(self, request: Asking, userid: str) -> Reading:
+    def one_user(self, request: RequestView, userid: str) -> Reading:
         """The user of a ``/subscribe/<userid>`` route, if the caller may read it."""
         return self.identity.authorize_read(request, (userid,))
 
-    def many_users(self, request: Asking) -> Reading:
+    def many_users(self, request: RequestView) -> Reading:
         """The ``?user=`` list of the multi-user routes, if the caller may read them."""
         userids = requested_users(request, self.settings.max_users_per_stream)
         return self.identity.authorize_read(request, userids)
 
     def attach(self, stream: Stream, reading: Reading) -> None:
         """Hand an open stream to the hub, to end when its token expires."""
-        self.hub.attach(stream)
-        if reading.expires is not None:
-            self.expiry.add(stream, reading.expires)
+        self.hub.attach(stream, reading.expires)
 
-    def new_stream(self, reading: Reading, request: Asking,
+    def new_stream(self, reading: Reading, request: RequestView,
                    clientid: str | None = None) -> Stream:
         """A stream of ``userids`` (of one device of theirs with ``clientid``),
         if there is room for one more (503 otherwise).
@@ -135,7 +131,7 @@ class Api:
             request.getHeader(b"Last-Event-ID"), clientid,
         )
 
-    def status(self, request: Asking) -> Deferred[bytes]:
+    def status(self, request: RequestView) -> Deferred[bytes]:
         """``{"a": {"time": …, "status": …, "online": …, "devices": {…}}, "b": null}``
         in the order asked."""
         userids = self.many_users(request).userids

@@ -66,7 +66,7 @@ PIPELINE_DEPTH = 16
 class ParsedRequest:
     """One request as llhttp parsed it: what the routes and core rules read.
 
-    ``getHeader`` and ``args`` are what :class:`~heartbeat.core.asking.Asking`
+    ``getHeader`` and ``args`` are what :class:`~heartbeat.core.request_view.RequestView`
     asks of a request; the raw headers are kept, in order, for the hand-over.
     """
 
@@ -187,7 +187,7 @@ class HttpConnection:
         except httptools.HttpParserUpgrade:
             # No protocol upgrades here: the request is answered, nothing after it read.
             self._parser = None
-            self._close_after_queue()
+            self._queue_upgrade_refusal()
         except httptools.HttpParserError:
             self._refuse(HttpError(400, "malformed HTTP request"))
         self._next()
@@ -468,7 +468,7 @@ class HttpConnection:
         self._refuse(HttpError(408, f"request not received within {timeout:g} seconds"))
         self._next()
 
-    def _close_after_queue(self) -> None:
+    def _queue_upgrade_refusal(self) -> None:
         self._queue.append(HttpError(400, "protocol upgrades are not supported"))
 
     # Shutdown.

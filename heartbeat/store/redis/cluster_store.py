@@ -43,9 +43,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txredisapi import ConnectionError as RedisConnectionError
 
-from heartbeat.core.feed import Listener
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping, UserState
+from heartbeat.core.store_contract import BusListener
 from heartbeat.store.interface import StoreUnavailable
 from heartbeat.store.redis.address import RedisAddress
 from heartbeat.store.redis.cluster import Cluster, ShardedSubscriber
@@ -235,7 +235,7 @@ def _user_slot_keys(user: UserKeys) -> tuple[str, str, str, str]:
 class ClusterStore(Service):
     """The Redis store over a Redis Cluster; same contract as the single-Redis one."""
 
-    listener: Listener | None = None
+    listener: BusListener | None = None
     kind = "redis"
 
     def __init__(self, address: RedisAddress, prefix: str, reactor: Any, timeout: float,

@@ -20,8 +20,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txredisapi import RedisProtocol, ResponseError
 
-from heartbeat.core.feed import Listener
 from heartbeat.core.presence import Ping, Presence, UserState
+from heartbeat.core.store_contract import BusListener
 
 log = Logger()
 
@@ -272,7 +272,7 @@ def from_message(userid: str, text: str) -> tuple[Presence, ...]:
     return (user, device) if online else (device,)
 
 
-def relay(listener: Listener | None, prefix: str, channel: str, text: object) -> None:
+def relay(listener: BusListener | None, prefix: str, channel: str, text: object) -> None:
     """Hand the changes a bus message on ``channel`` carries to ``listener``.
 
     An exception here would escape into the subscriber protocol and drop

@@ -38,9 +38,9 @@ from twisted.python.failure import Failure
 from txredisapi import ConnectionError as RedisConnectionError
 from txredisapi import RedisProtocol
 
-from heartbeat.core.feed import Listener
-from heartbeat.core.hidden import Hiding
+from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping, Presence, UserState
+from heartbeat.core.store_contract import BusListener
 from heartbeat.store.interface import StoreUnavailable
 from heartbeat.store.redis.address import RedisAddress
 from heartbeat.store.redis.keys import PARTITIONS, partition_keys, user_keys
@@ -121,7 +121,7 @@ class RedisStore(Service):
     on shutdown) drops both connections.
     """
 
-    listener: Listener | None = None
+    listener: BusListener | None = None
     kind = "redis"
 
     def __init__(self, address: RedisAddress, prefix: str, reactor: Any,

@@ -12,7 +12,7 @@ from twisted.logger import globalLogPublisher
 from heartbeat.core.presence import Ping, Presence
 from heartbeat.core.sse import Event
 from heartbeat.core.stream import Stream
-from tests.wire import Connection, Wire, events, request_bytes
+from tests.helpers.in_memory import Connection, Wire, events, request_bytes
 
 PINGS = 20_000
 

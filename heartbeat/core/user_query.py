@@ -7,11 +7,11 @@ empty, repeats counted once, at most ``MAX_USERS_PER_STREAM``.
 
 from __future__ import annotations
 
-from heartbeat.core.asking import Asking
 from heartbeat.core.errors import BadInput
+from heartbeat.core.request_view import RequestView
 
 
-def requested_users(request: Asking, limit: int) -> tuple[str, ...]:
+def requested_users(request: RequestView, limit: int) -> tuple[str, ...]:
     """The distinct users named, in the order first named, or a 400."""
     users: dict[str, None] = {}
     for raw in request.args.get(b"user", ()):

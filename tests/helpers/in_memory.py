@@ -11,12 +11,14 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from heartbeat.daemon.config import load_settings
 from heartbeat.daemon.tap import build_service
+from tests.helpers.claims import claim
 
 
 class FakeTransport(StringTransport):
@@ -141,10 +143,6 @@ def stored_pings(store) -> dict:  # type: ignore[no-untyped-def]
     return {userid: devices.latest for userid, devices in store._users.items()}
 
 
-def claim(userid: str, clientid: str = "c1") -> str:
-    return json.dumps({"userid": userid, "clientid": clientid})
-
-
 def request_bytes(method: str, path: str | bytes,
                   headers: Mapping[str, str | bytes] | None = None, body: bytes = b"") -> bytes:
     if isinstance(path, str):
@@ -167,3 +165,80 @@ def events(response: Response) -> list[dict]:
         if data:
             found.append(json.loads(b"\n".join(data)))
     return found
+
+
+# The setting's default, which a MemoryServer runs with unless told otherwise.
+PRESENCE_TIMEOUT = 60
+
+
+class MemoryServer(Wire):
+    """A :class:`Wire` at a realistic time, spoken to in raw bytes.
+
+    ``send`` opens a connection and leaves it to the test to ``take`` what
+    the server wrote; ``ping`` answers ``(status, body)``.
+    """
+
+    def __init__(self, **env: str) -> None:
+        super().__init__(env)
+        self.clock.advance(1_800_000_000)
+
+    def send(self, method: str, path: str, body: bytes = b"",
+             headers: dict[str, str] | None = None) -> Connection:
+        conn = self.connect()
+        conn.send(request_bytes(method, path, headers, body))
+        return conn
+
+    def ping_raw(self, userid: str, body: bytes | str,
+                 content_type: str | None = None) -> tuple[int, bytes]:
+        headers = {"X-User-Claim": claim(userid)}
+        if content_type:
+            headers["Content-Type"] = content_type
+        raw = body.encode() if isinstance(body, str) else body
+        return response(self.send("POST", "/ping", raw, headers).take())
+
+
+def response(raw: bytes) -> tuple[int, bytes]:
+    """(status, body) of a response."""
+    parsed = parse_response(raw)
+    return parsed.status, parsed.body
+
+
+def samples(server: MemoryServer) -> dict[tuple[str, tuple], float]:
+    """Every sample of a ``/metrics`` scrape, through the real route, keyed by name and labels."""
+    raw = server.send("GET", "/metrics").take()
+    assert b"Content-Type: text/plain; version=" in raw.partition(b"\r\n\r\n")[0]
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response(raw)[1].decode())
+        for s in family.samples
+    }
+
+
+# A presence scenario in a few words: a device pings or leaves, a stream watches.
+
+
+def ping(server: MemoryServer, status: str, device: str = "phone", userid: str = "alice") -> int:
+    return response(server.send("POST", "/ping", status.encode(),
+                                {"X-User-Claim": claim(userid, device)}).take())[0]
+
+
+def leave(server: MemoryServer, device: str = "phone", userid: str = "alice") -> int:
+    return response(server.send("POST", "/leave", b"bye",
+                                {"X-User-Claim": claim(userid, device)}).take())[0]
+
+
+def watch(server: MemoryServer, path: str = "/subscribe/alice",
+          headers: dict[str, str] | None = None) -> Connection:
+    conn = server.connect()
+    conn.send(request_bytes("GET", path, headers))
+    return conn
+
+
+def seen(conn: Connection) -> list[tuple[str, bool]]:
+    """(status, online) of every event the stream sent so far."""
+    return [(e["status"], e["online"]) for e in events(conn.response())]
+
+
+def ids(conn: Connection) -> list[str]:
+    return [line[4:].decode() for line in conn.response().body.split(b"\n")
+            if line.startswith(b"id: ")]

@@ -8,10 +8,15 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
-from tests.support import RedisServer, _die_with_parent, free_port, need_binary, wait_for_port
+from tests.helpers.processes import (
+    RedisServer,
+    die_with_parent,
+    free_port,
+    need_binary,
+    wait_for_port,
+)
 
 
 def make_ca(directory: Path, name: str) -> tuple[Path, object, object]:
@@ -96,7 +101,7 @@ class Sentinel:
         binary = _sentinel_command()
         # The config file comes first: redis-server reads it, then the options.
         self.proc = subprocess.Popen([binary[0], str(self.config), *binary[1:]], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                     stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
         wait_for_port(self.port, self.proc)
         return self
 
@@ -163,12 +168,3 @@ class SilentProxy:
         self._listener.close()
         for sock in self._sockets:
             sock.close()
-
-
-def wait_until(predicate, timeout: float = 15, step: float = 0.05) -> float:
-    """Seconds until ``predicate()`` held; fails after ``timeout``."""
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < timeout, f"still not true after {timeout}s"
-        time.sleep(step)
-    return time.monotonic() - start

@@ -4,8 +4,8 @@ import json
 
 from heartbeat.core.presence import Presence
 from heartbeat.core.sse import RETRY, encode_event, event_id
-from tests.memory import MemoryServer, response
-from tests.wire import claim, stored_pings
+from tests.helpers.claims import claim
+from tests.helpers.in_memory import MemoryServer, response, stored_pings
 
 
 def subscribe(server: MemoryServer, path: str = "/subscribe/alice"):

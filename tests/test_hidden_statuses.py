@@ -1,6 +1,6 @@
 """HIDDEN_STATUSES (SPEC §1): the setting, the rule, and what presence makes of it.
 
-The presence tests run the whole site on a fake clock (tests/memory.py);
+The presence tests run the whole site on a fake clock (tests/helpers/in_memory.py);
 the rules themselves are :class:`Devices`', shared by every in-process store.
 The same behaviour on Redis, across instances, is in tests/test_hidden_e2e.py.
 """
@@ -12,21 +12,30 @@ import json
 import pytest
 from twisted.python.usage import UsageError
 
-from heartbeat.core.hidden import Hiding, parse_hidden_statuses
+from heartbeat.core.hidden_statuses import Hiding, parse_hidden_statuses
 from heartbeat.core.presence import Devices, Ping, Presence
 from heartbeat.daemon.config import load_settings
 from heartbeat.daemon.logs import masked
 from heartbeat.daemon.tap import Options
-from tests.memory import MemoryServer, response
-from tests.test_presence import T, ids, leave, ping, seen, watch
-from tests.wire import events
+from tests.helpers.in_memory import PRESENCE_TIMEOUT as T
+from tests.helpers.in_memory import (
+    MemoryServer,
+    events,
+    ids,
+    leave,
+    ping,
+    response,
+    samples,
+    seen,
+    watch,
+)
 
 
 def test_unset_hides_nothing():
     settings = load_settings({}, {}, {})
     assert settings.hidden_statuses == ()
     hiding = Hiding.of(settings.hidden_statuses)
-    assert not hiding
+    assert hiding.statuses == frozenset()
     assert not any(hiding.hides(status) for status in ("0", "1", "2", "3", ""))
     assert masked(settings)["HIDDEN_STATUSES"] == "unset"
 
@@ -188,7 +197,6 @@ def test_a_hidden_device_that_never_showed_is_not_in_devices():
 
 
 def test_hidden_users_are_not_counted_online():
-    from tests.test_metrics import samples
 
     server = hiding_server()
     ping(server, "0", "phone")

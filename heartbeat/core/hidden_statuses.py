@@ -47,10 +47,6 @@ class Hiding:
     def of(cls, statuses: tuple[str, ...]) -> Hiding:
         return cls(frozenset(statuses))
 
-    def __bool__(self) -> bool:
-        """Whether anything hides: with nothing listed, presence can skip the rule."""
-        return bool(self.statuses)
-
     def hides(self, status: str) -> bool:
         """Whether a ping with ``status`` hides its device from watchers."""
         return status in self.statuses

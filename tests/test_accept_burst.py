@@ -13,7 +13,7 @@ from twisted.internet.protocol import Factory, Protocol
 from heartbeat.daemon.config import load_settings
 from heartbeat.daemon.tap import build_service
 from heartbeat.twisted_internals import SERVED_BETWEEN_ACCEPTS, AcceptingPort, take_bursts
-from tests.wire import request_bytes
+from tests.helpers.in_memory import request_bytes
 
 
 @pytest_twisted.ensureDeferred

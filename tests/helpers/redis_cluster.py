@@ -6,7 +6,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.support import RedisServer, free_port, need_binary
+from tests.helpers.processes import RedisServer, free_port, need_binary
 
 # Small, so a killed master's replica is promoted within a few seconds.
 NODE_TIMEOUT_MS = 2000

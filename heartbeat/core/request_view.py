@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 
-class Asking(Protocol):
+class RequestView(Protocol):
     """A request as core sees it."""
 
     @property

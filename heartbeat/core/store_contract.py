@@ -1,7 +1,7 @@
 """What the hub needs of a store: reads, bus interest, and someone to hand bus traffic to.
 
 Defined here, beside the hub, so core depends on no store; every store
-(:mod:`heartbeat.store`) is a :class:`Feed`.
+(:mod:`heartbeat.store`) is a :class:`HubStore`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from heartbeat.core.presence import Presence, UserState
 
 
-class Listener(Protocol):
+class BusListener(Protocol):
     """What a store hands its bus traffic to (the hub)."""
 
     def deliver(self, change: Presence) -> None:
@@ -31,10 +31,10 @@ class Listener(Protocol):
         """The bus was down: pings may have been missed, re-read stored state."""
 
 
-class Feed(Protocol):
+class HubStore(Protocol):
     """Stored presence, and the bus that brings its changes for the users subscribed."""
 
-    listener: Listener | None
+    listener: BusListener | None
 
     def get(self, userids: Iterable[str]) -> Deferred[dict[str, UserState | None]]:
         """Each user's stored state (None if they never pinged), in one round trip.

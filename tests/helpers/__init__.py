@@ -1,0 +1,12 @@
+"""What tests share, by what it is.
+
+- ``claims``: the one ``X-User-Claim`` builder.
+- ``waiting``: the one ``wait_for`` (poll until true, or fail).
+- ``processes``: the real daemon and redis-server, ``free_port``, ``need_binary``.
+- ``clients``: a ping, a GET and an SSE reader over real sockets.
+- ``fixtures``: the pytest fixtures over those processes (imported by ``conftest.py``).
+- ``in_memory``: the real site over in-memory transports on a fake clock.
+- ``redis_ops``: certificates, Sentinels and a silent proxy for Redis in production.
+- ``redis_checks``: checks of a real redis-server that several test files make.
+- ``redis_cluster``: a real Redis Cluster, and moving a slot by hand.
+"""
