@@ -13,6 +13,7 @@ import pytest
 from tests.helpers.clients import get
 from tests.helpers.in_memory import request_bytes
 from tests.helpers.processes import Daemon, need_binary
+from tests.helpers.waiting import wait_for
 
 
 class Limited(Daemon):
@@ -115,10 +116,7 @@ def test_past_the_hard_limit_streams_are_refused_with_503_and_health_answers(lim
         finally:
             for sock in idle:
                 sock.close()
-        deadline = time.monotonic() + 10
-        while get(daemon.port, "/health")[0] != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_for(lambda: get(daemon.port, "/health")[0] == 200, timeout=10)
         # Refusals logged with a count, at most once a second: a handful of lines.
         assert 1 <= len(_refusal_lines(daemon)) < 5, _refusal_lines(daemon)
     finally:

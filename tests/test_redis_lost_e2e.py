@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from tests.helpers.clients import SSEClient, post_ping
+from tests.helpers.waiting import wait_for
 
 
 def test_watchers_of_online_users_get_one_offline_event_after_redis_comes_back_empty(
@@ -33,8 +34,5 @@ def test_watchers_of_online_users_get_one_offline_event_after_redis_comes_back_e
     assert (gone["clientid"], gone["status"], gone["online"]) == ("c1", "s-alice", False)
     # Once: nothing more, until a ping brings them back.
     watchers["bob"][0].no_event(2)
-    deadline = time.monotonic() + 10
-    while post_ping(daemon.port, "back", "bob")[0] != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_for(lambda: post_ping(daemon.port, "back", "bob")[0] == 200, timeout=10)
     assert watchers["bob"][0].event()["online"] is True

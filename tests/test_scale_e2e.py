@@ -14,6 +14,7 @@ from heartbeat.store.sqlite import Changes, Database
 from tests.helpers.claims import claim
 from tests.helpers.clients import SSEClient, get
 from tests.helpers.processes import Daemon, wait_for_port
+from tests.helpers.waiting import wait_for
 
 
 def _pipelined_pings(port: int, userid: str, clientids: list[str], status: str = "1") -> None:
@@ -133,10 +134,7 @@ def _started(tmp_path: Path, users: int) -> tuple[Daemon, float, int, int]:
                                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     wait_for_port(daemon.port, daemon.proc)
     port_s = time.monotonic() - started
-    deadline = time.monotonic() + 30
-    while b"heartbeat_online_users" not in get(daemon.port, "/metrics")[2]:  # presence loaded
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for(lambda: b"heartbeat_online_users" in get(daemon.port, "/metrics")[2])  # loaded
     userid = f"user{random.randrange(users)}"
     code, _, body = get(daemon.port, f"/status?user={userid}")
     assert code == 200 and json.loads(body)[userid] == {
