@@ -2,13 +2,16 @@
 
 The state a stream or ``/status`` reads is the in-process store's
 (:class:`~heartbeat.store.memory.MemoryStore`, whose presence rules it
-inherits); the database, ``DATABASE``, is the record it is rebuilt from at
-start-up. A ping or a leave changes memory, and is published and answered,
-only once its transaction has committed: a ``200`` survives ``kill -9``.
+inherits) for the users that are live; the database, ``DATABASE``, is the
+record of everyone, read when a user not in memory is asked for, and at
+start-up for the users online. A ping or a leave changes memory, and is
+published and answered, only once its transaction has committed: a ``200``
+survives ``kill -9``.
 
-One writer thread owns the write connection (a one-thread pool, not the
+One writer thread owns the connection (a one-thread pool, not the
 reactor's shared one, so a slow ``getaddrinfo`` elsewhere never queues
-behind a commit, and no other thread ever touches the connection). The
+behind a commit, and no other thread ever touches the connection); reads
+take turns with the writes there, so a read never sees a write half-way. The
 changes of one reactor turn, and those arriving while a commit is under
 way, go to it as one transaction, so the ping rate is bounded by commits,
 not by pings. ``twisted.enterprise.adbapi``
