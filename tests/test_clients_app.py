@@ -1,50 +1,28 @@
-"""The client-facing routes through StubTreq: /status, the user rules, CORS."""
+"""The client-facing routes through the whole in-memory service: /status, the user rules, CORS."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
-from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
-from heartbeat.core.hub import Hub
-from heartbeat.core.identity import Identity
 from heartbeat.core.presence import Ping
-from heartbeat.daemon.config import load_settings
-from heartbeat.store.memory import MemoryStore
-from heartbeat.web.api import Api
-from heartbeat.web.routes import HeartbeatApp
+from tests.helpers.in_memory import Wire
 
 ORIGIN = "https://chat.example"
 
 
-def make_client(**env: str) -> tuple[StubTreq, MemoryStore]:
-    store = MemoryStore(Clock(), 60)
-    settings = load_settings({}, environ=env, dotenv={})
-    app = HeartbeatApp(Api(store, Hub(store, Clock()), Clock(),
-                           Identity(None, settings.max_userid_length), settings))
-    return StubTreq(app.resource()), store
+def make_client(**env: str) -> tuple[Wire, Any]:
+    wire = Wire(env)
+    return wire, wire.store
 
 
-def settled(client: StubTreq, d: Deferred):
-    client.flush()
-    results: list = []
-    d.addBoth(results.append)
-    (result,) = results
-    if isinstance(result, Failure):
-        result.raiseException()
-    return result
-
-
-def call(client: StubTreq, method: str, url: str, **kwargs) -> tuple[int, dict, bytes]:
-    response = settled(client, client.request(method, "http://heartbeat" + url, **kwargs))
-    body = settled(client, response.content())
-    headers = {k.decode().lower(): v[-1].decode()
-               for k, v in response.headers.getAllRawHeaders()}
-    return response.code, headers, body
+def call(client: Wire, method: str, url: str,
+         headers: dict[str, str] | None = None) -> tuple[int, dict, bytes]:
+    response = client.request(method, url, headers)
+    return (response.status, {k.decode(): v.decode() for k, v in response.headers.items()},
+            response.body)
 
 
 def test_status_answers_stored_pings_and_null_in_the_order_asked():

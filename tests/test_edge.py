@@ -124,13 +124,54 @@ def test_head_of_a_klein_route_has_no_body():
     assert parse_response(rest).json()["status"] == "ok"
 
 
-def test_an_upgrade_is_answered_then_the_connection_closed():
+H2C = "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n"
+
+
+def test_an_h2c_upgrade_with_a_body_is_ignored_and_the_body_read():
     wire = Wire()
     conn = wire.connect()
-    conn.send(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+    raw = ping_bytes("alice", "42", extra=H2C)
+    conn.send(raw[:-1])  # the body's last byte in a later read
+    conn.send(raw[-1:] + request_bytes("GET", "/status?user=alice"))
     answers = responses(conn.take())
-    assert [r.status for r in answers] == [200, 400]
-    assert conn.transport.write_closed
+    assert [r.status for r in answers] == [200, 200]
+    assert answers[1].json()["alice"]["status"] == "42"
+    assert not conn.transport.disconnecting
+
+
+def test_an_h2c_upgrade_with_a_chunked_body_is_ignored_and_the_body_read():
+    wire = Wire()
+    conn = wire.connect()
+    conn.send(
+        b"POST /ping HTTP/1.1\r\nHost: x\r\nX-User-Claim: " + claim("alice").encode()
+        + b"\r\n" + H2C.encode() + b"Transfer-Encoding: chunked\r\n\r\n1\r\n7\r\n0\r\n\r\n"
+        + ping_bytes("bob", "8", extra=H2C)
+    )
+    assert [r.status for r in responses(conn.take())] == [200, 200]
+    states = wire.request("GET", "/status?user=alice&user=bob").json()
+    assert (states["alice"]["status"], states["bob"]["status"]) == ("7", "8")
+
+
+def test_an_h2c_upgrade_on_a_stream_is_ignored():
+    wire = Wire()
+    wire.ping("alice", b"3")
+    conn = wire.connect()
+    conn.send(f"GET /subscribe/alice HTTP/1.1\r\nHost: x\r\n{H2C}\r\n".encode())
+    head, body = conn.take().split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200") and b"text/event-stream" in head
+    assert b'"status":"3"' in body
+    assert len(wire.hub.streams) == 1
+
+
+def test_a_websocket_upgrade_on_a_ping_is_ignored_and_what_follows_answered():
+    wire = Wire()
+    conn = wire.connect()
+    upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    conn.send(ping_bytes("alice", "5", extra=upgrade) + request_bytes("GET", "/health"))
+    answers = responses(conn.take())
+    assert [r.status for r in answers] == [200, 200]
+    assert not conn.transport.disconnecting
+    assert wire.request("GET", "/status?user=alice").json()["alice"]["status"] == "5"
 
 
 def test_an_early_413_carries_cors_headers():

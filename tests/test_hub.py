@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 
 from heartbeat.core.hub import Hub
 from heartbeat.core.presence import Presence, UserState
 from heartbeat.core.stream import Stream
-from tests.helpers.in_memory import Wire, request_bytes
+from tests.helpers.in_memory import StreamEnd, Wire, request_bytes
 
 
 class LateStore:
@@ -39,15 +38,15 @@ class LateStore:
                     for userid, ping in pings.items()})
 
 
-def open_stream(hub: Hub, *userids: str) -> tuple[Stream, StringTransport]:
+def open_stream(hub: Hub, *userids: str) -> tuple[Stream, StreamEnd]:
     stream = Stream(userids, Clock(), 60)
-    transport = StringTransport()
-    stream.take(transport, chunked=False)
+    transport = StreamEnd()
+    stream.take(transport)
     hub.attach(stream)
     return stream, transport
 
 
-def sent(transport: StringTransport) -> list[str]:
+def sent(transport: StreamEnd) -> list[str]:
     """The statuses written, in order."""
     return [frame.split(b'"status":"')[1].split(b'"')[0].decode()
             for frame in transport.value().split(b"\n\n") if b"data:" in frame]

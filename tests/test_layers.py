@@ -36,3 +36,22 @@ def test_no_twisted_web_below_the_web_layer(path):
 def test_the_check_sees_an_import():
     web = PACKAGE / "web" / "errors.py"
     assert any(name.startswith("twisted.web") for name in imported(web))
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "core").glob("*.py")), ids=lambda p: p.name)
+def test_core_writes_no_http(path):
+    """Core frames SSE only: HTTP's lines, chunks and heads are the web layer's."""
+    tree = ast.parse(path.read_text())
+    http_bytes = [node.value for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, bytes)
+                  and (node.value.endswith(b"\r\n") or b"HTTP/" in node.value)]
+    names = [node.id for node in ast.walk(tree) if isinstance(node, ast.Name)]
+    attributes = [node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)]
+    assert http_bytes == []
+    assert [name for name in names + attributes if "chunk" in name.lower()] == []
+
+
+def test_the_http_check_sees_http():
+    tree = ast.parse((PACKAGE / "web" / "responses.py").read_text())
+    assert any(isinstance(node, ast.Constant) and isinstance(node.value, bytes)
+               and node.value.endswith(b"\r\n") for node in ast.walk(tree))

@@ -15,9 +15,9 @@ from txredisapi import MonitorProtocol
 
 from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping, Presence, UserState
+from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.daemon.config import load_settings, parse_redis
 from heartbeat.daemon.tap import build_service
-from heartbeat.store.interface import StoreUnavailable
 from heartbeat.store.memory import MemoryStore
 from heartbeat.store.redis.store import RedisStore
 from tests.helpers.processes import RedisServer, free_port

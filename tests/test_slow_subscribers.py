@@ -21,7 +21,7 @@ def subscribe(wire: Wire, path: str = "/subscribe/alice") -> tuple[Connection, S
     conn = wire.connect()
     conn.send(request_bytes("GET", path))
     assert conn.response().status == 200
-    (stream,) = [s for s in wire.hub.streams if s.transport is conn.transport]
+    (stream,) = [s for s in wire.hub.streams if s.transport is conn.transport.protocol]
     return conn, stream
 
 

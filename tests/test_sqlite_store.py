@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 
 from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping, Presence
-from heartbeat.store.interface import StoreUnavailable
+from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.store.memory import MemoryStore
 from heartbeat.store.sqlite import (
     APPLICATION_ID,

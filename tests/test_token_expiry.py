@@ -6,33 +6,32 @@ import time
 
 import jwt
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 
 from heartbeat.core.hub import Hub
 from heartbeat.core.stream import Stream
 from heartbeat.store.memory import MemoryStore
-from tests.helpers.in_memory import Wire, request_bytes
+from tests.helpers.in_memory import StreamEnd, Wire, request_bytes
 
 SECRET = "an expiry test secret that is long enough for HS256 and then some"
 
 
-def open_stream(clock: Clock, expires: float | None) -> tuple[Hub, Stream, StringTransport]:
+def open_stream(clock: Clock, expires: float | None) -> tuple[Hub, Stream, StreamEnd]:
     """A stream of bob's, attached to a hub to end at ``expires``."""
     hub = Hub(MemoryStore(clock, 60), clock)
     stream = Stream(("bob",), clock, 60)
-    transport = StringTransport()
-    stream.take(transport, True)
+    transport = StreamEnd()
+    stream.take(transport)
     hub.attach(stream, expires)
     return hub, stream, transport
 
 
-def test_an_expired_stream_that_reads_ends_with_its_last_chunk():
+def test_an_expired_stream_that_reads_ends_cleanly():
     clock = Clock()
     hub, stream, transport = open_stream(clock, 3)
     clock.advance(2.9)
     assert not stream.closed
     clock.advance(0.1)
-    assert transport.value().endswith(b"0\r\n\r\n")
+    assert transport.ended
     assert transport.disconnecting and stream.closed and stream not in hub.streams
 
 
@@ -42,7 +41,7 @@ def test_an_expired_stream_whose_client_does_not_read_is_dropped():
     stream.pauseProducing()
     clock.advance(3)
     assert transport.disconnected
-    assert not transport.value().endswith(b"0\r\n\r\n")
+    assert not transport.ended
 
 
 def test_a_stream_that_closes_first_is_forgotten_at_once():

@@ -1,4 +1,7 @@
-"""Server-Sent Events framing: each event's bytes, built once for every stream."""
+"""Server-Sent Events framing: each event's bytes, built once for every stream.
+
+Only SSE: how those bytes travel (HTTP/1.1 chunks, or none) is the web layer's.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from heartbeat.core.presence import Presence
 # A comment line, with no blank line after it: a blank line ends an event
 # block, and some clients (httpx-sse) hand every block out as an event, an
 # empty one for a block that held only a comment.
-KEEPALIVE = b":\n"
+KEEPALIVE_BYTES = b":\n"
 # How long a browser waits before reconnecting a dropped stream (ms); sent
 # first on every stream, so a restart costs clients seconds, not the
 # browser's own default. A field line only: it joins the first event's
@@ -51,33 +54,29 @@ def encode_event(change: Presence) -> bytes:
     )
 
 
-class Event:
-    """A change's event, framed once for every subscriber.
+class Frame:
+    """Bytes a stream sends (an event, a comment), built once for every stream.
 
-    Streams write ``chunk`` (the frame as an HTTP/1.1 chunk) to their
-    connection directly, so fanning out costs no per-subscriber framing.
+    ``wire`` is those bytes as a stream's transport frames them for its
+    protocol, made by the first transport that needs it and reused by the
+    rest, so fanning out costs no per-subscriber framing.
     """
 
-    __slots__ = ("change", "frame", "chunk")
+    __slots__ = ("data", "wire")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.wire: bytes | None = None
+
+
+class Event(Frame):
+    """A change's event, framed once for every subscriber."""
+
+    __slots__ = ("change",)
 
     def __init__(self, change: Presence) -> None:
+        super().__init__(encode_event(change))
         self.change = change
-        self.frame = encode_event(change)
-        self.chunk = _chunk(self.frame)
 
 
-def _chunk(frame: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(frame), frame)
-
-
-KEEPALIVE_CHUNK = _chunk(KEEPALIVE)
-
-
-# What an event stream's response says of itself (a HEAD gets them too).
-STREAM_HEADERS = (
-    (b"Content-Type", b"text/event-stream"),
-    (b"Cache-Control", b"no-cache"),
-    (b"X-Accel-Buffering", b"no"),
-)
-# The stream's first bytes after its headers, as a chunk.
-RETRY_CHUNK = _chunk(RETRY)
+KEEPALIVE = Frame(KEEPALIVE_BYTES)

@@ -11,20 +11,23 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from heartbeat.core.presence import Presence
-from heartbeat.core.sse import KEEPALIVE, KEEPALIVE_CHUNK, Event, event_id
-from heartbeat.twisted_internals import eager_write
+from heartbeat.core.sse import KEEPALIVE, Event, Frame, event_id
 
 log = Logger()
 
 
 class StreamTransport(Protocol):
-    """What a stream writes to: a connection's transport (TCP, TLS), or a
-    twisted.web request's body (:class:`heartbeat.web.routes.RequestTransport`)."""
+    """What a stream writes to: its connection, which frames what it sends
+    for its protocol (the web layer's edge connection)."""
 
-    def write(self, data: bytes) -> None: ...
+    def send(self, frame: Frame) -> None:
+        """Write ``frame`` (its ``wire`` form, made once for every stream)."""
+
+    def end(self) -> None:
+        """End the response cleanly, so the client sees the stream end, then close."""
+
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None: ...
     def unregisterProducer(self) -> None: ...
-    def loseConnection(self) -> None: ...
     def abortConnection(self) -> None: ...
 
 
@@ -56,7 +59,7 @@ class Stream:
     """
 
     __slots__ = (
-        "userids", "clientid", "last_event_id", "seen", "closed", "held", "transport", "chunked",
+        "userids", "clientid", "last_event_id", "seen", "closed", "held", "transport",
         "ends", "_clock", "_blocked_timeout", "_blocked", "_gone", "_lost",
     )
 
@@ -79,7 +82,6 @@ class Stream:
         # None while the client reads; while paused, the newest event per user.
         self.held: dict[str, Event] | None = None
         self.transport: StreamTransport | None = None
-        self.chunked = False
         self.ends: Ends | None = None
         self._clock = clock
         self._blocked_timeout = blocked_timeout
@@ -88,14 +90,9 @@ class Stream:
         self._gone: Deferred[None] | None = None
         self._lost = False
 
-    def take(self, transport: StreamTransport, chunked: bool = True) -> None:
-        """Write to ``transport`` from now on, as its producer; the headers are sent.
-
-        ``chunked``: frame each write as an HTTP/1.1 chunk (the events carry
-        their chunk, built once for every stream).
-        """
+    def take(self, transport: StreamTransport) -> None:
+        """Write to ``transport`` from now on, as its producer; the headers are sent."""
         self.transport = transport
-        self.chunked = chunked
         transport.registerProducer(self, True)
 
     def skip_resumed(self, change: Presence) -> bool:
@@ -113,20 +110,19 @@ class Stream:
         change = event.change
         self.seen[change.userid] = change
         if self.held is None:
-            self._write(event.frame, event.chunk)
+            self._write(event)
         else:
             self.held[change.userid] = event
 
     def comment(self) -> None:
         # A blocked client needs no keep-alive: its connection is not idle.
         if self.held is None:
-            self._write(KEEPALIVE, KEEPALIVE_CHUNK)
+            self._write(KEEPALIVE)
 
-    def _write(self, frame: bytes, chunk: bytes) -> None:
-        """The chunk framing is the event's own, built once for all subscribers."""
+    def _write(self, frame: Frame) -> None:
         transport = self.transport
         if transport is not None and not self.closed:
-            eager_write(transport, chunk if self.chunked else frame)
+            transport.send(frame)
 
     # Told by the connection's protocol.
 
@@ -152,7 +148,7 @@ class Stream:
         held, self.held = self.held, None
         self._cancel_blocked()
         for event in held.values():
-            self._write(event.frame, event.chunk)
+            self._write(event)
 
     def stopProducing(self) -> None:
         """The connection is going: keep nothing more for it."""
@@ -196,17 +192,15 @@ class Stream:
             if self.ends is not None:
                 self.ends.detach(self)
             transport.unregisterProducer()
-            if self.chunked:
-                eager_write(transport, b"0\r\n\r\n")
-            transport.loseConnection()
+            transport.end()
         return self._gone
 
     def expire(self) -> None:
         """The token this stream was opened with has expired: end it now.
 
-        A client that reads gets the clean end (the last chunk), and
+        A client that reads gets the clean end, and
         EventSource reconnects with the token it has now. One that is not
-        reading would never take that chunk, and a closing stream no longer
+        reading would never take that end, and a closing stream no longer
         cuts off a blocked client, so its connection is dropped instead.
         """
         if self.held is None:

@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from twisted.web.iweb import IRequest
 
 from heartbeat.core.hub import Hub
-from heartbeat.store.interface import Store
+from heartbeat.core.store_contract import Store
 
 # Fine buckets for pings answered without leaving the process, wider ones for
 # a store round trip or two; the top buckets catch a struggling store.

@@ -21,9 +21,9 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 from heartbeat.core.hub import Hub
+from heartbeat.core.store_contract import Store
 from heartbeat.core.stream import Stream
 from heartbeat.daemon import systemd
-from heartbeat.store.interface import Store
 from heartbeat.twisted_internals import take_bursts
 from heartbeat.web.edge import Edge
 from heartbeat.web.responses import out_of_descriptors

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from heartbeat.store.interface import Store
+from heartbeat.core.store_contract import Store
 
 log = Logger()
 

@@ -14,16 +14,17 @@ from twisted.web.server import Site
 from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity
+from heartbeat.core.store_contract import Store
 from heartbeat.daemon.config import SETTINGS, Settings, listen_endpoint, load_settings
 from heartbeat.daemon.descriptors import fit_streams, raise_open_files_limit
 from heartbeat.daemon.logs import log_observer, log_settings
 from heartbeat.daemon.metrics import Metrics
 from heartbeat.daemon.service import HeartbeatService, SettleGarbageCollector
-from heartbeat.store.interface import Store
 from heartbeat.store.sqlite import DatabaseUnusable, open_store
 from heartbeat.web.api import Api
 from heartbeat.web.edge import Edge
-from heartbeat.web.routes import HeartbeatApp
+from heartbeat.web.klein_app import HeartbeatApp
+from heartbeat.web.routes import ROUTES
 
 
 class Options(_Options):
@@ -95,7 +96,7 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
     metrics = Metrics(hub, store)
     api = Api(store, hub, reactor, identity, settings, metrics)
     site = Site(HeartbeatApp(api).resource(), reactor=reactor)
-    edge = Edge(api, site, reactor, settings.max_header_bytes, settings.request_timeout)
+    edge = Edge(api, site, ROUTES, reactor, settings.max_header_bytes, settings.request_timeout)
     service = HeartbeatService(
         endpoint, edge, hub, store, settings.keepalive, reactor, log_observer(settings),
         settings.listen,

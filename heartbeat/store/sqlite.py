@@ -47,7 +47,7 @@ from twisted.python.threadpool import ThreadPool
 
 from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Devices, Ping, Presence, UserState
-from heartbeat.store.interface import StoreUnavailable
+from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.store.memory import MAX_DEVICES_PER_USER, MemoryStore
 
 log = Logger()

@@ -1,31 +1,29 @@
-"""What each route does, apart from how its request arrived.
+"""What the routes do, apart from how their request arrived.
 
-The edge (:mod:`heartbeat.web.edge`) serves the hot routes straight from
-its own parse and the Klein routes (:mod:`heartbeat.web.routes`) serve
-every route to any twisted.web site; both call these handlers, so a rule
-(who may ping, which users a stream may name, when streams are full) has
-one home.
+The route table (:mod:`heartbeat.web.routes`) names these handlers; the
+edge serves the hot ones from its own parse, and the Klein routes use the
+rest, so a rule (who may ping, which users a stream may name, when streams
+are full) has one home.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Protocol
-from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
-from heartbeat.core.errors import BadInput, TooLarge, Unavailable
+from heartbeat.core.errors import Unavailable
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity, Reading
-from heartbeat.core.ping_body import MAX_BODY, parse_status
+from heartbeat.core.ping_body import parse_status
 from heartbeat.core.presence import Ping, UserState
 from heartbeat.core.request_view import RequestView
+from heartbeat.core.store_contract import Store
 from heartbeat.core.stream import Stream
 from heartbeat.core.user_query import requested_users
-from heartbeat.store.interface import Store
 from heartbeat.web.cors import CorsPolicy
 
 
@@ -40,6 +38,8 @@ class RouteSettings(Protocol):
     def stream_blocked_timeout(self) -> float: ...
     @property
     def cors_origins(self) -> tuple[str, ...]: ...
+    @property
+    def presence_timeout(self) -> float: ...
 
 
 class Meter(Protocol):
@@ -49,24 +49,9 @@ class Meter(Protocol):
     def render(self, request: IRequest) -> bytes: ...
 
 
-def subscribe_target(path: bytes) -> tuple[str, str | None] | None:
-    """``(userid, clientid)`` of ``/subscribe/<userid>[/client/<clientid>]``, else None.
-
-    Segments are percent-decoded and must be UTF-8 (a 400 otherwise).
-    """
-    parts = path.split(b"/")
-    if len(parts) == 3 and parts[1] == b"subscribe" and parts[2]:
-        return _segment(parts[2]), None
-    if len(parts) == 5 and parts[1] == b"subscribe" and parts[3] == b"client" and parts[2] and parts[4]:
-        return _segment(parts[2]), _segment(parts[4])
-    return None
-
-
-def _segment(raw: bytes) -> str:
-    try:
-        return unquote_to_bytes(raw).decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadInput("user id must be valid UTF-8") from None
+# What a stream route's handler answers: the users to stream, and the one
+# device of theirs when it is a device stream.
+Opening = tuple[Reading, "str | None"]
 
 
 class Api:
@@ -88,23 +73,28 @@ class Api:
         self.settings = settings
         self.meter = meter
         self.cors = CorsPolicy(settings.cors_origins)
+        # On a ping's answer and every stream's: how often to ping (SPEC §2).
+        self.pacing = ((b"Heartbeat-Presence-Timeout", b"%d" % settings.presence_timeout),)
 
-    def ping(self, request: RequestView, body: bytes, too_large: bool = False) -> Deferred[None]:
-        """Store the caller's ping; fails with a domain error when refused."""
+    def ping(self, request: RequestView, body: bytes) -> Deferred[None]:
+        """``POST /ping``: store the caller's ping; fails with a domain error when refused."""
         userid, clientid = self.identity.ping_user(request)
-        if too_large:
-            raise TooLarge(f"request body is larger than {MAX_BODY} bytes")
         status = parse_status(request.getHeader(b"Content-Type"), body)
         return self.store.ping(Ping(userid, int(self.clock.seconds()), status, clientid))
 
-    def leave(self, request: RequestView) -> Deferred[None]:
-        """The caller's device goes offline now; any body is ignored (sendBeacon)."""
+    def leave(self, request: RequestView, body: bytes) -> Deferred[None]:
+        """``POST /leave``: the caller's device goes offline now; any body is ignored (sendBeacon)."""
         userid, clientid = self.identity.ping_user(request)
         return self.store.leave(userid, clientid)
 
-    def one_user(self, request: RequestView, userid: str) -> Reading:
-        """The user of a ``/subscribe/<userid>`` route, if the caller may read it."""
-        return self.identity.authorize_read(request, (userid,))
+    def subscribe_one(self, request: RequestView, body: bytes, userid: str,
+                      clientid: str | None = None) -> Opening:
+        """``GET /subscribe/<userid>[/client/<clientid>]``: that user (device), if the caller may read it."""
+        return self.identity.authorize_read(request, (userid,)), clientid
+
+    def subscribe_many(self, request: RequestView, body: bytes) -> Opening:
+        """``GET /subscribe?user=…``: the users asked, if the caller may read them."""
+        return self.many_users(request), None
 
     def many_users(self, request: RequestView) -> Reading:
         """The ``?user=`` list of the multi-user routes, if the caller may read them."""

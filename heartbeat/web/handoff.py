@@ -7,14 +7,17 @@ methods (``getPeer``, ``getHost``, ``isSecure``, ``writeHeaders``,
 ``_GenericHTTPChannelProtocol`` delegates to an HTTP/1.1 or HTTP/2 channel.
 :class:`SiteChannel` is that channel for one request, over the edge's
 connection, so the connection keeps its protocol (and TLS keeps working)
-while Klein answers. ``tests/test_handoff.py`` pins that contract on every
-Twisted release CI runs.
+while Klein answers. ``tests/test_twisted_contracts.py`` pins that contract
+on every Twisted release CI runs.
+
+It knows the connection only as :class:`Connection`, a protocol the edge's
+connection satisfies, so the edge imports this module and not the reverse.
 """
 
 from __future__ import annotations
 
 from io import BytesIO
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import ISSLTransport
@@ -22,9 +25,20 @@ from twisted.web.http import NO_BODY_CODES
 from twisted.web.server import Request, Site
 
 from heartbeat.web.errors import HttpError
+from heartbeat.web.request import ParsedRequest
 
-if TYPE_CHECKING:
-    from heartbeat.web.edge import HttpConnection, ParsedRequest
+
+class Connection(Protocol):
+    """What a hand-over needs of the connection it happens on (the edge's)."""
+
+    @property
+    def transport(self) -> Any: ...
+
+    def persists(self, request: ParsedRequest, delimited: bool) -> bool:
+        """Whether the connection stays open after the answer (``delimited``: its end is known)."""
+
+    def handed_done(self, request: ParsedRequest, persistent: bool) -> None:
+        """The site finished its answer to ``request``."""
 
 
 class SiteChannel:
@@ -33,7 +47,7 @@ class SiteChannel:
     # No access log: Request.finish logs through ``channel.factory`` when set.
     factory = None
 
-    def __init__(self, connection: HttpConnection, parsed: ParsedRequest, site: Site) -> None:
+    def __init__(self, connection: Connection, parsed: ParsedRequest, site: Site) -> None:
         self.connection = connection
         self.parsed = parsed
         self.site = site
@@ -104,18 +118,17 @@ def check_target(parsed: ParsedRequest) -> None:
         raise HttpError(400, "URL or Host is not valid UTF-8") from None
 
 
-def hand_to_site(connection: HttpConnection, parsed: ParsedRequest, site: Site) -> Request:
+def hand_to_site(connection: Connection, parsed: ParsedRequest, site: Site) -> Request:
     """Start ``site``'s answer to ``parsed``; the request, for ``connectionLost``.
 
-    No route behind the edge reads a body (``/ping`` and ``/leave`` are the
-    edge's), so the request is given none, which also keeps twisted.web's
-    form parsing out of it.
+    The request gets the body the edge read (twisted.web parses a
+    form-encoded ``POST`` body into ``args``, as for any site).
     """
     check_target(parsed)
     request = site.requestFactory(SiteChannel(connection, parsed, site))
     for name, value in parsed.raw_headers:
         request.requestHeaders.addRawHeader(name, value)
-    request.content = BytesIO()
+    request.content = BytesIO(parsed.body)
     version = b"HTTP/1.0" if parsed.version == "1.0" else b"HTTP/1.1"
     request.requestReceived(parsed.method, parsed.url, version)
     return request

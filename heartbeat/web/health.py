@@ -12,7 +12,7 @@ import os
 from twisted.web.iweb import IRequest
 
 from heartbeat.core.hub import Hub
-from heartbeat.store.interface import Store, StoreUnavailable
+from heartbeat.core.store_contract import Store, StoreUnavailable
 from heartbeat.web.errors import as_http
 
 

@@ -1,4 +1,4 @@
-"""The bytes of the answers the edge writes itself: status lines, heads, JSON errors.
+"""The bytes of the answers the edge writes itself: status lines, heads, JSON errors, chunks.
 
 Built from parts that change at most once a second (the ``Date``), so a
 ping's answer is a few concatenations, not a header table.
@@ -12,12 +12,30 @@ from http import HTTPStatus
 
 from twisted.web.http import datetimeToString
 
-from heartbeat.core.sse import RETRY, RETRY_CHUNK, STREAM_HEADERS
+from heartbeat.core.sse import RETRY
 from heartbeat.web.errors import HttpError, error_body
 
 Headers = Iterable[tuple[bytes, bytes]]
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# The end of a chunked body.
+LAST_CHUNK = b"0\r\n\r\n"
+
+# What an event stream's response says of itself (a HEAD gets them too).
+STREAM_HEADERS = (
+    (b"Content-Type", b"text/event-stream"),
+    (b"Cache-Control", b"no-cache"),
+    (b"X-Accel-Buffering", b"no"),
+)
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` as one HTTP/1.1 chunk."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+RETRY_CHUNK = chunk(RETRY)
 
 
 @lru_cache(maxsize=128)

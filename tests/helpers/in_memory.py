@@ -30,6 +30,19 @@ class FakeTransport(StringTransport):
         self.write_closed = True
 
 
+class StreamEnd(StringTransport):
+    """A stream's transport for core tests: frames written bare, ``end`` recorded."""
+
+    ended = False
+
+    def send(self, frame) -> None:  # type: ignore[no-untyped-def]
+        self.write(frame.data)
+
+    def end(self) -> None:
+        self.ended = True
+        self.loseConnection()
+
+
 @dataclass
 class Response:
     status: int
