@@ -77,6 +77,10 @@ class UserState:
         return body
 
 
+# SPEC §3's default for MAX_DEVICES_PER_USER.
+MAX_DEVICES_PER_USER = 100
+
+
 class Devices:
     """One user's devices and the changes each ping, leave or timeout makes.
 

@@ -9,11 +9,8 @@ from twisted.internet.interfaces import IReactorTime
 
 from heartbeat.core.deadlines import Deadlines
 from heartbeat.core.hidden_statuses import Hiding
-from heartbeat.core.presence import Devices, Ping, Presence, UserState
+from heartbeat.core.presence import MAX_DEVICES_PER_USER, Devices, Ping, Presence, UserState
 from heartbeat.core.store_contract import BusListener
-
-# SPEC §3's default for MAX_DEVICES_PER_USER.
-MAX_DEVICES_PER_USER = 100
 
 
 class MemoryStore:

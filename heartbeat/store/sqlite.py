@@ -46,9 +46,9 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from heartbeat.core.hidden_statuses import Hiding
-from heartbeat.core.presence import Devices, Ping, Presence, UserState
+from heartbeat.core.presence import MAX_DEVICES_PER_USER, Devices, Ping, Presence, UserState
 from heartbeat.core.store_contract import StoreUnavailable
-from heartbeat.store.memory import MAX_DEVICES_PER_USER, MemoryStore
+from heartbeat.store.memory import MemoryStore
 
 log = Logger()
 
