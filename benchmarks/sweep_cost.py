@@ -25,8 +25,9 @@ from pathlib import Path
 
 from benchmarks.procs import free_port
 from heartbeat.core.presence import Ping
+from heartbeat.store.redis.codec import deadline_member, ping_args
 from heartbeat.store.redis.keys import partition_keys, user_keys
-from heartbeat.store.redis.scripts import STORE_AND_PUBLISH, ping_args
+from heartbeat.store.redis.lua import scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "heartbeat:"
@@ -95,20 +96,22 @@ def main() -> None:
     try:
         time.sleep(0.5)
         conn = Resp(rport)
-        conn.call("SCRIPT", "LOAD", STORE_AND_PUBLISH.source)
+        store_and_publish = scripts("single").ping
+        conn.call("SCRIPT", "LOAD", store_and_publish.source)
         start = time.time()
         # Batch k of ``rate`` users falls due LEAD + k seconds from now.
         now = int(start)
         for first in range(0, options.users, options.rate):
             keys: list[str] = []
-            args: list[object] = [LEAD + first // options.rate]
+            args: list[object] = [LEAD + first // options.rate, 5, ""]
             for n in range(first, min(first + options.rate, options.users)):
                 userid = f"u{n}"
                 user = user_keys(PREFIX, userid)
                 keys += (user.key, user.devices, user.online,
                          *partition_keys(PREFIX, user.partition))
-                args += ping_args(Ping(userid, now, "0", "c"), False)
-            conn.send("EVALSHA", STORE_AND_PUBLISH.sha, len(keys), *keys, *args)
+                args += ping_args(Ping(userid, now, "0", "c"), deadline_member(userid, "c"),
+                                  False)
+            conn.send("EVALSHA", store_and_publish.sha, len(keys), *keys, *args)
         for _ in range(0, options.users, options.rate):
             conn.read()
         deadlines = {f"u{n}": start + LEAD + n // options.rate for n in range(options.users)}

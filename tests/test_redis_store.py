@@ -20,6 +20,7 @@ from heartbeat.daemon.config import load_settings, parse_redis
 from heartbeat.daemon.tap import build_service
 from heartbeat.store.memory import MemoryStore
 from heartbeat.store.redis.store import RedisStore
+from heartbeat.store.redis.tuning import READ_CHUNK
 from tests.helpers.processes import RedisServer, free_port
 
 
@@ -344,10 +345,37 @@ def test_the_redis_setting_selects_the_redis_store():
 
 
 def test_replicas_count_what_wait_answered_and_only_enough_is_enough():
-    from heartbeat.store.redis.store import Replicas
+    from heartbeat.store.redis.replicas import Replicas
 
     replicas = Replicas(2)
     assert replicas.enough(2) and replicas.enough("3")
     assert not replicas.enough(1)
     assert not replicas.enough(None)  # WAIT failed or answered something else
     assert replicas.enough(2)  # back again
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resync_of_20000_users_is_read_in_short_script_calls(make_store, redis_server):
+    """Redis runs one script at a time: one read of every watched user would stall
+    every other instance's pings for its whole length, so reads go in chunks."""
+    store = await started(make_store())
+    users = [f"user{n}" for n in range(20000)]
+    for first in range(0, len(users), 500):
+        await gatherResults([store.ping(Ping(userid, 1700000000, "0 here", "phone"))
+                             for userid in users[first:first + 500]])
+    await store.get(["warm-up"])  # the script is known from here on
+    monitor = await ClientCreator(reactor, Monitor).connectTCP("127.0.0.1", redis_server.port)
+    monitor.transport.write(b"MONITOR\r\n")
+    await until(lambda: monitor.lines)
+    states = await store.get(users)
+    redis_server.command("ECHO", "done")
+    await until(lambda: any('"done"' in line for line in monitor.lines))
+    monitor.transport.loseConnection()
+    assert len(states) == 20000 and states["user19999"] == state(
+        Ping("user19999", 1700000000, "0 here", "phone"))
+    # Per call: "EVALSHA" sha numkeys; each user is three keys.
+    calls = [line.split("] ", 1)[1].split(" ") for line in monitor.lines
+             if '"EVALSHA"' in line and '"heartbeat:user' in line]
+    users_per_call = [int(call[2].strip('"')) // 3 for call in calls]
+    assert sum(users_per_call) == 20000
+    assert max(users_per_call) <= READ_CHUNK

@@ -113,12 +113,6 @@ def _store(settings: Settings, reactor: Any) -> Store:
         return open_store(settings.database, reactor, settings.presence_timeout, hiding,
                           settings.max_devices_per_user)
     # Imported only when used: txredisapi imports the global reactor.
-    if settings.redis.kind == "cluster":
-        from heartbeat.store.redis.cluster_store import ClusterStore
-
-        return ClusterStore(settings.redis, settings.redis_prefix, reactor,
-                            settings.presence_timeout, settings.redis_ca_file,
-                            settings.redis_wait_replicas, hiding)
     from heartbeat.store.redis.store import RedisStore
 
     return RedisStore(settings.redis, settings.redis_prefix, reactor, settings.presence_timeout,

@@ -1,1 +1,1 @@
-"""Where presence is kept and how changes travel between instances: the store interface and its stores."""
+"""Where presence is kept and how changes travel between instances: the stores of core's `Store` protocol."""

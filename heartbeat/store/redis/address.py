@@ -65,6 +65,11 @@ def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def where(host: str, port: int) -> str:
+    """A server as logs and comparisons name it: ``host:port``, ``[v6]:port``."""
+    return f"{_bracket(host)}:{port}"
+
+
 def parse_redis(value: str) -> RedisAddress | None:
     """Any form of SPEC §4; None when unset. Raises ValueError saying what is wrong."""
     if not value:

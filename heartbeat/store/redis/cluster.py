@@ -32,11 +32,12 @@ from twisted.python.failure import Failure
 from txredisapi import ConnectionError as RedisConnectionError
 from txredisapi import RedisProtocol, ResponseError
 
-from heartbeat.store.interface import StoreUnavailable
+from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.store.redis.address import RedisAddress, Server
 from heartbeat.store.redis.keys import CLUSTER_SLOTS, slot
 from heartbeat.store.redis.link import DirectRoute, RedisLink, _Subscriber
 from heartbeat.store.redis.tls import TrustRoot
+from heartbeat.store.redis.txredis import encode_command, queue_reply
 
 log = Logger()
 
@@ -170,7 +171,7 @@ class Cluster:
         return self._owners[slot]
 
     def commands(self, slot: int) -> SlotCommands:
-        """What :class:`~heartbeat.store.redis.scripts.Script` runs on, for ``slot``."""
+        """What :class:`~heartbeat.store.redis.lua.Script` runs on, for ``slot``."""
         return SlotCommands(self, slot)
 
     def execute(self, slot: int, *args: object) -> Deferred[Any]:
@@ -283,9 +284,10 @@ class Cluster:
                 node_address(self._address, server),
                 lambda conn: self._ready(server, conn), lambda conn: self._lost(server, conn),
                 reply_timeout=self.reply_timeout, name=f"commands {host}:{port}",
+                clock=self._reactor,
             )
             node = self._nodes[server] = _Node(link)
-            link.connect(self._reactor)
+            link.connect()
         return node
 
     def _ready(self, server: Server, conn: RedisProtocol) -> None:
@@ -345,7 +347,7 @@ class _Sharded(_Subscriber):
                     self.factory.on_sunsubscribe(channel)
                 return
             if kind == "ssubscribe":
-                self.replyQueue.put(reply)
+                queue_reply(self, reply)
                 return
         super().replyReceived(reply)
 
@@ -359,7 +361,7 @@ class _Sharded(_Subscriber):
         the queue that pushes must never enter.
         """
         self.leaving[channel] = self.leaving.get(channel, 0) + 1
-        self.transport.write(self._build_command("SUNSUBSCRIBE", channel))
+        self.transport.write(encode_command(self, "SUNSUBSCRIBE", channel))
 
 
 class _ShardLink(RedisLink):
@@ -513,8 +515,9 @@ class ShardedSubscriber:
                 lambda conn: self._ready(server, conn), lambda conn: self._lost(server, conn),
                 on_message=self._on_message, on_sunsubscribe=lambda c: self._pushed(server, c),
                 reply_timeout=self._cluster.reply_timeout, name=f"subscriber {host}:{port}",
+                clock=self._reactor,
             )
-            link.connect(self._reactor)
+            link.connect()
         return link
 
     def _ready(self, server: Server, conn: _Sharded) -> None:

@@ -22,7 +22,7 @@ under its own tag so a Cluster spreads them; a device goes to partition
 ``slot % PARTITIONS`` of its compat key's slot. On one Redis a sweep's
 claim step touches one partition and the user's keys in one script; a
 Cluster cannot (two slots), so there the user's own ``:deadlines`` key
-holds the truth and the partition an index (see ``cluster_store``).
+holds the truth and the partition an index (see ``cluster_topology``).
 """
 
 from __future__ import annotations
@@ -56,22 +56,28 @@ def slot(key: str) -> int:
 _slot_tags: list[str] = []
 
 
-def slot_tag(wanted: int) -> str:
-    """The shortest decimal number whose CRC16 is in slot ``wanted``.
+def build_slot_tags() -> None:
+    """Build :func:`slot_tag`'s table (about 110,000 CRCs, some 60 ms) if not built yet.
 
-    The table is built the first time it is needed (about 110,000 CRCs,
-    some 60 ms), by a Cluster store meeting a user id like ``a}b``.
+    A Cluster topology builds it as it is made, before the reactor runs,
+    so that no request waits for it on the reactor thread.
     """
-    if not _slot_tags:
-        table: list[str | None] = [None] * CLUSTER_SLOTS
-        left, n = CLUSTER_SLOTS, 0
-        while left:
-            found = crc_hqx(str(n).encode(), 0) % CLUSTER_SLOTS
-            if table[found] is None:
-                table[found] = str(n)
-                left -= 1
-            n += 1
-        _slot_tags.extend(tag for tag in table if tag is not None)
+    if _slot_tags:
+        return
+    table: list[str | None] = [None] * CLUSTER_SLOTS
+    left, n = CLUSTER_SLOTS, 0
+    while left:
+        found = crc_hqx(str(n).encode(), 0) % CLUSTER_SLOTS
+        if table[found] is None:
+            table[found] = str(n)
+            left -= 1
+        n += 1
+    _slot_tags.extend(tag for tag in table if tag is not None)
+
+
+def slot_tag(wanted: int) -> str:
+    """The shortest decimal number whose CRC16 is in slot ``wanted`` (see :func:`build_slot_tags`)."""
+    build_slot_tags()
     return _slot_tags[wanted]
 
 
@@ -95,14 +101,8 @@ class UserKeys:
     devices: str
     online: str
     partition: int
-    # Redis Cluster only: the user's own device deadlines (see ``cluster_store``).
+    # Redis Cluster only: the user's own device deadlines (see ``cluster_topology``).
     deadlines: str
-
-    def for_deadline(self, prefix: str) -> list[str]:
-        """The keys a deadline script needs for one of this user's devices:
-        its partition's, then the user's (see ``EXPIRE_DUE`` and ``LEAVE``)."""
-        deadlines, count = partition_keys(prefix, self.partition)
-        return [deadlines, count, self.key, self.devices, self.online]
 
 
 def user_keys(prefix: str, userid: str, cluster: bool = False) -> UserKeys:

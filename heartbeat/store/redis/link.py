@@ -43,8 +43,15 @@ from twisted.python.failure import Failure
 from txredisapi import RedisFactory, RedisProtocol, SubscriberProtocol
 from zope.interface import implementer
 
-from heartbeat.store.redis.address import RedisAddress, Server
+from heartbeat.store.redis.address import RedisAddress, Server, where
 from heartbeat.store.redis.tls import TrustRoot, client_tls
+from heartbeat.store.redis.txredis import (
+    disconnecting,
+    pooled,
+    slot_transport,
+    stop_slot,
+    take_slots,
+)
 
 log = Logger()
 
@@ -113,7 +120,8 @@ class DirectRoute:
 class RedisLink(RedisFactory):
     """A single connection, kept open, that reports ``ready`` and ``lost``.
 
-    Built with ``on_message`` it is a pub/sub connection: no ``SELECT``
+    ``clock`` is the reactor its liveness checks run on. Built with
+    ``on_message`` it is a pub/sub connection: no ``SELECT``
     (channels are server-wide) and each message goes to ``on_message``.
     ``name`` says which connection it is in logs and metrics.
     """
@@ -132,7 +140,8 @@ class RedisLink(RedisFactory):
         on_message: Callable[[str, str], None] | None = None,
         reply_timeout: float = 5.0,
         name: str = "commands",
-        clock: IReactorTime | None = None,
+        *,
+        clock: IReactorTime,
     ) -> None:
         subscriber = on_message is not None
         super().__init__(
@@ -146,9 +155,8 @@ class RedisLink(RedisFactory):
             # Statuses like "0" must stay strings.
             convertNumbers=False,
         )
-        if clock is None:
-            from twisted.internet import reactor as clock
-        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        # Its own timers (liveness) and times run on the reactor it is given.
+        self.clock = clock
         self.protocol = _Subscriber if subscriber else _Commands
         self.route = route
         self.name = name
@@ -161,7 +169,7 @@ class RedisLink(RedisFactory):
         self._problem: str | None = None
         self._checks: dict[RedisProtocol, Liveness] = {}
 
-    def connect(self, reactor: Any = None) -> None:
+    def connect(self) -> None:
         """Start connecting, and keep reconnecting until ``disconnect``."""
         self.startConnecting(_Reported(self))
 
@@ -171,17 +179,17 @@ class RedisLink(RedisFactory):
         For a master that moved: the old one is dead or a replica, and the
         backoff that the dead one built up must not delay reaching the new.
         """
-        slots = list(self.slots)
-        del self.slots[:]
+        slots = take_slots(self)
         for slot in slots:
-            if slot.protocol is not None and slot.protocol.transport is not None:
-                slot.protocol.transport.abortConnection()
-        stopped = gatherResults([slot.stop() for slot in slots], consumeErrors=True)
-        stopped.addBoth(lambda _: None if self.disconnectCalled else self.connect())
+            transport = slot_transport(slot)
+            if transport is not None:
+                transport.abortConnection()  # type: ignore[attr-defined]
+        stopped = gatherResults([stop_slot(slot) for slot in slots], consumeErrors=True)
+        stopped.addBoth(lambda _: None if disconnecting(self) else self.connect())
 
     def on(self, where: str) -> bool:
         """Whether the connection is up, to the server at ``where``."""
-        return any(peer(conn) == where for conn in self.pool)
+        return any(peer(conn) == where for conn in pooled(self))
 
     def addConnection(self, conn: RedisProtocol) -> None:
         """Hand ``conn`` out once the server has answered on it.
@@ -215,7 +223,8 @@ class RedisLink(RedisFactory):
 
     def _usable(self, conn: RedisProtocol) -> None:
         super().addConnection(conn)
-        if conn in self.pool:
+        if conn in pooled(self):
+            conn.usable = True
             self._problem = None
             check = Liveness(conn, self.clock, self._unanswered)
             self._checks[conn] = check
@@ -274,9 +283,9 @@ def _tls_reason(reason: Failure) -> str:
 
 
 def peer(conn: RedisProtocol) -> str:
-    """``host:port`` of the server at the other end of ``conn``."""
+    """The server at the other end of ``conn``, named as :func:`~.address.where` names it."""
     peer = conn.transport.getPeer() if conn.transport is not None else None
-    return f"{peer.host}:{peer.port}" if peer is not None and hasattr(peer, "port") else "?"
+    return where(peer.host, peer.port) if peer is not None and hasattr(peer, "port") else "?"
 
 
 @implementer(IStreamClientEndpoint)
@@ -348,6 +357,8 @@ class _Watched:
 
     factory: RedisLink
     heard = 0.0
+    # Handed out by its link (the server answered on it).
+    usable = False
 
     def connectionMade(self) -> Any:
         # Over TLS, AUTH and the "ready" report wait for a verified handshake.
@@ -363,7 +374,7 @@ class _Watched:
         return super().dataReceived(*args)  # type: ignore[misc]
 
     def connectionLost(self, why: Failure) -> Any:
-        if not self._ready:  # type: ignore[attr-defined]
+        if not self.usable:
             self.factory.lost_unready(why)
         return super().connectionLost(why)  # type: ignore[misc]
 

@@ -28,7 +28,7 @@ from txredisapi import ConnectionError as RedisConnectionError
 from txredisapi import RedisProtocol
 from zope.interface import implementer
 
-from heartbeat.store.redis.address import RedisAddress, Server
+from heartbeat.store.redis.address import RedisAddress, Server, where
 from heartbeat.store.redis.link import DirectRoute, RedisLink, server_endpoint
 from heartbeat.store.redis.tls import TrustRoot
 
@@ -77,6 +77,7 @@ class SentinelRoute:
             RedisLink(
                 _OneSentinel(self, sentinel), RedisAddress("", 0, tls=address.tls),
                 self._watching, lambda _: None, on_message=self._announced, name="sentinel",
+                clock=reactor,
             )
             for sentinel in self._sentinels
         ]
@@ -221,6 +222,5 @@ class _OneSentinel:
 
 
 def _where(server: Server) -> str:
-    host, port = server
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return where(*server)
 

@@ -1,0 +1,98 @@
+"""The wire format of presence in Redis: bus messages, stored rows, deadline members.
+
+What the Lua writes and what other services (Beep's, the Go predecessor)
+read or wrote; every instance of every version must read it alike.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from heartbeat.core.presence import Ping, Presence, UserState
+
+
+def ping_args(ping: Ping, member: str, hides: bool) -> tuple[object, ...]:
+    """One ping's arguments to ``ping.lua``; a ping that hides has no message."""
+    message = "" if hides else ping_message(ping)
+    return (ping.userid, ping.time, ping.status, ping.clientid, member, message)
+
+
+def ping_message(ping: Ping) -> str:
+    """What a ping publishes: its device's event, which is also the user's.
+
+    A ping makes the user's ``time`` and ``status`` its own and the user
+    online, so one message says both; :func:`from_message` reads it back
+    as the two changes.
+    """
+    device = Presence(ping.userid, ping.time, ping.status, True, ping.clientid)
+    return json.dumps(device.as_event(), separators=(",", ":"))
+
+
+def deadline_member(userid: str, clientid: str) -> str:
+    """A device's member in its deadline partition: both ids, unambiguously."""
+    return json.dumps([userid, clientid], separators=(",", ":"))
+
+
+def from_member(member: str) -> tuple[str, str] | None:
+    try:
+        userid, clientid = json.loads(member)
+    except (ValueError, TypeError):
+        return None
+    if not (isinstance(userid, str) and isinstance(clientid, str)):
+        return None
+    return userid, clientid
+
+
+def from_message(userid: str, text: str) -> tuple[Presence, ...]:
+    """The changes a message on ``userid``'s channel carries.
+
+    A JSON object with ``time`` and ``status`` (and optionally ``online``,
+    default true) is the user's change; with a string ``clientid`` too, the
+    device's, and when it is online (a ping) the user's as well. The Go
+    service's ``"time status"`` text is still read, as the user's change.
+    Anything else is ignored.
+    """
+    if not text.startswith("{"):
+        stamp, _, text_status = text.partition(" ")
+        ping = _ping(userid, stamp, text_status)
+        return () if ping is None else (Presence(userid, ping.time, ping.status),)
+    try:
+        event = json.loads(text)
+    except ValueError:
+        return ()
+    if not isinstance(event, dict):
+        return ()
+    time, status, online = event.get("time"), event.get("status"), event.get("online", True)
+    if (type(time) is not int or time < 0 or not isinstance(status, str) or not status
+            or not isinstance(online, bool)):
+        return ()
+    clientid = event.get("clientid")
+    user = Presence(userid, time, status, online)
+    if not isinstance(clientid, str):
+        return (user,)
+    device = Presence(userid, time, status, online, clientid)
+    return (user, device) if online else (device,)
+
+
+def from_row(userid: str, row: Sequence[Any]) -> UserState | None:
+    """A user's state from ``read_many.lua``'s row: None if they never pinged."""
+    time, status, fields, online = row
+    latest = _ping(userid, time, status)
+    if latest is None:
+        return None
+    up = set(online)
+    devices = {}
+    for clientid, value in zip(fields[::2], fields[1::2]):
+        ping = _ping(userid, *value.partition(" ")[::2])
+        if ping is not None:
+            devices[clientid] = Presence(userid, ping.time, ping.status, clientid in up, clientid)
+    return UserState(Presence(userid, latest.time, latest.status, bool(up)), devices)
+
+
+def _ping(userid: str, time: str | None, status: str | None) -> Ping | None:
+    # Anything not written by heartbeat (or its Go predecessor) reads as no ping.
+    if not time or not status or not (time.isascii() and time.isdigit()):
+        return None
+    return Ping(userid, int(time), status)
