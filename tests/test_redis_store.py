@@ -137,7 +137,7 @@ async def test_a_ping_is_one_script_call_that_falls_back_to_eval(make_store, red
     # (the first ping also counts the user online).
     assert from_client == ['"EVALSHA"', '"EVAL"', '"EVALSHA"', '"EVALSHA"', '"EVAL"']
     again = ['"HSET"', '"HSET"', '"SADD"', '"PUBLISH"']
-    assert from_script == ['"HSET"', '"HSET"', '"SADD"', '"SCARD"', '"PUBLISH"'] + again * 2
+    assert from_script == ['"HSET"', '"HSET"', '"HLEN"', '"SADD"', '"SCARD"', '"PUBLISH"'] + again * 2
     assert await store.get(["alice"]) == {"alice": state(Ping("alice", 3, "c"))}
 
 

@@ -116,4 +116,5 @@ def _store(settings: Settings, reactor: Any) -> Store:
     from heartbeat.store.redis.store import RedisStore
 
     return RedisStore(settings.redis, settings.redis_prefix, reactor, settings.presence_timeout,
-                      settings.redis_ca_file, settings.redis_wait_replicas, hiding)
+                      settings.redis_ca_file, settings.redis_wait_replicas, hiding,
+                      max_devices=settings.max_devices_per_user)

@@ -50,7 +50,7 @@ from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from heartbeat.core.presence import Ping, Presence
+from heartbeat.core.presence import MAX_DEVICES_PER_USER, Ping, Presence
 from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.store.redis.address import RedisAddress
 from heartbeat.store.redis.cluster import Cluster, ShardedSubscriber
@@ -90,9 +90,11 @@ class ClusterTopology:
     """A command link per master, one sharded subscriber per node, commands routed by slot."""
 
     def __init__(self, reactor: Any, address: RedisAddress, prefix: str,
-                 trust: TrustRoot | None) -> None:
+                 trust: TrustRoot | None, max_devices: int = MAX_DEVICES_PER_USER) -> None:
         self._reactor = reactor
         self._prefix = prefix
+        # MAX_DEVICES_PER_USER, which the ping script applies.
+        self._max_devices = max_devices
         build_slot_tags()
         self._events: Events | None = None
         self._cluster = Cluster(reactor, address, trust, REPLY_TIMEOUT, self._map_changed,
@@ -190,7 +192,7 @@ class ClusterTopology:
         steps = []
         for _, group in _by(numbered, lambda n: slot(self._prefix + n[1][0].userid)).items():
             keys: list[str] = []
-            args: list[object] = [timeout, 4, stale]
+            args: list[object] = [timeout, 4, stale, self._max_devices]
             for _, (ping, hides) in group:
                 keys += _user_slot_keys(self._users(ping.userid))
                 args += ping_args(ping, ping.clientid, hides)

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from txredisapi import ConnectionError as RedisConnectionError
 from txredisapi import RedisProtocol
 
-from heartbeat.core.presence import Ping, Presence
+from heartbeat.core.presence import MAX_DEVICES_PER_USER, Ping, Presence
 from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.store.redis.address import RedisAddress
 from heartbeat.store.redis.codec import deadline_member, from_member, ping_args
@@ -42,9 +42,11 @@ class SingleTopology:
     """Two links to one server (direct, or following the master Sentinel names)."""
 
     def __init__(self, reactor: Any, address: RedisAddress, prefix: str,
-                 trust: TrustRoot | None) -> None:
+                 trust: TrustRoot | None, max_devices: int = MAX_DEVICES_PER_USER) -> None:
         self._reactor = reactor
         self._prefix = prefix
+        # MAX_DEVICES_PER_USER, which the ping script applies.
+        self._max_devices = max_devices
         partitions = [partition_keys(prefix, n) for n in range(PARTITIONS)]
         self._sweep_keys = [deadlines for deadlines, _ in partitions] + [c for _, c in partitions]
         self._where = address.describe()
@@ -126,7 +128,7 @@ class SingleTopology:
         (WAIT counts the replicas holding this connection's writes)."""
         conn = self._conn()
         keys: list[str] = []
-        args: list[object] = [timeout, 5, ""]
+        args: list[object] = [timeout, 5, "", self._max_devices]
         for ping, hides in pings:
             user = user_keys(self._prefix, ping.userid)
             deadlines, count = partition_keys(self._prefix, user.partition)

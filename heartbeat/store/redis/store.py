@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from txredisapi import ConnectionError as RedisConnectionError
 
 from heartbeat.core.hidden_statuses import Hiding
-from heartbeat.core.presence import Ping, Presence, UserState
+from heartbeat.core.presence import MAX_DEVICES_PER_USER, Ping, Presence, UserState
 from heartbeat.core.store_contract import BusListener, StoreUnavailable
 from heartbeat.store.redis.address import RedisAddress
 from heartbeat.store.redis.batching import Waiting, queue_for_turn
@@ -55,17 +55,17 @@ log = Logger()
 _STORED = frozenset((STORED, CAME_ONLINE, HIDDEN, WENT_OFFLINE))
 
 
-def topology_for(reactor: Any, address: RedisAddress, prefix: str,
-                 ca_file: str | None) -> Topology:
+def topology_for(reactor: Any, address: RedisAddress, prefix: str, ca_file: str | None,
+                 max_devices: int = MAX_DEVICES_PER_USER) -> Topology:
     """The topology ``REDIS`` names: a Cluster, or one server (direct or through Sentinel)."""
     trust = load_trust_root(ca_file) if ca_file else None
     if address.kind == "cluster":
         from heartbeat.store.redis.cluster_topology import ClusterTopology
 
-        return ClusterTopology(reactor, address, prefix, trust)
+        return ClusterTopology(reactor, address, prefix, trust, max_devices)
     from heartbeat.store.redis.single import SingleTopology
 
-    return SingleTopology(reactor, address, prefix, trust)
+    return SingleTopology(reactor, address, prefix, trust, max_devices)
 
 
 class RedisStore(Service):
@@ -79,13 +79,16 @@ class RedisStore(Service):
 
     listener: BusListener | None = None
     kind = "redis"
+    # Presence lives in Redis: nothing to load (Store.loaded).
+    loaded = True
 
     def __init__(self, address: RedisAddress | None, prefix: str, reactor: Any,
                  timeout: float, ca_file: str | None = None, wait_replicas: int = 0,
-                 hiding: Hiding = Hiding(), topology: Topology | None = None) -> None:
+                 hiding: Hiding = Hiding(), topology: Topology | None = None,
+                 max_devices: int = MAX_DEVICES_PER_USER) -> None:
         if topology is None:
             assert address is not None
-            topology = topology_for(reactor, address, prefix, ca_file)
+            topology = topology_for(reactor, address, prefix, ca_file, max_devices)
         self._topology = topology
         self.reconnects = topology.reconnects
         self._reactor = reactor
