@@ -330,12 +330,18 @@ def test_a_user_read_back_keeps_their_devices_and_the_bound(tmp_path, monkeypatc
     assert rows == [("b",), ("c",), ("d",)]
 
 
-def test_a_database_of_the_first_schema_is_brought_up_to_date(tmp_path):
-    path = tmp_path / "heartbeat.db"
+def _alice_stored(path: Path) -> Clock:
+    """A file where alice is online, its store closed; the clock it ran on."""
     store, clock, _ = make_store(path)
     store.ping(Ping("alice", 1, "1"))
     clock.advance(0)
     store.close()
+    return clock
+
+
+def test_a_database_of_the_first_schema_is_brought_up_to_date(tmp_path):
+    path = tmp_path / "heartbeat.db"
+    _alice_stored(path)
     with sqlite3.connect(path) as conn:
         conn.execute("DROP INDEX devices_online")
         conn.execute("PRAGMA user_version = 1")
@@ -349,10 +355,7 @@ def test_a_database_of_the_first_schema_is_brought_up_to_date(tmp_path):
 
 def test_presence_is_loaded_after_start_and_asked_users_are_read_meanwhile(tmp_path):
     path = tmp_path / "heartbeat.db"
-    store, clock, _ = make_store(path)
-    store.ping(Ping("alice", 1, "1"))
-    clock.advance(0)
-    store.close()
+    clock = _alice_stored(path)
     later = Later()
     again = SQLiteStore(Database.open(str(path)), clock, 60, writer=later)
     again.startService()
