@@ -4,27 +4,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from tests.helpers.claims import claim
 from tests.helpers.clients import SSEClient, get, post_ping
-from tests.helpers.processes import RedisServer
-from tests.helpers.redis_cluster import RedisCluster
-
-
-@pytest.fixture(params=["single", "cluster"])
-def redis_url(request, tmp_path: Path) -> Iterator[str]:
-    if request.param == "single":
-        server = RedisServer(tmp_path).start()
-        yield server.address
-        server.stop()
-    else:
-        cluster = RedisCluster(tmp_path).start()
-        yield cluster.url
-        cluster.stop()
 
 
 def _ping(port: int, device: str) -> None:
@@ -37,8 +19,8 @@ def _devices(port: int) -> list[str]:
     return sorted(json.loads(body)["alice"]["devices"])
 
 
-def test_a_new_device_past_the_limit_forgets_the_least_recently_seen(redis_url, start_daemon):
-    daemon = start_daemon(["--redis", redis_url], env={"MAX_DEVICES_PER_USER": "3"})
+def test_a_new_device_past_the_limit_forgets_the_least_recently_seen(any_redis, start_daemon):
+    daemon = start_daemon(["--redis", any_redis.url], env={"MAX_DEVICES_PER_USER": "3"})
     user = SSEClient(daemon.port, "/subscribe/alice")
     oldest = SSEClient(daemon.port, "/subscribe/alice/client/a")
     # A device's last ping is known to the second: a is seen a second before the others.

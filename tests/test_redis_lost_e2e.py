@@ -36,3 +36,16 @@ def test_watchers_of_online_users_get_one_offline_event_after_redis_comes_back_e
     watchers["bob"][0].no_event(2)
     wait_for(lambda: post_ping(daemon.port, "back", "bob")[0] == 200, timeout=10)
     assert watchers["bob"][0].event()["online"] is True
+
+
+def test_a_flush_with_no_reconnect_is_noticed_by_the_sweep(any_redis, start_daemon):
+    daemon = start_daemon(["--redis", any_redis.url])
+    watcher = SSEClient(daemon.port, "/subscribe/alice")
+    assert post_ping(daemon.port, "busy", "alice")[0] == 200
+    assert watcher.event()["online"] is True
+    any_redis.flush()
+    flushed = time.monotonic()
+    gone = watcher.event(timeout=15)
+    assert (gone["status"], gone["online"]) == ("busy", False)
+    assert time.monotonic() - flushed < 15
+    watcher.no_event(2)  # once

@@ -293,7 +293,8 @@ class ClusterTopology:
         d = gatherResults(rounds, consumeErrors=True)
         return d.addCallback(lambda swept: Swept(sum(s.online for s in swept),
                                                  sum(s.gone for s in swept),
-                                                 any(s.again for s in swept)))
+                                                 any(s.again for s in swept),
+                                                 any(s.lost for s in swept)))
 
     def _sweep_partition(self, partition: int, batch: int) -> Deferred[Swept]:
         deadlines, count = partition_keys(self._prefix, partition)
@@ -301,10 +302,10 @@ class ClusterTopology:
         return d.addCallback(self._expire, partition, batch)
 
     def _expire(self, found: list, partition: int, batch: int) -> Deferred[Swept] | Swept:
-        online = int(found[0])
-        entries = list(zip(found[2::3], found[3::3]))
+        online, lost = int(found[0]), int(found[1]) == 1
+        entries = list(zip(found[3::3], found[4::3]))
         if not entries:
-            return Swept(online, 0, False)
+            return Swept(online, 0, False, lost)
         checks = []
         for _, group in _by(entries, lambda entry: slot(self._prefix + _device(entry)[0])).items():
             keys: list[str] = []
@@ -316,7 +317,8 @@ class ClusterTopology:
             d = self._run(_SCRIPTS.expire, keys[0], keys, args)
             checks.append(d.addCallback(_checked, group))
         d = gatherResults(checks, consumeErrors=True).addCallback(self._reindex, partition)
-        return d.addCallback(lambda gone: Swept(online - gone, gone, len(entries) >= batch))
+        return d.addCallback(
+            lambda gone: Swept(online - gone, gone, len(entries) >= batch, lost))
 
     def _reindex(self, checked: list, partition: int) -> Deferred[int]:
         deadlines, count = partition_keys(self._prefix, partition)

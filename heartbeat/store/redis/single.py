@@ -191,10 +191,10 @@ class SingleTopology:
         return d.addCallback(self._claim_due, conn, batch)
 
     def _claim_due(self, found: list, conn: RedisProtocol, batch: int) -> Deferred[Swept] | Swept:
-        online = max(0, int(found[0]))
-        entries = list(zip(found[1::3], found[2::3]))
+        online, lost = max(0, int(found[0])), int(found[1]) == 1
+        entries = list(zip(found[2::3], found[3::3]))
         if not entries:
-            return Swept(online, 0, False)
+            return Swept(online, 0, False, lost)
         keys: list[str] = []
         args: list[object] = [5]
         full = [0] * PARTITIONS
@@ -208,7 +208,8 @@ class SingleTopology:
             args += (member, *device)
         again = any(count >= batch for count in full)
         d = _SCRIPTS.expire.run(conn, keys, args)
-        return d.addCallback(lambda out: Swept(online, sum(int(g) for g in out[::2]), again))
+        return d.addCallback(
+            lambda out: Swept(online, sum(int(g) for g in out[::2]), again, lost))
 
     # Pub/sub.
 

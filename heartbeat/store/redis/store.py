@@ -277,6 +277,9 @@ class RedisStore(Service):
     def _swept_now(self, swept: Swept) -> bool:
         self._online_users = max(0, swept.online)
         self.offline_transitions += swept.gone
+        if swept.lost and self.listener is not None:
+            # A flush with no reconnect: nothing else would tell the streams (SPEC §4).
+            self.listener.resync()
         return swept.again
 
     def _swept(self, again: object) -> None:
