@@ -82,7 +82,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     # heartbeat refuses streams past MAX_STREAMS (10,000 per process by default): for the
     # population scenario the cap is raised just above its largest size
     args.max_streams = None
-    if "population" in args.scenarios:
+    if {"population", "population_quiet"} & set(args.scenarios):
         largest = max(Sizes(args.scale).n(u) for u in args.population_users or [0])
         if largest + 1000 > 10000:
             args.max_streams = largest + 1000
@@ -181,10 +181,11 @@ def main(argv: list[str]) -> int:
     print(report.table(results, args.targets))
     print()
     print(report.cpu_table(results, args.targets))
-    population = report.population_table(results, args.targets)
-    if population:
-        print()
-        print(population)
+    for scenario in ("population", "population_quiet"):
+        population = report.population_table(results, args.targets, scenario)
+        if population:
+            print()
+            print(population)
     for warning in (report.noise_warning(results), report.client_warning(results)):
         if warning:
             print("\n" + warning)

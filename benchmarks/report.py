@@ -14,6 +14,7 @@ HEADLINES = [
     # the largest population size U measured with p99 < 50 ms and nothing lost; "≥" when
     # no larger size was measured (skipped, or not asked for): a lower bound
     ("population max U, p99<50ms", "population", "max_users_p99_under_50ms", "-", "{:,d}"),
+    ("quiet population max U", "population_quiet", "max_users_p99_under_50ms", "-", "{:,d}"),
 ]
 
 
@@ -96,22 +97,25 @@ def noise_warning(results: dict[str, dict[str, dict]], limit: float = 0.2) -> st
 def _windows(scenarios: dict[str, dict]):
     """(label, figures) of every measured window: one per scenario, one per population size."""
     for scenario, r in scenarios.items():
-        if scenario == "population":
+        if scenario.startswith("population"):
             for run in r.get("runs", []):
                 if "skipped" not in run:
-                    yield f"population U={run['users']}", run
+                    yield f"{scenario} U={run['users']}", run
         else:
             yield scenario, r
 
 
-def population_table(results: dict[str, dict[str, dict]], targets: list[str]) -> str | None:
-    """Per target and population size: latency, losses, server/client CPU, RSS per user."""
-    runs = [(t, r) for t in targets for r in results.get(t, {}).get("population", {}).get("runs", [])]
+def population_table(results: dict[str, dict[str, dict]], targets: list[str],
+                     scenario: str = "population") -> str | None:
+    """Per target and population size: latency, losses, server/client CPU, RSS per user,
+    and what each watcher's stream carried (events and bytes a minute)."""
+    runs = [(t, r) for t in targets for r in results.get(t, {}).get(scenario, {}).get("runs", [])]
     if not runs:
         return None
-    first = next(results[t]["population"] for t, _ in runs)
+    first = next(results[t][scenario] for t, _ in runs)
     header = ["target", "users", "pings/s", "p50 ms", "p99 ms", "max ms", "lost/expected",
-              "server cpu s (core)", "redis cpu s", "KiB/user", "client cpu s (core)", "p99<50"]
+              "server cpu s (core)", "redis cpu s", "KiB/user", "client cpu s (core)", "p99<50",
+              "events/watcher/min", "bytes/watcher/min"]
     rows = [header]
     for t, r in runs:
         if "skipped" in r:
@@ -126,6 +130,8 @@ def population_table(results: dict[str, dict[str, dict]], targets: list[str]) ->
             _fmt("{:.2f}", r.get("redis_cpu_s")), f"{r['rss_kib_per_user']:.1f}",
             f"{r['client_cpu_s']:.2f} ({r['client_core_pct']:.0f}%)" + (" SATURATED" if r["client_saturated"] else ""),
             "yes" if r["p99_ok"] else "no",
+            _fmt("{:.1f}", r.get("events_per_watcher_min")),
+            _fmt("{:,.0f}", r.get("bytes_per_watcher_min")),
         ])
     widths = [max(len(row[i]) for row in rows if i < 2 or not row[2].startswith("skipped"))
               for i in range(len(header))]
@@ -137,11 +143,14 @@ def population_table(results: dict[str, dict[str, dict]], targets: list[str]) ->
             lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                                    for i, (c, w) in enumerate(zip(row, widths))))
     lines.insert(1, "-" * len(lines[0]))
-    title = (f"population: U users, each one stream of {first['contacts']} contacts and a ping every "
-             f"{first['period_s']:g} s; measured over the second of two periods (CPU: that window)")
+    quiet = (", changes=only, 5% of pings a status change" if scenario == "population_quiet"
+             else "")
+    title = (f"{scenario}: U users, each one stream of {first['contacts']} contacts{quiet} and a "
+             f"ping every {first['period_s']:g} s; measured over the second of two periods "
+             "(CPU: that window)")
     verdict = []
     for t in targets:
-        p = results.get(t, {}).get("population")
+        p = results.get(t, {}).get(scenario)
         if p and "runs" in p:
             best = p["max_users_p99_under_50ms"]
             note = ("no larger size measured" if p["max_users_is_lower_bound"]

@@ -200,6 +200,8 @@ POPULATION_P99_LIMIT_MS = 50.0
 POPULATION_PUB_CONNS = 64
 POPULATION_GRACE_S = 5.0
 POPULATION_SEED = 1
+# population_quiet: the share of pings (%) that change their user's status.
+POPULATION_STATUS_CHANGES = 5
 
 
 def population(target: Target, redis: Redis | None, ctx: dict) -> dict:
@@ -254,7 +256,8 @@ def _population_run(target: Target, redis: Redis | None, ctx: dict, users: int,
                  pings=2 * users, contacts=contacts, seed=POPULATION_SEED, rate=f"{rate:.6f}",
                  measure_from=users, pub_conns=POPULATION_PUB_CONNS, quiet=POPULATION_GRACE_S,
                  deadline=2 * period + POPULATION_GRACE_S + 60, sub_timeout=120,
-                 max_pending=512, source_addrs=sources) as load:
+                 max_pending=512, source_addrs=sources,
+                 status_changes=ctx.get("status_changes", 0)) as load:
         sub = load.read("subscribed")
         procs.log(f"population U={users}: {sub['subs_ok']:,} streams open in {sub['accept_s']:.1f} s")
         settle()  # a server may acknowledge a stream before its Redis SUBSCRIBE is done
@@ -278,6 +281,10 @@ def _population_run(target: Target, redis: Redis | None, ctx: dict, users: int,
            "rss_before_kib": rss0, "rss_open_kib": rss_open, "rss_end_kib": rss1,
            "rss_kib_per_user": round((rss1 - rss0) / users, 2),
            "rss_open_kib_per_user": round((rss_open - rss0) / users, 2)}
+    # what each watcher's stream carried during the window, per minute
+    per_watcher_min = max(1, sub["subs_ok"]) * wall / 60
+    out["events_per_watcher_min"] = round(done["window_sub_events"] / per_watcher_min, 2)
+    out["bytes_per_watcher_min"] = round(done["window_sub_bytes"] / per_watcher_min, 1)
     if window.get("redis_cpu_s") is not None:
         out["redis_core_pct"] = round(100 * window["redis_cpu_s"] / wall, 1)
     # one core is all a single-threaded client has: near it, the client may be the limit
@@ -305,8 +312,18 @@ def _population_verdict(runs: list[dict]) -> dict:
             "client_saturated": any(r.get("client_saturated") for r in runs)}
 
 
+def population_quiet(target: Target, redis: Redis | None, ctx: dict) -> dict:
+    """The population with quiet streams: each stream asks for ``changes=only``, and 5% of
+    pings change their user's status (the others repeat it, as a chat client's periodic
+    ping does); only those changes are expected. Compare its events and bytes per watcher
+    per minute, and its largest U, with ``population``'s (every ping an event)."""
+    if target.style != "heartbeat":
+        return {"skipped": "changes=only is heartbeat's"}
+    return population(target, redis, {**ctx, "status_changes": POPULATION_STATUS_CHANGES})
+
+
 SCENARIOS = {"idle": idle, "fanout": fanout, "pingrate": pingrate, "mixed": mixed,
-             "population": population}
+             "population": population, "population_quiet": population_quiet}
 # What a bare `bash benchmarks/run` runs (~3 minutes); population takes ~1 minute per
 # size per target, so it is asked for by name.
 DEFAULT_SCENARIOS = ("idle", "fanout", "pingrate", "mixed")

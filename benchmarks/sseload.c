@@ -23,6 +23,13 @@
  * subscribers have their response headers (or the timeout passed), then waits for "go" on
  * stdin (anything else, or EOF, means stop); after publishing it prints {"event":"done",...}
  * and exits.  Every phase is bounded in time.
+ *
+ * Quiet mode (--status-changes PCT, heartbeat only): each stream asks for changes=only, and
+ * a user's ping changes their status (to "s<i>") with probability PCT% (a user's first
+ * ping always does: it brings them online); every other ping repeats the status they
+ * have, which a quiet stream is not sent.  Only the changing pings are expected.  In
+ * either mode the bytes and events the streams receive during the measured window are
+ * counted, to compare the per-ping mode with the quiet one per watcher.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -80,7 +87,8 @@ static struct {
     int measure_from;   /* first ping counted in latencies and losses */
     int max_pending;    /* subscriber handshakes in flight at once (0: no bound) */
     int source_addrs;   /* spread connections over 127.0.0.1..N (IPv4 loopback only) */
-} opt = {HEARTBEAT, NULL, "", "u", 0, 1, 0, 1, 1, 0.0, 30.0, 3.0, 60.0, 0, 1, 0, 0, 1};
+    int status_changes; /* quiet mode: % of pings that change status (0: every ping is sent) */
+} opt = {HEARTBEAT, NULL, "", "u", 0, 1, 0, 1, 1, 0.0, 30.0, 3.0, 60.0, 0, 1, 0, 0, 1, 0};
 
 static struct conn *subs;        /* opt.subs entries */
 static struct conn *pubs;        /* opt.pub_conns entries */
@@ -93,6 +101,9 @@ static int main_ep, sub_ep, timerfd;
 /* Per ping: reference time for latency, whether answered 2xx, publish latency. */
 static double *ping_ref;
 static char *ping_state;         /* 0 unsent, 1 in flight, 2 ok, 3 failed */
+static char *ping_quiet;         /* quiet mode: 1 for a ping that repeats the user's status */
+static int *user_status;         /* quiet mode: the seq whose "s<seq>" is the user's status, or -1 */
+static long win_sub_bytes, win_sub_events;  /* what the streams got in the measured window */
 static double *pub_lat;
 static int n_pub_lat;
 static uint8_t *seen;            /* bitmap subs x pings: first delivery recorded */
@@ -241,6 +252,7 @@ static void consume(struct conn *c, size_t n) {
 
 static void on_event(struct conn *c, long seq) {
     double t = now();
+    if (win_state == 1) win_sub_events++;
     if (seq < 0 || seq >= opt.pings || ping_state[seq] == 0) {
         n_stray++;  /* a stored ping from before the run, or a stranger */
         return;
@@ -287,6 +299,9 @@ static void sub_request(struct conn *c) {
         }
         if (p >= sizeof path) { errno = ENAMETOOLONG; die("subscribe path"); }
     }
+    if (opt.status_changes) p += snprintf(path + p, sizeof path - p, "%schanges=only",
+                                          strchr(path, '?') ? "&" : "?");
+    if (p >= sizeof path) { errno = ENAMETOOLONG; die("subscribe path"); }
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n",
                      path, opt.host);
@@ -321,6 +336,7 @@ static void sub_readable(struct conn *c) {
         return;
     }
     c->rlen += r;
+    if (win_state == 1) win_sub_bytes += r;
     if (!c->headers_done) {
         size_t h = parse_headers(c);
         if (!h) {
@@ -353,9 +369,14 @@ static void sub_readable(struct conn *c) {
 static int pub_send(struct conn *c, int seq, double t) {
     char user[64], body[256], req[1024];
     user_name(user, sizeof user, seq % opt.ping_users);
-    int n;
+    int n, status = seq;
+    if (opt.status_changes) {  /* pings go out in seq order: a user's status is their last change */
+        int *current = &user_status[seq % opt.ping_users];
+        if (!ping_quiet[seq]) *current = seq;
+        status = *current;
+    }
     if (opt.style == HEARTBEAT) {
-        int blen = snprintf(body, sizeof body, "{\"status\":\"s%d\"}", seq);
+        int blen = snprintf(body, sizeof body, "{\"status\":\"s%d\"}", status);
         n = snprintf(req, sizeof req,
                      "POST /ping HTTP/1.1\r\nHost: %s\r\n"
                      "X-User-Claim: {\"userid\":\"%s\",\"clientid\":\"c\"}\r\n"
@@ -549,7 +570,7 @@ static void print_ms(const char *key, double seconds) {
 /* One (answered ping, open stream that names its user) pair: expected, delivered? */
 static void tally(int seq, size_t bit, long *expected, long *lost, long *expected_warm,
                   long *lost_warm, int *lost_by_ping) {
-    if (ping_state[seq] != 2) return;
+    if (ping_state[seq] != 2 || ping_quiet[seq]) return;
     int missing = !(seen[bit >> 3] & (1u << (bit & 7)));
     if (seq < opt.measure_from) {
         (*expected_warm)++;
@@ -563,7 +584,9 @@ static void tally(int seq, size_t bit, long *expected, long *lost, long *expecte
 static void report(double cpu_run) {
     long ok = 0, failed = 0, unanswered = 0, expected = 0, lost = 0, expected_warm = 0,
          lost_warm = 0;
+    long n_quiet = 0;
     for (int i = 0; i < opt.pings; i++) {
+        n_quiet += ping_quiet[i];
         ok += ping_state[i] == 2;
         failed += ping_state[i] == 3;
         unanswered += ping_state[i] == 1;
@@ -606,6 +629,9 @@ static void report(double cpu_run) {
     print_ms("ping_p50_ms", pct(pub_lat, n_pub_lat, 0.50));
     print_ms("ping_p99_ms", pct(pub_lat, n_pub_lat, 0.99));
     print_ms("send_lag_max_ms", max_send_lag);
+    printf(",\"status_changes_pct\":%d,\"quiet_pings\":%ld,\"window_sub_bytes\":%ld,"
+           "\"window_sub_events\":%ld", opt.status_changes, n_quiet, win_sub_bytes,
+           win_sub_events);
     /* Which pings went missing (first 10): one ping lost everywhere, or scattered losses? */
     printf(",\"lost_by_ping\":{");
     for (int i = 0, shown = 0; i < opt.pings && shown < 10; i++)
@@ -627,7 +653,9 @@ static void usage(void) {
             "                              C seeded contacts (needs subs = users = ping-users)\n"
             "  --measure-from M            only pings M.. count in latencies and losses\n"
             "  --max-pending N             at most N subscriber handshakes in flight\n"
-            "  --source-addrs N            connect from 127.0.0.1..127.0.0.N\n");
+            "  --source-addrs N            connect from 127.0.0.1..127.0.0.N\n"
+            "  --status-changes PCT        quiet mode: streams with changes=only, PCT%% of\n"
+            "                              pings change their user's status\n");
     exit(2);
 }
 
@@ -639,7 +667,7 @@ static void parse_args(int argc, char **argv) {
         {"pub-conns", 1, 0, 'c'}, {"sub-timeout", 1, 0, 't'}, {"quiet", 1, 0, 'q'},
         {"deadline", 1, 0, 'd'}, {"contacts", 1, 0, 'C'}, {"seed", 1, 0, 'S'},
         {"measure-from", 1, 0, 'M'}, {"max-pending", 1, 0, 'm'}, {"source-addrs", 1, 0, 'A'},
-        {0, 0, 0, 0}};
+        {"status-changes", 1, 0, 'Z'}, {0, 0, 0, 0}};
     const char *host = NULL, *port = NULL;
     int ch;
     while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -662,6 +690,7 @@ static void parse_args(int argc, char **argv) {
         case 'M': opt.measure_from = atoi(optarg); break;
         case 'm': opt.max_pending = atoi(optarg); break;
         case 'A': opt.source_addrs = atoi(optarg); break;
+        case 'Z': opt.status_changes = atoi(optarg); break;
         default: usage();
         }
     }
@@ -669,7 +698,9 @@ static void parse_args(int argc, char **argv) {
         opt.pub_conns < 1 || opt.subs < 0 || opt.pings < 0 || opt.contacts < 0 ||
         (opt.contacts && (opt.subs != opt.users || opt.ping_users != opt.users ||
                           opt.contacts >= opt.users)) ||
-        opt.measure_from < 0 || opt.max_pending < 0 || opt.source_addrs < 1 || opt.source_addrs > 254)
+        opt.measure_from < 0 || opt.max_pending < 0 || opt.source_addrs < 1 || opt.source_addrs > 254 ||
+        opt.status_changes < 0 || opt.status_changes > 100 ||
+        (opt.status_changes && (opt.style != HEARTBEAT || !opt.contacts)))
         usage();
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV};
@@ -712,6 +743,18 @@ int main(int argc, char **argv) {
     pubs = calloc(opt.pub_conns, sizeof *pubs);
     ping_ref = calloc(opt.pings + 1, sizeof *ping_ref);
     ping_state = calloc(opt.pings + 1, 1);
+    ping_quiet = calloc(opt.pings + 1, 1);
+    user_status = malloc((opt.ping_users + 1) * sizeof *user_status);
+    for (int u = 0; u <= opt.ping_users; u++) user_status[u] = -1;
+    /* Which pings repeat their user's status, drawn once (seeded): a user's first ping
+     * (round 0) always changes it. */
+    if (opt.status_changes) {
+        uint64_t saved = rng_state;
+        rng_state = opt.seed ^ 0x5157u;
+        for (int i = opt.ping_users; i < opt.pings; i++)
+            ping_quiet[i] = (int)(rng_next() % 100) >= opt.status_changes;
+        rng_state = saved;
+    }
     pub_lat = calloc(opt.pings + 1, sizeof *pub_lat);
     rounds = opt.pings / opt.ping_users + (opt.pings % opt.ping_users != 0);
     if (rounds < 1) rounds = 1;
@@ -761,8 +804,10 @@ int main(int argc, char **argv) {
         if (!subs[j].headers_done) continue;
         if (opt.contacts) {
             for (int k = 0; k < opt.contacts; k++)
-                for (int r = 0; r < rounds; r++)
-                    expected += (long)r * opt.ping_users + contact(j, k) < opt.pings;
+                for (int r = 0; r < rounds; r++) {
+                    long seq = (long)r * opt.ping_users + contact(j, k);
+                    expected += seq < opt.pings && !ping_quiet[seq];
+                }
         } else if (j % opt.users < opt.ping_users) {
             expected += opt.pings / opt.ping_users + (j % opt.users < opt.pings % opt.ping_users);
         }

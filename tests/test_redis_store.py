@@ -136,8 +136,11 @@ async def test_a_ping_is_one_script_call_that_falls_back_to_eval(make_store, red
     # One command per ping; the writes and PUBLISH only ever run inside the script
     # (the first ping also counts the user online).
     assert from_client == ['"EVALSHA"', '"EVAL"', '"EVALSHA"', '"EVALSHA"', '"EVAL"']
-    again = ['"HSET"', '"HSET"', '"SADD"', '"PUBLISH"']
-    assert from_script == ['"HSET"', '"HSET"', '"HLEN"', '"SADD"', '"SCARD"', '"PUBLISH"'] + again * 2
+    # (HGET: the status before, for the change feed's rule; HLEN: a new device, for
+    # MAX_DEVICES_PER_USER.)
+    again = ['"HGET"', '"HSET"', '"HSET"', '"SADD"', '"PUBLISH"']
+    first = ['"HGET"', '"HSET"', '"HSET"', '"HLEN"', '"SADD"', '"SCARD"', '"PUBLISH"']
+    assert from_script == first + again * 2
     assert await store.get(["alice"]) == {"alice": state(Ping("alice", 3, "c"))}
 
 
@@ -221,9 +224,10 @@ async def test_prefix_names_keys_and_channels(make_store, redis_server):
     await store.subscribe("alice")
     assert redis_server.command("PUBSUB", "CHANNELS").split() == [b"hb/test/alice"]
     await store.ping(Ping("alice", 5, "1"))
-    # The compat key, then the user's and the deadline partition's keys, all prefixed.
+    # The compat key, then the user's and the deadline partition's keys and the change
+    # feed, all prefixed.
     keys = redis_server.command("KEYS", "*").split()
-    assert b"hb/test/alice" in keys and len(keys) == 5
+    assert b"hb/test/alice" in keys and b"{hb/test/changes}" in keys and len(keys) == 6
     assert all(key.startswith((b"hb/test/", b"{hb/test/")) for key in keys)
     await until(lambda: store.listener.pings)
     assert store.listener.pings == [Presence("alice", 5, "1")]

@@ -6,7 +6,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 
 from heartbeat.core.hidden_statuses import Hiding
@@ -22,55 +21,18 @@ from heartbeat.store.sqlite import (
     SQLiteStore,
     open_store,
 )
-
-START = 1_800_000_000.0
+from tests.helpers.sqlite_writer import START, Later, Writer
 
 
 class Listener:
     def __init__(self) -> None:
         self.changes: list[Presence] = []
 
-    def deliver(self, change: Presence) -> None:
+    def deliver(self, change: Presence, position: object = None) -> None:
         self.changes.append(change)
 
     def bus_lost(self) -> None: ...
     def resync(self) -> None: ...
-
-
-class Writer:
-    """Runs each call at once; counts the writes, and fails them while ``failing``."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.failing = False
-
-    def __call__(self, f, *args) -> Deferred:
-        if f.__name__.startswith("read_"):
-            return maybeDeferred(f, *args)
-        self.calls += 1
-        if self.failing:
-            return maybeDeferred(_raise_full)
-        return maybeDeferred(f, *args)
-
-
-class Later:
-    """Holds each call until the test runs it: ``run()`` the oldest, ``run(i)`` the i-th."""
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[Deferred, object, tuple]] = []
-
-    def __call__(self, f, *args) -> Deferred:
-        d: Deferred = Deferred()
-        self.pending.append((d, f, args))
-        return d
-
-    def run(self, index: int = 0) -> None:
-        d, f, args = self.pending.pop(index)
-        d.callback(f(*args))
-
-
-def _raise_full() -> None:
-    raise sqlite3.OperationalError("database or disk is full")
 
 
 def make_store(path: Path, timeout: float = 60, at: float = START, hiding: Hiding = Hiding()
@@ -174,13 +136,13 @@ def test_a_deadline_survives_a_restart_and_one_already_due_falls_at_once(tmp_pat
     clock.advance(1)
     assert not state_of(again, "alice").user.online
     assert listener.changes[-1] == Presence("alice", 1, "1", False)
-    # A restart after the deadline: offline from the start, and on disk once written.
-    late, clock, _ = reopen(again, path, at=START + 3600)
-    assert not state_of(late, "alice").user.online and late.online_users() == 0
+    # A restart after the deadline: offline at the first sweep, before anyone reads.
+    again.ping(Ping("alice", 11, "1"))
     clock.advance(0)
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT count(*) FROM devices WHERE deadline IS NOT NULL"
-                            ).fetchone() == (0,)
+    late, clock, _ = reopen(again, path, at=START + 3600)
+    assert state_of(late, "alice").user.online  # not yet swept
+    clock.advance(0)
+    assert not state_of(late, "alice").user.online and late.offline_transitions == 1
 
 
 def test_a_failing_write_answers_503_and_the_store_recovers(tmp_path):
@@ -234,6 +196,25 @@ def test_a_new_database_is_heartbeats_in_wal_mode(tmp_path):
     assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_schema_1_file_gains_the_change_feed_and_keeps_its_users(tmp_path):
+    path = tmp_path / "heartbeat.db"
+    store, clock, _ = make_store(path)
+    store.ping(Ping("alice", 1, "1"))
+    clock.advance(0)
+    store.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DROP TABLE changes")
+    conn.execute("DELETE FROM meta")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    again, clock, _ = make_store(path)
+    assert state_of(again, "alice").user.time == 1
+    again.ping(Ping("alice", 2, "2"))
+    clock.advance(0)
+    assert [c.type for c in again.changes(None, 10).result.changes] == ["status"]
+    again.close()
 
 
 def _refused(path: Path) -> str:
@@ -339,12 +320,12 @@ def _alice_stored(path: Path) -> Clock:
     return clock
 
 
-def test_a_database_of_the_first_schema_is_brought_up_to_date(tmp_path):
+def test_a_database_of_the_schema_before_gains_the_index_of_online_devices(tmp_path):
     path = tmp_path / "heartbeat.db"
     _alice_stored(path)
     with sqlite3.connect(path) as conn:
         conn.execute("DROP INDEX devices_online")
-        conn.execute("PRAGMA user_version = 1")
+        conn.execute("PRAGMA user_version = 2")
     again, _, _ = make_store(path, at=START + 1)
     assert state_of(again, "alice").user.online and again.online_users() == 1
     with sqlite3.connect(path) as conn:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from heartbeat.core.changes import ChangeFeed, Position, visibly_changed
 from heartbeat.core.deadlines import Deadlines
 from heartbeat.core.presence import Presence, UserState
+from heartbeat.core.quiet import OptionStream, opening_state
 from heartbeat.core.sse import Event
 from heartbeat.core.store_contract import HubStore
 from heartbeat.core.stream import Stream
@@ -29,7 +31,7 @@ class _Interest:
 
     __slots__ = (
         "streams", "device_streams", "subscribed", "loading", "loaded", "user", "devices",
-        "deliveries", "waiting",
+        "deliveries", "waiting", "quiet", "when_subscribed",
     )
 
     def __init__(self) -> None:
@@ -48,18 +50,44 @@ class _Interest:
         self.deliveries = 0
         # Streams opened before the state was known, to send it to then.
         self.waiting: list[Stream] = []
+        # The ``changes=only`` streams, by device (None: the user's): sent
+        # only the changes the store found visible, nothing else.
+        self.quiet: dict[str | None, set[Stream]] = {}
+        # Streams with options wait for the subscription before reading.
+        self.when_subscribed: list[Deferred[None]] = []
+
+    def view_of(self, clientid: str | None) -> Presence | None:
+        return self.user if clientid is None else self.devices.get(clientid)
 
     def view(self, stream: Stream) -> Presence | None:
         clientid = stream.clientid
         return self.user if clientid is None else self.devices.get(clientid)
 
     def watchers(self, stream: Stream) -> set[Stream]:
+        if stream.options.changes_only:
+            return self.quiet.setdefault(stream.clientid, set())
         if stream.clientid is None:
             return self.streams
         return self.device_streams.setdefault(stream.clientid, set())
 
     def all_streams(self) -> tuple[Stream, ...]:
-        return (*self.streams, *(s for group in self.device_streams.values() for s in group))
+        return (*self.streams, *(s for group in self.device_streams.values() for s in group),
+                *(s for group in self.quiet.values() for s in group))
+
+    def forget(self, stream: Stream) -> None:
+        """Take ``stream`` out of its watchers (and an emptied device's or quiet group)."""
+        watchers = self.watchers(stream)
+        watchers.discard(stream)
+        if watchers:
+            return
+        if stream.options.changes_only:
+            del self.quiet[stream.clientid]
+        elif stream.clientid is not None:
+            del self.device_streams[stream.clientid]
+
+    @property
+    def watched(self) -> bool:
+        return bool(self.streams or self.device_streams or self.quiet)
 
     def learn(self, state: UserState | None) -> None:
         self.user = None if state is None else state.user
@@ -79,8 +107,15 @@ class Hub:
     when the last closes, so the bus carries only changes someone here needs.
     """
 
-    def __init__(self, store: HubStore, clock: IReactorTime) -> None:
+    def __init__(self, store: HubStore, clock: IReactorTime,
+                 feed: ChangeFeed | None = None, *, positions: bool = False) -> None:
         self._store = store
+        # The change feed, if the store keeps one: ``changes=only`` streams'
+        # ids and resume points are its positions.
+        self.feed = feed
+        # Whether the store's bus hands each change's feed position with it
+        # (the in-process stores); else the hub finds the changes itself.
+        self._positions = positions
         store.listener = self
         self._interest: dict[str, _Interest] = {}
         self.streams: set[Stream] = set()
@@ -107,6 +142,8 @@ class Hub:
         stream.ends = self
         if expires is not None:
             self._expiry.arm_at(stream, expires)
+        plain = stream.options.plain
+        interests = []
         for userid in stream.userids:
             interest = self._interest.get(userid)
             if interest is None:
@@ -114,15 +151,45 @@ class Hub:
                 subscribing = self._store.subscribe(userid).addErrback(_subscribe_failed)
                 subscribing.addCallback(self._subscribed, userid, interest)
             interest.watchers(stream).add(stream)
-            if interest.loaded:
+            if not plain:
+                interests.append(interest)
+            elif interest.loaded:
                 self._send_stored(stream, interest.view(stream))
             else:
                 interest.waiting.append(stream)
                 if interest.subscribed and not interest.loading:
                     self._load(userid, interest)
+        if isinstance(stream, OptionStream):
+            self._open(stream, interests)
+
+    def _open(self, stream: OptionStream, interests: list[_Interest]) -> None:
+        """Send ``stream`` its current state once every user's subscription is in effect."""
+        waits = []
+        for interest in interests:
+            if not interest.subscribed:
+                waiting: Deferred[None] = Deferred()
+                interest.when_subscribed.append(waiting)
+                waits.append(waiting)
+        d = gatherResults(waits) if waits else succeed(None)
+        d.addCallback(lambda _: ensureDeferred(opening_state(self._store, self.feed, stream)))
+        d.addCallbacks(self._opened, self._open_failed, (stream,), {}, (stream,))
+
+    def _opened(self, state: tuple[dict[str, UserState | None], Position | None],
+                stream: OptionStream) -> None:
+        states, cursor = state
+        stream.opened(states, cursor)
+        self.delivered += sum(state is not None for state in states.values())
+
+    def _open_failed(self, failure: Failure, stream: OptionStream) -> None:
+        # Its client reconnects (and resumes) once the store answers again.
+        self._stored_failed(failure)
+        stream.close()
 
     def _subscribed(self, _: object, userid: str, interest: _Interest) -> None:
         interest.subscribed = True
+        waiting, interest.when_subscribed = interest.when_subscribed, []
+        for d in waiting:
+            d.callback(None)
         if not interest.loading:
             self._load(userid, interest)
 
@@ -174,31 +241,51 @@ class Hub:
         self._expiry.disarm(stream)
         for userid in stream.userids:
             interest = self._interest[userid]
-            watchers = interest.watchers(stream)
-            watchers.discard(stream)
-            if not watchers and stream.clientid is not None:
-                del interest.device_streams[stream.clientid]
-            if not interest.streams and not interest.device_streams:
+            interest.forget(stream)
+            if not interest.watched:
                 del self._interest[userid]
                 self._store.unsubscribe(userid).addErrback(
                     lambda f: log.failure("unsubscribe failed", f, log_level=LogLevel.warn)
                 )
 
-    def deliver(self, change: Presence) -> None:
+    def deliver(self, change: Presence, position: Position | None = None) -> None:
         interest = self._interest.get(change.userid)
         if interest is None:
             return
         interest.deliveries += 1
+        quiet = interest.quiet
+        before = interest.view_of(change.clientid) if quiet else None
         if change.clientid is None:
             interest.user = change
             watching: set[Stream] | None = interest.streams
         else:
             interest.devices[change.clientid] = change
             watching = interest.device_streams.get(change.clientid)
+        if quiet:
+            self._deliver_quiet(interest, before, change, position)
         if not watching:
             return
         event = Event(change)
         streams = tuple(watching)
+        self.delivered += len(streams)
+        for stream in streams:
+            stream.send(event)
+
+    def _deliver_quiet(self, interest: _Interest, before: Presence | None, change: Presence,
+                       position: Position | None) -> None:
+        """A change the store found visible (it gave its feed position): to the
+        ``changes=only`` streams of its view.
+
+        A store whose bus carries no positions (Redis, for now): the same rule
+        is applied here, once per change, to what the bus said last.
+        """
+        quiet = interest.quiet.get(change.clientid)
+        if not quiet:
+            return
+        if position is None and (self._positions or not visibly_changed(before, change)):
+            return
+        event = Event(change, position)
+        streams = tuple(quiet)
         self.delivered += len(streams)
         for stream in streams:
             stream.send(event)

@@ -117,6 +117,14 @@ class Devices:
         user = self.user()
         return None if user is None else UserState(user, dict(self.devices))
 
+    def copy(self) -> Devices:
+        """Another Devices with the same state, to work a batch out on before it commits."""
+        other = Devices(self.userid)
+        other.latest = self.latest
+        other.devices = dict(self.devices)
+        other._online = self._online
+        return other
+
     def put(self, device: Presence) -> None:
         """Add or replace a device as stored, publishing nothing (a restore)."""
         assert device.clientid is not None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from hashlib import blake2b
 
+from heartbeat.core.changes import Position
 from heartbeat.core.presence import Presence
 
 # A comment line, with no blank line after it: a blank line ends an event
@@ -41,17 +42,23 @@ def event_id(change: Presence) -> str:
     return f"{change.time}-{digest}"
 
 
-def encode_event(change: Presence) -> bytes:
+def encode_event(change: Presence, eid: str | None = None) -> bytes:
     """One event's bytes, built once and written to every subscriber.
 
     ``json.dumps`` escapes every control character and non-ASCII code point,
     so no user id or status can smuggle a line break into the frame.
+    ``eid`` replaces the change's own id (a change-feed position, on a
+    ``changes=only`` stream).
     """
-    payload = json.dumps(change.as_event(), separators=(",", ":"))
-    return (
-        b"id: " + event_id(change).encode("ascii")
-        + b"\ndata: " + payload.encode("ascii") + b"\n\n"
-    )
+    return encode_frame(change.as_event(), event_id(change) if eid is None else eid)
+
+
+def encode_frame(body: object, eid: str, name: str | None = None) -> bytes:
+    """An event of ``body`` (JSON, ASCII-escaped) with id ``eid`` and, if given,
+    an ``event:`` ``name`` (``snapshot``, ``batch``)."""
+    payload = json.dumps(body, separators=(",", ":"))
+    head = b"" if name is None else b"event: " + name.encode("ascii") + b"\n"
+    return head + b"id: " + eid.encode("ascii") + b"\ndata: " + payload.encode("ascii") + b"\n\n"
 
 
 class Frame:
@@ -72,11 +79,14 @@ class Frame:
 class Event(Frame):
     """A change's event, framed once for every subscriber."""
 
-    __slots__ = ("change",)
+    __slots__ = ("change", "position")
 
-    def __init__(self, change: Presence) -> None:
-        super().__init__(encode_event(change))
+    def __init__(self, change: Presence, position: Position | None = None) -> None:
+        super().__init__(encode_event(change, None if position is None else str(position)))
         self.change = change
+        # A change-feed position (its text is the event's id), on the events
+        # of ``changes=only`` streams; None on every other stream's.
+        self.position = position
 
 
 KEEPALIVE = Frame(KEEPALIVE_BYTES)

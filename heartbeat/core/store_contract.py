@@ -29,6 +29,7 @@ from typing import Protocol
 
 from twisted.internet.defer import Deferred
 
+from heartbeat.core.changes import Position
 from heartbeat.core.errors import Unavailable
 from heartbeat.core.presence import Ping, Presence, UserState
 
@@ -36,11 +37,14 @@ from heartbeat.core.presence import Ping, Presence, UserState
 class BusListener(Protocol):
     """What a store hands its bus traffic to (the hub)."""
 
-    def deliver(self, change: Presence) -> None:
+    def deliver(self, change: Presence, position: Position | None = None) -> None:
         """A change was stored for a user this process subscribed to.
 
         A ping is two changes, the user's then the device's; a device going
         offline is the device's, then the user's if it was their last.
+        ``position`` is given when the store recorded the view in its change
+        feed (it changed visibly: SPEC §8): that test is made once, where
+        the change is made, for every ``changes=only`` stream.
         """
 
     def bus_lost(self) -> None:

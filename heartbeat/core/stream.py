@@ -12,6 +12,7 @@ from zope.interface import implementer
 
 from heartbeat.core.presence import Presence
 from heartbeat.core.sse import KEEPALIVE, Event, Frame, event_id
+from heartbeat.core.stream_options import PLAIN, StreamOptions
 
 log = Logger()
 
@@ -62,6 +63,8 @@ class Stream:
         "userids", "clientid", "last_event_id", "seen", "closed", "held", "transport",
         "ends", "_clock", "_blocked_timeout", "_blocked", "_gone", "_lost",
     )
+    # A stream with options is a :class:`heartbeat.core.quiet.OptionStream`.
+    options: StreamOptions = PLAIN
 
     def __init__(
         self,

@@ -7,15 +7,19 @@ built from it, so a setting is declared once. A bad value raises
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from twisted.python.usage import UsageError
 
+from heartbeat.core.changes import CHANGE_TYPES
 from heartbeat.core.hidden_statuses import parse_hidden_statuses
 from heartbeat.store.redis.address import HOST_PORT, RedisAddress, parse_redis
 from heartbeat.store.redis.tls import load_trust_root
@@ -47,6 +51,11 @@ class Settings:
     request_timeout: float
     stream_blocked_timeout: float
     log_format: str
+    api_key: tuple[str, ...] = ()
+    changes_retention: float = 24 * 3600.0
+    webhook_url: tuple[str, ...] = ()
+    webhook_secret: str | None = None
+    webhook_events: tuple[str, ...] = CHANGE_TYPES
 
 
 # The endpoint types whose listen backlog we set from BACKLOG.
@@ -108,6 +117,57 @@ def _database(value: str) -> str:
     if not value:
         raise ValueError("must be a file name, or :memory:")
     return value
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str) -> float:
+    """A duration setting: seconds, or a number with ``s``, ``m``, ``h`` or ``d`` (SPEC §6)."""
+    unit = _DURATION_UNITS.get(value[-1:].lower()) if value else None
+    number = value[:-1] if unit is not None else value
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        raise ValueError("must be seconds, or a number with s, m, h or d (90s, 30d)") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError("must be a positive duration (90s, 30d)")
+    return seconds
+
+
+def _keys(value: str) -> tuple[str, ...]:
+    return tuple(key.strip() for key in value.split(",") if key.strip())
+
+
+def _webhook_urls(value: str) -> tuple[str, ...]:
+    urls = _keys(value)
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    return urls
+
+
+def _webhook_secret(value: str) -> str | None:
+    if not value:
+        return None
+    if not value.startswith("whsec_"):
+        raise ValueError("must be a Standard Webhooks secret, whsec_<base64>")
+    try:
+        key = base64.b64decode(value[len("whsec_"):], validate=True)
+    except binascii.Error:
+        raise ValueError("must be whsec_ followed by base64") from None
+    if len(key) < 24:
+        raise ValueError("must hold at least 24 bytes (whsec_ + base64 of them)")
+    return value
+
+
+def _webhook_events(value: str) -> tuple[str, ...]:
+    events = _keys(value)
+    unknown = [event for event in events if event not in CHANGE_TYPES]
+    if unknown or not events:
+        raise ValueError(f"must name change types among {', '.join(CHANGE_TYPES)}")
+    return events
 
 
 def _log_format(value: str) -> str:
@@ -176,6 +236,11 @@ SETTINGS = (
     Setting("REQUEST_TIMEOUT", "10", _positive_float, "seconds a client has to send a whole request (headers and body)"),
     Setting("STREAM_BLOCKED_TIMEOUT", "60", _positive_float, "seconds a stream may stay blocked by a client that does not read"),
     Setting("LOG_FORMAT", "text", _log_format, "log lines as text, or json (one JSON object per line, for log shippers)"),
+    Setting("API_KEY", "", _keys, "comma-separated keys of the backend routes (/changes, …); unset: they answer 403"),
+    Setting("CHANGES_RETENTION", "24h", parse_duration, "how long the change feed keeps a change (seconds, or 90s, 30m, 24h, 7d)"),
+    Setting("WEBHOOK_URL", "", _webhook_urls, "comma-separated http(s):// URLs each change of the feed is POSTed to"),
+    Setting("WEBHOOK_SECRET", "", _webhook_secret, "the Standard Webhooks signing secret, whsec_<base64 of at least 24 bytes>; needed with WEBHOOK_URL"),
+    Setting("WEBHOOK_EVENTS", ",".join(CHANGE_TYPES), _webhook_events, "comma-separated change types the webhooks send"),
 )
 
 
@@ -217,6 +282,10 @@ def _check_together(settings: Settings) -> None:
         raise UsageError("bad setting REDIS_CA_FILE: it is only used with rediss:// in REDIS")
     if settings.redis_wait_replicas and redis is None:
         raise UsageError("bad setting REDIS_WAIT_REPLICAS: replicas need REDIS")
+    if settings.webhook_url and settings.webhook_secret is None:
+        raise UsageError("bad setting WEBHOOK_SECRET: it is needed with WEBHOOK_URL")
+    if settings.webhook_url and redis is not None and redis.kind == "cluster":
+        raise UsageError("bad setting WEBHOOK_URL: a Redis Cluster keeps no change feed yet")
     if settings.workers > 1 and settings.redis is None:
         raise UsageError("bad setting WORKERS: more than 1 worker needs REDIS")
     if settings.workers > 1 and settings.listen.startswith("ssl:"):

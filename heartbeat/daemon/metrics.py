@@ -8,6 +8,7 @@ when scraped; a ping costs one counter increment and one histogram sample.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from prometheus_client import (
@@ -22,6 +23,7 @@ from twisted.web.iweb import IRequest
 
 from heartbeat.core.hub import Hub
 from heartbeat.core.store_contract import Store
+from heartbeat.daemon.webhooks import Webhooks
 
 # Fine buckets for pings answered without leaving the process, wider ones for
 # a store round trip or two; the top buckets catch a struggling store.
@@ -34,6 +36,7 @@ class _LiveState:
     def __init__(self, hub: Hub, store: Store) -> None:
         self._hub = hub
         self._store = store
+        self.webhooks: Webhooks | None = None
 
     def collect(self) -> Iterator[Metric]:
         hub = self._hub
@@ -80,6 +83,34 @@ class _LiveState:
             reconnects.add_metric([link], count)
         yield reconnects
         yield from _redis_health(self._store)
+        yield from self._feed()
+
+    def _feed(self) -> Iterator[Metric]:
+        """The change feed's and webhooks' figures (SPEC §8), where there is a feed."""
+        recorded = getattr(self._store, "changes_recorded", None)
+        if recorded is not None:
+            yield CounterMetricFamily(
+                "heartbeat_changes_recorded",
+                "Changes this instance recorded in the change feed", value=recorded,
+            )
+        webhooks = self.webhooks
+        if webhooks is None:
+            return
+        yield CounterMetricFamily(
+            "heartbeat_webhook_requests_delivered", "Webhook requests answered 2xx in time",
+            value=sum(sender.delivered for sender in webhooks.senders),
+        )
+        yield CounterMetricFamily(
+            "heartbeat_webhook_requests_failed",
+            "Webhook requests not answered 2xx in time (each retried)",
+            value=sum(sender.failed for sender in webhooks.senders),
+        )
+        oldest = webhooks.oldest_pending()
+        age = 0.0 if oldest is None else max(0.0, time.time() - oldest / 1000)
+        yield GaugeMetricFamily(
+            "heartbeat_webhook_oldest_undelivered_seconds",
+            "Age of the oldest change not yet delivered to every webhook (0: none)", value=age,
+        )
 
 
 def _redis_health(store: Store) -> Iterator[Metric]:
@@ -107,7 +138,8 @@ class Metrics:
 
     def __init__(self, hub: Hub, store: Store) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_LiveState(hub, store))
+        self._live = _LiveState(hub, store)
+        self.registry.register(self._live)
         self.pings_accepted = Counter(
             "heartbeat_pings_accepted", "Pings stored and published",
             registry=self.registry,
@@ -121,6 +153,9 @@ class Metrics:
             "Time from a ping's complete request to its answer",
             buckets=_PING_BUCKETS, registry=self.registry,
         )
+
+    def watch_webhooks(self, webhooks: Webhooks) -> None:
+        self._live.webhooks = webhooks
 
     def ping_answered(self, code: int, seconds: float | None) -> None:
         """Count one ``POST /ping`` answer; ``seconds`` is None when refused unread."""

@@ -153,6 +153,7 @@ class HeartbeatService(MultiService):
         self.clock = clock
         self._ready: Deferred[object] | None = None
         self.workers: Service | None = None
+        self.webhooks: Service | None = None
         self.listening = ListeningService(endpoint, edge, listen_setting, clock)
         self.listening.setServiceParent(self)
         self.keepalive = TimerService(keepalive, hub.keepalive)
@@ -193,6 +194,11 @@ class HeartbeatService(MultiService):
         self.workers = pool
         pool.setServiceParent(self)
 
+    def add_webhooks(self, webhooks: Service) -> None:
+        """Run ``webhooks`` (the feed's senders) with this service, stopped before the store."""
+        self.webhooks = webhooks
+        webhooks.setServiceParent(self)
+
     def _serving(self, _: object) -> None:
         log.info("heartbeat serving")
         systemd.notify("READY=1\nSTATUS=serving")
@@ -211,9 +217,13 @@ class HeartbeatService(MultiService):
         # Streams own their connections; every other connection is the edge's.
         streams = tuple(self.hub.streams)
         late = self.clock.callLater(DRAIN_TIMEOUT, _abort, streams)
+        for end in tuple(self.edge.api.feed_streams):  # the open /changes streams
+            end()
         await DeferredList([self.hub.close_all(), self.edge.drain(DRAIN_TIMEOUT)])
         if late.active():
             late.cancel()
+        if self.webhooks is not None:
+            await self.webhooks.stopService()
         await self.store.close()
         if workers_stopped is not None:
             await workers_stopped

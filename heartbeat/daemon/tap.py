@@ -11,6 +11,7 @@ from twisted.python.usage import Options as _Options
 from twisted.python.usage import UsageError
 from twisted.web.server import Site
 
+from heartbeat.core.changes import ChangeFeed
 from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity
@@ -20,6 +21,8 @@ from heartbeat.daemon.descriptors import fit_streams, raise_open_files_limit
 from heartbeat.daemon.logs import log_observer, log_settings
 from heartbeat.daemon.metrics import Metrics
 from heartbeat.daemon.service import HeartbeatService, SettleGarbageCollector
+from heartbeat.daemon.webhooks import Webhooks, WebhookSender, agent_post
+from heartbeat.store.memory import MemoryStore
 from heartbeat.store.sqlite import DatabaseUnusable, open_store
 from heartbeat.web.api import Api
 from heartbeat.web.edge import Edge
@@ -90,11 +93,15 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
     """The service tree of ``settings``; a ``DATABASE`` it cannot use raises ``DatabaseUnusable``."""
     log_settings(settings)
     store = _store(settings, reactor)
-    hub = Hub(store, reactor)
+    # The change feed: the in-process stores' own, one Redis's stream; none in a Cluster yet.
+    feed: ChangeFeed | None = (
+        store if isinstance(store, MemoryStore) else getattr(store, "change_feed", None))
+    # The in-process stores hand the hub each change's feed position with it.
+    hub = Hub(store, reactor, feed, positions=isinstance(store, MemoryStore))
     identity = Identity(settings.jwt_secret, settings.max_userid_length)
     identity.announce()
     metrics = Metrics(hub, store)
-    api = Api(store, hub, reactor, identity, settings, metrics)
+    api = Api(store, hub, reactor, identity, settings, metrics, feed)
     site = Site(HeartbeatApp(api).resource(), reactor=reactor)
     edge = Edge(api, site, ROUTES, reactor, settings.max_header_bytes, settings.request_timeout)
     service = HeartbeatService(
@@ -104,6 +111,15 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
     if IService.providedBy(store):
         # It connects when the service starts; HeartbeatService closes it last.
         store.setServiceParent(service)
+    if feed is not None and settings.webhook_url and settings.webhook_secret:
+        post = agent_post(reactor)
+        webhooks = Webhooks([
+            WebhookSender(feed, url, settings.webhook_secret, settings.webhook_events, reactor,
+                          post, settings.changes_retention)
+            for url in settings.webhook_url
+        ])
+        service.add_webhooks(webhooks)
+        metrics.watch_webhooks(webhooks)
     return service
 
 
@@ -111,10 +127,12 @@ def _store(settings: Settings, reactor: Any) -> Store:
     hiding = Hiding.of(settings.hidden_statuses)
     if settings.redis is None:
         return open_store(settings.database, reactor, settings.presence_timeout, hiding,
-                          settings.max_devices_per_user)
+                          changes_retention=settings.changes_retention,
+                          max_devices=settings.max_devices_per_user)
     # Imported only when used: txredisapi imports the global reactor.
     from heartbeat.store.redis.store import RedisStore
 
     return RedisStore(settings.redis, settings.redis_prefix, reactor, settings.presence_timeout,
                       settings.redis_ca_file, settings.redis_wait_replicas, hiding,
+                      changes_retention=settings.changes_retention,
                       max_devices=settings.max_devices_per_user)

@@ -8,10 +8,11 @@ start-up for the users online. A ping or a leave changes memory, and is
 published and answered, only once its transaction has committed: a ``200``
 survives ``kill -9``.
 
-One writer thread owns the connection (a one-thread pool, not the
+One writer thread owns the write connection (a one-thread pool, not the
 reactor's shared one, so a slow ``getaddrinfo`` elsewhere never queues
-behind a commit, and no other thread ever touches the connection); reads
-take turns with the writes there, so a read never sees a write half-way. The
+behind a commit, and no other thread ever touches the connection); reads of
+users take turns with the writes there, so a read never sees a write
+half-way. The
 changes of one reactor turn, and those arriving while a commit is under
 way, go to it as one transaction, so the ping rate is bounded by commits,
 not by pings. ``twisted.enterprise.adbapi``
@@ -33,8 +34,8 @@ import os
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from twisted.application.service import Service
@@ -45,17 +46,29 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from heartbeat.core.changes import (
+    Change,
+    Page,
+    Position,
+    PositionGone,
+    new_epoch,
+    offline_changes,
+    ping_changes,
+    positions_of,
+    room_changes,
+)
 from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import MAX_DEVICES_PER_USER, Devices, Ping, Presence, UserState
 from heartbeat.core.store_contract import StoreUnavailable
-from heartbeat.store.memory import MemoryStore
+from heartbeat.store.changelog import DEFAULT_RETENTION, ChangeLog, now_ms
+from heartbeat.store.memory import NO_MARKS, Marks, MemoryStore
 
 log = Logger()
 
 # "hbea" in the database header: how a file is known to be heartbeat's.
 APPLICATION_ID = 0x68626561
 # The schema below; a later one migrates files of an earlier one.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 # Milliseconds a write waits for a reader's lock (``sqlite3 … .backup``) before failing.
 BUSY_TIMEOUT_MS = 2000
@@ -63,12 +76,6 @@ BUSY_TIMEOUT_MS = 2000
 # so /health recovers with no ping to try it.
 PROBE_INTERVAL = 1.0
 
-# What each schema version adds to the one before.
-_MIGRATIONS = {
-    # The online devices, what start-up loads, without reading every row.
-    2: ("CREATE INDEX IF NOT EXISTS devices_online ON devices (deadline)"
-        " WHERE deadline IS NOT NULL",),
-}
 _SCHEMA = (
     # Each user's latest ping, whichever device sent it.
     "CREATE TABLE users (userid TEXT PRIMARY KEY, time INTEGER NOT NULL,"
@@ -80,19 +87,38 @@ _SCHEMA = (
     " PRIMARY KEY (userid, clientid)) WITHOUT ROWID",
     # When this file last took a write: what the probe writes.
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
-    *_MIGRATIONS[2],
 )
+# What each schema version adds to the one before it.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # The change feed (SPEC §8): written in the transaction of the change it
+    # records; seq numbers it (assigned by the one writer, so never reused).
+    2: ("CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL,"
+        " type TEXT NOT NULL, userid TEXT NOT NULL, clientid TEXT, time INTEGER NOT NULL,"
+        " status TEXT NOT NULL, online INTEGER NOT NULL)",
+        "CREATE INDEX changes_by_user ON changes (userid, seq)"),
+    # The online devices, what start-up loads, found without reading every row.
+    3: ("CREATE INDEX IF NOT EXISTS devices_online ON devices (deadline)"
+        " WHERE deadline IS NOT NULL",),
+}
+_PUT_CHANGE = "INSERT INTO changes VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_FIRST_KEPT = "SELECT seq FROM changes WHERE at >= ? ORDER BY seq LIMIT 1"
+_NEWEST = "SELECT seq FROM sqlite_sequence WHERE name = 'changes'"
+_PUT_META = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
+_GET_META = "SELECT value FROM meta WHERE key = ?"
+# meta keys: the feed's lifetime, the highest seq trimmed, a webhook's delivered position.
+_EPOCH_KEY = "feed_epoch"
+_TRIMMED_KEY = "feed_trimmed"
+_DELIVERED_KEY = "delivered:"
+# Seconds between trims of the feed: at most one per this, in a transaction with pings.
+TRIM_INTERVAL = 1.0
 _PUT_USER = "INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?)"
 _PUT_DEVICE = "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?)"
 _LEAVE = "UPDATE devices SET deadline = NULL WHERE userid = ? AND clientid = ?"
+_PROBE = "INSERT OR REPLACE INTO meta VALUES ('written', ?)"
 _FORGET = "DELETE FROM devices WHERE userid = ? AND clientid = ?"
-# A device's deadline passed: offline on disk too, unless a later ping moved it.
-_TIMED_OUT = ("UPDATE devices SET deadline = NULL"
-              " WHERE userid = ? AND clientid = ? AND deadline <= ?")
 _ONLINE_USERS = "SELECT DISTINCT userid FROM devices WHERE deadline IS NOT NULL"
 # Most userids in one IN (…): under SQLite's smallest variable limit.
 _READ_CHUNK = 500
-_PROBE = "INSERT OR REPLACE INTO meta VALUES ('written', ?)"
 
 
 class DatabaseUnusable(Exception):
@@ -116,8 +142,13 @@ class Changes:
     devices: dict[tuple[str, str], tuple[str, str, int, str, float | None]] = field(
         default_factory=dict)
     leaves: dict[tuple[str, str], None] = field(default_factory=dict)
+    # Devices forgotten for MAX_DEVICES_PER_USER.
     forgets: dict[tuple[str, str], None] = field(default_factory=dict)
-    timeouts: dict[tuple[str, str], float] = field(default_factory=dict)
+    # The feed's rows (SPEC §8), a trim of those older than ``trim_before``
+    # (epoch ms), and meta values (webhooks' delivered positions).
+    feed: list[tuple[object, ...]] = field(default_factory=list)
+    trim_before: int | None = None
+    meta: dict[str, str] = field(default_factory=dict)
 
     def ping(self, ping: Ping, deadline: float) -> None:
         key = (ping.userid, ping.clientid)
@@ -140,57 +171,49 @@ class Changes:
         self.leaves.pop(key, None)
         self.forgets[key] = None
 
-    def timed_out(self, userid: str, clientid: str, now: float) -> None:
-        self.timeouts[(userid, clientid)] = now
-
-    def __bool__(self) -> bool:
-        return bool(self.users or self.devices or self.leaves or self.forgets or self.timeouts)
-
 
 class Database:
     """The SQLite file: checked, locked and read at start-up, then written by one thread."""
 
-    def __init__(self, path: str, lock_fd: int) -> None:
+    def __init__(self, path: str, lock_fd: int, feed: tuple[str, int, int] | None = None) -> None:
         self.path = path
         self._lock_fd: int | None = lock_fd
         self._conn: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        # The change feed as the file has it: its epoch, newest seq and highest seq trimmed.
+        self.feed_epoch, self.feed_newest, self.feed_trimmed = feed or (new_epoch(), 0, 0)
 
     @classmethod
     def open(cls, setting: str) -> Database:
-        """Lock and check (creating it if new) ``DATABASE``; read nothing yet.
+        """Lock and check (creating it if new) ``DATABASE``; read only the feed's place.
 
         Runs before the reactor does, so blocking here blocks nobody; it
-        costs the same however many users the file holds. The connection it
-        checks with is closed before twistd may fork.
+        costs the same however many users the file holds (users are read
+        later, in the writer thread). The connection it checks with is
+        closed before twistd may fork.
         """
         path = os.path.abspath(setting)
         lock_fd, created = _lock(setting, path + "-lock")
         try:
-            _open_database(setting, path).close()
+            conn = _open_database(setting, path)
+            try:
+                feed = _read_feed(conn)
+            finally:
+                conn.close()
         except BaseException:
             os.close(lock_fd)
             if created:
                 os.unlink(path + "-lock")
             raise
-        return cls(path, lock_fd)
+        return cls(path, lock_fd, feed)
 
     def read_online(self) -> list[Restored]:
         """Every user with an online device, whole (in the writer thread).
 
         What presence needs at start-up: their deadlines, to sweep, and
-        their devices, to tell watchers which went offline. A file of an
-        older schema is brought up to date first.
+        their devices, to tell watchers which went offline.
         """
-        conn = self._connection()
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version < SCHEMA_VERSION:
-            def migrate(conn: sqlite3.Connection) -> None:
-                for step in range(version + 1, SCHEMA_VERSION + 1):
-                    for statement in _MIGRATIONS[step]:
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            self._transaction(migrate)
-        users = [row[0] for row in conn.execute(_ONLINE_USERS)]
+        users = [row[0] for row in self._connection().execute(_ONLINE_USERS)]
         return list(self.read_users(users).values())
 
     def read_users(self, userids: list[str]) -> dict[str, Restored]:
@@ -226,15 +249,63 @@ class Database:
             self._conn = conn
         return conn
 
-    def write(self, changes: Changes) -> None:
-        """Commit ``changes`` as one transaction (in the writer thread)."""
-        self._transaction(lambda conn: (
-            conn.executemany(_PUT_USER, changes.users.values()),
-            conn.executemany(_PUT_DEVICE, changes.devices.values()),
-            conn.executemany(_LEAVE, changes.leaves),
-            conn.executemany(_FORGET, changes.forgets),
-            conn.executemany(_TIMED_OUT, ((*key, now) for key, now in changes.timeouts.items())),
-        ))
+    def write(self, changes: Changes) -> int | None:
+        """Commit ``changes`` as one transaction (in the writer thread); the
+        highest seq trimmed, if it trimmed."""
+        trimmed: list[int] = []
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.executemany(_PUT_USER, changes.users.values())
+            conn.executemany(_PUT_DEVICE, changes.devices.values())
+            conn.executemany(_LEAVE, changes.leaves)
+            conn.executemany(_FORGET, changes.forgets)
+            conn.executemany(_PUT_CHANGE, changes.feed)
+            conn.executemany(_PUT_META, changes.meta.items())
+            if changes.trim_before is not None:
+                trimmed.extend(_trim(conn, changes.trim_before))
+
+        self._transaction(work)
+        return trimmed[0] if trimmed else None
+
+    def read_changes(self, after: int | None, limit: int,
+                     userids: tuple[str, ...] | None) -> tuple[list[tuple[Any, ...]], int] | None:
+        """Up to ``limit`` rows of the feed after ``after`` (None: the oldest
+        kept), and the newest seq, in one read (in the reader thread); None
+        for a position not kept."""
+        conn = self._reading()
+        conn.execute("BEGIN")
+        try:
+            trimmed = int(_meta(conn, _TRIMMED_KEY) or 0)
+            newest = (conn.execute(_NEWEST).fetchone() or (0,))[0]
+            if after is not None and not trimmed <= after <= newest:
+                return None
+            query = "SELECT * FROM changes WHERE seq > ?"
+            args: list[object] = [trimmed if after is None else after]
+            if userids is not None:
+                query += f" AND userid IN ({','.join('?' * len(userids))})"
+                args.extend(userids)
+            rows = conn.execute(query + " ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
+            return rows, newest
+        finally:
+            conn.execute("COMMIT")
+
+    def read_meta(self, key: str) -> str | None:
+        """A meta value, read apart from the writer (in the reader thread)."""
+        return _meta(self._reading(), key)
+
+    def _reading(self) -> sqlite3.Connection:
+        conn = self._reader
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._reader = conn
+        return conn
+
+    def close_reader(self) -> None:
+        """Close the reader's connection (in the reader thread)."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     def probe(self) -> None:
         """A small write, to learn whether writes work again (in the writer thread)."""
@@ -316,6 +387,8 @@ def _open_database(setting: str, path: str) -> sqlite3.Connection:
         elif version > SCHEMA_VERSION:
             raise unusable(f"written by a newer heartbeat (schema {version}, this one knows "
                            f"{SCHEMA_VERSION}); it is left as it is")
+        elif version < SCHEMA_VERSION:
+            _migrate(conn, version)
         # Writable now, not at the first ping: a read-only file stops start-up.
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(_PROBE, (str(time.time()),))
@@ -336,8 +409,47 @@ def _create(conn: sqlite3.Connection) -> None:
     for statement in _SCHEMA:
         conn.execute(statement)
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("COMMIT")
+    _migrate(conn, 1)
+
+
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Bring a file of schema ``version`` to this one, in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    for step in range(version + 1, SCHEMA_VERSION + 1):
+        for statement in _MIGRATIONS[step]:
+            conn.execute(statement)
+    conn.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (_EPOCH_KEY, new_epoch()))
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     conn.execute("COMMIT")
+
+
+def _meta(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute(_GET_META, (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _read_feed(conn: sqlite3.Connection) -> tuple[str, int, int]:
+    newest = (conn.execute(_NEWEST).fetchone() or (0,))[0]
+    epoch = _meta(conn, _EPOCH_KEY) or new_epoch()
+    return epoch, newest, int(_meta(conn, _TRIMMED_KEY) or 0)
+
+
+def _trim(conn: sqlite3.Connection, before: int) -> Iterator[int]:
+    """Drop the feed's changes older than ``before`` (epoch ms): the highest seq dropped."""
+    first = conn.execute(_FIRST_KEPT, (before,)).fetchone()
+    if first is None:
+        last = (conn.execute("SELECT max(seq) FROM changes").fetchone() or (None,))[0]
+        if last is None:
+            return
+        cut = int(last)
+    else:
+        cut = int(first[0]) - 1
+    if conn.execute("SELECT 1 FROM changes WHERE seq <= ? LIMIT 1", (cut,)).fetchone() is None:
+        return
+    conn.execute("DELETE FROM changes WHERE seq <= ?", (cut,))
+    conn.execute(_PUT_META, (_TRIMMED_KEY, str(cut)))
+    yield cut
 
 
 def _read(conn: sqlite3.Connection, userids: list[str]) -> dict[str, Restored]:
@@ -371,6 +483,42 @@ T = TypeVar("T")
 Writer = Callable[..., Deferred[Any]]
 
 
+@dataclass(frozen=True, slots=True)
+class _Ping:
+    ping: Ping
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Offline:
+    """A device going offline: a leave, or (``timeout``) its deadline passing."""
+
+    userid: str
+    clientid: str
+    timeout: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivered:
+    name: str
+    position: Position
+
+
+@dataclass(frozen=True, slots=True)
+class _Forgot:
+    """A device forgotten for MAX_DEVICES_PER_USER (by a new one, or when read back)."""
+
+    userid: str
+    clientid: str
+
+
+_Op = _Ping | _Offline | _Delivered | _Forgot
+
+
+def _copied(devices: Devices | None, userid: str) -> Devices:
+    return Devices(userid) if devices is None else devices.copy()
+
+
 class SQLiteStore(MemoryStore, Service):
     """The default store: one process, what is live in memory, everything on disk.
 
@@ -385,27 +533,39 @@ class SQLiteStore(MemoryStore, Service):
 
     A service so its writer thread starts with the application (after
     twistd forks, if it daemonizes) and stops with it.
+
+    Pings, leaves and timeouts are queued as they come; each batch's
+    transitions are worked out when it is written, on copies of the users it
+    touches (the state it will commit over), so the feed's changes go into
+    the same transaction, and memory takes the copies only once it commits.
     """
 
     kind = "sqlite"
 
-    def __init__(self, database: Database, reactor: Any, timeout: float,
-                 hiding: Hiding = Hiding(), max_devices: int = MAX_DEVICES_PER_USER,
-                 writer: Writer | None = None) -> None:
-        super().__init__(reactor, timeout, hiding, max_devices)
+    def __init__(self, database: Database, reactor: Any,
+                 timeout: float, hiding: Hiding = Hiding(), writer: Writer | None = None,
+                 *, changes_retention: float = DEFAULT_RETENTION,
+                 max_devices: int = MAX_DEVICES_PER_USER) -> None:
+        feed = ChangeLog(reactor, changes_retention, database.feed_epoch, database.feed_newest,
+                         database.feed_trimmed)
+        super().__init__(reactor, timeout, hiding, feed=feed, max_devices=max_devices)
         self._reactor = reactor
         self._db = database
         self.available = True
-        # Tests give a writer that runs at once; the daemon's is made at start.
+        # Tests give a writer that runs at once (and reads with it); the
+        # daemon's are made at start.
         self._writer = writer
+        self._reader = writer
         self._pool: ThreadPool | None = None
-        self._changes = Changes()
-        self._waiting: list[Deferred[None]] = []
-        self._applies: list[tuple[str, Callable[[], None]]] = []
+        self._read_pool: ThreadPool | None = None
+        self._ops: list[_Op] = []
+        self._waiting: list[Deferred[None] | None] = []
         self._flush_call: IDelayedCall | None = None
         self._writing = False
         self._idle: list[Deferred[None]] = []
         self._probe_call: IDelayedCall | None = None
+        self._trim_call: IDelayedCall | None = None
+        self._trimmed_at = float("-inf")
         # Users in memory whom nothing holds there, least recently used first.
         self._resting: OrderedDict[str, None] = OrderedDict()
         # Users with changes queued or being written: held in memory until applied.
@@ -420,6 +580,12 @@ class SQLiteStore(MemoryStore, Service):
             pool = self._pool = ThreadPool(1, 1, "heartbeat-sqlite")
             pool.start()
             self._writer = lambda f, *args: deferToThreadPool(self._reactor, pool, f, *args)
+            # Feed reads get their own thread and connection: a backend
+            # reading a day of changes never holds up a commit.
+            reads = self._read_pool = ThreadPool(1, 1, "heartbeat-sqlite-read")
+            reads.start()
+            self._reader = lambda f, *args: deferToThreadPool(self._reactor, reads, f, *args)
+        self._trim_tick()
         self._load_online()
 
     def stopService(self) -> Deferred[None]:
@@ -465,35 +631,20 @@ class SQLiteStore(MemoryStore, Service):
         self._load_call = self._clock.callLater(PROBE_INTERVAL, self._load_online)
 
     def _restore(self, restored: Restored) -> None:
-        """Put back a user as stored, publishing nothing.
-
-        A device whose deadline passed while nobody held it in memory (the
-        process was down) is offline from the start, on disk too.
-        """
+        """Put back a user as stored, publishing nothing; a device whose deadline
+        passed while the process was down falls due at once, as any timeout."""
         latest, stored = restored
-        user = self._users[latest.userid] = Devices(latest.userid)
-        user.latest = latest
-        now = self._clock.seconds()
-        for device, deadline in stored:
-            clientid = device.clientid
-            assert clientid is not None
-            if device.online and deadline <= now:
-                device = replace(device, online=False)
-                self._changes.timed_out(latest.userid, clientid, now)
-                self._schedule_flush()
-            user.put(device)
-            if device.online:
-                self._online.add(latest.userid)
-                self._deadlines.arm_at((latest.userid, clientid), deadline)
+        self.restore(latest, stored)
+        user = self._users[latest.userid]
         # Stored before MAX_DEVICES_PER_USER was (or was lower): down to it now.
         while len(user.devices) > self._max_devices:
             forgotten, _ = user.forget_oldest()
             self._deadlines.disarm((latest.userid, forgotten))
-            self._forgot(latest.userid, forgotten)
+            self._queue(_Forgot(latest.userid, forgotten), answered=False)
         if not user.online:
             self._online.discard(latest.userid)
 
-    def _read(self, userids: list[str], then: Callable[[], Any]) -> Deferred[Any]:
+    def _load_then(self, userids: list[str], then: Callable[[], Any]) -> Deferred[Any]:
         """Bring those of ``userids`` not in memory into it, from the file, then ``then()``.
 
         They are held in memory until ``then`` is done with them.
@@ -548,8 +699,8 @@ class SQLiteStore(MemoryStore, Service):
     # The Store protocol, where it differs from memory's: durable first.
 
     def get(self, userids: Iterable[str]) -> Deferred[dict[str, UserState | None]]:
-        userids = list(userids)
-        return self._read(userids, lambda: self._states(userids))
+        wanted = list(userids)
+        return self._load_then(wanted, lambda: self._states(wanted))
 
     def subscribe(self, userid: str) -> Deferred[None]:
         self._subscribed.add(userid)
@@ -563,72 +714,89 @@ class SQLiteStore(MemoryStore, Service):
 
     def ping(self, ping: Ping) -> Deferred[None]:
         if ping.userid in self._users:
-            return self._store_ping(ping)
-        return self._read([ping.userid], lambda: self._store_ping(ping))
-
-    def _store_ping(self, ping: Ping) -> Deferred[None]:
-        deadline = self._clock.seconds() + self._timeout
-        if self._hiding.hides(ping.status):
-            # Stored as watchers see it: the device offline at its last visible
-            # ping. Its silent deadline is memory's alone; after a restart the
-            # device is offline all the same.
-            self._changes.leave(ping.userid, ping.clientid)
-        else:
-            self._changes.ping(ping, deadline)
-        return self._queue(ping.userid, lambda: self._apply_ping(ping, deadline))
+            return self._queue(_Ping(ping, self._clock.seconds() + self._timeout))
+        return self._load_then([ping.userid], lambda: self._queue(
+            _Ping(ping, self._clock.seconds() + self._timeout)))
 
     def leave(self, userid: str, clientid: str) -> Deferred[None]:
         if userid in self._users:
-            return self._store_leave(userid, clientid)
-        return self._read([userid], lambda: self._store_leave(userid, clientid))
-
-    def _store_leave(self, userid: str, clientid: str) -> Deferred[None]:
-        self._changes.leave(userid, clientid)
-        return self._queue(userid, lambda: self._apply_leave(userid, clientid))
+            return self._queue(_Offline(userid, clientid))
+        return self._load_then([userid], lambda: self._queue(_Offline(userid, clientid)))
 
     def _timed_out(self, device: tuple[str, str]) -> None:
-        # Memory first, as a sweep is no answer to anyone: if the process
-        # dies before this commits, the deadline is past at the next start.
-        userid, clientid = device
-        self._changes.timed_out(userid, clientid, self._clock.seconds())
-        self._schedule_flush()
-        super()._timed_out(device)
-        self._settle(userid)
-
-    def _forgot(self, userid: str, clientid: str) -> None:
-        # Applied after the ping's commit: the row goes in the next transaction.
-        self._changes.forget(userid, clientid)
-        self._schedule_flush()
+        # Recorded like a leave, so its offline change is in the feed, once.
+        self._queue(_Offline(*device, timeout=True), answered=False)
 
     def close(self) -> Deferred[None]:
-        """Finish the writes under way, close the file, stop the thread, unlock."""
-        for call in (self._probe_call, self._load_call):
+        """Finish the writes under way, close the file, stop the threads, unlock."""
+        for call in (self._probe_call, self._trim_call, self._load_call):
             if call is not None and call.active():
                 call.cancel()
         idle: Deferred[None] = Deferred()
         self._idle.append(idle)
         self._check_idle()
         idle.addCallback(lambda _: self._run(self._db.close) if self._writer else None)
+        idle.addCallback(lambda _: self._read(self._db.close_reader)
+                         if self._read_pool is not None else None)
         idle.addBoth(self._closed)
         return idle
 
     def _closed(self, result: object) -> object:
-        if self._pool is not None:
-            self._pool.stop()  # its one thread is idle: this join is at once
-            self._pool = None
-            self._writer = None
+        for pool in (self._pool, self._read_pool):
+            if pool is not None:
+                pool.stop()  # its one thread is idle: this join is at once
+        self._pool = self._read_pool = None
+        self._writer = self._reader = None
         self._db.unlock()
         super().close()
         return None if not isinstance(result, Failure) else result
 
+    # The change feed: recorded with its transitions, read back from the file.
+
+    def changes(self, after: Position | None, limit: int,
+                userids: Collection[str] | None = None) -> Deferred[Page]:
+        feed = self.feed
+        if after is not None and after.epoch != feed.epoch:
+            return fail(PositionGone())
+        wanted = None if userids is None else tuple(userids)
+        d = self._read(self._db.read_changes, None if after is None else after.seq, limit, wanted)
+        return d.addCallback(self._page, limit)
+
+    def _page(self, read: tuple[list[tuple[Any, ...]], int] | None, limit: int) -> Page:
+        if read is None:
+            raise PositionGone()
+        rows, newest = read
+        feed = self.feed
+        changes = tuple(
+            feed.stamp(seq, Change(kind, userid, ptime, status, bool(online), at, clientid))
+            for seq, at, kind, userid, clientid, ptime, status, online in rows
+        )
+        last = rows[-1][0] if len(rows) >= limit else newest
+        positions = tuple(Position.at(feed.epoch, row[0]) for row in rows)
+        return Page(changes, Position.at(feed.epoch, last), positions)
+
+    def delivered(self, name: str) -> Deferred[Position | None]:
+        d = self._read(self._db.read_meta, _DELIVERED_KEY + name)
+        return d.addCallback(lambda text: None if text is None else Position.parse(text))
+
+    def set_delivered(self, name: str, position: Position, owner: str = "") -> Deferred[bool]:
+        # The file's lock makes this process the only one: its claim always holds.
+        return self._queue(_Delivered(name, position)).addCallback(lambda _: True)
+
+    def _read(self, f: Callable[..., T], *args: object) -> Deferred[T]:
+        if self._reader is None:
+            return fail(StoreUnavailable())
+        return self._reader(f, *args)
+
     # Batching.
 
-    def _queue(self, userid: str, apply: Callable[[], None]) -> Deferred[None]:
-        """Answered once this turn's transaction, with this change in it, commits."""
+    def _queue(self, op: _Op, answered: bool = True) -> Deferred[None]:
+        """Answered once a transaction, with ``op`` in it, commits."""
         d: Deferred[None] = Deferred()
-        self._hold(userid)
-        self._waiting.append(d)
-        self._applies.append((userid, apply))
+        if not isinstance(op, _Delivered):
+            self._hold(op.ping.userid if isinstance(op, _Ping) else op.userid)
+        self._ops.append(op)
+        self._waiting.append(d if answered else None)
         self._schedule_flush()
         return d
 
@@ -643,39 +811,139 @@ class SQLiteStore(MemoryStore, Service):
 
     def _flush(self) -> None:
         self._flush_call = None
-        if not self._waiting and not self._changes:
+        now = self._clock.seconds()
+        # A trim alone waits for a writer (not before start, not after close).
+        trim = now - self._trimmed_at >= TRIM_INTERVAL and self._writer is not None
+        if not self._ops and not trim:
             self._check_idle()
             return
-        changes, self._changes = self._changes, Changes()
+        ops, self._ops = self._ops, []
         waiting, self._waiting = self._waiting, []
-        applies, self._applies = self._applies, []
+        rows, users, outcomes = self._work_out(ops)
+        if trim:
+            self._trimmed_at = now
+            rows.trim_before = self.feed.cutoff()
         self._writing = True
-        d = self._run(self._db.write, changes)
+        d = self._run(self._db.write, rows)
         d.addCallbacks(self._committed, self._failed,
-                       callbackArgs=(waiting, applies), errbackArgs=(waiting, applies))
+                       callbackArgs=(waiting, users, outcomes, len(rows.feed)),
+                       errbackArgs=(waiting, ops))
         d.addBoth(self._written)
 
-    def _committed(self, _: None, waiting: list[Deferred[None]],
-                   applies: list[tuple[str, Callable[[], None]]]) -> None:
+    def _work_out(self, ops: list[_Op]) -> tuple[
+            Changes, dict[str, Devices], list[tuple[_Op, tuple[Presence, ...], Marks]]]:
+        """The rows ``ops`` write, the users they leave, and what each tells watchers.
+
+        Nothing is committed yet, so the users are copies; a timeout is
+        nothing when its device pinged since its deadline passed (in this
+        batch, or in one committed since).
+        """
+        rows = Changes()
+        users: dict[str, Devices] = {}
+        outcomes: list[tuple[_Op, tuple[Presence, ...], Marks]] = []
+        pinged: set[tuple[str, str]] = set()
+        at = now_ms(self._clock)
+        seq = self.feed.newest
+
+        def user(userid: str) -> Devices:
+            devices = users.get(userid)
+            if devices is None:
+                devices = users[userid] = _copied(self._users.get(userid), userid)
+            return devices
+
+        def record(changes: tuple[Change, ...]) -> Marks:
+            nonlocal seq
+            positions = []
+            for change in changes:
+                seq += 1
+                rows.feed.append((seq, change.at, change.type, change.userid, change.clientid,
+                                  change.time, change.status, int(change.online)))
+                positions.append(Position.at(self.feed.epoch, seq))
+            return positions_of(changes, positions)
+
+        for op in ops:
+            if isinstance(op, _Delivered):
+                rows.meta[_DELIVERED_KEY + op.name] = str(op.position)
+                outcomes.append((op, (), NO_MARKS))
+                continue
+            if isinstance(op, _Forgot):
+                rows.forget(op.userid, op.clientid)
+                user(op.userid).forget(op.clientid)
+                outcomes.append((op, (), NO_MARKS))
+                continue
+            if isinstance(op, _Ping):
+                ping = op.ping
+                key = (ping.userid, ping.clientid)
+                pinged.add(key)
+                room = None if self._hiding.hides(ping.status) else room_changes(
+                    user(ping.userid), ping.clientid, self._max_devices, at)
+                if room is not None:
+                    forgotten, gone, forgetting = room
+                    rows.forget(ping.userid, forgotten)
+                    outcomes.append((_Forgot(ping.userid, forgotten), gone, record(forgetting)))
+                if self._hiding.hides(ping.status):
+                    # Stored as watchers see it: the device offline at its last
+                    # visible ping. Its silent deadline is memory's alone; after
+                    # a restart the device is offline all the same.
+                    rows.leave(*key)
+                else:
+                    rows.ping(ping, op.deadline)
+                presences, changes = ping_changes(user(ping.userid), ping, self._hiding, at)
+            else:
+                key = (op.userid, op.clientid)
+                if op.timeout and (key in pinged or key in self._deadlines):
+                    outcomes.append((op, (), NO_MARKS))
+                    continue
+                rows.leave(*key)
+                presences, changes = offline_changes(user(op.userid), op.clientid, at)
+            outcomes.append((op, presences, record(changes)))
+        return rows, users, outcomes
+
+    def _committed(self, trimmed: int | None, waiting: list[Deferred[None] | None],
+                   users: dict[str, Devices],
+                   outcomes: list[tuple[_Op, tuple[Presence, ...], Marks]], recorded: int) -> None:
         self._now_available()
-        for userid, apply in applies:
+        for userid, devices in users.items():
+            if devices.latest is not None or userid in self._users:
+                self._users[userid] = devices
+        if trimmed is not None:
+            self.feed.trimmed = trimmed
+        self.feed.committed(self.feed.newest + recorded, recorded)
+        for op, presences, marks in outcomes:
             try:
-                apply()
+                if isinstance(op, _Ping):
+                    self._pinged(op.ping, op.deadline, presences, marks)
+                elif isinstance(op, _Offline):
+                    if not op.timeout:
+                        self._deadlines.disarm((op.userid, op.clientid))
+                    self._went_offline(presences, marks)
+                elif isinstance(op, _Forgot):
+                    self._deadlines.disarm((op.userid, op.clientid))
+                    self._went_offline(presences, marks)
             except Exception:
                 # Stored all the same: a failing stream must not leave the
                 # rest of the batch unanswered.
                 log.failure("delivering a stored change failed")
-            self._release(userid)
+        self._release_all(op for op, _, _ in outcomes)
         for d in waiting:
-            d.callback(None)
+            if d is not None:
+                d.callback(None)
 
-    def _failed(self, failure: Failure, waiting: list[Deferred[None]],
-                applies: list[tuple[str, Callable[[], None]]]) -> None:
+    def _failed(self, failure: Failure, waiting: list[Deferred[None] | None],
+                ops: list[_Op]) -> None:
         self._now_unavailable(failure)
-        for userid, _ in applies:
-            self._release(userid)
+        self._release_all(ops)
         for d in waiting:
-            d.errback(StoreUnavailable())
+            if d is not None:
+                d.errback(StoreUnavailable())
+
+    def _release_all(self, ops: Iterable[_Op]) -> None:
+        """The users of ``ops``, queued and now written (or not): held no more by them."""
+        for op in ops:
+            if isinstance(op, _Ping):
+                self._release(op.ping.userid)
+            elif isinstance(op, _Offline):
+                self._release(op.userid)
 
     def _written(self, _: object) -> None:
         self._writing = False
@@ -683,11 +951,17 @@ class SQLiteStore(MemoryStore, Service):
         self._flush()
 
     def _check_idle(self) -> None:
-        if self._writing or self._waiting or self._changes:
+        if self._writing or self._ops:
             return
         idle, self._idle = self._idle, []
         for d in idle:
             d.callback(None)
+
+    def _trim_tick(self) -> None:
+        """Trim the feed now and then when nothing is written, so a quiet feed ages too."""
+        self._trim_call = self._clock.callLater(
+            max(TRIM_INTERVAL, min(60.0, self.feed.retention_ms / 4000)), self._trim_tick)
+        self._schedule_flush()
 
     # A failing disk.
 
@@ -713,9 +987,12 @@ class SQLiteStore(MemoryStore, Service):
 
 
 def open_store(setting: str, reactor: Any, timeout: float, hiding: Hiding = Hiding(),
+               *, changes_retention: float = DEFAULT_RETENTION,
                max_devices: int = MAX_DEVICES_PER_USER) -> MemoryStore:
     """The embedded store ``DATABASE`` asks for: ``:memory:`` keeps nothing."""
     if setting == ":memory:":
-        return MemoryStore(reactor, timeout, hiding, max_devices)
-    return SQLiteStore(Database.open(setting), reactor, timeout, hiding, max_devices)
+        return MemoryStore(reactor, timeout, hiding, changes_retention=changes_retention,
+                           max_devices=max_devices)
+    return SQLiteStore(Database.open(setting), reactor, timeout, hiding,
+                       changes_retention=changes_retention, max_devices=max_devices)
 

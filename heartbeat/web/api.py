@@ -9,22 +9,27 @@ are full) has one home.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
+from heartbeat.core.changes import ChangeFeed, Position
 from heartbeat.core.errors import Unavailable
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity, Reading
 from heartbeat.core.ping_body import parse_status
 from heartbeat.core.presence import Ping, UserState
+from heartbeat.core.quiet import OptionStream
 from heartbeat.core.request_view import RequestView
 from heartbeat.core.store_contract import Store
 from heartbeat.core.stream import Stream
-from heartbeat.core.user_query import requested_users
+from heartbeat.core.stream_options import stream_options
+from heartbeat.core.user_query import posted_users, requested_users
 from heartbeat.web.cors import CorsPolicy
+from heartbeat.web.feed_route import ChangesRoute
 
 
 class RouteSettings(Protocol):
@@ -39,6 +44,8 @@ class RouteSettings(Protocol):
     @property
     def cors_origins(self) -> tuple[str, ...]: ...
     @property
+    def api_key(self) -> tuple[str, ...]: ...
+    @property
     def presence_timeout(self) -> float: ...
 
 
@@ -52,6 +59,8 @@ class Meter(Protocol):
 # What a stream route's handler answers: the users to stream, and the one
 # device of theirs when it is a device stream.
 Opening = tuple[Reading, "str | None"]
+# The largest body of ``POST /subscribe`` (a ping's is MAX_BODY).
+SUBSCRIBE_BODY = 1024 * 1024
 
 
 class Api:
@@ -65,6 +74,7 @@ class Api:
         identity: Identity,
         settings: RouteSettings,
         meter: Meter | None = None,
+        feed: ChangeFeed | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -73,6 +83,11 @@ class Api:
         self.settings = settings
         self.meter = meter
         self.cors = CorsPolicy(settings.cors_origins)
+        # The change feed (SPEC §8), if this store keeps one, and a way to end
+        # each open /changes stream (the service's stop calls them).
+        self.feed = feed
+        self.feed_streams: set[Callable[[], None]] = set()
+        self.changes_route = ChangesRoute(feed, settings.api_key, clock, self.feed_streams)
         # On a ping's answer and every stream's: how often to ping (SPEC §2).
         self.pacing = ((b"Heartbeat-Presence-Timeout", b"%d" % settings.presence_timeout),)
 
@@ -96,6 +111,11 @@ class Api:
         """``GET /subscribe?user=…``: the users asked, if the caller may read them."""
         return self.many_users(request), None
 
+    def subscribe_posted(self, request: RequestView, body: bytes) -> Opening:
+        """``POST /subscribe``: the users of its ``{"users": [...]}``, if the caller may read them."""
+        userids = posted_users(body, self.settings.max_users_per_stream)
+        return self.identity.authorize_read(request, userids), None
+
     def many_users(self, request: RequestView) -> Reading:
         """The ``?user=`` list of the multi-user routes, if the caller may read them."""
         userids = requested_users(request, self.settings.max_users_per_stream)
@@ -113,19 +133,29 @@ class Api:
         Checked before any header is sent, so a refused client gets a plain
         503 rather than a stream that ends.
         """
+        options = stream_options(request)
         limit = self.settings.max_streams
         if len(self.hub.streams) >= limit:
             raise Unavailable(f"too many open streams (limit {limit}), retry later", 5)
-        return Stream(
-            reading.userids, self.clock, self.settings.stream_blocked_timeout,
-            request.getHeader(b"Last-Event-ID"), clientid,
-        )
+        last_event_id = request.getHeader(b"Last-Event-ID")
+        blocked_timeout = self.settings.stream_blocked_timeout
+        if options.plain:
+            return Stream(reading.userids, self.clock, blocked_timeout, last_event_id, clientid)
+        return OptionStream(reading.userids, self.clock, blocked_timeout, last_event_id,
+                            clientid, options)
 
-    def status(self, request: RequestView) -> Deferred[bytes]:
+    def status(self, request: RequestView) -> Deferred[tuple[bytes, Position | None]]:
         """``{"a": {"time": …, "status": …, "online": …, "devices": {…}}, "b": null}``
-        in the order asked."""
+        in the order asked, and the feed's position the state includes (its cursor)."""
         userids = self.many_users(request).userids
-        return self.store.get(userids).addCallback(_status_body)
+        return ensureDeferred(self._status(userids))
+
+    async def _status(self, userids: tuple[str, ...]) -> tuple[bytes, Position | None]:
+        # The cursor is read first: the state read after it includes every
+        # change up to it (and perhaps some after, which a reader applies again).
+        cursor = None if self.feed is None else await self.feed.position()
+        states = await self.store.get(userids)
+        return _status_body(states), cursor
 
 
 def _status_body(states: dict[str, UserState | None]) -> bytes:

@@ -275,7 +275,7 @@ class HttpConnection:
             cycle.resource, cycle.params = found
             cycle.route = cycle.resource.by_method.get(request.method)
         length = request.headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY:
+        if length is not None and length.isdigit() and int(length) > _max_body(cycle):
             self._refuse_body(cycle)
         if request.headers.get(b"expect", b"").lower() == b"100-continue" and request.version == "1.1":
             cycle.continue_owed = True
@@ -286,7 +286,7 @@ class HttpConnection:
         cycle = self._receiving
         assert cycle is not None
         request = cycle.request
-        if len(request.body) + len(body) > MAX_BODY:
+        if len(request.body) + len(body) > _max_body(cycle):
             self._refuse_body(cycle)
         request.body += body
 
@@ -322,7 +322,8 @@ class HttpConnection:
             self.edge.ping_answered(413, None)
         # The headers are known: a browser's script may read this answer too.
         cors = dict(self._cors(cycle.request))
-        self._refuse(HttpError(413, f"request body is larger than {MAX_BODY} bytes", cors))
+        limit = _max_body(cycle)
+        self._refuse(HttpError(413, f"request body is larger than {limit} bytes", cors))
         raise _Stop()
 
     # Answering, in order.
@@ -623,6 +624,11 @@ class Edge(Factory):
             return result
 
         return DeferredList([c.hang_up() for c in connections]).addCallback(closed)
+
+
+def _max_body(cycle: Cycle) -> int:
+    """The body its route reads (a ping's for a request with no route: it is refused anyway)."""
+    return MAX_BODY if cycle.route is None else cycle.route.max_body
 
 
 def _abort_all(connections: Iterable[HttpConnection]) -> None:

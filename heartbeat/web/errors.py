@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
+from heartbeat.core.changes import PositionGone
 from heartbeat.core.errors import (
     BadCredentials,
     BadInput,
@@ -30,7 +31,7 @@ _CHALLENGE = {b"WWW-Authenticate": b'Bearer realm="heartbeat"'}
 
 _CODES: tuple[tuple[type[Refused], int], ...] = (
     (BadInput, 400), (BadCredentials, 401), (NotAllowed, 403),
-    (TooLarge, 413), (Unavailable, 503),
+    (TooLarge, 413), (Unavailable, 503), (PositionGone, 410),
 )
 
 

@@ -13,17 +13,61 @@ handler below, a hot route's a method of :class:`~heartbeat.web.api.Api`.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.web.iweb import IRequest
 
-from heartbeat.web.api import Api
-from heartbeat.web.errors import HttpError
+from heartbeat.core.changes import ChangeFeed, Page, Position, PositionGone
+from heartbeat.web.api import SUBSCRIBE_BODY, Api
+from heartbeat.web.errors import HttpError, internal_error
+from heartbeat.web.feed_route import DEFAULT_LIMIT, wants_stream
 from heartbeat.web.health import health
+from heartbeat.web.responses import STREAM_HEADERS
 from heartbeat.web.table import CALL, KLEIN, STREAM, Route, RouteTable
 
 
 def get_status(api: Api, request: IRequest) -> Deferred[bytes]:
-    return api.status(request).addCallback(json_body, request)
+    return api.status(request).addCallback(_status_answer, request)
+
+
+def _status_answer(answer: tuple[bytes, Position | None], request: IRequest) -> bytes:
+    body, cursor = answer
+    if cursor is not None:
+        request.setHeader(b"Heartbeat-Cursor", str(cursor).encode("ascii"))
+    return json_body(body, request)
+
+
+def get_changes(api: Api, request: IRequest) -> Deferred[bytes]:
+    """``GET /changes``: a page of the feed, or with ``Accept: text/event-stream`` its stream."""
+    route = api.changes_route
+    if not wants_stream(request):
+        return route.page(request).addCallback(json_body, request)
+    feed, after = route.start_stream(request)
+    # Read before any header is sent: a position not kept is a plain 410.
+    return feed.changes(after, DEFAULT_LIMIT).addCallback(_feed_stream, api, request, feed)
+
+
+def _feed_stream(page: Page, api: Api, request: Any, feed: ChangeFeed) -> Deferred[bytes]:
+    for name, value in STREAM_HEADERS:
+        request.setHeader(name, value)
+    if request.method == b"HEAD":
+        return succeed(b"")
+    route = api.changes_route
+    ended: list[object] = []
+
+    def end() -> None:
+        if not ended:
+            request.finish()
+
+    route.streams.add(end)
+    request.notifyFinish().addBoth(ended.append).addBoth(lambda _: route.streams.discard(end))
+    done = ensureDeferred(route.stream(feed, page, request.write, request.notifyFinish()))
+    # Past retention mid-stream (a reader far behind): the stream ends, and its
+    # reconnect with Last-Event-ID gets the 410.
+    done.addErrback(lambda f: None if f.check(PositionGone, CancelledError) else internal_error(f))
+    done.addCallback(lambda _: end())
+    return Deferred()
 
 
 def get_health(api: Api, request: IRequest) -> bytes:
@@ -48,9 +92,11 @@ ROUTES = RouteTable([
     Route("/ping", ("POST",), Api.ping, CALL, ping=True),
     Route("/leave", ("POST",), Api.leave, CALL),
     Route("/subscribe", ("GET",), Api.subscribe_many, STREAM),
+    Route("/subscribe", ("POST",), Api.subscribe_posted, STREAM, max_body=SUBSCRIBE_BODY),
     Route("/subscribe/<userid>", ("GET",), Api.subscribe_one, STREAM),
     Route("/subscribe/<userid>/client/<clientid>", ("GET",), Api.subscribe_one, STREAM),
     Route("/status", ("GET",), get_status, KLEIN),
+    Route("/changes", ("GET",), get_changes, KLEIN),
     Route("/health", ("GET",), get_health, KLEIN),
     Route("/metrics", ("GET",), get_metrics, KLEIN),
 ])

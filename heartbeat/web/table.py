@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from heartbeat.core.errors import BadInput
+from heartbeat.core.ping_body import MAX_BODY
 
 
 class Serve(Enum):
@@ -52,6 +53,8 @@ class Route:
     # Its answers are pings: counted in /metrics, and they carry
     # ``Heartbeat-Presence-Timeout`` (as every stream does).
     ping: bool = False
+    # The largest body it reads (a longer one is a 413): a ping's, unless it says.
+    max_body: int = MAX_BODY
 
     @property
     def name(self) -> str:

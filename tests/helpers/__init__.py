@@ -6,6 +6,9 @@
 - ``clients``: a ping, a GET and an SSE reader over real sockets.
 - ``fixtures``: the pytest fixtures over those processes (imported by ``conftest.py``).
 - ``in_memory``: the real site over in-memory transports on a fake clock.
+- ``stub_http``: requests to the Klein app through treq's StubTreq, settled at once.
+- ``sqlite_writer``: the embedded store's writer run at once (and made to fail).
+- ``webhook_receiver``: a real webhook endpoint verifying every signature.
 - ``redis_ops``: certificates, Sentinels and a silent proxy for Redis in production.
 - ``redis_checks``: checks of a real redis-server that several test files make.
 - ``redis_cluster``: a real Redis Cluster, and moving a slot by hand.

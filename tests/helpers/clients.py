@@ -16,7 +16,8 @@ class SSEClient:
     """A raw-socket EventSource reader: sees exactly the bytes the server sends."""
 
     def __init__(self, port: int, path: str, headers: Mapping[str, str] | None = None,
-                 rcvbuf: int | None = None, tls: ssl.SSLContext | None = None) -> None:
+                 rcvbuf: int | None = None, tls: ssl.SSLContext | None = None,
+                 body: bytes | None = None) -> None:
         # ``rcvbuf`` (set before connecting, so the window stays small) makes
         # a client that stops reading block the server quickly.
         sock = socket.socket()
@@ -27,8 +28,12 @@ class SSEClient:
         # ``tls``: over TLS to "localhost", as a client checking the name would.
         self.sock = sock if tls is None else tls.wrap_socket(sock, server_hostname="localhost")
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n"
-                          f"Accept: text/event-stream\r\n{extra}\r\n".encode())
+        # ``body``: a POST (``POST /subscribe``'s user list).
+        method = "GET" if body is None else "POST"
+        if body is not None:
+            extra += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        self.sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n"
+                          f"Accept: text/event-stream\r\n{extra}\r\n".encode() + (body or b""))
         self.buffer = b""
         head = self._read_until(b"\r\n\r\n")
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
@@ -94,6 +99,17 @@ class SSEClient:
                     if line.startswith(b"data:")]
             if data:
                 return json.loads(b"\n".join(data))
+
+    def message(self, timeout: float = 5) -> tuple[str | None, str, dict]:
+        """The next event as (its ``event:`` name or None, its id, its data as JSON)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = self.frame(max(0.01, deadline - time.monotonic()))
+            fields = dict(line.split(b": ", 1) for line in frame.split(b"\n") if b": " in line)
+            if b"data" in fields:
+                name = fields.get(b"event")
+                return (None if name is None else name.decode(), fields[b"id"].decode(),
+                        json.loads(fields[b"data"]))
 
     def no_event(self, wait: float = 0.5) -> None:
         """Assert that no event arrives within ``wait`` seconds."""

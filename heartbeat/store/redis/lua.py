@@ -88,6 +88,11 @@ class Scripts:
     due: Script
     expire: Script
     read_many: Script
+    # The change feed's read, and its webhooks' claims and progress (one Redis; a
+    # Cluster keeps no feed yet).
+    changes: Script
+    claim: Script
+    delivered: Script
     # One Redis only.
     restore: Script
     # A Cluster only (cluster_topology).

@@ -23,8 +23,10 @@ from txredisapi import RedisProtocol
 
 from heartbeat.core.presence import MAX_DEVICES_PER_USER, Ping, Presence
 from heartbeat.core.store_contract import StoreUnavailable
+from heartbeat.store.changelog import DEFAULT_RETENTION
 from heartbeat.store.redis.address import RedisAddress
 from heartbeat.store.redis.codec import deadline_member, from_member, ping_args
+from heartbeat.store.redis.feed import RedisFeed, feed_keys
 from heartbeat.store.redis.keys import PARTITIONS, partition_keys, user_keys
 from heartbeat.store.redis.link import RedisLink, peer
 from heartbeat.store.redis.lua import scripts
@@ -42,11 +44,16 @@ class SingleTopology:
     """Two links to one server (direct, or following the master Sentinel names)."""
 
     def __init__(self, reactor: Any, address: RedisAddress, prefix: str,
-                 trust: TrustRoot | None, max_devices: int = MAX_DEVICES_PER_USER) -> None:
+                 trust: TrustRoot | None, changes_retention: float = DEFAULT_RETENTION,
+                 max_devices: int = MAX_DEVICES_PER_USER) -> None:
         self._reactor = reactor
         self._prefix = prefix
         # MAX_DEVICES_PER_USER, which the ping script applies.
         self._max_devices = max_devices
+        # The change feed's stream, the last key of every script that records changes,
+        # and its retention (ms), their last argument (lua/feed.lua).
+        self._feed = feed_keys(prefix)[0]
+        self._retention_ms = int(changes_retention * 1000)
         partitions = [partition_keys(prefix, n) for n in range(PARTITIONS)]
         self._sweep_keys = [deadlines for deadlines, _ in partitions] + [c for _, c in partitions]
         self._where = address.describe()
@@ -134,7 +141,7 @@ class SingleTopology:
             deadlines, count = partition_keys(self._prefix, user.partition)
             keys += (user.key, user.devices, user.online, deadlines, count)
             args += ping_args(ping, deadline_member(ping.userid, ping.clientid), hides)
-        d = _SCRIPTS.ping.run(conn, keys, args)
+        d = _SCRIPTS.ping.run(conn, [*keys, self._feed], [*args, self._retention_ms])
         if wait_replicas:
             d.addCallback(self._wait, conn, wait_replicas)
         else:
@@ -148,9 +155,9 @@ class SingleTopology:
     def leave(self, userid: str, clientid: str) -> Deferred[int]:
         user = user_keys(self._prefix, userid)
         deadlines, count = partition_keys(self._prefix, user.partition)
-        keys = [user.key, user.devices, user.online, deadlines, count]
-        return _SCRIPTS.leave.run(self._conn(), keys,
-                                  [userid, clientid, deadline_member(userid, clientid)])
+        keys = [user.key, user.devices, user.online, deadlines, count, self._feed]
+        return _SCRIPTS.leave.run(self._conn(), keys, [
+            userid, clientid, deadline_member(userid, clientid), self._retention_ms])
 
     def restore(self, latest: Ping, devices: Iterable[tuple[Presence, float]]) -> Deferred[None]:
         """Each online device keeps its deadline, a wall-clock time: Redis's clock and
@@ -181,6 +188,14 @@ class SingleTopology:
             keys += (user.key, user.devices, user.online)
         return _SCRIPTS.read_many.run(self._conn(), keys)
 
+    def change_feed(self) -> RedisFeed:
+        """The change feed its scripts record (lua/feed.lua)."""
+        return RedisFeed(
+            self._prefix, self._retention_ms / 1000, self._reactor, _SCRIPTS,
+            lambda script, keys, args: script.run(self._conn(), keys, args),
+            lambda *command: maybeDeferred(lambda: self._conn().execute_command(*command)),
+        )
+
     # Presence deadlines.
 
     def sweep(self, batch: int) -> Deferred[Swept]:
@@ -207,7 +222,7 @@ class SingleTopology:
                      *partition_keys(self._prefix, int(partition)))
             args += (member, *device)
         again = any(count >= batch for count in full)
-        d = _SCRIPTS.expire.run(conn, keys, args)
+        d = _SCRIPTS.expire.run(conn, [*keys, self._feed], [*args, self._retention_ms])
         return d.addCallback(
             lambda out: Swept(online, sum(int(g) for g in out[::2]), again, lost))
 

@@ -39,10 +39,12 @@ from txredisapi import ConnectionError as RedisConnectionError
 from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import MAX_DEVICES_PER_USER, Ping, Presence, UserState
 from heartbeat.core.store_contract import BusListener, StoreUnavailable
+from heartbeat.store.changelog import DEFAULT_RETENTION
 from heartbeat.store.redis.address import RedisAddress
 from heartbeat.store.redis.batching import Waiting, queue_for_turn
 from heartbeat.store.redis.bus import relay
 from heartbeat.store.redis.codec import from_row
+from heartbeat.store.redis.feed import RedisFeed
 from heartbeat.store.redis.lua import CAME_ONLINE, HIDDEN, STORED, WENT_OFFLINE
 from heartbeat.store.redis.replicas import Replicas
 from heartbeat.store.redis.tls import load_trust_root
@@ -55,7 +57,8 @@ log = Logger()
 _STORED = frozenset((STORED, CAME_ONLINE, HIDDEN, WENT_OFFLINE))
 
 
-def topology_for(reactor: Any, address: RedisAddress, prefix: str, ca_file: str | None,
+def topology_for(reactor: Any, address: RedisAddress, prefix: str,
+                 ca_file: str | None, changes_retention: float = DEFAULT_RETENTION,
                  max_devices: int = MAX_DEVICES_PER_USER) -> Topology:
     """The topology ``REDIS`` names: a Cluster, or one server (direct or through Sentinel)."""
     trust = load_trust_root(ca_file) if ca_file else None
@@ -65,7 +68,7 @@ def topology_for(reactor: Any, address: RedisAddress, prefix: str, ca_file: str 
         return ClusterTopology(reactor, address, prefix, trust, max_devices)
     from heartbeat.store.redis.single import SingleTopology
 
-    return SingleTopology(reactor, address, prefix, trust, max_devices)
+    return SingleTopology(reactor, address, prefix, trust, changes_retention, max_devices)
 
 
 class RedisStore(Service):
@@ -85,11 +88,16 @@ class RedisStore(Service):
     def __init__(self, address: RedisAddress | None, prefix: str, reactor: Any,
                  timeout: float, ca_file: str | None = None, wait_replicas: int = 0,
                  hiding: Hiding = Hiding(), topology: Topology | None = None,
+                 *, changes_retention: float = DEFAULT_RETENTION,
                  max_devices: int = MAX_DEVICES_PER_USER) -> None:
         if topology is None:
             assert address is not None
-            topology = topology_for(reactor, address, prefix, ca_file, max_devices)
+            topology = topology_for(reactor, address, prefix, ca_file, changes_retention,
+                                    max_devices)
         self._topology = topology
+        # The change feed (SPEC §8), where the topology keeps one (one Redis, Sentinel).
+        make_feed = getattr(topology, "change_feed", None)
+        self.change_feed: RedisFeed | None = None if make_feed is None else make_feed()
         self.reconnects = topology.reconnects
         self._reactor = reactor
         self._prefix = prefix
@@ -141,6 +149,8 @@ class RedisStore(Service):
         self._closed = True
         if self._sweeper.running:
             self._sweeper.stop()
+        if self.change_feed is not None:
+            self.change_feed.stop()
         return self._topology.stop()
 
     # The Store protocol.

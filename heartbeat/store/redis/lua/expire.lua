@@ -1,4 +1,4 @@
---! needs: now emit offline
+--! needs: now emit feed offline
 -- The sweep's claim; a step each device going offline must take goes in offline.lua.
 -- KEYS: per entry the user's key, devices hash, online set, the deadlines holding the
 -- device and, on one Redis, its partition's online count. ARGV: the keys per entry

@@ -1,5 +1,8 @@
 -- One Redis (or a Sentinel's master): every key in one keyspace, plain pub/sub.
 local PUBLISH = 'PUBLISH'
+-- The change feed (feed.lua): a script that records changes gets the feed's stream as
+-- its last key and the retention (ms) as its last argument.
+local FEED, FEED_RETENTION = KEYS[#KEYS], tonumber(ARGV[#ARGV])
 -- The deadlines a ping arms are the very partition the sweep reads.
 local function index_holds(deadlines, member)
   return true

@@ -1,4 +1,4 @@
---! needs: emit offline
+--! needs: now emit feed offline
 -- Takes one device offline at once (its client said goodbye); a step a leave must
 -- take goes here. KEYS: the user's key, devices hash, online set, the deadlines
 -- holding the device and, on one Redis, its partition's online count. ARGV: the

@@ -8,8 +8,10 @@ local function offline(count, key, devices, online, userid, clientid)
   local device = redis.call('HGET', devices, clientid)
   local space = device and string.find(device, ' ', 1, true)
   if space then
+    local time, status = tonumber(string.sub(device, 1, space - 1)), string.sub(device, space + 1)
     emit(key, cjson.encode({userid = userid, clientid = clientid, online = false,
-      time = tonumber(string.sub(device, 1, space - 1)), status = string.sub(device, space + 1)}))
+      time = time, status = status}))
+    record('device_offline', userid, clientid, time, status, false)
   end
   if redis.call('SCARD', online) > 0 then return 0 end
   if count then redis.call('DECR', count) end
@@ -17,6 +19,7 @@ local function offline(count, key, devices, online, userid, clientid)
   if not user.err and user[1] and user[2] then
     emit(key, cjson.encode({userid = userid, online = false,
       time = tonumber(user[1]), status = user[2]}))
+    record('offline', userid, nil, tonumber(user[1]), user[2], false)
   end
   return 1
 end

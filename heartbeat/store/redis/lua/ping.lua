@@ -1,4 +1,4 @@
---! needs: codes now emit offline store_ping
+--! needs: codes now emit feed offline store_ping
 -- Stores and emits a batch of pings, each by store_ping (the step to extend).
 -- KEYS: per ping the user's key (also their channel), devices hash, online set, the
 -- deadlines that arm it and, on one Redis, its partition's online count. ARGV: the

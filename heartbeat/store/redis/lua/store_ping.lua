@@ -21,8 +21,10 @@ local function make_room(key, devices, online, userid, clientid, limit)
   if was_online then
     redis.call('SREM', online, victim)
     local space = string.find(seen, ' ', 1, true)
+    local status = space and string.sub(seen, space + 1) or ''
     emit(key, cjson.encode({userid = userid, clientid = victim, online = false,
-      time = oldest, status = space and string.sub(seen, space + 1) or ''}))
+      time = oldest, status = status}))
+    record('device_offline', userid, victim, oldest, status, false)
   end
   redis.call('HDEL', devices, victim)
   return was_online
@@ -41,15 +43,23 @@ local function store_ping(count, key, devices, online, deadlines, userid, time, 
     if offline(count, key, devices, online, userid, clientid) == 1 then return WENT_OFFLINE end
     return HIDDEN
   end
+  local before = redis.pcall('HGET', key, 'status')
   local stored = redis.pcall('HSET', key, 'time', time, 'status', status)
   if type(stored) == 'table' and stored.err then return stored.err end
   local made_room = redis.call('HSET', devices, clientid, time .. ' ' .. status) == 1
     and make_room(key, devices, online, userid, clientid, limit)
-  local came = redis.call('SADD', online, clientid) == 1 and redis.call('SCARD', online) == 1
-    and not made_room
+  local arrived = redis.call('SADD', online, clientid) == 1
+  local came = arrived and redis.call('SCARD', online) == 1 and not made_room
   if came and count then redis.call('INCR', count) end
   redis.call('ZADD', deadlines, deadline, member)
   emit(key, message)
+  -- The feed's rule (heartbeat.core.changes.derive): the user's change, then the device's.
+  if came then
+    record('online', userid, nil, time, status, true)
+  elseif before ~= status then
+    record('status', userid, nil, time, status, true)
+  end
+  if arrived then record('device_online', userid, clientid, time, status, true) end
   if came then return CAME_ONLINE end
   return STORED
 end
