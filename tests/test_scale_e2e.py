@@ -122,34 +122,43 @@ def _rss_kib(pid: int) -> tuple[int, int]:
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
-def _started(tmp_path: Path, users: int) -> tuple[Daemon, float, int, int]:
-    """A daemon on a file of ``users``: when its port answered, and its memory once loaded."""
-    directory = tmp_path / str(users)
-    directory.mkdir()
-    _stored(directory / "heartbeat.db", users)
+def _started(directory: Path, users: int) -> tuple[float, int, int]:
+    """A daemon on the file of ``users`` in ``directory``: when its port answered, and
+    its memory (VmRSS, VmHWM) once presence is loaded and a stored user was read."""
     daemon = Daemon(directory)
-    assert daemon.proc is None
     started = time.monotonic()
     daemon.proc = subprocess.Popen(daemon.command(), cwd=directory, env=daemon.environment(),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    wait_for_port(daemon.port, daemon.proc)
-    port_s = time.monotonic() - started
-    wait_for(lambda: b"heartbeat_online_users" in get(daemon.port, "/metrics")[2])  # loaded
-    userid = f"user{random.randrange(users)}"
-    code, _, body = get(daemon.port, f"/status?user={userid}")
-    assert code == 200 and json.loads(body)[userid] == {
-        "time": 1_700_000_000 + int(userid[4:]), "status": "s", "online": False,
-        "devices": {"phone": {"time": 1_700_000_000 + int(userid[4:]), "status": "s",
-                              "online": False}}}
-    time.sleep(1)
-    return daemon, port_s, *_rss_kib(daemon.proc.pid)
+    try:
+        wait_for_port(daemon.port, daemon.proc)
+        port_s = time.monotonic() - started
+        wait_for(lambda: b"heartbeat_online_users" in get(daemon.port, "/metrics")[2])  # loaded
+        userid = f"user{random.randrange(users)}"
+        code, _, body = get(daemon.port, f"/status?user={userid}")
+        assert code == 200 and json.loads(body)[userid] == {
+            "time": 1_700_000_000 + int(userid[4:]), "status": "s", "online": False,
+            "devices": {"phone": {"time": 1_700_000_000 + int(userid[4:]), "status": "s",
+                                  "online": False}}}
+        time.sleep(1)
+        return (port_s, *_rss_kib(daemon.proc.pid))
+    finally:
+        daemon.stop()
 
 
 def test_a_file_of_200000_users_costs_start_up_and_memory_what_1000_do(tmp_path):
-    small, small_port_s, small_rss, _ = _started(tmp_path, 1000)
-    small.stop()
-    large, port_s, rss, peak = _started(tmp_path, 200_000)
-    large.stop()
+    directories = {}
+    for users in (1000, 200_000):
+        directories[users] = tmp_path / str(users)
+        directories[users].mkdir()
+        _stored(directories[users] / "heartbeat.db", users)
+    # Twice each, taking turns: the best of each, so a busy machine's spike in
+    # an interpreter's start does not count as the file's.
+    runs = [(users, _started(directories[users], users)) for _ in range(2)
+            for users in (1000, 200_000)]
+    small_port_s = min(run[0] for users, run in runs if users == 1000)
+    small_rss = min(run[1] for users, run in runs if users == 1000)
+    port_s = min(run[0] for users, run in runs if users == 200_000)
+    rss, peak = min((run[1], run[2]) for users, run in runs if users == 200_000)
     # Within a second of what an interpreter's start costs anyway.
     assert port_s < small_port_s + 1, (port_s, small_port_s)
     assert rss < small_rss + 8 * 1024 and peak < small_rss + 8 * 1024, (rss, peak, small_rss)
