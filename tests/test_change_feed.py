@@ -270,3 +270,19 @@ def test_sqlite_snapshot_and_cursor_then_changes_rebuild_state_with_writes_in_fl
             assert known == snapshot(store, "ab")[0]
         store.close()
         writer.release()
+
+
+def test_the_memory_feed_forgets_an_erased_user_but_for_one_erased_change(tmp_path):
+    store, clock = make("memory", tmp_path)
+    store.ping(Ping("alice", 1, "0", "web"))
+    store.ping(Ping("bob", 1, "0"))
+    before = read(store)
+    store.feed.erase("alice", 42)
+    page = read(store)
+    assert [(c.type, c.userid) for c in page.changes] == [
+        ("online", "bob"), ("device_online", "bob"), ("erased", "alice")]
+    assert page.changes[-1].as_json() == {
+        "id": page.changes[-1].id, "type": "erased", "userid": "alice", "at": 42}
+    # Positions from before still read on, past the gap.
+    assert [c.type for c in read(store, before.positions[0]).changes] == [
+        "online", "device_online", "erased"]

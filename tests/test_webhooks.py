@@ -217,3 +217,34 @@ def test_with_two_instances_one_delivers_and_the_other_takes_over_when_its_claim
     assert changes_b[:len(changes_a)] == changes_a
     store.ping(Ping("bob", 1, "0"))
     assert len(receiver.requests) == 3 and first.delivered == 0
+
+
+def test_a_failing_store_is_retried_each_second_and_logged_once():
+    from twisted.logger import globalLogPublisher
+
+    receiver = Receiver()
+    store, clock, sender = make(receiver, start=False)
+    lines: list[str] = []
+
+    def observe(event) -> None:
+        from twisted.logger import formatEvent
+
+        if "webhooks to" in (event.get("log_format") or ""):
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        failing = {"on": True}
+        changes = store.changes
+        store.changes = lambda *a: fail(ConnectionError("redis away")) if failing["on"] else changes(*a)
+        sender.startService()
+        clock.pump([1] * 5)
+        assert len([line for line in lines if "the store failed" in line]) == 1
+        failing["on"] = False
+        store.ping(Ping("alice", 1, "0"))
+        clock.pump([1] * 2)
+        assert delivered(receiver)[:1] == [("online", "alice")]
+        assert any("answers again" in line for line in lines)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        sender.stopService()

@@ -64,7 +64,7 @@ class Change:
         return replace(self, id=change_id)
 
 
-def erased(userid: str, at: int) -> Change:
+def erased_change(userid: str, at: int) -> Change:
     """The one change an erased user leaves in the feed."""
     return Change(ERASED, userid, 0, "", False, at)
 

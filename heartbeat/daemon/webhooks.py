@@ -24,6 +24,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
+from functools import partial
 from io import BytesIO
 from typing import Any
 
@@ -103,6 +104,7 @@ class WebhookSender(Service):
         self._jitter = jitter
         self._loop: Deferred[None] | None = None
         self._holding: Deferred[None] | None = None
+        self._store_failing = False
         # Who this sender is to the other instances' senders of the same URL.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.delivered = 0
@@ -166,18 +168,11 @@ class WebhookSender(Service):
         position = await self._retrying(lambda: self._feed.delivered(self.url))
         while self.running:
             try:
-                page = await self._feed.changes(position, BATCH)
+                page = await self._retrying(partial(self._feed.changes, position, BATCH))
             except PositionGone:
                 log.error("webhooks to {url}: changes older than CHANGES_RETENTION were "
                           "dropped undelivered; going on from the oldest kept", url=self._url)
                 position = None
-                continue
-            except CancelledError:
-                raise
-            except Exception as e:
-                log.warn("webhooks to {url}: cannot read the change feed ({error}); retrying",
-                         url=self._url, error=e)
-                await deferLater(self._clock, FIRST_BACKOFF)
                 continue
             if not page.changes:
                 self.oldest_pending = None
@@ -213,16 +208,24 @@ class WebhookSender(Service):
             raise _ClaimLost()
 
     async def _retrying(self, step: Callable[[], Deferred[Any]]) -> Any:
-        """``step``'s result, tried again each second while the store fails it."""
+        """``step``'s result, tried again each second while the store fails it
+        (logged once an outage, not once a second)."""
         while True:
             try:
-                return await step()
-            except CancelledError:
+                result = await step()
+            except (CancelledError, PositionGone):
                 raise
             except Exception as e:
-                log.warn("webhooks to {url}: the store failed ({error}); retrying",
-                         url=self._url, error=e)
+                if not self._store_failing:
+                    self._store_failing = True
+                    log.warn("webhooks to {url}: the store failed ({error}); retrying each "
+                             "second", url=self._url, error=e)
                 await deferLater(self._clock, FIRST_BACKOFF)
+                continue
+            if self._store_failing:
+                self._store_failing = False
+                log.info("webhooks to {url}: the store answers again", url=self._url)
+            return result
 
     async def _deliver(self, batch: list[Change]) -> None:
         """POST ``batch`` until a 2xx, or until all of it is past retention."""

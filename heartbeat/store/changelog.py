@@ -13,7 +13,15 @@ from collections.abc import Collection, Iterable
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from heartbeat.core.changes import Change, Page, Position, PositionGone, Waiters, new_epoch
+from heartbeat.core.changes import (
+    Change,
+    Page,
+    Position,
+    PositionGone,
+    Waiters,
+    erased_change,
+    new_epoch,
+)
 
 # CHANGES_RETENTION's default: a day.
 DEFAULT_RETENTION = 24 * 3600.0
@@ -39,6 +47,8 @@ class ChangeLog:
         self.trimmed = trimmed
         self.changes_recorded = 0
         self.waiters = Waiters()
+        # An erased user's changes leave tombstones (no type, their ``at`` kept for
+        # trimming), so numbers still find their place.
         self._kept: deque[Change] = deque()
         self._delivered: dict[str, Position] = {}
 
@@ -56,6 +66,14 @@ class ChangeLog:
         self.trim()
         self.waiters.passed(self.newest)
         return positions
+
+    def erase(self, userid: str, at: int) -> None:
+        """Forget ``userid``'s changes, all but the one ``erased`` change (SPEC §2,
+        ``DELETE /users``), recorded now (memory only: the SQLite store deletes its
+        rows and writes that change in the erasure's transaction)."""
+        self._kept = deque(Change("", "", 0, "", False, c.at) if c.userid == userid else c
+                           for c in self._kept)
+        self.append((erased_change(userid, at),))
 
     def committed(self, newest: int, count: int) -> None:
         """``count`` changes up to ``newest`` were recorded elsewhere (a file)."""
@@ -101,7 +119,7 @@ class ChangeLog:
         positions: list[Position] = []
         for i in range(index, len(kept)):
             change = kept[i]
-            if userids is None or change.userid in userids:
+            if change.type and (userids is None or change.userid in userids):
                 found.append(change)
                 positions.append(Position.at(self.epoch, self.trimmed + i + 1))
                 if len(found) >= limit:
