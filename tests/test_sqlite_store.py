@@ -367,5 +367,6 @@ def test_devices_stored_past_a_lower_limit_are_trimmed_when_read(tmp_path):
     clock.advance(0)
     # d3, offline, goes first, then d0, the least recently seen of the online ones.
     assert sorted(state_of(again, "alice").devices) == ["d1", "d2", "d4"]
+    assert again._pending == {}  # nothing holds alice once the rows are gone
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT count(*) FROM devices").fetchone() == (3,)

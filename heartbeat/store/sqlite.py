@@ -826,7 +826,7 @@ class SQLiteStore(MemoryStore, Service):
         self._writing = True
         d = self._run(self._db.write, rows)
         d.addCallbacks(self._committed, self._failed,
-                       callbackArgs=(waiting, users, outcomes, len(rows.feed)),
+                       callbackArgs=(waiting, users, outcomes, len(rows.feed), ops),
                        errbackArgs=(waiting, ops))
         d.addBoth(self._written)
 
@@ -901,7 +901,8 @@ class SQLiteStore(MemoryStore, Service):
 
     def _committed(self, trimmed: int | None, waiting: list[Deferred[None] | None],
                    users: dict[str, Devices],
-                   outcomes: list[tuple[_Op, tuple[Presence, ...], Marks]], recorded: int) -> None:
+                   outcomes: list[tuple[_Op, tuple[Presence, ...], Marks]], recorded: int,
+                   ops: list[_Op]) -> None:
         self._now_available()
         for userid, devices in users.items():
             if devices.latest is not None or userid in self._users:
@@ -924,7 +925,7 @@ class SQLiteStore(MemoryStore, Service):
                 # Stored all the same: a failing stream must not leave the
                 # rest of the batch unanswered.
                 log.failure("delivering a stored change failed")
-        self._release_all(op for op, _, _ in outcomes)
+        self._release_all(ops)
         for d in waiting:
             if d is not None:
                 d.callback(None)
@@ -942,7 +943,7 @@ class SQLiteStore(MemoryStore, Service):
         for op in ops:
             if isinstance(op, _Ping):
                 self._release(op.ping.userid)
-            elif isinstance(op, _Offline):
+            elif not isinstance(op, _Delivered):
                 self._release(op.userid)
 
     def _written(self, _: object) -> None:
