@@ -163,3 +163,31 @@ def test_dotenv_in_working_directory_configures_twistd(tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert "bad setting MAX_USERS_PER_STREAM='zero'" in result.stderr
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("90", 90), ("90s", 90), ("15m", 900), ("24h", 86400), ("30d", 2_592_000), ("1.5h", 5400),
+])
+def test_durations(text, seconds):
+    assert settings(env={"DEVICE_RETENTION": text}).device_retention == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "-1d", "5w", "d", "1e999", "nan"])
+def test_bad_durations_name_the_setting(text):
+    with pytest.raises(UsageError, match="DEVICE_RETENTION"):
+        settings(env={"DEVICE_RETENTION": text})
+
+
+def test_api_keys_and_drain():
+    s = settings(env={"API_KEY": " one, two ,,", "DRAIN_SECONDS": "2.5"})
+    assert (s.api_key, s.drain_seconds) == (("one", "two"), 2.5)
+    assert (settings().api_key, settings().drain_seconds, settings().device_retention) == (
+        (), 0, 30 * 86400)
+    with pytest.raises(UsageError, match="DRAIN_SECONDS"):
+        settings(env={"DRAIN_SECONDS": "-1"})
+
+
+def test_api_keys_are_never_logged():
+    from heartbeat.daemon.logs import MASK, masked
+
+    assert masked(settings(env={"API_KEY": "secret-one,secret-two"}))["API_KEY"] == MASK

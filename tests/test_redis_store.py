@@ -222,7 +222,9 @@ async def test_a_ping_redis_refuses_fails_alone(make_store, redis_server):
 async def test_prefix_names_keys_and_channels(make_store, redis_server):
     store = await started(make_store(prefix="hb/test/"))
     await store.subscribe("alice")
-    assert redis_server.command("PUBSUB", "CHANNELS").split() == [b"hb/test/alice"]
+    # The user's channel, and the instances' control channel (disconnect), held from the start.
+    assert sorted(redis_server.command("PUBSUB", "CHANNELS").split()) == [
+        b"hb/test/alice", b"{hb/test/}:control"]
     await store.ping(Ping("alice", 5, "1"))
     # The compat key, then the user's and the deadline partition's keys and the change
     # feed, all prefixed.

@@ -13,7 +13,7 @@ from tests.helpers.in_memory import Wire, events, request_bytes
 def test_a_wrong_method_is_405_with_allow_from_the_table():
     wire = Wire()
     for method, path, allow in [("GET", "/ping", b"POST"), ("POST", "/subscribe/alice", b"GET, HEAD"),
-                                ("DELETE", "/status", b"GET, HEAD"), ("PUT", "/subscribe", b"GET, HEAD, POST")]:
+                                ("DELETE", "/status", b"GET, HEAD, POST"), ("PUT", "/subscribe", b"GET, HEAD, POST")]:
         answer = wire.request(method, path)
         assert (answer.status, answer.headers[b"allow"]) == (405, allow), (method, path)
         assert answer.json()["error"] == "method not allowed"
@@ -40,7 +40,9 @@ def test_a_method_declared_twice_for_a_path_is_refused():
 
 
 def test_klein_serves_only_the_cold_routes():
-    assert {route.path for route in ROUTES.cold()} == {"/status", "/changes", "/health", "/metrics"}
+    assert {route.path for route in ROUTES.cold()} == {
+        "/status", "/changes", "/health", "/metrics", "/livez", "/readyz", "/online",
+        "/users/<path:userid>", "/users/<path:userid>/disconnect"}
     assert all(route.serve in (CALL, STREAM) for route in ROUTES.routes if route.path.startswith(("/ping", "/leave", "/subscribe")))
 
 

@@ -132,7 +132,7 @@ def _started(directory: Path, users: int) -> tuple[float, int, int]:
     try:
         wait_for_port(daemon.port, daemon.proc)
         port_s = time.monotonic() - started
-        wait_for(lambda: b"heartbeat_online_users" in get(daemon.port, "/metrics")[2])  # loaded
+        wait_for(lambda: get(daemon.port, "/readyz")[0] == 200)  # presence loaded
         userid = f"user{random.randrange(users)}"
         code, _, body = get(daemon.port, f"/status?user={userid}")
         assert code == 200 and json.loads(body)[userid] == {

@@ -68,3 +68,21 @@ def test_a_request_started_while_draining_is_answered_then_closed():
     pending.callback(None)
     assert b"Connection: close" in conn.take()
     assert conn.transport.disconnecting
+
+
+def test_drain_seconds_turns_readyz_off_at_once_and_spreads_stream_ends():
+    server = MemoryServer(DRAIN_SECONDS="2")
+    server.service.startService()
+    streams = [server.send("GET", f"/subscribe/u{i}") for i in range(100)]
+    stopping = server.service.stopService()
+    assert server.send("GET", "/readyz").take().startswith(b"HTTP/1.1 503")
+    assert server.send("GET", "/livez").take().startswith(b"HTTP/1.1 200")
+    ended: list[int] = []
+    for _ in range(20):  # two seconds, a tenth at a time
+        ended.append(sum(1 for s in streams if s.transport.value().endswith(b"0\r\n\r\n")))
+        assert server.ping_raw("alice", "0")[0] == 200  # still serving
+        server.clock.advance(0.1)
+    ended.append(sum(1 for s in streams if s.transport.value().endswith(b"0\r\n\r\n")))
+    assert ended[-1] == 100 and ended[10] in range(45, 56), ended  # half by half-time
+    assert all(b"retry: " in s.transport.value()[-40:] for s in streams)
+    assert not stopping.called  # the ordered stop comes after the window

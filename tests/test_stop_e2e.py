@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import signal
 import socket
 import ssl
@@ -13,19 +12,9 @@ from collections.abc import Callable
 import pytest
 
 from tests.helpers.clients import SSEClient, health
-from tests.helpers.processes import Daemon
+from tests.helpers.processes import Daemon, room_for_streams
 
 STREAMS = 2000
-
-
-def _room_for(n: int) -> int:
-    """Raise our open-file limit (the daemon inherits it); how many streams fit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = n + 200
-    if soft < want and (hard == resource.RLIM_INFINITY or hard >= want):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        soft = want
-    return min(n, soft - 200)
 
 
 # (how the daemon listens, the signal, how many streams are open): thousands over
@@ -52,7 +41,7 @@ def open_daemon(request: pytest.FixtureRequest, start_daemon) -> Callable:
 
 @pytest.mark.parametrize(("listen", "sig", "wanted"), STOPS)
 def test_a_stop_signal_ends_every_open_stream_cleanly_within_5s(open_daemon, listen, sig, wanted):
-    n = _room_for(wanted)
+    n = room_for_streams(wanted)
     assert n >= min(wanted, 1000), "the open-file limit leaves too little room for the test"
     daemon, tls = open_daemon(listen)
     streams = [SSEClient(daemon.port, f"/subscribe/u{i % 200}", tls=tls) for i in range(n)]

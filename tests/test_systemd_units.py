@@ -36,7 +36,13 @@ def test_service_runs_twistd_as_notify_with_hardening():
 def test_service_keeps_the_embedded_store_in_its_state_directory():
     service = unit("heartbeat.service")["Service"]
     assert service["StateDirectory"] == "heartbeat"
-    assert service["Environment"] == "DATABASE=/var/lib/heartbeat/heartbeat.db"
+    assert "DATABASE=/var/lib/heartbeat/heartbeat.db" in service["Environment"].split()
+
+
+def test_service_gives_the_drain_time_to_stop():
+    service = unit("heartbeat.service")["Service"]
+    env = dict(item.split("=", 1) for item in service["Environment"].split())
+    assert float(service["TimeoutStopSec"]) > float(env["DRAIN_SECONDS"]) + 5
 
 
 def test_socket_and_its_drop_in_agree():

@@ -117,6 +117,17 @@ def test_a_worker_that_ignores_sigterm_is_killed():
     assert reactor.spawned[0][4].signals == ["TERM", "KILL"]
 
 
+def test_a_draining_worker_is_given_drain_seconds_more():
+    reactor = _Reactor()
+    pool = WorkerPool(reactor, 1, {}, lambda: succeed(_Port()), drain_seconds=3)
+    pool.startService()
+    pool.stopService()
+    reactor.advance(7.9)
+    assert reactor.spawned[0][4].signals == ["TERM"]
+    reactor.advance(0.2)
+    assert reactor.spawned[0][4].signals == ["TERM", "KILL"]
+
+
 def _children(pid: int) -> set[int]:
     with open(f"/proc/{pid}/task/{pid}/children") as f:
         return {int(p) for p in f.read().split()}

@@ -119,6 +119,8 @@ class Hub:
         store.listener = self
         self._interest: dict[str, _Interest] = {}
         self.streams: set[Stream] = set()
+        # The open streams of each user whose credentials opened them.
+        self._owned: dict[str, set[Stream]] = {}
         # Streams opened with a token that has ``exp`` end then (SPEC §1), so a
         # client reads only while it holds a valid token.
         self._expiry: Deadlines[Stream] = Deadlines(clock, _expire)
@@ -140,6 +142,8 @@ class Hub:
         """
         self.streams.add(stream)
         stream.ends = self
+        if stream.owner is not None:
+            self._owned.setdefault(stream.owner, set()).add(stream)
         if expires is not None:
             self._expiry.arm_at(stream, expires)
         plain = stream.options.plain
@@ -238,6 +242,11 @@ class Hub:
         if stream not in self.streams:
             return
         self.streams.discard(stream)
+        owned = self._owned.get(stream.owner) if stream.owner is not None else None
+        if owned is not None:
+            owned.discard(stream)
+            if not owned:
+                del self._owned[stream.owner]  # type: ignore[arg-type]
         self._expiry.disarm(stream)
         for userid in stream.userids:
             interest = self._interest[userid]
@@ -253,6 +262,16 @@ class Hub:
         if interest is None:
             return
         interest.deliveries += 1
+        if change.erased:
+            # Every stream of the user hears it (device and changes=only
+            # streams too); nothing of theirs is known any more.
+            interest.learn(None)
+            quiet_streams = tuple(s for group in interest.quiet.values() for s in group)
+            plain = tuple(s for s in interest.all_streams() if s not in quiet_streams)
+            self._fan_out(Event(change), plain)
+            if quiet_streams:
+                self._fan_out(Event(change, position), quiet_streams)
+            return
         quiet = interest.quiet
         before = interest.view_of(change.clientid) if quiet else None
         if change.clientid is None:
@@ -263,13 +282,18 @@ class Hub:
             watching = interest.device_streams.get(change.clientid)
         if quiet:
             self._deliver_quiet(interest, before, change, position)
-        if not watching:
-            return
-        event = Event(change)
-        streams = tuple(watching)
+        if watching:
+            self._fan_out(Event(change), tuple(watching))
+
+    def _fan_out(self, event: Event, streams: tuple[Stream, ...]) -> None:
         self.delivered += len(streams)
         for stream in streams:
             stream.send(event)
+
+    def disconnect(self, userid: str) -> None:
+        """End every stream opened here with ``userid``'s credentials."""
+        for stream in tuple(self._owned.get(userid, ())):
+            stream.close()
 
     def _deliver_quiet(self, interest: _Interest, before: Presence | None, change: Presence,
                        position: Position | None) -> None:
@@ -284,11 +308,7 @@ class Hub:
             return
         if position is None and (self._positions or not visibly_changed(before, change)):
             return
-        event = Event(change, position)
-        streams = tuple(quiet)
-        self.delivered += len(streams)
-        for stream in streams:
-            stream.send(event)
+        self._fan_out(Event(change, position), tuple(quiet))
 
     def bus_lost(self) -> None:
         """Changes may go unheard until ``resync``: streams opening meanwhile

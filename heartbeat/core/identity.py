@@ -103,10 +103,13 @@ class Reading:
 
     ``expires`` is the token's ``exp``: a stream opened for this read is
     ended then, so the client reconnects with whatever token it has now.
+    ``owner`` is the user whose credentials (token, or claim) asked, if any:
+    a logout of that user ends the stream.
     """
 
     userids: tuple[str, ...]
     expires: float | None = None
+    owner: str | None = None
 
 
 def token_claims(claims: dict[str, object]) -> Token:
@@ -134,6 +137,17 @@ def token_claims(claims: dict[str, object]) -> Token:
             raise BadCredentials("token's watch claim must be a list of user ids")
         watch = frozenset(listed)
     return Token(userid, exp, watch, clientid or "")
+
+
+def _claimed_user(request: RequestView) -> str | None:
+    """The user a read's ``X-User-Claim`` names, if it names one; reads need none."""
+    header = request.getHeader(CLAIM_HEADER)
+    if header is None:
+        return None
+    try:
+        return user_from_claim(header)[0]
+    except BadInput:
+        return None
 
 
 class Identity:
@@ -180,7 +194,7 @@ class Identity:
             self.check_userid(token.userid)
         checked = self.check_userids(userids)
         if token is None:
-            return Reading(checked)
+            return Reading(checked, owner=_claimed_user(request))
         if token.watch is not None:
             refused = sum(
                 1 for userid in checked if userid != token.userid and userid not in token.watch
@@ -189,7 +203,7 @@ class Identity:
                 raise NotAllowed(
                     f"this token may not read {refused} of the {len(checked)} users asked for"
                 )
-        return Reading(checked, token.exp)
+        return Reading(checked, token.exp, token.userid)
 
     def check_userid(self, userid: str) -> str:
         """``userid`` if it is a user id we accept, else a 400."""

@@ -44,6 +44,9 @@ class Presence:
     status: str
     online: bool = True
     clientid: str | None = None
+    # The user was erased (``DELETE /users/{id}``): their last event, which
+    # says nothing of them but their id.
+    erased: bool = False
 
     def as_status(self) -> dict[str, object]:
         """The ``/status`` shape of this view (no ``userid``)."""
@@ -51,6 +54,8 @@ class Presence:
 
     def as_event(self) -> dict[str, object]:
         """The event's JSON object: on streams and, as it is, on the bus."""
+        if self.erased:
+            return {"userid": self.userid, "online": False, "erased": True}
         event: dict[str, object] = {
             "time": self.time, "status": self.status, "userid": self.userid, "online": self.online,
         }
@@ -195,3 +200,8 @@ class Devices:
             return (gone,)
         user = self.user()
         return (gone,) if user is None else (gone, user)
+
+
+def erased(userid: str) -> Presence:
+    """The change that tells watchers ``userid`` was erased."""
+    return Presence(userid, 0, "", False, erased=True)

@@ -60,8 +60,9 @@ class OptionStream(Stream):
         last_event_id: bytes | None,
         clientid: str | None,
         options: StreamOptions,
+        owner: str | None = None,
     ) -> None:
-        super().__init__(userids, clock, blocked_timeout, last_event_id, clientid)
+        super().__init__(userids, clock, blocked_timeout, last_event_id, clientid, owner)
         self.options = options
         # Live events held until the current state is sent (the latest of
         # each user, oldest first, as while paused); None once it is sent.
@@ -170,9 +171,9 @@ class OptionStream(Stream):
         self._stop_batches()
         super().connectionLost(reason)
 
-    def close(self) -> Deferred[None]:
+    def close(self, retry_ms: int | None = None) -> Deferred[None]:
         self._stop_batches()
-        return super().close()
+        return super().close(retry_ms)
 
 
 def _snapshot_id(views: Collection[Presence]) -> str:

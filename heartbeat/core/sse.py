@@ -38,6 +38,8 @@ def event_id(change: Presence) -> str:
         key += "\0offline"
     if change.clientid is not None:
         key += f"\0client\0{change.clientid}"
+    if change.erased:
+        key += "\0erased"
     digest = blake2b(key.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
     return f"{change.time}-{digest}"
 

@@ -53,6 +53,9 @@ class BusListener(Protocol):
     def resync(self) -> object:
         """The bus was down: pings may have been missed, re-read stored state."""
 
+    def disconnect(self, userid: str) -> None:
+        """End the streams opened here with ``userid``'s credentials (a logout, a ban)."""
+
 
 class HubStore(Protocol):
     """Stored presence, and the bus that brings its changes for the users subscribed."""
@@ -118,6 +121,22 @@ class Store(HubStore, Protocol):
         pinged, left already, timed out). Fails with
         :class:`StoreUnavailable` when it was not stored.
         """
+
+    def online_page(self, after: str | None, limit: int) -> Deferred[tuple[list[str], str | None]]:
+        """Up to ``limit`` users online now, and the token of the next page (None: the last).
+
+        ``after`` is a token this store gave; paging from None to the last
+        page names each user online throughout exactly once. A token that is
+        not one fails with :class:`~heartbeat.core.errors.BadInput`.
+        """
+
+    def erase(self, userid: str) -> Deferred[None]:
+        """Forget every trace of ``userid`` (latest ping, devices, deadlines), atomically,
+        and publish the ``erased`` change to their watchers."""
+
+    def disconnect(self, userid: str) -> Deferred[None]:
+        """Have every instance end the streams opened with ``userid``'s credentials
+        (:meth:`BusListener.disconnect` on each)."""
 
     def close(self) -> Deferred[None]:
         """Release connections; called last on shutdown."""

@@ -60,7 +60,7 @@ class Stream:
     """
 
     __slots__ = (
-        "userids", "clientid", "last_event_id", "seen", "closed", "held", "transport",
+        "userids", "clientid", "owner", "last_event_id", "seen", "closed", "held", "transport",
         "ends", "_clock", "_blocked_timeout", "_blocked", "_gone", "_lost",
     )
     # A stream with options is a :class:`heartbeat.core.quiet.OptionStream`.
@@ -73,9 +73,13 @@ class Stream:
         blocked_timeout: float,
         last_event_id: bytes | None = None,
         clientid: str | None = None,
+        owner: str | None = None,
     ) -> None:
         self.userids = userids
         self.clientid = clientid
+        # Whose credentials opened it (None: no user's), so a logout or an
+        # erasure of that user can end it.
+        self.owner = owner
         # What a reconnecting browser says it saw last (``Last-Event-ID``).
         self.last_event_id = last_event_id
         # The last change this stream was sent per user, to resend only what
@@ -178,9 +182,11 @@ class Stream:
                 self._blocked.cancel()
             self._blocked = None
 
-    def close(self) -> Deferred[None]:
+    def close(self, retry_ms: int | None = None) -> Deferred[None]:
         """End the response cleanly (the client sees the stream end).
 
+        ``retry_ms``: first tell the client how long to wait before it
+        reconnects (a draining instance spreads its clients' returns).
         Fires once the connection is gone, its last bytes flushed; the
         caller (shutdown) bounds the wait.
         """
@@ -195,6 +201,8 @@ class Stream:
             if self.ends is not None:
                 self.ends.detach(self)
             transport.unregisterProducer()
+            if retry_ms is not None and self.held is None:
+                transport.send(Frame(b"retry: %d\n" % retry_ms))
             transport.end()
         return self._gone
 

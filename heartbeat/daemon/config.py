@@ -56,6 +56,8 @@ class Settings:
     webhook_url: tuple[str, ...] = ()
     webhook_secret: str | None = None
     webhook_events: tuple[str, ...] = CHANGE_TYPES
+    drain_seconds: float = 0.0
+    device_retention: float = 30 * 86400.0
 
 
 # The endpoint types whose listen backlog we set from BACKLOG.
@@ -88,6 +90,13 @@ def _count(value: str) -> int:
     number = int(value)
     if number < 0:
         raise ValueError("must be a whole number, 0 or more")
+    return number
+
+
+def _seconds(value: str) -> float:
+    number = float(value)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError("must be a number of seconds, 0 or more")
     return number
 
 
@@ -236,11 +245,13 @@ SETTINGS = (
     Setting("REQUEST_TIMEOUT", "10", _positive_float, "seconds a client has to send a whole request (headers and body)"),
     Setting("STREAM_BLOCKED_TIMEOUT", "60", _positive_float, "seconds a stream may stay blocked by a client that does not read"),
     Setting("LOG_FORMAT", "text", _log_format, "log lines as text, or json (one JSON object per line, for log shippers)"),
-    Setting("API_KEY", "", _keys, "comma-separated keys of the backend routes (/changes, …); unset: they answer 403"),
+    Setting("API_KEY", "", _keys, "comma-separated keys of the backend routes (/changes, POST /status, /online, /users/…); unset: they answer 403"),
     Setting("CHANGES_RETENTION", "24h", parse_duration, "how long the change feed keeps a change (seconds, or 90s, 30m, 24h, 7d)"),
     Setting("WEBHOOK_URL", "", _webhook_urls, "comma-separated http(s):// URLs each change of the feed is POSTed to"),
     Setting("WEBHOOK_SECRET", "", _webhook_secret, "the Standard Webhooks signing secret, whsec_<base64 of at least 24 bytes>; needed with WEBHOOK_URL"),
     Setting("WEBHOOK_EVENTS", ",".join(CHANGE_TYPES), _webhook_events, "comma-separated change types the webhooks send"),
+    Setting("DRAIN_SECONDS", "0", _seconds, "on stop, seconds to keep serving after /readyz turns 503, ending streams spread over them"),
+    Setting("DEVICE_RETENTION", "30d", parse_duration, "how long an offline device is remembered: seconds, or a number with s, m, h or d"),
 )
 
 

@@ -19,16 +19,18 @@ from heartbeat.store.redis.address import RedisAddress
 log = Logger()
 
 MASK = "***"
+# Settings whose values are credentials: logged as set, never shown.
+_SECRETS = ("jwt_secret", "api_key")
 
 
 def masked(settings: Settings) -> dict[str, str]:
-    """Each setting's effective value as text, the JWT secret and Redis password hidden."""
+    """Each setting's effective value as text, credentials (the JWT secret, API keys, Redis password) hidden."""
     values: dict[str, str] = {}
     for setting in SETTINGS:
         value = getattr(settings, setting.field)
         if value is None or value == ():
             text = "unset"
-        elif setting.field == "jwt_secret":
+        elif setting.field in _SECRETS:
             text = MASK
         elif isinstance(value, RedisAddress):
             text = value.describe(MASK)

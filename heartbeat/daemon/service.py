@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import math
+import random
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -16,6 +18,7 @@ from twisted.internet.defer import (
 )
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
@@ -34,6 +37,11 @@ log = Logger()
 # connection to leave, before aborting what is left: with the store's close
 # after it, well inside the 5 s a supervisor allows.
 DRAIN_TIMEOUT = 3.0
+# While draining (DRAIN_SECONDS), how often a share of the open streams is ended.
+DRAIN_TICK = 0.1
+# The reconnect delay told to each stream a draining instance ends, drawn
+# from this range (ms) so its clients do not all come back at one moment.
+DRAIN_RETRY_MS = (1000, 5000)
 
 
 class SettleGarbageCollector(Service):
@@ -144,8 +152,10 @@ class HeartbeatService(MultiService):
         clock: IReactorTime,
         log_observer: ILogObserver | None = None,
         listen_setting: str = "",
+        drain_seconds: float = 0.0,
     ) -> None:
         super().__init__()
+        self.drain_seconds = drain_seconds
         self.edge = edge
         self.hub = hub
         self.store = store
@@ -208,10 +218,15 @@ class HeartbeatService(MultiService):
 
     async def _stop(self) -> None:
         self.running = False
+        # /readyz says 503 from now on: a load balancer stops sending clients.
+        self.edge.api.stopping = True
         systemd.notify("STOPPING=1")
         workers_stopped = self.workers.stopService() if self.workers else None
         if self._ready is not None:
             self._ready.cancel()
+        if self.drain_seconds > 0:
+            log.info("draining for {seconds:g}s before stopping", seconds=self.drain_seconds)
+            await self._spread_stream_ends(self.drain_seconds)
         await self.listening.stopService()
         await self.keepalive.stopService()
         # Streams own their connections; every other connection is the edge's.
@@ -228,6 +243,35 @@ class HeartbeatService(MultiService):
         if workers_stopped is not None:
             await workers_stopped
         log.info("heartbeat stopped")
+
+
+    async def _spread_stream_ends(self, window: float) -> None:
+        """Keep serving for ``window`` seconds, ending the open streams evenly over it.
+
+        Each tick ends the share of the streams open then that the time left
+        calls for, so streams opened meanwhile (clients the load balancer
+        still sends) end too, and a late tick catches up rather than
+        bunching the rest at the end.
+        """
+        clock = self.clock
+        end = clock.seconds() + window
+        # The fraction of a stream a tick's share left over, carried to the
+        # next, so rounding never bunches ends together.
+        owed = 0.0
+        while True:
+            left = end - clock.seconds()
+            last = left <= DRAIN_TICK  # (a late tick may find the window gone)
+            streams = tuple(self.hub.streams)
+            owed += len(streams) * (1.0 if last else DRAIN_TICK / left)
+            share = min(len(streams), math.floor(owed))
+            owed -= share
+            for stream in random.sample(streams, share):
+                stream.close(retry_ms=random.randint(*DRAIN_RETRY_MS))
+            if last:
+                break
+            await deferLater(clock, DRAIN_TICK)
+        if left > 0:
+            await deferLater(clock, left)
 
 
 def _abort(streams: tuple[Stream, ...]) -> None:

@@ -73,7 +73,8 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         from heartbeat.daemon.workers import WorkerPool
 
         pool = WorkerPool(
-            reactor, settings.workers - 1, config, service.when_listening, sockets or ()
+            reactor, settings.workers - 1, config, service.when_listening, sockets or (),
+            settings.drain_seconds,
         )
         service.add_workers(pool)
     # Last child, so it runs once the rest has started.
@@ -92,7 +93,7 @@ def _endpoint(reactor: Any, settings: Settings) -> IStreamServerEndpoint:
 def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatService:
     """The service tree of ``settings``; a ``DATABASE`` it cannot use raises ``DatabaseUnusable``."""
     log_settings(settings)
-    store = _store(settings, reactor)
+    store = make_store(settings, reactor)
     # The change feed: the in-process stores' own, one Redis's stream; none in a Cluster yet.
     feed: ChangeFeed | None = (
         store if isinstance(store, MemoryStore) else getattr(store, "change_feed", None))
@@ -106,7 +107,7 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
     edge = Edge(api, site, ROUTES, reactor, settings.max_header_bytes, settings.request_timeout)
     service = HeartbeatService(
         endpoint, edge, hub, store, settings.keepalive, reactor, log_observer(settings),
-        settings.listen,
+        settings.listen, settings.drain_seconds,
     )
     if IService.providedBy(store):
         # It connects when the service starts; HeartbeatService closes it last.
@@ -123,16 +124,18 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
     return service
 
 
-def _store(settings: Settings, reactor: Any) -> Store:
+def make_store(settings: Settings, reactor: Any) -> Store:
+    """The store ``settings`` name (also ``python -m heartbeat.admin``'s)."""
     hiding = Hiding.of(settings.hidden_statuses)
     if settings.redis is None:
         return open_store(settings.database, reactor, settings.presence_timeout, hiding,
-                          changes_retention=settings.changes_retention,
+                          settings.device_retention, changes_retention=settings.changes_retention,
                           max_devices=settings.max_devices_per_user)
     # Imported only when used: txredisapi imports the global reactor.
     from heartbeat.store.redis.store import RedisStore
 
     return RedisStore(settings.redis, settings.redis_prefix, reactor, settings.presence_timeout,
                       settings.redis_ca_file, settings.redis_wait_replicas, hiding,
+                      retention=settings.device_retention,
                       changes_retention=settings.changes_retention,
                       max_devices=settings.max_devices_per_user)

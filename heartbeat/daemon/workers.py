@@ -126,8 +126,11 @@ class WorkerPool(Service):
         options: Mapping[str, str | None],
         listening: Callable[[], Deferred[IListeningPort]],
         sockets: Sequence[socket.socket] = (),
+        drain_seconds: float = 0.0,
     ) -> None:
         self._reactor = reactor
+        # A stopping worker drains (DRAIN_SECONDS) before its own 5 s stop.
+        self._kill_after = KILL_AFTER + drain_seconds
         self._count = count
         self._options = options
         self._listening = listening
@@ -180,7 +183,7 @@ class WorkerPool(Service):
         waits = []
         for worker, process in list(self._workers.values()):
             _signal(process, "TERM")
-            kill = self._reactor.callLater(KILL_AFTER, _signal, process, "KILL")
+            kill = self._reactor.callLater(self._kill_after, _signal, process, "KILL")
             worker.done.addCallback(_cancel, kill)
             waits.append(worker.done)
         return DeferredList(waits).addCallback(self._close_sockets)

@@ -7,10 +7,13 @@ it (:func:`~heartbeat.core.changes.ping_changes`), recorded in the store's
 
 from __future__ import annotations
 
+import base64
+import binascii
+import heapq
 from collections.abc import Collection, Iterable, Mapping
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from heartbeat.core.changes import (
     Page,
@@ -21,14 +24,48 @@ from heartbeat.core.changes import (
     room_changes,
 )
 from heartbeat.core.deadlines import Deadlines
+from heartbeat.core.errors import BadInput
 from heartbeat.core.hidden_statuses import Hiding
-from heartbeat.core.presence import MAX_DEVICES_PER_USER, Devices, Ping, Presence, UserState
+from heartbeat.core.presence import (
+    MAX_DEVICES_PER_USER,
+    Devices,
+    Ping,
+    Presence,
+    UserState,
+    erased,
+)
 from heartbeat.core.store_contract import BusListener
 from heartbeat.store.changelog import DEFAULT_RETENTION, ChangeLog, now_ms
 
 # Each published view's change-feed position, by clientid (None: the user's view).
 Marks = Mapping[str | None, Position]
 NO_MARKS: Marks = {}
+
+# Seconds between sweeps for devices past ``DEVICE_RETENTION``, at most and at least.
+PRUNE_INTERVAL = (1.0, 3600.0)
+
+
+def prune_interval(retention: float) -> float:
+    """How often to look for forgotten devices: a device goes at most a
+    quarter of the retention (an hour at most) after it is due."""
+    low, high = PRUNE_INTERVAL
+    return min(max(retention / 4, low), high)
+
+
+def page_token(userid: str) -> str:
+    """The ``next`` of a page that ended with ``userid``: opaque, URL-safe."""
+    return base64.urlsafe_b64encode(userid.encode("utf-8", "surrogatepass")).decode("ascii")
+
+
+def page_after(token: str | None) -> str | None:
+    """The user id a :func:`page_token` names, or a 400."""
+    if token is None:
+        return None
+    try:
+        raw = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True)
+        return raw.decode("utf-8", "surrogatepass")
+    except (ValueError, binascii.Error, UnicodeError):
+        raise BadInput("after must be the next token of the previous page") from None
 
 
 class MemoryStore:
@@ -46,7 +83,8 @@ class MemoryStore:
     kind = "memory"
 
     def __init__(self, clock: IReactorTime, timeout: float, hiding: Hiding = Hiding(),
-                 *, changes_retention: float = DEFAULT_RETENTION,
+                 retention: float | None = None, *,
+                 changes_retention: float = DEFAULT_RETENTION,
                  feed: ChangeLog | None = None,
                  max_devices: int = MAX_DEVICES_PER_USER) -> None:
         self._clock = clock
@@ -55,6 +93,11 @@ class MemoryStore:
         self.feed = feed if feed is not None else ChangeLog(clock, changes_retention)
         self._timeout = timeout
         self._hiding = hiding
+        # DEVICE_RETENTION: None keeps devices for ever (tests that do not prune).
+        self._retention = retention
+        self._prune_call: IDelayedCall | None = None
+        if retention is not None:
+            self._prune_call = clock.callLater(prune_interval(retention), self._prune)
         self._users: dict[str, Devices] = {}
         self._subscribed: set[str] = set()
         self._deadlines: Deadlines[tuple[str, str]] = Deadlines(clock, self._timed_out)
@@ -172,7 +215,68 @@ class MemoryStore:
 
     def close(self) -> Deferred[None]:
         self._deadlines.stop()
+        if self._prune_call is not None and self._prune_call.active():
+            self._prune_call.cancel()
+        self._prune_call = None
         return succeed(None)
+
+    def online_page(self, after: str | None, limit: int) -> Deferred[tuple[list[str], str | None]]:
+        # In user-id order, so a page picks up where the last ended.
+        start = page_after(after)
+        online = self._online if start is None else (u for u in self._online if u > start)
+        page = heapq.nsmallest(limit + 1, online)
+        if len(page) <= limit:
+            return succeed((page, None))
+        return succeed((page[:limit], page_token(page[limit - 1])))
+
+    def erase(self, userid: str) -> Deferred[None]:
+        self._apply_erase(userid)
+        return succeed(None)
+
+    def disconnect(self, userid: str) -> Deferred[None]:
+        if self.listener is not None:
+            self.listener.disconnect(userid)
+        return succeed(None)
+
+    def _apply_erase(self, userid: str) -> None:
+        """Forget the user, their feed entries too, but for the one erased change."""
+        self.feed.erase(userid, now_ms(self._clock))
+        self._erased(userid, {None: Position.at(self.feed.epoch, self.feed.newest)})
+
+    def _erased(self, userid: str, marks: Marks) -> None:
+        """What an erasure does besides its feed: memory, deadlines, watchers."""
+        devices = self._users.pop(userid, None)
+        self._online.discard(userid)
+        for clientid in () if devices is None else devices.devices:
+            self._deadlines.disarm((userid, clientid))
+        # A device that only ever pinged hidden has a deadline and no entry:
+        # it fires into no user (nothing happens), and is never on disk.
+        self._publish((erased(userid),), marks)
+
+    def _prune(self) -> None:
+        """Forget the devices offline for longer than ``DEVICE_RETENTION``."""
+        assert self._retention is not None
+        self._prune_call = None
+        cutoff = self._clock.seconds() - self._retention
+        self._forget(self._stale(cutoff), cutoff)
+        self._prune_call = self._clock.callLater(prune_interval(self._retention), self._prune)
+
+    def _stale(self, cutoff: float) -> list[tuple[str, str]]:
+        """The devices offline whose last ping was before ``cutoff``."""
+        return [
+            (userid, clientid)
+            for userid, devices in self._users.items()
+            for clientid, device in devices.devices.items()
+            if not device.online and device.time < cutoff
+        ]
+
+    def _forget(self, stale: Iterable[tuple[str, str]], cutoff: float) -> None:
+        for userid, clientid in stale:
+            devices = self._users.get(userid)
+            if devices is not None:
+                device = devices.devices.get(clientid)
+                if device is not None and not device.online and device.time < cutoff:
+                    del devices.devices[clientid]
 
     def _offline(self, userid: str, clientid: str) -> None:
         devices = self._users.get(userid)

@@ -42,7 +42,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
@@ -51,6 +51,7 @@ from heartbeat.core.changes import (
     Page,
     Position,
     PositionGone,
+    erased_change,
     new_epoch,
     offline_changes,
     ping_changes,
@@ -61,7 +62,7 @@ from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import MAX_DEVICES_PER_USER, Devices, Ping, Presence, UserState
 from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.store.changelog import DEFAULT_RETENTION, ChangeLog, now_ms
-from heartbeat.store.memory import NO_MARKS, Marks, MemoryStore
+from heartbeat.store.memory import NO_MARKS, Marks, MemoryStore, prune_interval
 
 log = Logger()
 
@@ -119,6 +120,12 @@ _FORGET = "DELETE FROM devices WHERE userid = ? AND clientid = ?"
 _ONLINE_USERS = "SELECT DISTINCT userid FROM devices WHERE deadline IS NOT NULL"
 # Most userids in one IN (…): under SQLite's smallest variable limit.
 _READ_CHUNK = 500
+_ERASE_USER = "DELETE FROM users WHERE userid = ?"
+_ERASE_DEVICES = "DELETE FROM devices WHERE userid = ?"
+# The user's changes in the feed; the erased change is written after it.
+_ERASE_CHANGES = "DELETE FROM changes WHERE userid = ? AND seq < ?"
+# Offline devices (left, or past their deadline) last seen before a cutoff.
+_STALE = "FROM devices WHERE time < ? AND (deadline IS NULL OR deadline <= ?)"
 
 
 class DatabaseUnusable(Exception):
@@ -144,6 +151,9 @@ class Changes:
     leaves: dict[tuple[str, str], None] = field(default_factory=dict)
     # Devices forgotten for MAX_DEVICES_PER_USER.
     forgets: dict[tuple[str, str], None] = field(default_factory=dict)
+    # Users erased in this batch (an erasure ends its batch), each with the
+    # seq of its erased change: their rows go, and their changes before it.
+    erased: dict[str, int] = field(default_factory=dict)
     # The feed's rows (SPEC §8), a trim of those older than ``trim_before``
     # (epoch ms), and meta values (webhooks' delivered positions).
     feed: list[tuple[object, ...]] = field(default_factory=list)
@@ -170,6 +180,21 @@ class Changes:
         self.devices.pop(key, None)
         self.leaves.pop(key, None)
         self.forgets[key] = None
+    def erase(self, change: Change, seq: int) -> None:
+        """Erase ``change``'s user: the rows queued for them too, and record
+        ``change`` (their erased change) as ``seq``."""
+        userid = change.userid
+        self.users.pop(userid, None)
+        for rows in (self.devices, self.leaves):
+            for key in [key for key in rows if key[0] == userid]:
+                del rows[key]
+        self.erased[userid] = seq
+        self.record(change, seq)
+
+    def record(self, change: Change, seq: int) -> None:
+        """``change`` into the feed, as ``seq``."""
+        self.feed.append((seq, change.at, change.type, change.userid, change.clientid,
+                          change.time, change.status, int(change.online)))
 
 
 class Database:
@@ -246,6 +271,9 @@ class Database:
             # pings, never the file. FULL (an fsync per commit) would make a
             # ping sent only after the last was answered wait for the disk.
             conn.execute("PRAGMA synchronous = NORMAL")
+            # A row deleted or replaced is overwritten with zeros, not left
+            # in free space: an erased user is gone from the file's bytes.
+            conn.execute("PRAGMA secure_delete = ON")
             self._conn = conn
         return conn
 
@@ -254,18 +282,39 @@ class Database:
         highest seq trimmed, if it trimmed."""
         trimmed: list[int] = []
 
+        erased = [(userid,) for userid in changes.erased]
+
         def work(conn: sqlite3.Connection) -> None:
+            conn.executemany(_ERASE_USER, erased)
+            conn.executemany(_ERASE_DEVICES, erased)
             conn.executemany(_PUT_USER, changes.users.values())
             conn.executemany(_PUT_DEVICE, changes.devices.values())
             conn.executemany(_LEAVE, changes.leaves)
             conn.executemany(_FORGET, changes.forgets)
             conn.executemany(_PUT_CHANGE, changes.feed)
+            # After the batch's own rows: none of the user's before their erased change stays.
+            conn.executemany(_ERASE_CHANGES, changes.erased.items())
             conn.executemany(_PUT_META, changes.meta.items())
             if changes.trim_before is not None:
                 trimmed.extend(_trim(conn, changes.trim_before))
 
         self._transaction(work)
+        if erased:
+            # The WAL still holds the erased rows' old pages: copy the file
+            # up to date and empty it, so no byte of theirs is left.
+            self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         return trimmed[0] if trimmed else None
+
+    def prune(self, cutoff: float, now: float) -> list[tuple[str, str]]:
+        """Delete the devices offline and last seen before ``cutoff``; which they were."""
+        stale: list[tuple[str, str]] = []
+
+        def delete(conn: sqlite3.Connection) -> None:
+            stale.extend(conn.execute("SELECT userid, clientid " + _STALE, (cutoff, now)))
+            conn.execute("DELETE " + _STALE, (cutoff, now))
+
+        self._transaction(delete)
+        return stale
 
     def read_changes(self, after: int | None, limit: int,
                      userids: tuple[str, ...] | None) -> tuple[list[tuple[Any, ...]], int] | None:
@@ -512,7 +561,20 @@ class _Forgot:
     clientid: str
 
 
-_Op = _Ping | _Offline | _Delivered | _Forgot
+@dataclass(frozen=True, slots=True)
+class _Erase:
+    userid: str
+
+
+_Op = _Ping | _Offline | _Delivered | _Forgot | _Erase
+
+
+def _user_of(op: _Op) -> str | None:
+    if isinstance(op, _Ping):
+        return op.ping.userid
+    if isinstance(op, (_Offline, _Erase, _Forgot)):
+        return op.userid
+    return None
 
 
 def _copied(devices: Devices | None, userid: str) -> Devices:
@@ -544,11 +606,12 @@ class SQLiteStore(MemoryStore, Service):
 
     def __init__(self, database: Database, reactor: Any,
                  timeout: float, hiding: Hiding = Hiding(), writer: Writer | None = None,
-                 *, changes_retention: float = DEFAULT_RETENTION,
+                 retention: float | None = None, *,
+                 changes_retention: float = DEFAULT_RETENTION,
                  max_devices: int = MAX_DEVICES_PER_USER) -> None:
         feed = ChangeLog(reactor, changes_retention, database.feed_epoch, database.feed_newest,
                          database.feed_trimmed)
-        super().__init__(reactor, timeout, hiding, feed=feed, max_devices=max_devices)
+        super().__init__(reactor, timeout, hiding, retention, feed=feed, max_devices=max_devices)
         self._reactor = reactor
         self._db = database
         self.available = True
@@ -727,6 +790,25 @@ class SQLiteStore(MemoryStore, Service):
         # Recorded like a leave, so its offline change is in the feed, once.
         self._queue(_Offline(*device, timeout=True), answered=False)
 
+    def erase(self, userid: str) -> Deferred[None]:
+        return self._queue(_Erase(userid))
+
+    def _prune(self) -> None:
+        """Forget old offline devices in the file first, then in memory, as a write."""
+        assert self._retention is not None
+        self._prune_call = None
+        now = self._clock.seconds()
+        cutoff = now - self._retention
+        d = self._run(self._db.prune, cutoff, now)
+        d.addCallback(self._forget, cutoff)
+        d.addErrback(lambda f: log.failure("forgetting old devices failed", f,
+                                           log_level=LogLevel.warn))
+        d.addCallback(self._prune_later)
+
+    def _prune_later(self, _: object) -> None:
+        if self.running and self._retention is not None:
+            self._prune_call = self._clock.callLater(prune_interval(self._retention), self._prune)
+
     def close(self) -> Deferred[None]:
         """Finish the writes under way, close the file, stop the threads, unlock."""
         for call in (self._probe_call, self._trim_call, self._load_call):
@@ -793,8 +875,9 @@ class SQLiteStore(MemoryStore, Service):
     def _queue(self, op: _Op, answered: bool = True) -> Deferred[None]:
         """Answered once a transaction, with ``op`` in it, commits."""
         d: Deferred[None] = Deferred()
-        if not isinstance(op, _Delivered):
-            self._hold(op.ping.userid if isinstance(op, _Ping) else op.userid)
+        held = _user_of(op)
+        if held is not None:
+            self._hold(held)
         self._ops.append(op)
         self._waiting.append(d if answered else None)
         self._schedule_flush()
@@ -819,6 +902,12 @@ class SQLiteStore(MemoryStore, Service):
             return
         ops, self._ops = self._ops, []
         waiting, self._waiting = self._waiting, []
+        erasing = next((n for n, op in enumerate(ops) if isinstance(op, _Erase)), None)
+        if erasing is not None:
+            # An erasure ends its batch: what comes after it is the next one's,
+            # so nothing of a user comes back from before it.
+            self._ops, ops = ops[erasing + 1:], ops[:erasing + 1]
+            self._waiting, waiting = waiting[erasing + 1:], waiting[:erasing + 1]
         rows, users, outcomes = self._work_out(ops)
         if trim:
             self._trimmed_at = now
@@ -856,12 +945,20 @@ class SQLiteStore(MemoryStore, Service):
             positions = []
             for change in changes:
                 seq += 1
-                rows.feed.append((seq, change.at, change.type, change.userid, change.clientid,
-                                  change.time, change.status, int(change.online)))
+                rows.record(change, seq)
                 positions.append(Position.at(self.feed.epoch, seq))
             return positions_of(changes, positions)
 
         for op in ops:
+            if isinstance(op, _Erase):
+                # What the batch said of the user before goes with them: their
+                # rows and changes, and what watchers would have been told.
+                seq += 1
+                rows.erase(erased_change(op.userid, at), seq)
+                outcomes = [o for o in outcomes if _user_of(o[0]) != op.userid]
+                users[op.userid] = Devices(op.userid)
+                outcomes.append((op, (), {None: Position.at(self.feed.epoch, seq)}))
+                continue
             if isinstance(op, _Delivered):
                 rows.meta[_DELIVERED_KEY + op.name] = str(op.position)
                 outcomes.append((op, (), NO_MARKS))
@@ -912,7 +1009,9 @@ class SQLiteStore(MemoryStore, Service):
         self.feed.committed(self.feed.newest + recorded, recorded)
         for op, presences, marks in outcomes:
             try:
-                if isinstance(op, _Ping):
+                if isinstance(op, _Erase):
+                    self._erased(op.userid, marks)
+                elif isinstance(op, _Ping):
                     self._pinged(op.ping, op.deadline, presences, marks)
                 elif isinstance(op, _Offline):
                     if not op.timeout:
@@ -941,10 +1040,9 @@ class SQLiteStore(MemoryStore, Service):
     def _release_all(self, ops: Iterable[_Op]) -> None:
         """The users of ``ops``, queued and now written (or not): held no more by them."""
         for op in ops:
-            if isinstance(op, _Ping):
-                self._release(op.ping.userid)
-            elif not isinstance(op, _Delivered):
-                self._release(op.userid)
+            held = _user_of(op)
+            if held is not None:
+                self._release(held)
 
     def _written(self, _: object) -> None:
         self._writing = False
@@ -988,12 +1086,13 @@ class SQLiteStore(MemoryStore, Service):
 
 
 def open_store(setting: str, reactor: Any, timeout: float, hiding: Hiding = Hiding(),
-               *, changes_retention: float = DEFAULT_RETENTION,
+               retention: float | None = None, *,
+               changes_retention: float = DEFAULT_RETENTION,
                max_devices: int = MAX_DEVICES_PER_USER) -> MemoryStore:
     """The embedded store ``DATABASE`` asks for: ``:memory:`` keeps nothing."""
     if setting == ":memory:":
-        return MemoryStore(reactor, timeout, hiding, changes_retention=changes_retention,
-                           max_devices=max_devices)
-    return SQLiteStore(Database.open(setting), reactor, timeout, hiding,
+        return MemoryStore(reactor, timeout, hiding, retention,
+                           changes_retention=changes_retention, max_devices=max_devices)
+    return SQLiteStore(Database.open(setting), reactor, timeout, hiding, retention=retention,
                        changes_retention=changes_retention, max_devices=max_devices)
 

@@ -83,6 +83,8 @@ class Api:
         self.settings = settings
         self.meter = meter
         self.cors = CorsPolicy(settings.cors_origins)
+        # Set when the instance starts stopping: /readyz answers 503 from then on.
+        self.stopping = False
         # The change feed (SPEC §8), if this store keeps one, and a way to end
         # each open /changes stream (the service's stop calls them).
         self.feed = feed
@@ -140,9 +142,10 @@ class Api:
         last_event_id = request.getHeader(b"Last-Event-ID")
         blocked_timeout = self.settings.stream_blocked_timeout
         if options.plain:
-            return Stream(reading.userids, self.clock, blocked_timeout, last_event_id, clientid)
+            return Stream(reading.userids, self.clock, blocked_timeout, last_event_id, clientid,
+                          reading.owner)
         return OptionStream(reading.userids, self.clock, blocked_timeout, last_event_id,
-                            clientid, options)
+                            clientid, options, reading.owner)
 
     def status(self, request: RequestView) -> Deferred[tuple[bytes, Position | None]]:
         """``{"a": {"time": …, "status": …, "online": …, "devices": {…}}, "b": null}``
@@ -155,10 +158,19 @@ class Api:
         # change up to it (and perhaps some after, which a reader applies again).
         cursor = None if self.feed is None else await self.feed.position()
         states = await self.store.get(userids)
-        return _status_body(states), cursor
+        return status_body(states), cursor
 
 
-def _status_body(states: dict[str, UserState | None]) -> bytes:
+def json_body(body: bytes, request: IRequest) -> bytes:
+    """``body`` as a JSON answer that no cache keeps."""
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-cache")
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
+
+
+def status_body(states: dict[str, UserState | None]) -> bytes:
+    """The ``/status`` answer for ``states``, in their order."""
     return json.dumps(
         {userid: state.as_status() if state is not None else None
          for userid, state in states.items()},

@@ -19,10 +19,11 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, suc
 from twisted.web.iweb import IRequest
 
 from heartbeat.core.changes import ChangeFeed, Page, Position, PositionGone
-from heartbeat.web.api import SUBSCRIBE_BODY, Api
+from heartbeat.web import backend
+from heartbeat.web.api import SUBSCRIBE_BODY, Api, json_body
 from heartbeat.web.errors import HttpError, internal_error
 from heartbeat.web.feed_route import DEFAULT_LIMIT, wants_stream
-from heartbeat.web.health import health
+from heartbeat.web.health import health, liveness, readiness
 from heartbeat.web.responses import STREAM_HEADERS
 from heartbeat.web.table import CALL, KLEIN, STREAM, Route, RouteTable
 
@@ -74,18 +75,18 @@ def get_health(api: Api, request: IRequest) -> bytes:
     return health(request, api.store, api.hub)
 
 
+def get_livez(api: Api, request: IRequest) -> bytes:
+    return liveness(request)
+
+
+def get_readyz(api: Api, request: IRequest) -> bytes:
+    return readiness(request, api.store, api.stopping)
+
+
 def get_metrics(api: Api, request: IRequest) -> bytes:
     if api.meter is None:
         raise HttpError(404, "no metrics here")
     return api.meter.render(request)
-
-
-def json_body(body: bytes, request: IRequest) -> bytes:
-    """``body`` as a JSON answer that no cache keeps."""
-    request.setHeader(b"Content-Type", b"application/json")
-    request.setHeader(b"Cache-Control", b"no-cache")
-    request.setHeader(b"Content-Length", b"%d" % len(body))
-    return body
 
 
 ROUTES = RouteTable([
@@ -98,5 +99,12 @@ ROUTES = RouteTable([
     Route("/status", ("GET",), get_status, KLEIN),
     Route("/changes", ("GET",), get_changes, KLEIN),
     Route("/health", ("GET",), get_health, KLEIN),
+    Route("/livez", ("GET",), get_livez, KLEIN),
+    Route("/readyz", ("GET",), get_readyz, KLEIN),
+    # The app's backend (API_KEY): bulk reads, who is online, erasure, logout everywhere.
+    Route("/status", ("POST",), backend.bulk_status, KLEIN, max_body=backend.MAX_BULK_BODY),
+    Route("/online", ("GET",), backend.online, KLEIN),
+    Route("/users/<path:userid>", ("DELETE",), backend.erase, KLEIN),
+    Route("/users/<path:userid>/disconnect", ("POST",), backend.disconnect, KLEIN),
     Route("/metrics", ("GET",), get_metrics, KLEIN),
 ])

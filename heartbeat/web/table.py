@@ -131,7 +131,9 @@ class RouteTable:
 
 def _segment_rule(part: str) -> bytes | str:
     if part.startswith("<") and part.endswith(">"):
-        return part[1:-1]
+        # ``<path:name>`` is still one segment here; Klein's ``path``
+        # converter lets it hold the ``/`` a ``%2F`` in it decodes to.
+        return part[1:-1].rpartition(":")[2]
     return part.encode("ascii")
 
 

@@ -56,6 +56,7 @@ from heartbeat.store.redis.address import RedisAddress
 from heartbeat.store.redis.cluster import Cluster, ShardedSubscriber
 from heartbeat.store.redis.codec import deadline_member, from_member, ping_args
 from heartbeat.store.redis.keys import (
+    CLUSTER_SLOTS,
     PARTITIONS,
     UserKeys,
     build_slot_tags,
@@ -282,6 +283,41 @@ class ClusterTopology:
             reads.append(d.addCallback(_along, group))
         d = gatherResults(reads, consumeErrors=True)
         return d.addCallback(_in_order, len(userids))
+
+    # Erasure, the control channel, scans.
+
+    def erase(self, userid: str, message: str) -> Deferred[int]:
+        """In the user's slot; their partition's index entries are dropped by the
+        sweep when due (nothing is behind them), its count adjusted here."""
+        user = self._users(userid)
+        d = self._run(_SCRIPTS.erase, user.key, _user_slot_keys(user), [message, userid])
+        return d.addCallback(self._left, user.partition)
+
+    def notify(self, channel: str, message: str) -> Deferred[object]:
+        return self._run(_SCRIPTS.notify, channel, [channel], [message])
+
+    def scan_nodes(self) -> list[int]:
+        lowest: dict[object, int] = {}
+        for n in range(CLUSTER_SLOTS):
+            owner = self._cluster.owner(n)
+            if owner is not None and owner not in lowest:
+                lowest[owner] = n
+        return sorted(lowest.values())
+
+    def scan(self, node: int, cursor: int, match: str, count: int, kind: str) -> Deferred[Any]:
+        return self._cluster.execute(node, "SCAN", cursor, "MATCH", match, "COUNT", count,
+                                     "TYPE", kind)
+
+    def prune(self, userids: list[str], cutoff: float) -> Deferred[object]:
+        """One prune.lua per user slot, each on its node."""
+        runs = []
+        for group in _by(userids, lambda u: slot(self._prefix + u)).values():
+            keys: list[str] = []
+            for userid in group:
+                user = self._users(userid)
+                keys += (user.devices, user.online)
+            runs.append(self._run(_SCRIPTS.prune, keys[0], keys, [cutoff]))
+        return gatherResults(runs, consumeErrors=True).addCallback(lambda _: None)
 
     # Presence deadlines.
 

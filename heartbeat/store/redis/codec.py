@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from heartbeat.core.presence import Ping, Presence, UserState
+from heartbeat.core.presence import Ping, Presence, UserState, erased
 
 
 def ping_args(ping: Ping, member: str, hides: bool) -> tuple[object, ...]:
@@ -28,6 +28,28 @@ def ping_message(ping: Ping) -> str:
     """
     device = Presence(ping.userid, ping.time, ping.status, True, ping.clientid)
     return json.dumps(device.as_event(), separators=(",", ":"))
+
+
+def erased_message(userid: str) -> str:
+    """What an erasure publishes on the user's channel: their ``erased`` event."""
+    return json.dumps(erased(userid).as_event(), separators=(",", ":"))
+
+
+def disconnect_message(userid: str) -> str:
+    """What the control channel carries to end ``userid``'s own streams everywhere."""
+    return json.dumps({"disconnect": userid}, separators=(",", ":"))
+
+
+def from_control(text: object) -> str | None:
+    """The user a control message names to disconnect, if it is one."""
+    if not isinstance(text, str):
+        return None
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return None
+    userid = message.get("disconnect") if isinstance(message, dict) else None
+    return userid if isinstance(userid, str) and userid else None
 
 
 def deadline_member(userid: str, clientid: str) -> str:
@@ -64,6 +86,8 @@ def from_message(userid: str, text: str) -> tuple[Presence, ...]:
         return ()
     if not isinstance(event, dict):
         return ()
+    if event.get("erased") is True:
+        return (erased(userid),)
     time, status, online = event.get("time"), event.get("status"), event.get("online", True)
     if (type(time) is not int or time < 0 or not isinstance(status, str) or not status
             or not isinstance(online, bool)):

@@ -113,6 +113,14 @@ def user_keys(prefix: str, userid: str, cluster: bool = False) -> UserKeys:
                     base + ":deadlines")
 
 
+def control_channel(prefix: str) -> str:
+    """The channel every instance hears, for what is not one user's change
+    (ending a user's streams everywhere). It starts with ``{``, so it is no
+    user's channel (``REDIS_PREFIX + userid``) and none of their other keys
+    (which all end in ``:devices``, ``:online`` or ``:deadlines``)."""
+    return "{" + prefix + "}:control"
+
+
 def partition_keys(prefix: str, partition: int) -> tuple[str, str]:
     """A deadline partition's sorted set and its online-users count.
 

@@ -88,6 +88,9 @@ class Scripts:
     due: Script
     expire: Script
     read_many: Script
+    erase: Script
+    notify: Script
+    prune: Script
     # The change feed's read, and its webhooks' claims and progress (one Redis; a
     # Cluster keeps no feed yet).
     changes: Script

@@ -196,6 +196,41 @@ class SingleTopology:
             lambda *command: maybeDeferred(lambda: self._conn().execute_command(*command)),
         )
 
+    # Erasure, the control channel, scans.
+
+    def erase(self, userid: str, message: str) -> Deferred[int]:
+        """The user's devices are read first, for their deadline members (the
+        script cannot spell them as the codec does); a device first seen in
+        between keeps its partition entry, which the sweep drops when due."""
+        d = self.read([userid])
+        return d.addCallback(self._erase, userid, message)
+
+    def _erase(self, rows: list[Any], userid: str, message: str) -> Deferred[int]:
+        _, _, fields, online = rows[0]
+        members = [deadline_member(userid, c) for c in dict.fromkeys([*fields[::2], *online])]
+        user = user_keys(self._prefix, userid)
+        keys = [user.key, user.devices, user.online, *partition_keys(self._prefix, user.partition),
+                self._feed]
+        return _SCRIPTS.erase.run(self._conn(), keys,
+                                  [message, userid, *members, self._retention_ms])
+
+    def notify(self, channel: str, message: str) -> Deferred[object]:
+        return _SCRIPTS.notify.run(self._conn(), [channel], [message])
+
+    def scan_nodes(self) -> list[int]:
+        return [0]
+
+    def scan(self, node: int, cursor: int, match: str, count: int, kind: str) -> Deferred[Any]:
+        return maybeDeferred(self._conn().execute_command,
+                             "SCAN", cursor, "MATCH", match, "COUNT", count, "TYPE", kind)
+
+    def prune(self, userids: list[str], cutoff: float) -> Deferred[object]:
+        keys: list[str] = []
+        for userid in userids:
+            user = user_keys(self._prefix, userid)
+            keys += (user.devices, user.online)
+        return _SCRIPTS.prune.run(self._conn(), keys, [cutoff])
+
     # Presence deadlines.
 
     def sweep(self, batch: int) -> Deferred[Swept]:

@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txredisapi import ConnectionError as RedisConnectionError
 
+from heartbeat.core.errors import Refused
 from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import MAX_DEVICES_PER_USER, Ping, Presence, UserState
 from heartbeat.core.store_contract import BusListener, StoreUnavailable
@@ -43,10 +44,17 @@ from heartbeat.store.changelog import DEFAULT_RETENTION
 from heartbeat.store.redis.address import RedisAddress
 from heartbeat.store.redis.batching import Waiting, queue_for_turn
 from heartbeat.store.redis.bus import relay
-from heartbeat.store.redis.codec import from_row
+from heartbeat.store.redis.codec import (
+    disconnect_message,
+    erased_message,
+    from_control,
+    from_row,
+)
 from heartbeat.store.redis.feed import RedisFeed
+from heartbeat.store.redis.keys import control_channel
 from heartbeat.store.redis.lua import CAME_ONLINE, HIDDEN, STORED, WENT_OFFLINE
 from heartbeat.store.redis.replicas import Replicas
+from heartbeat.store.redis.scans import DeviceRetention, online_page
 from heartbeat.store.redis.tls import load_trust_root
 from heartbeat.store.redis.topology import Outcome, Swept, Topology
 from heartbeat.store.redis.tuning import READ_CHUNK, SWEEP_BATCH, SWEEP_INTERVAL
@@ -88,13 +96,19 @@ class RedisStore(Service):
     def __init__(self, address: RedisAddress | None, prefix: str, reactor: Any,
                  timeout: float, ca_file: str | None = None, wait_replicas: int = 0,
                  hiding: Hiding = Hiding(), topology: Topology | None = None,
-                 *, changes_retention: float = DEFAULT_RETENTION,
+                 retention: float | None = None, *,
+                 changes_retention: float = DEFAULT_RETENTION,
                  max_devices: int = MAX_DEVICES_PER_USER) -> None:
         if topology is None:
             assert address is not None
             topology = topology_for(reactor, address, prefix, ca_file, changes_retention,
                                     max_devices)
         self._topology = topology
+        self._cluster = address is not None and address.kind == "cluster"
+        self._control = control_channel(prefix)
+        # DEVICE_RETENTION: None keeps devices for ever (tests that do not prune).
+        self._retention = None if retention is None else DeviceRetention(
+            topology, prefix, self._cluster, retention, reactor)
         # The change feed (SPEC §8), where the topology keeps one (one Redis, Sentinel).
         make_feed = getattr(topology, "change_feed", None)
         self.change_feed: RedisFeed | None = None if make_feed is None else make_feed()
@@ -139,7 +153,11 @@ class RedisStore(Service):
     def startService(self) -> None:
         super().startService()
         self._topology.start(self)
+        # Held for the store's life (and again after each reconnect).
+        self._topology.subscribe(self._control).addErrback(lambda _: None)
         self._sweeper.start(SWEEP_INTERVAL, now=False)
+        if self._retention is not None:
+            self._retention.start()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -149,6 +167,8 @@ class RedisStore(Service):
         self._closed = True
         if self._sweeper.running:
             self._sweeper.stop()
+        if self._retention is not None:
+            self._retention.stop()
         if self.change_feed is not None:
             self.change_feed.stop()
         return self._topology.stop()
@@ -194,6 +214,30 @@ class RedisStore(Service):
             return fail(StoreUnavailable())
         d = maybeDeferred(self._topology.restore, latest, devices)
         return d.addErrback(self._failed)
+
+    def erase(self, userid: str) -> Deferred[None]:
+        if not self._topology.writable:
+            return fail(StoreUnavailable())
+        d = maybeDeferred(self._topology.erase, userid, erased_message(userid))
+        return d.addCallbacks(lambda _: None, self._failed)
+
+    def disconnect(self, userid: str) -> Deferred[None]:
+        """Through the control channel, which every instance (this one too) hears."""
+        if not self._topology.writable:
+            return fail(StoreUnavailable())
+        d = maybeDeferred(self._topology.notify, self._control, disconnect_message(userid))
+        return d.addCallbacks(lambda _: None, self._failed)
+
+    def online_page(self, after: str | None, limit: int) -> Deferred[tuple[list[str], str | None]]:
+        if not self._topology.writable:
+            return fail(StoreUnavailable())
+        topology = self._topology
+        d = online_page(topology.scan, topology.scan_nodes(), self._prefix,
+                        self._cluster, after, limit)
+        return d.addErrback(self._failed_unless_refused)
+
+    def _failed_unless_refused(self, failure: Failure) -> Failure:
+        return failure if failure.check(Refused) else self._failed(failure)
 
     def subscribe(self, userid: str) -> Deferred[None]:
         return self._topology.subscribe(self._prefix + userid)
@@ -300,6 +344,11 @@ class RedisStore(Service):
     # What the topology tells (Events).
 
     def message(self, channel: str, text: str) -> None:
+        if channel == self._control:
+            userid = from_control(text)
+            if userid is not None and self.listener is not None:
+                self.listener.disconnect(userid)
+            return
         relay(self.listener, self._prefix, channel, text)
 
     def bus_lost(self) -> None:

@@ -89,6 +89,22 @@ class Topology(Protocol):
     def restore(self, latest: Ping, devices: Iterable[tuple[Presence, float]]) -> Deferred[None]:
         """Put back a user another store kept, publishing nothing."""
 
+    def erase(self, userid: str, message: str) -> Deferred[int]:
+        """Delete every key of the user and emit ``message`` (their erased event),
+        atomically: 1 if they were online."""
+
+    def notify(self, channel: str, message: str) -> Deferred[object]:
+        """Publish ``message`` on ``channel`` (the control channel), on its shard."""
+
+    def scan_nodes(self) -> list[int]:
+        """The nodes a keyspace scan visits, each named by the lowest slot it holds."""
+
+    def scan(self, node: int, cursor: int, match: str, count: int, kind: str) -> Deferred[Any]:
+        """One ``SCAN cursor MATCH match COUNT count TYPE kind`` on ``node``."""
+
+    def prune(self, userids: list[str], cutoff: float) -> Deferred[object]:
+        """Forget the users' devices offline and last seen before ``cutoff``."""
+
     def subscribe(self, channel: str) -> Deferred[None]: ...
 
     def unsubscribe(self, channel: str) -> Deferred[None]: ...

@@ -1,0 +1,190 @@
+"""The app's backend routes on Redis, two instances sharing one server, and on a
+Cluster: keys, bulk status, paging who is online, erasure (no key left with the
+id), disconnect ending streams on both instances, device retention."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.backend_calls import (
+    KEY,
+    ROUTES,
+    old_device_is_forgotten,
+    page_through,
+    ping_many,
+    request,
+    status,
+)
+from tests.helpers.clients import SSEClient, post_ping
+from tests.helpers.redis_cluster import RedisCluster
+from tests.helpers.waiting import wait_for
+
+
+def two_instances(start_daemon, redis: str, **env: str) -> list:
+    settings = {"REDIS": redis, "API_KEY": f"{KEY},rotated-key", **env}
+    daemons = [start_daemon(env=settings) for _ in range(2)]
+    for daemon in daemons:  # the count is known from the first sweep on, within a second
+        wait_for(lambda d=daemon: request(d.port, "GET", "/online")[0] == 200, 10)
+    return daemons
+
+
+def keys_with(redis_server, text: str) -> list[bytes]:
+    """Every key whose name holds ``text``, and every sorted-set member that does."""
+    every = redis_server.command("--scan").split()
+    found = [k for k in every if text.encode() in k]
+    for key in every:
+        if redis_server.command("TYPE", key).strip() == b"zset":
+            members = redis_server.command("ZRANGE", key, "0", "-1")
+            found += [key for member in members.split(b"\n") if text.encode() in member]
+    return found
+
+
+def test_backend_routes_on_two_instances(start_daemon, redis_server):
+    a, b = two_instances(start_daemon, redis_server.address)
+    for daemon in (a, b):
+        for method, path, body in ROUTES:
+            assert request(daemon.port, method, path, body, {})[0] == 401
+            assert request(daemon.port, method, path, body,
+                           {"Authorization": "Bearer wrong"})[0] == 401
+            code = request(daemon.port, method, path, body,
+                           {"Authorization": "Bearer rotated-key"})[0]
+            assert code in (200, 204), (method, path, code)
+
+    online = [f"user-{i:05d}" for i in range(0, 10_000, 20)]
+    ping_many(a.port, online)
+    users = [f"user-{i:05d}" for i in range(10_000)]
+    states = status(b.port, users)
+    assert list(states) == users and sum(s is not None for s in states.values()) == len(online)
+    assert list(status(b.port, users, "?online=only")) == online
+    wait_for(lambda: json.loads(request(b.port, "GET", "/online")[1])["count"] == len(online), 10)
+    seen = page_through(b.port, 64)
+    assert sorted(seen) == online and len(seen) == len(set(seen))
+
+
+def test_erase_and_disconnect_across_instances(start_daemon, redis_server, tmp_path):
+    a, b = two_instances(start_daemon, redis_server.address)
+    gone = "erase-me-5c1d"
+    for clientid in ("phone", "web"):
+        claim = {"X-User-Claim": json.dumps({"userid": gone, "clientid": clientid})}
+        assert post_ping(a.port, "0", headers=claim)[0] == 200
+    assert request(a.port, "POST", "/leave",
+                   headers={"X-User-Claim": json.dumps({"userid": gone, "clientid": "web"})})[0] == 200
+    ping_many(a.port, ["keeper"])
+    assert keys_with(redis_server, gone)
+    watcher = SSEClient(b.port, f"/subscribe/{gone}")
+    assert watcher.event()["userid"] == gone
+    owner = {"X-User-Claim": json.dumps({"userid": gone})}
+    own = [SSEClient(d.port, "/subscribe/keeper", owner) for d in (a, b)]
+    for stream in own:
+        assert stream.event()["userid"] == "keeper"
+
+    assert request(a.port, "DELETE", f"/users/{gone}")[0] == 204
+    assert watcher.event() == {"userid": gone, "online": False, "erased": True}
+    assert all(stream.ended() for stream in own)
+    assert keys_with(redis_server, gone) == []
+    assert status(b.port, [gone]) == {gone: None}
+    b.stop()
+    b = start_daemon(env={"REDIS": redis_server.address, "API_KEY": KEY})
+    assert status(b.port, [gone]) == {gone: None}
+    watcher.close()
+
+    # A logout everywhere: the user's own streams end on both instances.
+    assert post_ping(b.port, "0", userid="dave")[0] == 200
+    own = [SSEClient(d.port, "/subscribe/keeper", {"X-User-Claim": json.dumps({"userid": "dave"})})
+           for d in (a, b)]
+    other = SSEClient(a.port, "/subscribe/dave")
+    assert other.event()["online"] is True
+    assert request(b.port, "POST", "/users/dave/disconnect?leave=1")[0] == 204
+    assert all(stream.ended() for stream in own)
+    assert other.event()["online"] is False
+    other.close()
+
+
+def test_a_device_past_device_retention_is_forgotten_on_redis(start_daemon, redis_server):
+    a, b = two_instances(start_daemon, redis_server.address, DEVICE_RETENTION="2s")
+    old_device_is_forgotten(a.port, b.port)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(Path(tmp_path_factory.mktemp("backend-cluster"))).start()
+    yield cluster
+    cluster.stop()
+
+
+def test_paging_25000_online_users_across_a_cluster(cluster, start_daemon):
+    a, b = two_instances(start_daemon, cluster.url)
+    online = [f"c-{i:05d}" for i in range(25_000)]
+    ping_many(a.port, online)
+    wait_for(lambda: json.loads(request(b.port, "GET", "/online")[1])["count"] == len(online), 15)
+    seen = page_through(b.port, 1000)
+    assert len(seen) == len(online) and set(seen) == set(online)
+
+
+def test_erase_disconnect_and_retention_on_a_cluster(cluster, start_daemon):
+    a, b = two_instances(start_daemon, cluster.url, DEVICE_RETENTION="2s")
+    gone = "cluster-gone-77"
+    assert post_ping(a.port, "0", userid=gone)[0] == 200
+    watcher = SSEClient(b.port, f"/subscribe/{gone}")
+    assert watcher.event()["userid"] == gone
+    own = [SSEClient(d.port, "/subscribe/x", {"X-User-Claim": json.dumps({"userid": gone})})
+           for d in (a, b)]
+    assert request(b.port, "DELETE", f"/users/{gone}")[0] == 204
+    assert watcher.event() == {"userid": gone, "online": False, "erased": True}
+    assert all(stream.ended() for stream in own)
+    assert status(a.port, [gone]) == {gone: None}
+    for node in cluster.alive():
+        assert not [k for k in node.command("--scan").split() if gone.encode() in k]
+    watcher.close()
+    old_device_is_forgotten(a.port, b.port)
+
+
+def test_erase_from_the_command_line_on_redis(start_daemon, redis_server, tmp_path):
+    import subprocess
+    import sys
+
+    daemon = start_daemon(env={"REDIS": redis_server.address, "API_KEY": KEY})
+    ping_many(daemon.port, ["keep", "cli-gone-42"])
+    watcher = SSEClient(daemon.port, "/subscribe/cli-gone-42")
+    assert watcher.event()["userid"] == "cli-gone-42"
+    done = subprocess.run([sys.executable, "-m", "heartbeat.admin", "erase", "cli-gone-42"],
+                          cwd=tmp_path, env=daemon.environment(), capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert watcher.event() == {"userid": "cli-gone-42", "online": False, "erased": True}
+    assert keys_with(redis_server, "cli-gone-42") == []
+    assert status(daemon.port, ["keep", "cli-gone-42"])["cli-gone-42"] is None
+    watcher.close()
+
+
+def test_backend_routes_through_sentinel(start_daemon, redis_server, tmp_path):
+    from tests.helpers.redis_ops import Sentinel
+
+    sentinel = Sentinel(tmp_path, redis_server.port).start()
+    try:
+        url = f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster"
+        a, b = two_instances(start_daemon, url)
+        ping_many(a.port, [f"s-{i:03d}" for i in range(300)])
+        wait_for(lambda: json.loads(request(b.port, "GET", "/online")[1])["count"] == 300, 10)
+        assert sorted(page_through(b.port, 64)) == [f"s-{i:03d}" for i in range(300)]
+        own = [SSEClient(d.port, "/subscribe/s-001",
+                         {"X-User-Claim": json.dumps({"userid": "s-000"})}) for d in (a, b)]
+        assert request(b.port, "DELETE", "/users/s-000")[0] == 204
+        assert all(stream.ended() for stream in own)
+        assert keys_with(redis_server, "s-000") == []
+    finally:
+        sentinel.stop()
+
+
+def test_an_erasure_on_redis_is_one_erased_change_in_the_feed(start_daemon, redis_server):
+    daemon = start_daemon(env={"REDIS": redis_server.address, "API_KEY": KEY})
+    ping_many(daemon.port, ["feed-gone"])
+    assert request(daemon.port, "DELETE", "/users/feed-gone")[0] == 204
+    changes = json.loads(request(daemon.port, "GET", "/changes")[1])["changes"]
+    erased = [c for c in changes if c["type"] == "erased"]
+    assert [c["userid"] for c in erased] == ["feed-gone"]
+    assert erased[0].keys() == {"id", "type", "userid", "at"}
