@@ -363,4 +363,20 @@ def start_heartbeat(scratch: Path, twistd: str, root: Path, name: str,
     target.proc = spawn(argv, logfile, cwd=workdir, env=env)
     target.notes["argv"] = " ".join(argv[1:])
     wait_healthy(target, logfile)
+    if workers > 1:
+        wait_serving(target, logfile, workers)
     return target
+
+
+def wait_serving(target: Target, logfile: Path, processes: int, timeout: float = 30.0) -> None:
+    """Wait until each of heartbeat's `processes` has logged "heartbeat serving".
+
+    /health answers as soon as one process serves; a worker still starting then
+    holds its share of the connections in its socket's queue and grows by its whole
+    start-up, which a scenario starting at once would count as its own (the idle
+    scenario read ~30 MB of a worker's imports as memory per stream)."""
+    deadline = time.monotonic() + timeout
+    while logfile.read_text(errors="replace").count("heartbeat serving") < processes:
+        if target.proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"{target.name}: not every process is serving; log {logfile}")
+        time.sleep(0.1)

@@ -1,65 +1,36 @@
 """A real browser: examples/presence.html on one origin, the daemon on another.
 
 Headless Chromium (Debian's ``chromium``) driven by Playwright, never a
-downloaded browser: the page opens one EventSource for two users across
-origins (so CORS must work), shows the stored and a live ping, and reconnects
-by itself when the daemon restarts on the same port.
+downloaded browser: the page, built on the client library (clients/js), opens
+one stream for two users across origins (so CORS must work), shows the stored
+and a live ping, and reconnects by itself when the daemon restarts on the same
+port.
 """
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
+from tests.helpers.browsers import checkout_site, chromium
 from tests.helpers.clients import post_ping
-from tests.helpers.processes import REPO, free_port, need_binary
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-# Reconnecting waits retry: (2 s) after the daemon is back; twistd's start-up
-# on a loaded machine comes on top.
+# Reconnecting waits the client's backoff after the daemon is back; twistd's
+# start-up on a loaded machine comes on top.
 RECONNECT_TIMEOUT_MS = 20_000
-
-
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 @pytest.fixture
 def page_origin() -> Iterator[str]:
-    """``examples/`` served on its own loopback port: the page's origin."""
-    handler = partial(_QuietHandler, directory=str(REPO / "examples"))
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with checkout_site() as origin:
+        yield origin
 
 
 @pytest.fixture
-def browser_page(tmp_path: Path) -> Iterator:
-    chromium = need_binary("chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("playwright is required under CI (pip install '.[test]')")
-        pytest.skip("playwright not installed")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        yield page
-        browser.close()
+def browser_page() -> Iterator:
+    with chromium() as browser:
+        yield browser.new_page()
 
 
 def test_contact_list_goes_live_across_origins_and_survives_a_restart(
@@ -71,7 +42,7 @@ def test_contact_list_goes_live_across_origins_and_survives_a_restart(
     assert post_ping(daemon.port, "0", userid="alice")[0] == 200
 
     page.clock.install()
-    page.goto(f"{page_origin}/presence.html?server={daemon.url}&user=alice&user=bob")
+    page.goto(f"{page_origin}/examples/presence.html?server={daemon.url}&user=alice&user=bob")
     alice = page.locator('li[data-user="alice"] .presence')
     bob = page.locator('li[data-user="bob"] .presence')
     badge = page.locator("#connection")

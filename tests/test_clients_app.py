@@ -106,6 +106,9 @@ def test_matching_origin_is_echoed_with_vary(setting):
     assert code == 200
     assert headers["access-control-allow-origin"] == ORIGIN
     assert headers["vary"] == "Origin"
+    # What a fetch-based client reads on answers: a 503's wait, the presence timeout.
+    exposed = {h.strip().lower() for h in headers["access-control-expose-headers"].split(",")}
+    assert exposed == {"retry-after", "heartbeat-presence-timeout"}
 
 
 def test_non_matching_origin_gets_no_cors_headers():

@@ -7,7 +7,7 @@ import gc
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
@@ -275,7 +275,13 @@ class ScriptedCluster:
             d: Deferred = Deferred()
             self.calls.append((names[script.sha], keys, args, d))
             return d
+
+        def run_all(script: Any, calls: list[tuple[int, list[str], list[object]]]) -> Deferred:
+            each = DeferredList([run(script, keys[0], keys, args) for _, keys, args in calls],
+                                consumeErrors=True)
+            return each.addCallback(lambda done: [result for _, result in done])
         topology._run = run  # type: ignore[method-assign]
+        topology._run_all = run_all  # type: ignore[method-assign]
 
 
 def test_pings_of_devices_with_a_deadline_are_one_call_per_slot_and_no_arming():

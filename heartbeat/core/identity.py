@@ -18,13 +18,13 @@ Routes call one :class:`Identity`: ``ping_user`` for the pinging user,
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import jwt
 from twisted.logger import Logger
 
+from heartbeat.core import fast_json
 from heartbeat.core.errors import BadCredentials, BadInput, NotAllowed
 from heartbeat.core.request_view import RequestView
 
@@ -49,7 +49,7 @@ def user_from_claim(header: bytes | None) -> tuple[str, str]:
     if header is None:
         raise BadInput("missing X-User-Claim header")
     try:
-        claim = json.loads(header)
+        claim = fast_json.loads(header)
     except ValueError:
         raise BadInput("X-User-Claim is not valid JSON") from None
     if not isinstance(claim, dict):

@@ -7,10 +7,10 @@ service ignored ``Content-Type``, so the body's first character decides too.
 
 from __future__ import annotations
 
-import json
 import re
 from urllib.parse import parse_qs
 
+from heartbeat.core import fast_json
 from heartbeat.core.errors import BadInput
 
 MAX_BODY = 4096
@@ -53,7 +53,7 @@ def _decode(body: bytes) -> str:
 
 def _from_json(body: bytes) -> str:
     try:
-        document = json.loads(_decode(body))
+        document = fast_json.loads(_decode(body))
     except ValueError:
         raise BadInput("body is not valid JSON") from None
     if not isinstance(document, dict):

@@ -5,9 +5,9 @@ Only SSE: how those bytes travel (HTTP/1.1 chunks, or none) is the web layer's.
 
 from __future__ import annotations
 
-import json
 from hashlib import blake2b
 
+from heartbeat.core import fast_json
 from heartbeat.core.changes import Position
 from heartbeat.core.presence import Presence
 
@@ -47,7 +47,7 @@ def event_id(change: Presence) -> str:
 def encode_event(change: Presence, eid: str | None = None) -> bytes:
     """One event's bytes, built once and written to every subscriber.
 
-    ``json.dumps`` escapes every control character and non-ASCII code point,
+    JSON escapes every control character and non-ASCII code point,
     so no user id or status can smuggle a line break into the frame.
     ``eid`` replaces the change's own id (a change-feed position, on a
     ``changes=only`` stream).
@@ -56,11 +56,10 @@ def encode_event(change: Presence, eid: str | None = None) -> bytes:
 
 
 def encode_frame(body: object, eid: str, name: str | None = None) -> bytes:
-    """An event of ``body`` (JSON, ASCII-escaped) with id ``eid`` and, if given,
-    an ``event:`` ``name`` (``snapshot``, ``batch``)."""
-    payload = json.dumps(body, separators=(",", ":"))
+    """An event of ``body`` (JSON, ASCII-escaped; events and statuses, no floats) with id
+    ``eid`` and, if given, an ``event:`` ``name`` (``snapshot``, ``batch``)."""
     head = b"" if name is None else b"event: " + name.encode("ascii") + b"\n"
-    return head + b"id: " + eid.encode("ascii") + b"\ndata: " + payload.encode("ascii") + b"\n\n"
+    return head + b"id: " + eid.encode("ascii") + b"\ndata: " + fast_json.dumps(body) + b"\n\n"
 
 
 class Frame:

@@ -15,8 +15,9 @@ from twisted.web.resource import IResource, Resource
 
 ALLOW_METHODS = b"GET, POST, OPTIONS"
 ALLOW_HEADERS = b"Authorization, Content-Type, X-User-Claim, Last-Event-ID"
-# Readable by scripts on error answers (a 503 says when to retry).
-EXPOSE_HEADERS = b"Retry-After"
+# Readable by scripts: when a 503 says to retry, and the presence timeout a
+# browser client paces its pings by (clients/js reads both with fetch).
+EXPOSE_HEADERS = b"Retry-After, Heartbeat-Presence-Timeout"
 PREFLIGHT_MAX_AGE = b"600"
 
 

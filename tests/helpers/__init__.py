@@ -4,6 +4,7 @@
 - ``waiting``: the one ``wait_for`` (poll until true, or fail).
 - ``processes``: the real daemon and redis-server, ``free_port``, ``need_binary``.
 - ``clients``: a ping, a GET and an SSE reader over real sockets.
+- ``browsers``: headless chromium through Playwright, and the checkout served as a site.
 - ``fixtures``: the pytest fixtures over those processes (imported by ``conftest.py``).
 - ``in_memory``: the real site over in-memory transports on a fake clock.
 - ``stub_http``: requests to the Klein app through treq's StubTreq, settled at once.

@@ -36,8 +36,9 @@ from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.store.redis.address import RedisAddress, Server
 from heartbeat.store.redis.keys import CLUSTER_SLOTS, slot
 from heartbeat.store.redis.link import DirectRoute, RedisLink, _Subscriber
+from heartbeat.store.redis.lua import Script
 from heartbeat.store.redis.tls import TrustRoot
-from heartbeat.store.redis.txredis import encode_command, queue_reply
+from heartbeat.store.redis.txredis import encode_command, queue_reply, send
 
 log = Logger()
 
@@ -46,6 +47,8 @@ REFRESH_INTERVAL = 1.0
 # Redirects (MOVED, ASK, TRYAGAIN) one command may follow before it fails: with
 # TRYAGAIN_DELAY, a script whose keys a migration has split waits up to a second.
 REDIRECTS = 20
+# Error replies to a script call that did not run it: followed alone.
+_NOT_RUN = ("MOVED ", "ASK ", "TRYAGAIN", "NOSCRIPT")
 # Seconds before a TRYAGAIN is tried again, and that a redirect waits for a
 # link to a node it has not reached before.
 TRYAGAIN_DELAY = 0.05
@@ -109,6 +112,10 @@ def _cancelling(call: Any) -> Callable[[Any], Any]:
             call.cancel()
         return result
     return cancel
+
+
+def _put(result: Any, results: list[Any], n: int) -> None:
+    results[n] = result
 
 
 def node_address(address: RedisAddress, server: Server) -> RedisAddress:
@@ -177,6 +184,63 @@ class Cluster:
     def execute(self, slot: int, *args: object) -> Deferred[Any]:
         """``args`` on ``slot``'s master, following redirects."""
         return self._send(slot, args, self._owners[slot], False, 0)
+
+    def run_all(self, script: Script, calls: list[tuple[int, list[str], list[object]]]
+                ) -> Deferred[list[Any]]:
+        """Each call of ``script`` (slot, keys, args) on its slot's master; each result,
+        in order, a reply or a Failure.
+
+        The calls to one master are encoded and written together and their
+        replies collected as one (:func:`~.txredis.send`): a batch touches
+        many slots, and each call made on its own cost more than the script.
+        A call answered ``MOVED``, ``ASK``, ``TRYAGAIN`` or ``NOSCRIPT`` (the
+        script did not run) is followed alone, as :meth:`execute` and
+        ``Script.run`` would.
+        """
+        results: list[Any] = [None] * len(calls)
+        by_node: dict[Server | None, list[int]] = {}
+        for n, call in enumerate(calls):
+            by_node.setdefault(self._owners[call[0]], []).append(n)
+        steps = []
+        for server, numbers in by_node.items():
+            node = self._nodes.get(server) if server is not None else None
+            conn = None if node is None else node.conn
+            if conn is None:
+                for n in numbers:
+                    results[n] = Failure(StoreUnavailable())
+                continue
+            payload = b"".join([script.command(calls[n][1], calls[n][2]) for n in numbers])
+            d = maybeDeferred(send, conn, payload, len(numbers))
+            d.addCallbacks(self._replied, self._all_failed,
+                           callbackArgs=(script, calls, numbers, results),
+                           errbackArgs=(numbers, results))
+            steps.append(d)
+        return gatherResults(steps).addCallback(lambda _: results)
+
+    def _replied(self, replies: list[Any], script: Script, calls: list, numbers: list[int],
+                 results: list[Any]) -> Deferred[Any] | None:
+        again = []
+        for n, reply in zip(numbers, replies):
+            if not isinstance(reply, Exception):
+                results[n] = reply
+            elif isinstance(reply, ResponseError) and str(reply).startswith(_NOT_RUN):
+                d = self._again(Failure(reply), script, *calls[n])
+                again.append(d.addBoth(_put, results, n))
+            else:
+                results[n] = Failure(reply)
+        return gatherResults(again) if again else None
+
+    def _again(self, failure: Failure, script: Script, slot: int, keys: list[str],
+               args: list[object]) -> Deferred[Any]:
+        """A call answered ``failure``, followed as :meth:`execute` and ``Script.run`` would."""
+        operands = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        d = succeed(None).addCallback(lambda _: self._redirected(failure, slot, operands, 0))
+        return script.or_eval(d, self.commands(slot), keys, args)
+
+    @staticmethod
+    def _all_failed(failure: Failure, numbers: list[int], results: list[Any]) -> None:
+        for n in numbers:
+            results[n] = failure
 
     def _send(self, slot: int, args: tuple[object, ...], server: Server | None,
               asking: bool, redirects: int) -> Deferred[Any]:

@@ -146,6 +146,11 @@ class ClusterTopology:
         """``script`` on the master of ``key``'s slot (``keys`` must all be in it)."""
         return script.run(self._cluster.commands(slot(key)), keys, args)
 
+    def _run_all(self, script: Script, calls: list[tuple[int, list[str], list[object]]]
+                 ) -> Deferred[list[Any]]:
+        """``script`` once per (slot, keys, args), on each slot's master: a reply or a Failure each."""
+        return self._cluster.run_all(script, calls)
+
     # Writes.
 
     def store(self, pings: list[tuple[Ping, bool]], timeout: float,
@@ -163,12 +168,12 @@ class ClusterTopology:
         held = [n for n in numbered if n[1][0].userid in self._flying]
         steps = []
         if free:
-            steps.append(self._store_round(free, timeout, wait_replicas, outcomes, None))
+            steps.append(self._store_round([(free, "")], timeout, wait_replicas, outcomes))
         if held:
             before = {self._flying[ping.userid] for _, (ping, _) in held}
             waited = gatherResults(list(before), consumeErrors=True)
             steps.append(waited.addBoth(lambda _: self._store_round(
-                held, timeout, wait_replicas, outcomes, None)))
+                [(held, "")], timeout, wait_replicas, outcomes)))
         done = gatherResults(steps, consumeErrors=True)
         for userid in {ping.userid for _, (ping, _) in numbered}:
             self._fly(userid, done)
@@ -186,19 +191,42 @@ class ClusterTopology:
             return result
         d.addBoth(landed)
 
-    def _store_round(self, numbered: list, timeout: float, wait_replicas: int,
-                     outcomes: list, armed: str | None) -> Deferred[None]:
-        """One ping.lua per user slot; ``armed``: the time their index entries were armed."""
-        stale = "" if armed is None else f"{float(armed) - timeout / 2:.6f}"
+    def _store_round(self, rounds: list[tuple[list, str]], timeout: float, wait_replicas: int,
+                     outcomes: list) -> Deferred[None]:
+        """One ping.lua per user slot of each (pings, stale) round, all sent together (those
+        of a node in one write). ``stale``: "" for pings not armed; for armed ones, when
+        their index entries were armed less half a timeout (ping.lua refuses them after)."""
+        groups = []
+        calls = []
+        for numbered, stale in rounds:
+            by_slot: dict[int, list] = defaultdict(list)
+            for item in numbered:
+                user = self._users(item[1][0].userid)
+                by_slot[slot(user.key)].append((item, user))
+            for user_slot, members in by_slot.items():
+                keys: list[str] = []
+                args: list[object] = [timeout, 4, stale, self._max_devices]
+                for (_, (ping, hides)), user in members:
+                    keys += _user_slot_keys(user)
+                    args += ping_args(ping, ping.clientid, hides)
+                groups.append([item for item, _ in members])
+                calls.append((user_slot, keys, args))
+        d = self._run_all(_SCRIPTS.ping, calls)
+        return d.addCallback(self._round_done, groups, calls, timeout, wait_replicas, outcomes)
+
+    def _round_done(self, results: list, groups: list, calls: list, timeout: float,
+                    wait_replicas: int, outcomes: list) -> Deferred[None]:
         steps = []
-        for _, group in _by(numbered, lambda n: slot(self._prefix + n[1][0].userid)).items():
-            keys: list[str] = []
-            args: list[object] = [timeout, 4, stale, self._max_devices]
-            for _, (ping, hides) in group:
-                keys += _user_slot_keys(self._users(ping.userid))
-                args += ping_args(ping, ping.clientid, hides)
-            d = self._run(_SCRIPTS.ping, keys[0], keys, args)
-            d.addCallback(self._stored, keys[0], wait_replicas)
+        for group, call, result in zip(groups, calls, results):
+            if isinstance(result, Failure):
+                _fill(result, group, outcomes)
+                continue
+            if not wait_replicas:  # as below, without a Deferred per slot
+                again = self._answer([(r, None) for r in result], group, outcomes, timeout, 0)
+                if again is not None:
+                    steps.append(again.addErrback(_fill, group, outcomes))
+                continue
+            d = succeed(result).addCallback(self._stored, call[1][0], wait_replicas)
             d.addCallback(self._answer, group, outcomes, timeout, wait_replicas)
             d.addErrback(_fill, group, outcomes)
             steps.append(d)
@@ -206,20 +234,25 @@ class ClusterTopology:
 
     def _arm_then_store(self, numbered: list, timeout: float, wait_replicas: int,
                         outcomes: list) -> Deferred[None]:
-        """One arm.lua per partition, then its pings stored, armed."""
-        steps = []
-        for partition, group in _by(numbered, lambda n: self._users(n[1][0].userid).partition).items():
-            deadlines, _ = partition_keys(self._prefix, partition)
+        """One arm.lua per partition, all sent together; then every armed ping stored."""
+        parts = list(_by(numbered, lambda n: self._users(n[1][0].userid).partition).values())
+        calls = []
+        for group in parts:
+            deadlines, _ = partition_keys(self._prefix, self._users(group[0][1][0].userid).partition)
             members = [deadline_member(ping.userid, ping.clientid) for _, (ping, _) in group]
-            d = self._run(_SCRIPTS.arm, deadlines, [deadlines], [timeout, *members])
-            d.addCallback(self._store_armed, group, timeout, wait_replicas, outcomes)
-            d.addErrback(_fill, group, outcomes)
-            steps.append(d)
-        return gatherResults(steps, consumeErrors=True).addCallback(lambda _: None)
+            calls.append((slot(deadlines), [deadlines], [timeout, *members]))
+        d = self._run_all(_SCRIPTS.arm, calls)
+        return d.addCallback(self._store_armed, parts, timeout, wait_replicas, outcomes)
 
-    def _store_armed(self, armed: str, numbered: list, timeout: float, wait_replicas: int,
-                     outcomes: list) -> Deferred[None]:
-        return self._store_round(numbered, timeout, wait_replicas, outcomes, armed)
+    def _store_armed(self, armed: list, parts: list, timeout: float, wait_replicas: int,
+                     outcomes: list) -> Deferred[None] | None:
+        rounds = []
+        for group, when in zip(parts, armed):
+            if isinstance(when, Failure):
+                _fill(when, group, outcomes)
+            else:
+                rounds.append((group, f"{float(when) - timeout / 2:.6f}"))
+        return self._store_round(rounds, timeout, wait_replicas, outcomes) if rounds else None
 
     def _stored(self, results: list, key: str, wait_replicas: int) -> Any:
         """The results, with what ``WAIT`` counted on the same node connection."""
@@ -237,8 +270,9 @@ class ClusterTopology:
                 again.append((n, (ping, hides)))
                 continue
             outcomes[n] = outcome
-            partition = self._users(ping.userid).partition
-            changes[partition] += (outcome[0] == CAME_ONLINE) - (outcome[0] == WENT_OFFLINE)
+            change = (outcome[0] == CAME_ONLINE) - (outcome[0] == WENT_OFFLINE)
+            if change:
+                changes[self._users(ping.userid).partition] += change
         for partition, change in changes.items():
             if change:
                 self._count(partition, change)
@@ -271,18 +305,18 @@ class ClusterTopology:
     # Reads.
 
     def read(self, userids: list[str]) -> Deferred[list[Any]]:
-        """One read_many.lua per user slot, each on its node; the rows in ``userids``' order."""
-        numbered = list(enumerate(userids))
-        reads = []
-        for _, group in _by(numbered, lambda n: slot(self._prefix + n[1])).items():
+        """One read_many.lua per user slot, those of a node sent together; the rows in
+        ``userids``' order."""
+        groups = list(_by(enumerate(userids), lambda n: slot(self._prefix + n[1])).values())
+        calls: list[tuple[int, list[str], list[object]]] = []
+        for group in groups:
             keys: list[str] = []
             for _, userid in group:
                 user = self._users(userid)
                 keys += (user.key, user.devices, user.online)
-            d = self._run(_SCRIPTS.read_many, keys[0], keys, [])
-            reads.append(d.addCallback(_along, group))
-        d = gatherResults(reads, consumeErrors=True)
-        return d.addCallback(_in_order, len(userids))
+            calls.append((slot(keys[0]), keys, []))
+        d = self._run_all(_SCRIPTS.read_many, calls)
+        return d.addCallback(_in_order, groups, len(userids))
 
     # Erasure, the control channel, scans.
 
@@ -411,11 +445,6 @@ def _device(entry: tuple[str, str]) -> tuple[str, str]:
     return from_member(entry[0]) or ("", "")
 
 
-def _along(rows: list, group: list) -> list:
-    """A read_many.lua's rows beside the users asked for."""
-    return list(zip(group, rows))
-
-
 def _checked(out: list, group: list) -> list:
     """An expire.lua's answers, (gone, pending) per entry, beside the entries checked."""
     return list(zip(group, out[::2], out[1::2]))
@@ -428,10 +457,13 @@ def _fill(failure: Failure, numbered: list, outcomes: list) -> None:
             outcomes[n] = (failure, None)
 
 
-def _in_order(groups: list[list], size: int) -> list[Any]:
+def _in_order(results: list, groups: list[list], size: int) -> list[Any] | Failure:
+    """Each slot's rows, as the users were asked for; the first failure if any read failed."""
     rows: list[Any] = [None] * size
-    for group in groups:
-        for (n, _), row in group:
+    for group, result in zip(groups, results):
+        if isinstance(result, Failure):
+            return result
+        for (n, _), row in zip(group, result):
             rows[n] = row
     return rows
 

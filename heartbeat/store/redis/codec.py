@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from heartbeat.core import fast_json
 from heartbeat.core.presence import Ping, Presence, UserState, erased
 
 
@@ -27,7 +28,7 @@ def ping_message(ping: Ping) -> str:
     as the two changes.
     """
     device = Presence(ping.userid, ping.time, ping.status, True, ping.clientid)
-    return json.dumps(device.as_event(), separators=(",", ":"))
+    return fast_json.dumps(device.as_event()).decode("ascii")
 
 
 def erased_message(userid: str) -> str:
@@ -54,7 +55,7 @@ def from_control(text: object) -> str | None:
 
 def deadline_member(userid: str, clientid: str) -> str:
     """A device's member in its deadline partition: both ids, unambiguously."""
-    return json.dumps([userid, clientid], separators=(",", ":"))
+    return fast_json.dumps([userid, clientid]).decode("ascii")
 
 
 def from_member(member: str) -> tuple[str, str] | None:
@@ -81,7 +82,7 @@ def from_message(userid: str, text: str) -> tuple[Presence, ...]:
         ping = _ping(userid, stamp, text_status)
         return () if ping is None else (Presence(userid, ping.time, ping.status),)
     try:
-        event = json.loads(text)
+        event = fast_json.loads(text)
     except ValueError:
         return ()
     if not isinstance(event, dict):

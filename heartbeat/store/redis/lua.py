@@ -23,7 +23,9 @@ from typing import Any, Literal
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
-from txredisapi import ResponseError
+from txredisapi import RedisProtocol, ResponseError
+
+from heartbeat.store.redis.txredis import encode, send
 
 Layout = Literal["single", "cluster"]
 
@@ -66,17 +68,43 @@ class Script:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
-    def run(self, conn: Any, keys: Sequence[str], args: Sequence[object] = ()) -> Deferred[Any]:
-        """``EVALSHA``, then ``EVAL`` if the server has not seen the script."""
-        operands = (len(keys), *keys, *args)
-        d = maybeDeferred(conn.execute_command, "EVALSHA", self.sha, *operands)
-        return d.addErrback(self._unknown, conn, operands)
+    def command(self, keys: Sequence[str], args: Sequence[object] = ()) -> bytes:
+        """The ``EVALSHA`` of this script, encoded (for :func:`~.txredis.send`)."""
+        return encode(args, ("EVALSHA", self.sha, len(keys), *keys))
 
-    def _unknown(self, failure: Failure, conn: Any,
-                 operands: tuple[object, ...]) -> Deferred[Any] | Failure:
+    def run(self, conn: Any, keys: Sequence[str], args: Sequence[object] = ()) -> Deferred[Any]:
+        """``EVALSHA``, then ``EVAL`` if the server has not seen the script.
+
+        On a connection, the call is encoded at once and sent with
+        :func:`~.txredis.send`; anything else that executes commands (a
+        Cluster slot's stand-in) gets them one by one.
+        """
+        if isinstance(conn, RedisProtocol):
+            d = maybeDeferred(send, conn, self.command(keys, args), 1).addCallback(_only)
+        else:
+            operands: tuple[object, ...] = (len(keys), *keys, *args)
+            d = maybeDeferred(conn.execute_command, "EVALSHA", self.sha, *operands)
+        return self.or_eval(d, conn, keys, args)
+
+    def or_eval(self, d: Deferred[Any], conn: Any, keys: Sequence[str],
+                args: Sequence[object] = ()) -> Deferred[Any]:
+        """``d``, the call's result; if it failed ``NOSCRIPT``, the script sent in full on ``conn``."""
+        return d.addErrback(self._unknown, conn, keys, args)
+
+    def _unknown(self, failure: Failure, conn: Any, keys: Sequence[str],
+                 args: Sequence[object]) -> Deferred[Any] | Failure:
         if not (failure.check(ResponseError) and str(failure.value).startswith("NOSCRIPT")):
             return failure
+        operands: tuple[object, ...] = (len(keys), *keys, *args)
         return maybeDeferred(conn.execute_command, "EVAL", self.source, *operands)
+
+
+def _only(replies: list[Any]) -> Any:
+    """The reply of one command sent with :func:`~.txredis.send`; an error raised."""
+    reply = replies[0]
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
 
 
 @dataclass(frozen=True)
