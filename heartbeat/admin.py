@@ -35,7 +35,7 @@ def erase_embedded(setting: str, userids: Sequence[str]) -> None:
     if setting == ":memory:":
         raise DatabaseUnusable("DATABASE=:memory: keeps nothing: there is nothing to erase")
     try:
-        database, _ = Database.open(setting)
+        database = Database.open(setting)
     except DatabaseUnusable as e:
         if "another process" in str(e):
             raise DatabaseUnusable(

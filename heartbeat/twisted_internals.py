@@ -16,7 +16,8 @@ What is used, and why:
   whose request has nearly always arrived already.
 - :class:`AcceptingPort`: ``tcp.Port``'s accept internals (``socket._accept``,
   ``_buildAddr``, ``sessionno``, ``transport``), to keep the kernel's accept
-  queue empty under a reconnect burst.
+  queue empty under a reconnect burst, and to answer connections when no
+  descriptor is left.
 - :func:`endpoint_types`: ``twisted.internet.endpoints._serverParsers``, the
   endpoint prefixes built into Twisted, to tell ``host:port`` from an
   endpoint string.
@@ -24,13 +25,18 @@ What is used, and why:
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IListeningPort, IProtocol, ITransport
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IProtocol, ITransport
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 
 log = Logger()
 
@@ -45,6 +51,12 @@ ACCEPT_ALL = 4096
 # Connections served between two looks at the kernel's queue: few enough that it stays
 # nearly empty, enough that the look (an accept that fails with EAGAIN) costs little.
 SERVED_BETWEEN_ACCEPTS = 16
+# What accept says when this process (EMFILE) or the system (ENFILE) has no descriptor left.
+NO_DESCRIPTOR = (errno.EMFILE, errno.ENFILE)
+# Seconds between two log lines about connections refused for lack of descriptors.
+REFUSALS_LOGGED_EVERY = 1.0
+# Seconds a port with no descriptor left, not even its reserve, stops accepting.
+ACCEPT_PAUSE = 0.1
 
 
 def eager_write(transport: Writable, data: bytes) -> None:
@@ -97,13 +109,26 @@ def endpoint_types() -> set[str]:
     }
 
 
-def take_bursts(port: IListeningPort) -> None:
+def take_bursts(port: IListeningPort, refusal: Callable[[], bytes]) -> None:
     """Make ``port``, if a plain IPv4 TCP port, an :class:`AcceptingPort`.
 
-    IPv6 ports keep Twisted's loop, which also resolves scope ids.
+    ``refusal`` makes the bytes a connection gets when no descriptor is left
+    (a ``503``); TLS ports close such a connection without them. IPv6 ports
+    keep Twisted's loop, which also resolves scope ids.
     """
     if type(port) is tcp.Port and port.addressFamily == socket.AF_INET:
         port.__class__ = AcceptingPort
+        assert isinstance(port, AcceptingPort)
+        port.refusal = None if isinstance(port.factory, TLSMemoryBIOFactory) else refusal
+        port.reserve = _reserve()
+
+
+def _reserve() -> int | None:
+    """A descriptor held for the moment none is left (closed, then used to accept)."""
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 class AcceptingPort(tcp.Port):
@@ -115,9 +140,20 @@ class AcceptingPort(tcp.Port):
     SYN retry. Here every pending connection is accepted before each few are
     served, so the queue never holds more than came in meanwhile. It is also
     the lean path: no enum conversion of the address family per connection,
-    no generator and log buffer per accept. Errors, out of file descriptors
-    included, are left to Twisted's own loop, which knows how to recover.
+    no generator and log buffer per accept.
+
+    Out of file descriptors, Twisted's loop closes each waiting connection
+    with no answer and logs a line per connection. Here a descriptor is held
+    in reserve: it is closed to accept one connection, which is answered
+    ``refusal()`` (a ``503`` with ``Retry-After``) and closed, then taken
+    again; the refusals are logged at most once a second, with a count.
+    Other accept errors are left to Twisted's own loop.
     """
+
+    refusal: Callable[[], bytes] | None = None
+    reserve: int | None = None
+    _refused = 0
+    _refusals_logged: IDelayedCall | None = None
 
     def doRead(self) -> None:
         accepted: deque[tuple[IProtocol, tcp.Server]] = deque()
@@ -145,9 +181,12 @@ class AcceptingPort(tcp.Port):
                 fd, address = accept()
             except BlockingIOError:
                 break
-            except OSError:
-                self.numberAccepts = ACCEPT_ALL
-                super().doRead()
+            except OSError as e:
+                if e.errno in NO_DESCRIPTOR:
+                    self._refuse_pending(accept, budget - count)
+                else:
+                    self.numberAccepts = ACCEPT_ALL
+                    super().doRead()
                 break
             skt = socket.socket(socket.AF_INET, kind, 0, fd)
             try:
@@ -165,3 +204,66 @@ class AcceptingPort(tcp.Port):
             accepted.append((protocol, transport))
             count += 1
         return count
+
+    def _refuse_pending(self, accept: Callable[[], tuple[int, object]], budget: int) -> None:
+        """No descriptor is left: answer up to ``budget`` waiting connections on the reserve."""
+        for _ in range(budget):
+            if self.reserve is None:
+                self.reserve = _reserve()
+                if self.reserve is None:  # not even that: let descriptors free up
+                    self.stopReading()
+                    self.reactor.callLater(ACCEPT_PAUSE, self._resume)  # type: ignore[attr-defined]
+                    return
+            os.close(self.reserve)
+            self.reserve = None
+            try:
+                fd, _ = accept()
+            except OSError:  # none waiting, or the descriptor went elsewhere
+                self.reserve = _reserve()
+                return
+            self._answer_and_close(socket.socket(fileno=fd))
+            self.reserve = _reserve()
+            self._note_refused()
+
+    def _answer_and_close(self, skt: socket.socket) -> None:
+        try:
+            # What the client sent is read first, so the close is a FIN, not a
+            # reset that could overtake the answer.
+            skt.recv(65536, socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+        try:
+            if self.refusal is not None:
+                skt.send(self.refusal(), socket.MSG_DONTWAIT)
+            skt.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            skt.close()
+
+    def _resume(self) -> None:
+        if self.connected:
+            self.startReading()
+
+    def _note_refused(self) -> None:
+        self._refused += 1
+        if self._refusals_logged is None:
+            self._log_refusals()
+
+    def _log_refusals(self) -> None:
+        self._refusals_logged = None
+        if not self._refused:
+            return
+        log.warn("out of file descriptors: connections refused (answered 503 and closed): "
+                 "{count}; raise the open files limit, or lower MAX_STREAMS", count=self._refused)
+        self._refused = 0
+        self._refusals_logged = self.reactor.callLater(  # type: ignore[attr-defined]
+            REFUSALS_LOGGED_EVERY, self._log_refusals)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.reserve is not None:
+            os.close(self.reserve)
+            self.reserve = None
+        if self._refusals_logged is not None and self._refusals_logged.active():
+            self._refusals_logged.cancel()
+        super().connectionLost(reason)

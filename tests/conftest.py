@@ -8,6 +8,7 @@ import pytest
 # The process fixtures live with the other helpers; importing them here makes them
 # every test's.
 from tests.helpers.fixtures import (  # noqa: F401
+    any_redis,
     daemon,
     redis_server,
     start_daemon,

@@ -12,7 +12,7 @@ from twisted.internet.protocol import Factory, Protocol
 
 from heartbeat.daemon.config import load_settings
 from heartbeat.daemon.tap import build_service
-from heartbeat.twisted_internals import SERVED_BETWEEN_ACCEPTS, take_bursts
+from heartbeat.twisted_internals import SERVED_BETWEEN_ACCEPTS, AcceptingPort, take_bursts
 from tests.helpers.in_memory import request_bytes
 
 
@@ -28,7 +28,7 @@ async def test_every_pending_connection_is_accepted_in_one_turn():
 
     endpoint = TCP4ServerEndpoint(reactor, 0, backlog=1024, interface="127.0.0.1")
     port = await endpoint.listen(Counting())
-    take_bursts(port)
+    take_bursts(port, lambda: b"")
     clients = []
     try:
         for burst in (1, 300):
@@ -72,7 +72,7 @@ async def test_connections_that_come_meanwhile_are_accepted_between_a_few_served
 
     endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
     port = await endpoint.listen(Numbering())
-    take_bursts(port)
+    take_bursts(port, lambda: b"")
     try:
         for _ in range(few + 1):
             connect()
@@ -126,20 +126,67 @@ class _Listening:
 
 
 @pytest_twisted.ensureDeferred
-async def test_accept_errors_are_left_to_twisted_and_a_bad_connection_stops_nothing():
+async def test_other_accept_errors_are_left_to_twisted_and_a_bad_connection_stops_nothing():
     endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
     failing = Factory()
     failing.buildProtocol = lambda addr: 1 / 0  # type: ignore[method-assign]
     port = await endpoint.listen(failing)
-    take_bursts(port)
+    take_bursts(port, lambda: b"")
     try:
         client = socket.create_connection(("127.0.0.1", port.getHost().port))
         port.doRead()  # the failure is logged, not raised into the reactor
         client.close()
         assert port.connected
-        listening, port.socket = port.socket, _Listening(errno.EMFILE)
+        listening, port.socket = port.socket, _Listening(errno.ENOBUFS)
         port.doRead()
         assert port.socket.twisted_accepts == 1
         port.socket = listening
     finally:
         await port.stopListening()
+
+
+class _Exhausted:
+    """A listening socket out of descriptors until its reserve is closed, then ``waiting``'s."""
+
+    type = socket.SOCK_STREAM
+
+    def __init__(self, waiting: socket.socket, port: AcceptingPort) -> None:
+        self.waiting = waiting
+        self.port = port
+        self.accepted = 0
+
+    def _accept(self):  # type: ignore[no-untyped-def]
+        if self.port.reserve is not None:
+            raise OSError(errno.EMFILE, "Too many open files")
+        if self.accepted:
+            raise BlockingIOError(errno.EAGAIN, "no more")
+        self.accepted += 1
+        return self.waiting._accept()  # type: ignore[attr-defined]
+
+
+@pytest_twisted.ensureDeferred
+async def test_out_of_descriptors_a_connection_is_answered_503_on_the_reserve():
+    endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    port = await endpoint.listen(Factory.forProtocol(Protocol))
+    take_bursts(port, lambda: b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\r\n")
+    assert isinstance(port, AcceptingPort) and port.reserve is not None
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+    client = socket.create_connection(other.getsockname())
+    try:
+        client.sendall(request_bytes("GET", "/health"))
+        listening, port.socket = port.socket, _Exhausted(other, port)
+        port.doRead()
+        port.socket = listening
+        client.settimeout(5)
+        answer = b""
+        while chunk := client.recv(4096):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in answer
+        assert port.reserve is not None  # held again for the next time
+    finally:
+        client.close()
+        other.close()
+        await port.stopListening()
+    assert port.reserve is None

@@ -102,6 +102,17 @@ def test_probes_need_no_credentials_in_jwt_mode():
     assert wire.request("GET", "/livez").status == 200
 
 
+def test_readyz_says_503_until_the_store_has_loaded_presence():
+    wire = Wire({"API_KEY": KEY})
+    store = wire.edge.api.store
+    store.loaded = False  # the embedded store reading its online users after start
+    response = wire.request("GET", "/readyz")
+    assert response.status == 503 and response.json() == {"status": "loading"}
+    assert wire.request("GET", "/livez").status == 200
+    store.loaded = True
+    assert wire.request("GET", "/readyz").status == 200
+
+
 def test_bulk_status(wire):
     wire.ping("a")
     wire.ping("b")

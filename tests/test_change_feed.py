@@ -29,9 +29,8 @@ def make(kind: str, path: Path, timeout: float = 10, retention: float = 3600,
     hiding = Hiding.of(("3",))
     if kind == "memory":
         return MemoryStore(clock, timeout, hiding, changes_retention=retention), clock
-    database, state = Database.open(str(path / "heartbeat.db"))
-    store = SQLiteStore(database, state, clock, timeout, hiding, writer=Writer(),
-                        changes_retention=retention)
+    store = SQLiteStore(Database.open(str(path / "heartbeat.db")), clock, timeout, hiding,
+                        writer=Writer(), changes_retention=retention)
     store.startService()
     return store, clock
 
@@ -197,8 +196,11 @@ class HeldWriter:
         self.held: list = []
 
     def __call__(self, f, *args):
-        from twisted.internet.defer import Deferred
+        from twisted.internet.defer import Deferred, maybeDeferred
 
+        if f.__name__ in ("read_users", "read_online"):
+            # A user not in memory has no write in flight: their read is not held.
+            return maybeDeferred(f, *args)
         d = Deferred()
         self.held.append((d, f, args))
         return d
@@ -245,8 +247,8 @@ def test_sqlite_snapshot_and_cursor_then_changes_rebuild_state_with_writes_in_fl
         clock = Clock()
         clock.advance(START)
         writer = HeldWriter()
-        database, state = Database.open(str(Path(directory) / "heartbeat.db"))
-        store = SQLiteStore(database, state, clock, 10, Hiding.of(("3",)), writer=writer)
+        store = SQLiteStore(Database.open(str(Path(directory) / "heartbeat.db")), clock, 10,
+                            Hiding.of(("3",)), writer=writer)
         store.startService()
         store._reader = lambda f, *args: maybeDeferred(f, *args)
         known, cursor = snapshot(store, "ab")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from heartbeat.core.deadlines import Deadlines
+from heartbeat.core.deadlines import DUE_PER_TURN, Deadlines
 
 
 def test_the_deadline_wheel_moves_a_re_armed_device_and_yields_in_deadline_order():
@@ -117,3 +117,20 @@ def test_stop_forgets_every_deadline_and_the_timer():
     assert clock.getDelayedCalls() == [] and len(wheel) == 0
     clock.advance(10)
     assert due == []
+
+
+def test_thousands_due_together_are_spread_over_turns_in_order():
+    clock = Clock()
+    due: list[object] = []
+
+    def on_due(n: int) -> None:
+        if n == 0:  # other work that comes meanwhile runs between two turns' worth
+            clock.callLater(0, due.append, "other")
+        due.append(n)
+
+    deadlines: Deadlines[int] = Deadlines(clock, on_due)
+    for n in range(2 * DUE_PER_TURN + 10):
+        deadlines.arm(n, 1)
+    clock.advance(1)
+    assert due == [*range(DUE_PER_TURN), "other", *range(DUE_PER_TURN, 2 * DUE_PER_TURN + 10)]
+    assert len(deadlines) == 0

@@ -114,3 +114,21 @@ def test_a_user_watched_here_is_sent_its_last_ping_without_reading_the_store():
     assert reads == [("alice",)]
     sent = later.take()
     assert b'"status":"2"' in sent and b'"status":"1"' not in sent
+
+
+def test_a_user_whose_state_is_gone_after_a_resync_goes_offline_once_as_last_sent():
+    store = LateStore()
+    hub = Hub(store, Clock())
+    _, watching = open_stream(hub, "alice")
+    store.answer(alice=(5, "busy"))
+    hub.deliver(Presence("alice", 7, "away"))
+    _, never = open_stream(hub, "alice")  # sent the bus's state, the same
+    hub.bus_lost()
+    hub.resync()
+    store.answer(alice=None)  # the store came back without alice
+    for transport in (watching, never):
+        frames = [f for f in transport.value().split(b"\n\n") if b"data:" in f]
+        assert b'"time":7,"status":"away","userid":"alice","online":false' in frames[-1]
+    hub.resync()
+    store.answer(alice=None)  # and only once
+    assert sent(watching) == ["busy", "away", "away"]

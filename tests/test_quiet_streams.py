@@ -50,8 +50,8 @@ class World:
         self.directory: str | None = None
         if kind == "sqlite":
             self.directory = tempfile.mkdtemp()
-            database, state = Database.open(str(Path(self.directory) / "heartbeat.db"))
-            self.store = SQLiteStore(database, state, self.clock, TIMEOUT, writer=Writer())
+            self.store = SQLiteStore(Database.open(str(Path(self.directory) / "heartbeat.db")),
+                                     self.clock, TIMEOUT, writer=Writer())
         else:
             self.store = MemoryStore(self.clock, TIMEOUT)
         self.hub = Hub(self.store, self.clock, self.store, positions=True)

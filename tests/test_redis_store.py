@@ -136,9 +136,11 @@ async def test_a_ping_is_one_script_call_that_falls_back_to_eval(make_store, red
     # One command per ping; the writes and PUBLISH only ever run inside the script
     # (the first ping also counts the user online).
     assert from_client == ['"EVALSHA"', '"EVAL"', '"EVALSHA"', '"EVALSHA"', '"EVAL"']
-    # (HGET: the status before, for the change feed's rule.)
+    # (HGET: the status before, for the change feed's rule; HLEN: a new device, for
+    # MAX_DEVICES_PER_USER.)
     again = ['"HGET"', '"HSET"', '"HSET"', '"SADD"', '"PUBLISH"']
-    assert from_script == ['"HGET"', '"HSET"', '"HSET"', '"SADD"', '"SCARD"', '"PUBLISH"'] + again * 2
+    first = ['"HGET"', '"HSET"', '"HSET"', '"HLEN"', '"SADD"', '"SCARD"', '"PUBLISH"']
+    assert from_script == first + again * 2
     assert await store.get(["alice"]) == {"alice": state(Ping("alice", 3, "c"))}
 
 

@@ -307,7 +307,7 @@ def test_a_device_with_no_deadline_is_armed_then_stored_in_order():
     redis.calls[1][3].callback("1000.000000")
     name, _, args, stored = redis.calls[2]
     assert name == "ping" and args[2] == "970.000000"  # refused if run after half a timeout
-    assert args[3::6] == ["alice", "alice"] and args[6::6] == ["new", "old"]
+    assert args[4::6] == ["alice", "alice"] and args[7::6] == ["new", "old"]
     stored.callback([CAME_ONLINE, STORED])
     assert answer == [[(CAME_ONLINE, None), (STORED, None)]]
 
@@ -319,14 +319,14 @@ def test_a_user_s_later_pings_wait_for_their_earlier_ones():
     later = results([topology.store([(Ping("alice", 2, "1", "old"), False),
                                      (Ping("bob", 2, "1", "c"), False)], 60, 0)])
     # bob goes at once; alice's later ping waits for her first to be stored.
-    assert [args[3] for _, _, args, _ in redis.calls] == ["alice", "bob"]
+    assert [args[4] for _, _, args, _ in redis.calls] == ["alice", "bob"]
     redis.calls[1][3].callback([STORED])
     redis.calls[0][3].callback([NEEDS_ARM])
     redis.calls[2][3].callback("1000.000000")  # arm
-    assert [args[3] for _, _, args, _ in redis.calls[3:]] == ["alice"]
-    assert redis.calls[3][2][6] == "new"
+    assert [args[4] for _, _, args, _ in redis.calls[3:]] == ["alice"]
+    assert redis.calls[3][2][7] == "new"
     redis.calls[3][3].callback([CAME_ONLINE])
     assert first == [[(CAME_ONLINE, None)]]
-    assert [args[6] for _, _, args, _ in redis.calls[4:]] == ["old"]
+    assert [args[7] for _, _, args, _ in redis.calls[4:]] == ["old"]
     redis.calls[4][3].callback([STORED])
     assert later == [[(STORED, None), (STORED, None)]]

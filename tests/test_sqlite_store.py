@@ -6,7 +6,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from heartbeat.core.hidden_statuses import Hiding
@@ -22,7 +21,7 @@ from heartbeat.store.sqlite import (
     SQLiteStore,
     open_store,
 )
-from tests.helpers.sqlite_writer import START, Writer
+from tests.helpers.sqlite_writer import START, Later, Writer
 
 
 class Listener:
@@ -41,8 +40,7 @@ def make_store(path: Path, timeout: float = 60, at: float = START, hiding: Hidin
     clock = Clock()
     clock.advance(at)
     writer = Writer()
-    database, state = Database.open(str(path))
-    store = SQLiteStore(database, state, clock, timeout, hiding, writer=writer)
+    store = SQLiteStore(Database.open(str(path)), clock, timeout, hiding, writer=writer)
     store.startService()
     return store, clock, writer
 
@@ -59,10 +57,11 @@ def state_of(store: MemoryStore, userid: str):
 def test_a_ping_is_answered_once_committed_and_is_there_after_a_restart(tmp_path):
     path = tmp_path / "heartbeat.db"
     store, clock, writer = make_store(path)
-    answered = store.ping(Ping("alice", 5, "1", "phone"))
-    assert not answered.called and state_of(store, "alice") is None
+    answered: list = []
+    store.ping(Ping("alice", 5, "1", "phone")).addCallback(answered.append)
+    assert not answered and state_of(store, "alice") is None
     clock.advance(0)
-    assert answered.called and writer.calls == 1
+    assert answered and writer.calls == 1
     assert state_of(store, "alice").user == Presence("alice", 5, "1", True)
     again, _, _ = reopen(store, path)
     state = state_of(again, "alice")
@@ -170,25 +169,18 @@ def test_a_failing_write_answers_503_and_the_store_recovers(tmp_path):
 def test_close_waits_for_the_write_under_way(tmp_path):
     path = tmp_path / "heartbeat.db"
     clock = Clock()
-    pending: list = []
-
-    def slow(f, *args) -> Deferred:
-        d = Deferred()
-        pending.append((d, f, args))
-        return d
-
-    database, state = Database.open(str(path))
-    store = SQLiteStore(database, state, clock, 60, writer=slow)
+    slow = Later()
+    store = SQLiteStore(Database.open(str(path)), clock, 60, writer=slow)
     store.startService()
+    slow.run()  # start-up's read of who is online
     answered = store.ping(Ping("alice", 1, "1"))
+    slow.run()  # alice, read before her ping
     clock.advance(0)
     closed = store.close()
     assert not closed.called
-    d, f, args = pending.pop()
-    d.callback(f(*args))
+    slow.run()
     assert answered.called
-    d, f, args = pending.pop()  # the connection's close, in the writer
-    d.callback(f(*args))
+    slow.run()  # the connection's close, in the writer
     assert closed.called
     Database.open(str(path))  # unlocked
 
@@ -299,3 +291,109 @@ def test_a_moved_deadline_is_kept_in_order_with_the_pings_and_leaves_of_its_turn
         "held": True, "left": False, "pinged": False}
     clock.advance(51)
     assert not state_of(again, "alice").user.online
+
+
+def test_memory_holds_the_online_the_watched_and_a_bounded_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr("heartbeat.store.sqlite.RESTING_USERS", 5)
+    path = tmp_path / "heartbeat.db"
+    store, clock, _ = make_store(path, timeout=10)
+    store.subscribe("u0")
+    for n in range(50):
+        store.ping(Ping(f"u{n}", n, "1", "phone"))
+    clock.advance(0)
+    assert len(store._users) == 50  # all online
+    clock.advance(11)
+    # Offline: the watched one and the five last used stay.
+    assert "u0" in store._users and len(store._users) == 6
+    # The others are read back from the file when asked, whole.
+    assert state_of(store, "u7").user == Presence("u7", 7, "1", False)
+    assert state_of(store, "u7").devices["phone"].online is False
+    assert state_of(store, "nobody") is None
+    # A restart loads only who is online.
+    store.ping(Ping("u9", 60, "2", "desk"))
+    clock.advance(0)
+    again, _, _ = reopen(store, path, at=START + 12)
+    assert list(again._users) == ["u9"] and again.loaded and again.online_users() == 1
+    assert set(state_of(again, "u9").devices) == {"phone", "desk"}
+
+
+def test_a_user_read_back_keeps_their_devices_and_the_bound(tmp_path, monkeypatch):
+    monkeypatch.setattr("heartbeat.store.sqlite.RESTING_USERS", 0)
+    path = tmp_path / "heartbeat.db"
+    clock = Clock()
+    clock.advance(START)
+    store = SQLiteStore(Database.open(str(path)), clock, 10, max_devices=3, writer=Writer())
+    store.startService()
+    for device in ("a", "b", "c"):
+        store.ping(Ping("alice", 1, "1", device))
+        clock.advance(0)
+    clock.advance(11)
+    assert "alice" not in store._users  # offline, unwatched, nothing cached
+    store.ping(Ping("alice", 20, "1", "d"))
+    clock.advance(0)
+    clock.advance(0)  # the forgotten device's row goes in the next transaction
+    assert sorted(state_of(store, "alice").devices) == ["b", "c", "d"]
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT clientid FROM devices ORDER BY clientid").fetchall()
+    assert rows == [("b",), ("c",), ("d",)]
+
+
+def _alice_stored(path: Path) -> Clock:
+    """A file where alice is online, its store closed; the clock it ran on."""
+    store, clock, _ = make_store(path)
+    store.ping(Ping("alice", 1, "1"))
+    clock.advance(0)
+    store.close()
+    return clock
+
+
+def test_a_database_of_the_schema_before_gains_the_index_of_online_devices(tmp_path):
+    path = tmp_path / "heartbeat.db"
+    _alice_stored(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP INDEX devices_online")
+        conn.execute("PRAGMA user_version = 2")
+    again, _, _ = make_store(path, at=START + 1)
+    assert state_of(again, "alice").user.online and again.online_users() == 1
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'devices_online'"
+                            ).fetchone() == (1,)
+
+
+def test_presence_is_loaded_after_start_and_asked_users_are_read_meanwhile(tmp_path):
+    path = tmp_path / "heartbeat.db"
+    clock = _alice_stored(path)
+    later = Later()
+    again = SQLiteStore(Database.open(str(path)), clock, 60, writer=later)
+    again.startService()
+    loaded: list = []
+    again.when_loaded().addCallback(loaded.append)
+    assert not again.loaded and again.online_users() is None
+    asked = again.get(["alice"])
+    later.run(1)  # alice's read, answered first
+    assert asked.result["alice"].user.online
+    later.run()  # then everyone online
+    assert loaded and again.loaded and again.online_users() == 1
+    again.close()
+
+
+def test_devices_stored_past_a_lower_limit_are_trimmed_when_read(tmp_path):
+    path = tmp_path / "heartbeat.db"
+    store, clock, _ = make_store(path, timeout=10)
+    for n in range(5):
+        store.ping(Ping("alice", n, "1", f"d{n}"))
+        clock.advance(1)
+    store.leave("alice", "d3")
+    clock.advance(0)
+    store.close()
+    clock = Clock()
+    clock.advance(START + 6)
+    again = SQLiteStore(Database.open(str(path)), clock, 10, max_devices=3, writer=Writer())
+    again.startService()
+    clock.advance(0)
+    # d3, offline, goes first, then d0, the least recently seen of the online ones.
+    assert sorted(state_of(again, "alice").devices) == ["d1", "d2", "d4"]
+    assert again._pending == {}  # nothing holds alice once the rows are gone
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM devices").fetchone() == (3,)

@@ -40,6 +40,10 @@ def test_the_accept_internals_accepting_port_uses_exist():
     assert port.sessionno == 0 and port.transport is tcp.Server
     assert port._buildAddr(("127.0.0.1", 1)) == IPv4Address("TCP", "127.0.0.1", 1)
     assert "numberAccepts" in inspect.getsource(tcp.Port.doRead)
+    # What the port does when no descriptor is left.
+    assert port.reactor is not None and port.factory is None and not port.connected
+    assert callable(tcp.Port.stopReading) and callable(tcp.Port.startReading)
+    assert "reason" in inspect.signature(tcp.Port.connectionLost).parameters
 
 
 def test_the_endpoint_parser_table_exists():

@@ -124,6 +124,18 @@ def ping_changes(devices: Devices, ping: Ping, hiding: Hiding,
     return after, derive(before_user, before_device, after, at)
 
 
+def room_changes(devices: Devices, clientid: str, limit: int,
+                 at: int) -> tuple[str, tuple[Presence, ...], tuple[Change, ...]] | None:
+    """Before ``clientid`` pings: forget a device if it would be one too many
+    (``MAX_DEVICES_PER_USER``); which, what watchers are told, and the feed's changes."""
+    room = devices.make_room(clientid, limit)
+    if room is None:
+        return None
+    forgotten, gone = room
+    before = tuple(replace(view, online=True) for view in gone)
+    return forgotten, gone, derive(None, before[0] if before else None, gone, at)
+
+
 def offline_changes(devices: Devices, clientid: str,
                     at: int) -> tuple[tuple[Presence, ...], tuple[Change, ...]]:
     """Take ``clientid`` offline in ``devices``: what watchers are told, and the feed's changes."""

@@ -14,6 +14,7 @@ once per occupied slot.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
@@ -21,6 +22,11 @@ from typing import Generic, TypeVar
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 T = TypeVar("T", bound=Hashable)
+
+# Items handled in one reactor turn: thousands falling due together (one
+# user's devices, a burst of connections timing out) are spread over turns,
+# so the pings and requests that come meanwhile wait milliseconds, not seconds.
+DUE_PER_TURN = 1000
 
 
 class Deadlines(Generic[T]):
@@ -105,12 +111,22 @@ class Deadlines(Generic[T]):
         self._timer_slot = None
         now = self._clock.seconds()
         order = self._order
-        while order and order[0] * self._resolution <= now:
-            for item in self._slots.pop(heapq.heappop(order), ()):
-                del self._slot_of[item]
+        budget = DUE_PER_TURN
+        while budget and order and order[0] * self._resolution <= now:
+            slot = order[0]
+            items = self._slots.get(slot)
+            if items is None:
+                heapq.heappop(order)
+                continue
+            for item in list(itertools.islice(items, budget)):
+                if self._slot_of.get(item) != slot:
+                    continue  # disarmed or moved by an earlier item's on_due
+                self.disarm(item)
+                budget -= 1
                 self._on_due(item)
         while order and order[0] not in self._slots:
             heapq.heappop(order)
-        # An on_due that armed an item may have set the timer for a later slot.
+        # Items still due (past the budget) go next turn, at once; an on_due
+        # that armed an item may have set the timer for a later slot.
         if order and (self._timer_slot is None or order[0] < self._timer_slot):
             self._schedule(order[0])

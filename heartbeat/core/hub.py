@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
@@ -355,7 +357,10 @@ class Hub:
             # A live change that came meanwhile is as new as the read, and sent.
             current = interest.deliveries == deliveries[userid]
             self._learn(interest, state, deliveries[userid])
-            if state is None or not current:
+            if not current:
+                continue
+            if state is None:
+                self._send_gone(userid, interest)
                 continue
             # One frame per view, however many streams want it.
             events: dict[str | None, Event | None] = {}
@@ -373,6 +378,16 @@ class Hub:
                         continue
                     event = Event(event.change, cursor)
                 stream.send(event)
+                self.delivered += 1
+
+    def _send_gone(self, userid: str, interest: _Interest) -> None:
+        """The store no longer has ``userid`` (a Redis back without its data): each
+        stream that last saw them online is told they are offline, once, with the
+        ``time`` and ``status`` it was sent, so nobody shows online for ever."""
+        for stream in interest.all_streams():
+            seen = stream.seen.get(userid)
+            if seen is not None and seen.online:
+                stream.send(Event(replace(seen, online=False)))
                 self.delivered += 1
 
     def keepalive(self) -> None:

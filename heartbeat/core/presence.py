@@ -82,6 +82,10 @@ class UserState:
         return body
 
 
+# SPEC §3's default for MAX_DEVICES_PER_USER.
+MAX_DEVICES_PER_USER = 100
+
+
 class Devices:
     """One user's devices and the changes each ping, leave or timeout makes.
 
@@ -90,28 +94,55 @@ class Devices:
     what watchers may see is kept: a ping that hides (``HIDDEN_STATUSES``)
     leaves no trace here, its device shows offline with its last visible
     ping, and the store keeps the device's deadline armed as for any ping.
+
+    What a device costs does not grow with the user's other devices (SPEC
+    §3): the online ones are counted, not searched for, and ``devices`` is
+    kept in the order they last pinged, so the least recently seen is first.
     """
 
-    __slots__ = ("userid", "latest", "devices")
+    __slots__ = ("userid", "latest", "devices", "_online")
 
     def __init__(self, userid: str) -> None:
         self.userid = userid
         self.latest: Ping | None = None
         self.devices: dict[str, Presence] = {}
+        self._online = 0
 
     @property
     def online(self) -> bool:
-        return any(device.online for device in self.devices.values())
+        return self._online > 0
 
     def user(self) -> Presence | None:
         latest = self.latest
         if latest is None:
             return None
-        return Presence(self.userid, latest.time, latest.status, self.online)
+        return Presence(self.userid, latest.time, latest.status, self._online > 0)
 
     def state(self) -> UserState | None:
         user = self.user()
         return None if user is None else UserState(user, dict(self.devices))
+
+    def copy(self) -> Devices:
+        """Another Devices with the same state, to work a batch out on before it commits."""
+        other = Devices(self.userid)
+        other.latest = self.latest
+        other.devices = dict(self.devices)
+        other._online = self._online
+        return other
+
+    def put(self, device: Presence) -> None:
+        """Add or replace a device as stored, publishing nothing (a restore)."""
+        assert device.clientid is not None
+        self.forget(device.clientid)
+        self.devices[device.clientid] = device
+        self._online += device.online
+
+    def forget(self, clientid: str) -> Presence | None:
+        """Drop ``clientid`` as if it never pinged: what it was, if anything."""
+        device = self.devices.pop(clientid, None)
+        if device is not None:
+            self._online -= device.online
+        return device
 
     def ping(self, ping: Ping, hiding: Hiding) -> tuple[Presence, ...]:
         """Record ``ping``: the user's change, then the device's.
@@ -125,8 +156,34 @@ class Devices:
             return self.offline(ping.clientid)
         self.latest = ping
         device = Presence(ping.userid, ping.time, ping.status, True, ping.clientid)
-        self.devices[ping.clientid] = device
+        self.put(device)  # moved last: the most recently seen
         return (Presence(ping.userid, ping.time, ping.status, True), device)
+
+    def make_room(self, clientid: str, limit: int) -> tuple[str, tuple[Presence, ...]] | None:
+        """Before ``clientid`` pings: forget the least recently seen device if it
+        would be one too many (``MAX_DEVICES_PER_USER``), an offline one first.
+
+        Returns the device forgotten and its offline change, if it was online
+        (never the user's: the ping about to come keeps them online), or None.
+        Only a new device at the limit searches, so a ping of a known device
+        costs a lookup.
+        """
+        if clientid in self.devices or len(self.devices) < limit:
+            return None
+        return self.forget_oldest()
+
+    def forget_oldest(self) -> tuple[str, tuple[Presence, ...]]:
+        """Forget the least recently seen device, an offline one if there is one.
+
+        Returns it and its offline change, if it was online.
+        """
+        if self._online < len(self.devices):
+            victim = next(c for c, device in self.devices.items() if not device.online)
+        else:
+            victim = next(iter(self.devices))
+        device = self.forget(victim)
+        assert device is not None
+        return victim, ((replace(device, online=False),) if device.online else ())
 
     def offline(self, clientid: str) -> tuple[Presence, ...]:
         """``clientid`` is offline: its change, then the user's if it was the last.
@@ -138,7 +195,8 @@ class Devices:
         if device is None or not device.online:
             return ()
         gone = self.devices[clientid] = replace(device, online=False)
-        if self.online:
+        self._online -= 1
+        if self._online:
             return (gone,)
         user = self.user()
         return (gone,) if user is None else (gone, user)

@@ -92,6 +92,11 @@ class Store(HubStore, Protocol):
     def available(self) -> bool:
         """Whether pings can be stored right now (drives 503s and /health)."""
 
+    @property
+    def loaded(self) -> bool:
+        """Whether presence is loaded: the embedded store reads its online users
+        after the port opens (``/readyz`` says 503 until then); the others, always."""
+
     # User online→offline changes this process made (a sweep, a leave, or hiding);
     # summed over the instances sharing a store, each transition counts once.
     offline_transitions: int

@@ -29,6 +29,7 @@ from heartbeat.core.stream import Stream
 from heartbeat.daemon import systemd
 from heartbeat.twisted_internals import take_bursts
 from heartbeat.web.edge import Edge
+from heartbeat.web.responses import out_of_descriptors
 
 log = Logger()
 
@@ -104,7 +105,7 @@ class ListeningService(Service):
         self._listening.addErrback(self._failed_later)
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
-        take_bursts(port)
+        take_bursts(port, lambda: out_of_descriptors(int(self._reactor.seconds())))
         self._port = port
         waiting, self._waiting = self._waiting, []
         for d in waiting:

@@ -18,6 +18,7 @@ from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity
 from heartbeat.core.store_contract import Store
 from heartbeat.daemon.config import SETTINGS, Settings, listen_endpoint, load_settings
+from heartbeat.daemon.descriptors import fit_streams, raise_open_files_limit
 from heartbeat.daemon.logs import log_observer, log_settings
 from heartbeat.daemon.metrics import Metrics
 from heartbeat.daemon.service import HeartbeatService, SettleGarbageCollector
@@ -47,7 +48,7 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         reactor = default_reactor
     sockets = None
     try:
-        settings = load_settings(config)
+        settings = fit_streams(load_settings(config), raise_open_files_limit())
         if settings.workers > 1:
             from heartbeat.daemon.workers import reuseport_sockets
 
@@ -130,11 +131,13 @@ def make_store(settings: Settings, reactor: Any) -> Store:
     hiding = Hiding.of(settings.hidden_statuses)
     if settings.redis is None:
         return open_store(settings.database, reactor, settings.presence_timeout, hiding,
-                          settings.device_retention, changes_retention=settings.changes_retention)
+                          settings.device_retention, changes_retention=settings.changes_retention,
+                          max_devices=settings.max_devices_per_user)
     # Imported only when used: txredisapi imports the global reactor.
     from heartbeat.store.redis.store import RedisStore
 
     return RedisStore(settings.redis, settings.redis_prefix, reactor, settings.presence_timeout,
                       settings.redis_ca_file, settings.redis_wait_replicas, hiding,
                       retention=settings.device_retention,
-                      changes_retention=settings.changes_retention)
+                      changes_retention=settings.changes_retention,
+                      max_devices=settings.max_devices_per_user)

@@ -51,7 +51,7 @@ async def export(reactor: Any, args: argparse.Namespace) -> int:
         print("heartbeat.export: REDIS is empty", file=sys.stderr)
         return 2
     try:
-        database, state = Database.open(args.database)
+        database = Database.open(args.database)
     except DatabaseUnusable as e:
         print(f"heartbeat.export: {e}", file=sys.stderr)
         return 1
@@ -66,12 +66,13 @@ async def export(reactor: Any, args: argparse.Namespace) -> int:
                 return 1
             await deferLater(reactor, 0.1, lambda: None)
             waited += 0.1
-        for start in range(0, len(state), CHUNK):
-            chunk = state[start:start + CHUNK]
-            await gatherResults([store.restore(latest, devices) for latest, devices in chunk],
+        users = devices = 0
+        for chunk in database.read_all(CHUNK):
+            await gatherResults([store.restore(latest, stored) for latest, stored in chunk],
                                 consumeErrors=True)
-        devices = sum(len(devices) for _, devices in state)
-        print(f"heartbeat.export: copied {len(state)} users ({devices} devices) "
+            users += len(chunk)
+            devices += sum(len(stored) for _, stored in chunk)
+        print(f"heartbeat.export: copied {users} users ({devices} devices) "
               f"from DATABASE={args.database!r} to REDIS={address.describe()}")
         return 0
     finally:

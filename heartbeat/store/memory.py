@@ -21,11 +21,19 @@ from heartbeat.core.changes import (
     offline_changes,
     ping_changes,
     positions_of,
+    room_changes,
 )
 from heartbeat.core.deadlines import Deadlines
 from heartbeat.core.errors import BadInput
 from heartbeat.core.hidden_statuses import Hiding
-from heartbeat.core.presence import Devices, Ping, Presence, UserState, erased
+from heartbeat.core.presence import (
+    MAX_DEVICES_PER_USER,
+    Devices,
+    Ping,
+    Presence,
+    UserState,
+    erased,
+)
 from heartbeat.core.store_contract import BusListener
 from heartbeat.store.changelog import DEFAULT_RETENTION, ChangeLog, now_ms
 
@@ -70,13 +78,17 @@ class MemoryStore:
 
     listener: BusListener | None = None
     available = True
+    # Presence is all here from the start (``/readyz``; the SQLite store loads it).
+    loaded = True
     kind = "memory"
 
     def __init__(self, clock: IReactorTime, timeout: float, hiding: Hiding = Hiding(),
                  retention: float | None = None, *,
                  changes_retention: float = DEFAULT_RETENTION,
-                 feed: ChangeLog | None = None) -> None:
+                 feed: ChangeLog | None = None,
+                 max_devices: int = MAX_DEVICES_PER_USER) -> None:
         self._clock = clock
+        self._max_devices = max_devices
         # The change feed (SPEC §8); the SQLite store's continues its file's.
         self.feed = feed if feed is not None else ChangeLog(clock, changes_retention)
         self._timeout = timeout
@@ -117,10 +129,20 @@ class MemoryStore:
 
     def _apply_ping(self, ping: Ping, deadline: float) -> None:
         """Record ``ping``, its device due offline at ``deadline``, and publish it."""
-        presences, changes = ping_changes(
-            self._devices(ping.userid), ping, self._hiding, now_ms(self._clock))
+        devices = self._devices(ping.userid)
+        if not self._hiding.hides(ping.status):
+            room = room_changes(devices, ping.clientid, self._max_devices, now_ms(self._clock))
+            if room is not None:
+                forgotten, gone, changes = room
+                self._forgotten(ping.userid, forgotten)
+                self._publish(gone, positions_of(changes, self.feed.append(changes)))
+        presences, changes = ping_changes(devices, ping, self._hiding, now_ms(self._clock))
         marks = positions_of(changes, self.feed.append(changes))
         self._pinged(ping, deadline, presences, marks)
+
+    def _forgotten(self, userid: str, clientid: str) -> None:
+        """``clientid`` was forgotten to make room for a new device: its deadline goes."""
+        self._deadlines.disarm((userid, clientid))
 
     def _pinged(self, ping: Ping, deadline: float, presences: tuple[Presence, ...],
                 marks: Marks = NO_MARKS) -> None:
@@ -154,17 +176,20 @@ class MemoryStore:
         user.latest = latest
         for device, deadline in devices:
             assert device.clientid is not None
-            user.devices[device.clientid] = device
+            user.put(device)
             if device.online:
                 self._online.add(latest.userid)
                 self._deadlines.arm_at((latest.userid, device.clientid), deadline)
 
     def get(self, userids: Iterable[str]) -> Deferred[dict[str, UserState | None]]:
+        return succeed(self._states(userids))
+
+    def _states(self, userids: Iterable[str]) -> dict[str, UserState | None]:
         states = {}
         for userid in userids:
             devices = self._users.get(userid)
             states[userid] = None if devices is None else devices.state()
-        return succeed(states)
+        return states
 
     # The change feed (ChangeFeed): the log's.
 

@@ -2,13 +2,17 @@
 
 The state a stream or ``/status`` reads is the in-process store's
 (:class:`~heartbeat.store.memory.MemoryStore`, whose presence rules it
-inherits); the database, ``DATABASE``, is the record it is rebuilt from at
-start-up. A ping or a leave changes memory, and is published and answered,
-only once its transaction has committed: a ``200`` survives ``kill -9``.
+inherits) for the users that are live; the database, ``DATABASE``, is the
+record of everyone, read when a user not in memory is asked for, and at
+start-up for the users online. A ping or a leave changes memory, and is
+published and answered, only once its transaction has committed: a ``200``
+survives ``kill -9``.
 
 One writer thread owns the write connection (a one-thread pool, not the
 reactor's shared one, so a slow ``getaddrinfo`` elsewhere never queues
-behind a commit, and no other thread ever touches the connection). The
+behind a commit, and no other thread ever touches the connection); reads of
+users take turns with the writes there, so a read never sees a write
+half-way. The
 changes of one reactor turn, and those arriving while a commit is under
 way, go to it as one transaction, so the ping rate is bounded by commits,
 not by pings. ``twisted.enterprise.adbapi``
@@ -29,12 +33,13 @@ import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger, LogLevel
@@ -51,9 +56,10 @@ from heartbeat.core.changes import (
     offline_changes,
     ping_changes,
     positions_of,
+    room_changes,
 )
 from heartbeat.core.hidden_statuses import Hiding
-from heartbeat.core.presence import Devices, Ping, Presence
+from heartbeat.core.presence import MAX_DEVICES_PER_USER, Devices, Ping, Presence, UserState
 from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.store.changelog import DEFAULT_RETENTION, ChangeLog, now_ms
 from heartbeat.store.memory import NO_MARKS, Marks, MemoryStore, prune_interval
@@ -63,7 +69,7 @@ log = Logger()
 # "hbea" in the database header: how a file is known to be heartbeat's.
 APPLICATION_ID = 0x68626561
 # The schema below; a later one migrates files of an earlier one.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 # Milliseconds a write waits for a reader's lock (``sqlite3 … .backup``) before failing.
 BUSY_TIMEOUT_MS = 2000
@@ -91,6 +97,9 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         " type TEXT NOT NULL, userid TEXT NOT NULL, clientid TEXT, time INTEGER NOT NULL,"
         " status TEXT NOT NULL, online INTEGER NOT NULL)",
         "CREATE INDEX changes_by_user ON changes (userid, seq)"),
+    # The online devices, what start-up loads, found without reading every row.
+    3: ("CREATE INDEX IF NOT EXISTS devices_online ON devices (deadline)"
+        " WHERE deadline IS NOT NULL",),
 }
 _PUT_CHANGE = "INSERT INTO changes VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _FIRST_KEPT = "SELECT seq FROM changes WHERE at >= ? ORDER BY seq LIMIT 1"
@@ -109,6 +118,10 @@ _LEAVE = "UPDATE devices SET deadline = NULL WHERE userid = ? AND clientid = ?"
 _REARM = ("UPDATE devices SET deadline = ? WHERE userid = ? AND clientid = ?"
           " AND deadline IS NOT NULL")
 _PROBE = "INSERT OR REPLACE INTO meta VALUES ('written', ?)"
+_FORGET = "DELETE FROM devices WHERE userid = ? AND clientid = ?"
+_ONLINE_USERS = "SELECT DISTINCT userid FROM devices WHERE deadline IS NOT NULL"
+# Most userids in one IN (…): under SQLite's smallest variable limit.
+_READ_CHUNK = 500
 _ERASE_USER = "DELETE FROM users WHERE userid = ?"
 _ERASE_DEVICES = "DELETE FROM devices WHERE userid = ?"
 # The user's changes in the feed; the erased change is written after it.
@@ -142,6 +155,8 @@ class Changes:
         default_factory=dict)
     leaves: dict[tuple[str, str], None] = field(default_factory=dict)
     rearms: dict[tuple[str, str], float] = field(default_factory=dict)
+    # Devices forgotten for MAX_DEVICES_PER_USER.
+    forgets: dict[tuple[str, str], None] = field(default_factory=dict)
     # Users erased in this batch (an erasure ends its batch), each with the
     # seq of its erased change: their rows go, and their changes before it.
     erased: dict[str, int] = field(default_factory=dict)
@@ -156,6 +171,7 @@ class Changes:
         self.users[ping.userid] = (ping.userid, ping.time, ping.status, ping.clientid)
         self.leaves.pop(key, None)
         self.rearms.pop(key, None)
+        self.forgets.pop(key, None)
         self.devices[key] = (ping.userid, ping.clientid, ping.time, ping.status, deadline)
 
     def leave(self, userid: str, clientid: str) -> None:
@@ -174,6 +190,13 @@ class Changes:
                 self.rearms[key] = deadline
             elif row[4] is not None:
                 self.devices[key] = (*row[:4], deadline)
+
+    def forget(self, userid: str, clientid: str) -> None:
+        key = (userid, clientid)
+        self.devices.pop(key, None)
+        self.leaves.pop(key, None)
+        self.rearms.pop(key, None)
+        self.forgets[key] = None
 
     def erase(self, change: Change, seq: int) -> None:
         """Erase ``change``'s user: the rows queued for them too, and record
@@ -204,18 +227,19 @@ class Database:
         self.feed_epoch, self.feed_newest, self.feed_trimmed = feed or (new_epoch(), 0, 0)
 
     @classmethod
-    def open(cls, setting: str) -> tuple[Database, list[Restored]]:
-        """Lock, check (creating it if new) and read ``DATABASE``.
+    def open(cls, setting: str) -> Database:
+        """Lock and check (creating it if new) ``DATABASE``; read only the feed's place.
 
-        Runs before the reactor does, so blocking here blocks nobody; the
-        connection it reads with is closed before twistd may fork.
+        Runs before the reactor does, so blocking here blocks nobody; it
+        costs the same however many users the file holds (users are read
+        later, in the writer thread). The connection it checks with is
+        closed before twistd may fork.
         """
         path = os.path.abspath(setting)
         lock_fd, created = _lock(setting, path + "-lock")
         try:
             conn = _open_database(setting, path)
             try:
-                state = list(_read(conn))
                 feed = _read_feed(conn)
             finally:
                 conn.close()
@@ -224,7 +248,34 @@ class Database:
             if created:
                 os.unlink(path + "-lock")
             raise
-        return cls(path, lock_fd, feed), state
+        return cls(path, lock_fd, feed)
+
+    def read_online(self) -> list[Restored]:
+        """Every user with an online device, whole (in the writer thread).
+
+        What presence needs at start-up: their deadlines, to sweep, and
+        their devices, to tell watchers which went offline.
+        """
+        users = [row[0] for row in self._connection().execute(_ONLINE_USERS)]
+        return list(self.read_users(users).values())
+
+    def read_users(self, userids: list[str]) -> dict[str, Restored]:
+        """The stored ones of ``userids`` (in the writer thread)."""
+        conn = self._connection()
+        found: dict[str, Restored] = {}
+        for start in range(0, len(userids), _READ_CHUNK):
+            found.update(_read(conn, userids[start:start + _READ_CHUNK]))
+        return found
+
+    def read_all(self, chunk: int = _READ_CHUNK) -> Iterator[list[Restored]]:
+        """Every stored user, ``chunk`` at a time (for the export, which owns the file)."""
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            userids = [row[0] for row in conn.execute("SELECT userid FROM users")]
+            for start in range(0, len(userids), chunk):
+                yield list(_read(conn, userids[start:start + chunk]).values())
+        finally:
+            conn.close()
 
     def _connection(self) -> sqlite3.Connection:
         conn = self._conn
@@ -259,6 +310,7 @@ class Database:
             conn.executemany(_LEAVE, changes.leaves)
             conn.executemany(_REARM, ((deadline, userid, clientid)
                                       for (userid, clientid), deadline in changes.rearms.items()))
+            conn.executemany(_FORGET, changes.forgets)
             conn.executemany(_PUT_CHANGE, changes.feed)
             # After the batch's own rows: none of the user's before their erased change stays.
             conn.executemany(_ERASE_CHANGES, changes.erased.items())
@@ -469,15 +521,31 @@ def _trim(conn: sqlite3.Connection, before: int) -> Iterator[int]:
     yield cut
 
 
-def _read(conn: sqlite3.Connection) -> Iterator[Restored]:
+def _read(conn: sqlite3.Connection, userids: list[str]) -> dict[str, Restored]:
+    """``userids``' rows, each user's devices least recently seen first."""
+    marks = ",".join("?" * len(userids))
     devices: dict[str, list[tuple[Presence, float]]] = {}
-    for userid, clientid, ptime, status, deadline in conn.execute("SELECT * FROM devices"):
+    for userid, clientid, ptime, status, deadline in conn.execute(
+            f"SELECT * FROM devices WHERE userid IN ({marks}) ORDER BY userid, time", userids):
         online = deadline is not None
         device = Presence(userid, ptime, status, online, clientid)
         devices.setdefault(userid, []).append((device, deadline if online else 0.0))
-    for userid, ptime, status, clientid in conn.execute("SELECT * FROM users"):
-        yield Ping(userid, ptime, status, clientid), devices.get(userid, [])
+    return {
+        userid: (Ping(userid, ptime, status, clientid), devices.get(userid, []))
+        for userid, ptime, status, clientid in conn.execute(
+            f"SELECT * FROM users WHERE userid IN ({marks})", userids)
+    }
 
+
+def _read_failed(failure: Failure) -> None:
+    failure.trap(sqlite3.Error)
+    log.error("cannot read DATABASE: {error}", error=failure.getErrorMessage())
+    raise StoreUnavailable()
+
+
+# Users kept in memory though offline and unwatched, so a user read again
+# soon (a page of /status, a stream reopened) costs no read.
+RESTING_USERS = 10_000
 
 T = TypeVar("T")
 # Runs a function in the writer thread; its Deferred fires on the reactor thread.
@@ -514,31 +582,44 @@ class _Rearm:
 
 
 @dataclass(frozen=True, slots=True)
+class _Forgot:
+    """A device forgotten for MAX_DEVICES_PER_USER (by a new one, or when read back)."""
+
+    userid: str
+    clientid: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Erase:
     userid: str
 
 
-_Op = _Ping | _Offline | _Delivered | _Rearm | _Erase
+_Op = _Ping | _Offline | _Delivered | _Rearm | _Forgot | _Erase
 
 
 def _user_of(op: _Op) -> str | None:
     if isinstance(op, _Ping):
         return op.ping.userid
-    if isinstance(op, (_Offline, _Erase)):
+    if isinstance(op, (_Offline, _Erase, _Forgot)):
         return op.userid
     return None
 
 
 def _copied(devices: Devices | None, userid: str) -> Devices:
-    copy = Devices(userid)
-    if devices is not None:
-        copy.latest = devices.latest
-        copy.devices = dict(devices.devices)
-    return copy
+    return Devices(userid) if devices is None else devices.copy()
 
 
 class SQLiteStore(MemoryStore, Service):
-    """The default store: one process, its state in memory and on disk.
+    """The default store: one process, what is live in memory, everything on disk.
+
+    Memory holds the users someone needs now: those online (their deadlines
+    are presence), those watched (a change reaches their streams without a
+    read), those with a write under way, and a bounded cache of the
+    :data:`RESTING_USERS` others last used. Any other user is read from the
+    file when asked, in the writer thread, so memory and start-up do not
+    grow with every user ever stored (SPEC §4). A user out of memory is
+    offline once start-up has loaded the online ones, so reading them back
+    is only ever a read; before that, whoever is asked for is read first.
 
     A service so its writer thread starts with the application (after
     twistd forks, if it daemonizes) and stops with it.
@@ -551,13 +632,14 @@ class SQLiteStore(MemoryStore, Service):
 
     kind = "sqlite"
 
-    def __init__(self, database: Database, state: list[Restored], reactor: Any,
+    def __init__(self, database: Database, reactor: Any,
                  timeout: float, hiding: Hiding = Hiding(), writer: Writer | None = None,
                  retention: float | None = None, *,
-                 changes_retention: float = DEFAULT_RETENTION) -> None:
+                 changes_retention: float = DEFAULT_RETENTION,
+                 max_devices: int = MAX_DEVICES_PER_USER) -> None:
         feed = ChangeLog(reactor, changes_retention, database.feed_epoch, database.feed_newest,
                          database.feed_trimmed)
-        super().__init__(reactor, timeout, hiding, retention, feed=feed)
+        super().__init__(reactor, timeout, hiding, retention, feed=feed, max_devices=max_devices)
         self._reactor = reactor
         self._db = database
         self.available = True
@@ -575,8 +657,13 @@ class SQLiteStore(MemoryStore, Service):
         self._probe_call: IDelayedCall | None = None
         self._trim_call: IDelayedCall | None = None
         self._trimmed_at = float("-inf")
-        for latest, devices in state:
-            self.restore(latest, devices)
+        # Users in memory whom nothing holds there, least recently used first.
+        self._resting: OrderedDict[str, None] = OrderedDict()
+        # Users with changes queued or being written: held in memory until applied.
+        self._pending: dict[str, int] = {}
+        self._load_call: IDelayedCall | None = None
+        self._loaded_waiters: list[Deferred[None]] = []
+        self.loaded = False
 
     def startService(self) -> None:
         super().startService()
@@ -590,18 +677,142 @@ class SQLiteStore(MemoryStore, Service):
             reads.start()
             self._reader = lambda f, *args: deferToThreadPool(self._reactor, reads, f, *args)
         self._trim_tick()
+        self._load_online()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
         return self.close()
 
+    # Start-up: presence loaded after the port opens, never before.
+
+    def when_loaded(self) -> Deferred[None]:
+        """Fires once every online device's deadline is in memory (``/readyz``)."""
+        if self.loaded:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._loaded_waiters.append(d)
+        return d
+
+    def online_users(self) -> int | None:
+        return super().online_users() if self.loaded else None
+
+    def _load_online(self) -> None:
+        self._load_call = None
+        d = self._run(self._db.read_online)
+        d.addCallbacks(self._restore_online, self._load_failed)
+
+    def _restore_online(self, state: list[Restored]) -> None:
+        for restored in state:
+            userid = restored[0].userid
+            if userid not in self._users:  # read since, as someone asked: as new
+                self._restore(restored)
+                self._settle(userid)
+        self.loaded = True
+        log.info("presence loaded from DATABASE={path}: {users} users online",
+                 path=self._db.path, users=len(self._online))
+        waiters, self._loaded_waiters = self._loaded_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _load_failed(self, failure: Failure) -> None:
+        if not self.running:
+            return
+        log.error("cannot read DATABASE={path}: {error}; trying again",
+                  path=self._db.path, error=failure.getErrorMessage())
+        self._load_call = self._clock.callLater(PROBE_INTERVAL, self._load_online)
+
+    def _restore(self, restored: Restored) -> None:
+        """Put back a user as stored, publishing nothing; a device whose deadline
+        passed while the process was down falls due at once, as any timeout."""
+        latest, stored = restored
+        self.restore(latest, stored)
+        user = self._users[latest.userid]
+        # Stored before MAX_DEVICES_PER_USER was (or was lower): down to it now.
+        while len(user.devices) > self._max_devices:
+            forgotten, _ = user.forget_oldest()
+            self._deadlines.disarm((latest.userid, forgotten))
+            self._queue(_Forgot(latest.userid, forgotten), answered=False)
+        if not user.online:
+            self._online.discard(latest.userid)
+
+    def _load_then(self, userids: list[str], then: Callable[[], Any]) -> Deferred[Any]:
+        """Bring those of ``userids`` not in memory into it, from the file, then ``then()``.
+
+        They are held in memory until ``then`` is done with them.
+        """
+        missing = [userid for userid in userids if userid not in self._users]
+        for userid in missing:
+            self._hold(userid)
+        read = self._run(self._db.read_users, missing) if missing else succeed({})
+        read.addCallbacks(self._restore_read, _read_failed)
+        read.addCallback(lambda _: then())
+
+        def release(result: object) -> object:
+            for userid in missing:
+                self._release(userid)
+            return result
+
+        return read.addBoth(release)
+
+    def _restore_read(self, found: dict[str, Restored]) -> None:
+        for userid, restored in found.items():
+            # Reads and writes take turns in one thread: a user already back
+            # in memory (written, or read by an earlier call) is newer there.
+            if userid not in self._users:
+                self._restore(restored)
+            self._settle(userid)
+
+    # What memory holds.
+
+    def _settle(self, userid: str) -> None:
+        """Hold ``userid`` in memory while something needs them; else cache them."""
+        user = self._users.get(userid)
+        if user is None:
+            return
+        if user.online or userid in self._subscribed or userid in self._pending:
+            self._resting.pop(userid, None)
+            return
+        self._resting[userid] = None
+        self._resting.move_to_end(userid)
+        while len(self._resting) > RESTING_USERS:
+            del self._users[self._resting.popitem(last=False)[0]]
+
+    def _hold(self, userid: str) -> None:
+        self._pending[userid] = self._pending.get(userid, 0) + 1
+        self._resting.pop(userid, None)
+
+    def _release(self, userid: str) -> None:
+        left = self._pending.pop(userid) - 1
+        if left:
+            self._pending[userid] = left
+        self._settle(userid)
+
     # The Store protocol, where it differs from memory's: durable first.
 
+    def get(self, userids: Iterable[str]) -> Deferred[dict[str, UserState | None]]:
+        wanted = list(userids)
+        return self._load_then(wanted, lambda: self._states(wanted))
+
+    def subscribe(self, userid: str) -> Deferred[None]:
+        self._subscribed.add(userid)
+        self._resting.pop(userid, None)
+        return succeed(None)
+
+    def unsubscribe(self, userid: str) -> Deferred[None]:
+        self._subscribed.discard(userid)
+        self._settle(userid)
+        return succeed(None)
+
     def ping(self, ping: Ping) -> Deferred[None]:
-        return self._queue(_Ping(ping, self._clock.seconds() + self._timeout))
+        if ping.userid in self._users:
+            return self._queue(_Ping(ping, self._clock.seconds() + self._timeout))
+        return self._load_then([ping.userid], lambda: self._queue(
+            _Ping(ping, self._clock.seconds() + self._timeout)))
 
     def leave(self, userid: str, clientid: str) -> Deferred[None]:
-        return self._queue(_Offline(userid, clientid))
+        if userid in self._users:
+            return self._queue(_Offline(userid, clientid))
+        return self._load_then([userid], lambda: self._queue(_Offline(userid, clientid)))
 
     def _timed_out(self, device: tuple[str, str]) -> None:
         # Recorded like a leave, so its offline change is in the feed, once.
@@ -632,7 +843,7 @@ class SQLiteStore(MemoryStore, Service):
 
     def close(self) -> Deferred[None]:
         """Finish the writes under way, close the file, stop the threads, unlock."""
-        for call in (self._probe_call, self._trim_call):
+        for call in (self._probe_call, self._trim_call, self._load_call):
             if call is not None and call.active():
                 call.cancel()
         idle: Deferred[None] = Deferred()
@@ -696,6 +907,9 @@ class SQLiteStore(MemoryStore, Service):
     def _queue(self, op: _Op, answered: bool = True) -> Deferred[None]:
         """Answered once a transaction, with ``op`` in it, commits."""
         d: Deferred[None] = Deferred()
+        held = _user_of(op)
+        if held is not None:
+            self._hold(held)
         self._ops.append(op)
         self._waiting.append(d if answered else None)
         self._schedule_flush()
@@ -733,8 +947,8 @@ class SQLiteStore(MemoryStore, Service):
         self._writing = True
         d = self._run(self._db.write, rows)
         d.addCallbacks(self._committed, self._failed,
-                       callbackArgs=(waiting, users, outcomes, len(rows.feed)),
-                       errbackArgs=(waiting,))
+                       callbackArgs=(waiting, users, outcomes, len(rows.feed), ops),
+                       errbackArgs=(waiting, ops))
         d.addBoth(self._written)
 
     def _work_out(self, ops: list[_Op]) -> tuple[
@@ -758,6 +972,15 @@ class SQLiteStore(MemoryStore, Service):
                 devices = users[userid] = _copied(self._users.get(userid), userid)
             return devices
 
+        def record(changes: tuple[Change, ...]) -> Marks:
+            nonlocal seq
+            positions = []
+            for change in changes:
+                seq += 1
+                rows.record(change, seq)
+                positions.append(Position.at(self.feed.epoch, seq))
+            return positions_of(changes, positions)
+
         for op in ops:
             if isinstance(op, _Erase):
                 # What the batch said of the user before goes with them: their
@@ -776,10 +999,21 @@ class SQLiteStore(MemoryStore, Service):
                 rows.rearm(op.devices, op.deadline)
                 outcomes.append((op, (), NO_MARKS))
                 continue
+            if isinstance(op, _Forgot):
+                rows.forget(op.userid, op.clientid)
+                user(op.userid).forget(op.clientid)
+                outcomes.append((op, (), NO_MARKS))
+                continue
             if isinstance(op, _Ping):
                 ping = op.ping
                 key = (ping.userid, ping.clientid)
                 pinged.add(key)
+                room = None if self._hiding.hides(ping.status) else room_changes(
+                    user(ping.userid), ping.clientid, self._max_devices, at)
+                if room is not None:
+                    forgotten, gone, forgetting = room
+                    rows.forget(ping.userid, forgotten)
+                    outcomes.append((_Forgot(ping.userid, forgotten), gone, record(forgetting)))
                 if self._hiding.hides(ping.status):
                     # Stored as watchers see it: the device offline at its last
                     # visible ping. Its silent deadline is memory's alone; after
@@ -795,17 +1029,13 @@ class SQLiteStore(MemoryStore, Service):
                     continue
                 rows.leave(*key)
                 presences, changes = offline_changes(user(op.userid), op.clientid, at)
-            positions = []
-            for change in changes:
-                seq += 1
-                rows.record(change, seq)
-                positions.append(Position.at(self.feed.epoch, seq))
-            outcomes.append((op, presences, positions_of(changes, positions)))
+            outcomes.append((op, presences, record(changes)))
         return rows, users, outcomes
 
     def _committed(self, trimmed: int | None, waiting: list[Deferred[None] | None],
                    users: dict[str, Devices],
-                   outcomes: list[tuple[_Op, tuple[Presence, ...], Marks]], recorded: int) -> None:
+                   outcomes: list[tuple[_Op, tuple[Presence, ...], Marks]], recorded: int,
+                   ops: list[_Op]) -> None:
         self._now_available()
         for userid, devices in users.items():
             if devices.latest is not None or userid in self._users:
@@ -825,19 +1055,32 @@ class SQLiteStore(MemoryStore, Service):
                     if not op.timeout:
                         self._deadlines.disarm((op.userid, op.clientid))
                     self._went_offline(presences, marks)
+                elif isinstance(op, _Forgot):
+                    self._deadlines.disarm((op.userid, op.clientid))
+                    self._went_offline(presences, marks)
             except Exception:
                 # Stored all the same: a failing stream must not leave the
                 # rest of the batch unanswered.
                 log.failure("delivering a stored change failed")
+        self._release_all(ops)
         for d in waiting:
             if d is not None:
                 d.callback(None)
 
-    def _failed(self, failure: Failure, waiting: list[Deferred[None] | None]) -> None:
+    def _failed(self, failure: Failure, waiting: list[Deferred[None] | None],
+                ops: list[_Op]) -> None:
         self._now_unavailable(failure)
+        self._release_all(ops)
         for d in waiting:
             if d is not None:
                 d.errback(StoreUnavailable())
+
+    def _release_all(self, ops: Iterable[_Op]) -> None:
+        """The users of ``ops``, queued and now written (or not): held no more by them."""
+        for op in ops:
+            held = _user_of(op)
+            if held is not None:
+                self._release(held)
 
     def _written(self, _: object) -> None:
         self._writing = False
@@ -882,12 +1125,12 @@ class SQLiteStore(MemoryStore, Service):
 
 def open_store(setting: str, reactor: Any, timeout: float, hiding: Hiding = Hiding(),
                retention: float | None = None, *,
-               changes_retention: float = DEFAULT_RETENTION) -> MemoryStore:
+               changes_retention: float = DEFAULT_RETENTION,
+               max_devices: int = MAX_DEVICES_PER_USER) -> MemoryStore:
     """The embedded store ``DATABASE`` asks for: ``:memory:`` keeps nothing."""
     if setting == ":memory:":
         return MemoryStore(reactor, timeout, hiding, retention,
-                           changes_retention=changes_retention)
-    database, state = Database.open(setting)
-    return SQLiteStore(database, state, reactor, timeout, hiding, retention=retention,
-                       changes_retention=changes_retention)
+                           changes_retention=changes_retention, max_devices=max_devices)
+    return SQLiteStore(Database.open(setting), reactor, timeout, hiding, retention=retention,
+                       changes_retention=changes_retention, max_devices=max_devices)
 

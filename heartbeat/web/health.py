@@ -26,10 +26,15 @@ def liveness(request: IRequest) -> bytes:
 
 
 def readiness(request: IRequest, store: Store, stopping: bool) -> bytes:
-    """200 while the store takes pings and the instance is not stopping; 503 otherwise."""
+    """200 while the store takes pings, has loaded presence (the embedded store
+    reads its online users after the port opens) and the instance is not
+    stopping; 503 otherwise."""
     if stopping:
         request.setResponseCode(503)
         return _answer(request, {"status": "stopping"})
+    if not store.loaded:
+        request.setResponseCode(503)
+        return _answer(request, {"status": "loading"})
     if not store.available:
         unavailable = as_http(StoreUnavailable())
         request.setResponseCode(unavailable.code)

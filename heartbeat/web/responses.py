@@ -89,3 +89,10 @@ def stream_head(headers: tuple[tuple[bytes, bytes], ...], second: int, chunked: 
         all_headers.append((b"Transfer-Encoding", b"chunked"))
         return head(200, second, all_headers, None) + RETRY_CHUNK
     return head(200, second, all_headers, b"close") + RETRY
+
+
+def out_of_descriptors(second: int) -> bytes:
+    """What a connection accepted on the reserved descriptor is told before it is closed."""
+    refused = HttpError(503, "the server is out of file descriptors, retry later",
+                        {b"Retry-After": b"1"})
+    return error(refused, second, (), b"close")

@@ -79,3 +79,30 @@ def start_tls_daemon(start_daemon, tls_certificate, tls_trust) -> Callable[..., 
         return daemon
 
     return start
+
+
+class AnyRedis:
+    """One redis-server or a Redis Cluster: its ``REDIS`` and a FLUSHALL of every master."""
+
+    def __init__(self, url: str, masters: list[RedisServer]) -> None:
+        self.url = url
+        self._masters = masters
+
+    def flush(self) -> None:
+        for master in self._masters:
+            master.command("FLUSHALL")
+
+
+@pytest.fixture(params=["single", "cluster"])
+def any_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AnyRedis]:
+    """A test run on one Redis, then on a Cluster: a rule both layouts share."""
+    from tests.helpers.redis_cluster import RedisCluster
+
+    if request.param == "single":
+        server = RedisServer(tmp_path).start()
+        yield AnyRedis(server.address, [server])
+        server.stop()
+    else:
+        cluster = RedisCluster(tmp_path).start()
+        yield AnyRedis(cluster.url, [cluster.node(address) for address in cluster.masters()])
+        cluster.stop()

@@ -51,7 +51,7 @@ from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from heartbeat.core.presence import Ping, Presence
+from heartbeat.core.presence import MAX_DEVICES_PER_USER, Ping, Presence
 from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.store.redis.address import RedisAddress
 from heartbeat.store.redis.cluster import Cluster, ShardedSubscriber
@@ -92,9 +92,11 @@ class ClusterTopology:
     """A command link per master, one sharded subscriber per node, commands routed by slot."""
 
     def __init__(self, reactor: Any, address: RedisAddress, prefix: str,
-                 trust: TrustRoot | None) -> None:
+                 trust: TrustRoot | None, max_devices: int = MAX_DEVICES_PER_USER) -> None:
         self._reactor = reactor
         self._prefix = prefix
+        # MAX_DEVICES_PER_USER, which the ping script applies.
+        self._max_devices = max_devices
         build_slot_tags()
         self._events: Events | None = None
         self._cluster = Cluster(reactor, address, trust, REPLY_TIMEOUT, self._map_changed,
@@ -204,7 +206,7 @@ class ClusterTopology:
                 by_slot[slot(user.key)].append((item, user))
             for user_slot, members in by_slot.items():
                 keys: list[str] = []
-                args: list[object] = [timeout, 4, stale]
+                args: list[object] = [timeout, 4, stale, self._max_devices]
                 for (_, (ping, hides)), user in members:
                     keys += _user_slot_keys(user)
                     args += ping_args(ping, ping.clientid, hides)
@@ -385,7 +387,8 @@ class ClusterTopology:
         d = gatherResults(rounds, consumeErrors=True)
         return d.addCallback(lambda swept: Swept(sum(s.online for s in swept),
                                                  sum(s.gone for s in swept),
-                                                 any(s.again for s in swept)))
+                                                 any(s.again for s in swept),
+                                                 any(s.lost for s in swept)))
 
     def _sweep_partition(self, partition: int, batch: int) -> Deferred[Swept]:
         deadlines, count = partition_keys(self._prefix, partition)
@@ -393,10 +396,10 @@ class ClusterTopology:
         return d.addCallback(self._expire, partition, batch)
 
     def _expire(self, found: list, partition: int, batch: int) -> Deferred[Swept] | Swept:
-        online = int(found[0])
-        entries = list(zip(found[2::3], found[3::3]))
+        online, lost = int(found[0]), int(found[1]) == 1
+        entries = list(zip(found[3::3], found[4::3]))
         if not entries:
-            return Swept(online, 0, False)
+            return Swept(online, 0, False, lost)
         checks = []
         for _, group in _by(entries, lambda entry: slot(self._prefix + _device(entry)[0])).items():
             keys: list[str] = []
@@ -408,7 +411,8 @@ class ClusterTopology:
             d = self._run(_SCRIPTS.expire, keys[0], keys, args)
             checks.append(d.addCallback(_checked, group))
         d = gatherResults(checks, consumeErrors=True).addCallback(self._reindex, partition)
-        return d.addCallback(lambda gone: Swept(online - gone, gone, len(entries) >= batch))
+        return d.addCallback(
+            lambda gone: Swept(online - gone, gone, len(entries) >= batch, lost))
 
     def _reindex(self, checked: list, partition: int) -> Deferred[int]:
         deadlines, count = partition_keys(self._prefix, partition)

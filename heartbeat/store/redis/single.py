@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from txredisapi import ConnectionError as RedisConnectionError
 from txredisapi import RedisProtocol
 
-from heartbeat.core.presence import Ping, Presence
+from heartbeat.core.presence import MAX_DEVICES_PER_USER, Ping, Presence
 from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.store.changelog import DEFAULT_RETENTION
 from heartbeat.store.redis.address import RedisAddress
@@ -45,9 +45,12 @@ class SingleTopology:
     """Two links to one server (direct, or following the master Sentinel names)."""
 
     def __init__(self, reactor: Any, address: RedisAddress, prefix: str,
-                 trust: TrustRoot | None, changes_retention: float = DEFAULT_RETENTION) -> None:
+                 trust: TrustRoot | None, changes_retention: float = DEFAULT_RETENTION,
+                 max_devices: int = MAX_DEVICES_PER_USER) -> None:
         self._reactor = reactor
         self._prefix = prefix
+        # MAX_DEVICES_PER_USER, which the ping script applies.
+        self._max_devices = max_devices
         # The change feed's stream, the last key of every script that records changes,
         # and its retention (ms), their last argument (lua/feed.lua).
         self._feed = feed_keys(prefix)[0]
@@ -133,7 +136,7 @@ class SingleTopology:
         (WAIT counts the replicas holding this connection's writes)."""
         conn = self._conn()
         keys: list[str] = []
-        args: list[object] = [timeout, 5, ""]
+        args: list[object] = [timeout, 5, "", self._max_devices]
         for ping, hides in pings:
             user = user_keys(self._prefix, ping.userid)
             deadlines, count = partition_keys(self._prefix, user.partition)
@@ -249,10 +252,10 @@ class SingleTopology:
         return d.addCallback(self._claim_due, conn, batch)
 
     def _claim_due(self, found: list, conn: RedisProtocol, batch: int) -> Deferred[Swept] | Swept:
-        online = max(0, int(found[0]))
-        entries = list(zip(found[1::3], found[2::3]))
+        online, lost = max(0, int(found[0])), int(found[1]) == 1
+        entries = list(zip(found[2::3], found[3::3]))
         if not entries:
-            return Swept(online, 0, False)
+            return Swept(online, 0, False, lost)
         keys: list[str] = []
         args: list[object] = [5]
         full = [0] * PARTITIONS
@@ -266,7 +269,8 @@ class SingleTopology:
             args += (member, *device)
         again = any(count >= batch for count in full)
         d = _SCRIPTS.expire.run(conn, [*keys, self._feed], [*args, self._retention_ms])
-        return d.addCallback(lambda out: Swept(online, sum(int(g) for g in out[::2]), again))
+        return d.addCallback(
+            lambda out: Swept(online, sum(int(g) for g in out[::2]), again, lost))
 
     # Pub/sub.
 

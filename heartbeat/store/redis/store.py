@@ -38,7 +38,7 @@ from txredisapi import ConnectionError as RedisConnectionError
 
 from heartbeat.core.errors import Refused
 from heartbeat.core.hidden_statuses import Hiding
-from heartbeat.core.presence import Ping, Presence, UserState
+from heartbeat.core.presence import MAX_DEVICES_PER_USER, Ping, Presence, UserState
 from heartbeat.core.store_contract import BusListener, StoreUnavailable
 from heartbeat.store.changelog import DEFAULT_RETENTION
 from heartbeat.store.redis.address import RedisAddress
@@ -66,16 +66,17 @@ _STORED = frozenset((STORED, CAME_ONLINE, HIDDEN, WENT_OFFLINE))
 
 
 def topology_for(reactor: Any, address: RedisAddress, prefix: str,
-                 ca_file: str | None, changes_retention: float = DEFAULT_RETENTION) -> Topology:
+                 ca_file: str | None, changes_retention: float = DEFAULT_RETENTION,
+                 max_devices: int = MAX_DEVICES_PER_USER) -> Topology:
     """The topology ``REDIS`` names: a Cluster, or one server (direct or through Sentinel)."""
     trust = load_trust_root(ca_file) if ca_file else None
     if address.kind == "cluster":
         from heartbeat.store.redis.cluster_topology import ClusterTopology
 
-        return ClusterTopology(reactor, address, prefix, trust)
+        return ClusterTopology(reactor, address, prefix, trust, max_devices)
     from heartbeat.store.redis.single import SingleTopology
 
-    return SingleTopology(reactor, address, prefix, trust, changes_retention)
+    return SingleTopology(reactor, address, prefix, trust, changes_retention, max_devices)
 
 
 class RedisStore(Service):
@@ -89,15 +90,19 @@ class RedisStore(Service):
 
     listener: BusListener | None = None
     kind = "redis"
+    # Presence lives in Redis: nothing to load (Store.loaded).
+    loaded = True
 
     def __init__(self, address: RedisAddress | None, prefix: str, reactor: Any,
                  timeout: float, ca_file: str | None = None, wait_replicas: int = 0,
                  hiding: Hiding = Hiding(), topology: Topology | None = None,
                  retention: float | None = None, *,
-                 changes_retention: float = DEFAULT_RETENTION) -> None:
+                 changes_retention: float = DEFAULT_RETENTION,
+                 max_devices: int = MAX_DEVICES_PER_USER) -> None:
         if topology is None:
             assert address is not None
-            topology = topology_for(reactor, address, prefix, ca_file, changes_retention)
+            topology = topology_for(reactor, address, prefix, ca_file, changes_retention,
+                                    max_devices)
         self._topology = topology
         self._cluster = address is not None and address.kind == "cluster"
         self._control = control_channel(prefix)
@@ -333,6 +338,9 @@ class RedisStore(Service):
     def _swept_now(self, swept: Swept) -> bool:
         self._online_users = max(0, swept.online)
         self.offline_transitions += swept.gone
+        if swept.lost and self.listener is not None:
+            # A flush with no reconnect: nothing else would tell the streams (SPEC §4).
+            self.listener.resync()
         return swept.again
 
     def _swept(self, again: object) -> None:

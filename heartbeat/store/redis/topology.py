@@ -34,6 +34,8 @@ class Swept:
     online: int
     gone: int
     again: bool
+    # Redis lost its data (due.lua found a count missing): the hub reads again.
+    lost: bool = False
 
 
 class Events(Protocol):
