@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from twisted.internet.defer import Deferred
 
 from tests.helpers.in_memory import MemoryServer, response, samples
@@ -72,6 +74,17 @@ def test_streams_users_events_and_keepalives():
     got = samples(server)
     assert got[("heartbeat_open_streams", ())] == 0
     assert got[("heartbeat_subscribed_users", ())] == 0
+
+
+def test_presence_streams_open():
+    server = MemoryServer()
+    assert samples(server)[("heartbeat_presence_streams", ())] == 0
+    claim = {"X-User-Claim": json.dumps({"userid": "alice", "clientid": "web"})}
+    streams = [server.send("GET", "/subscribe/bob?presence=0", headers=claim) for _ in range(2)]
+    server.send("GET", "/subscribe/bob")
+    assert samples(server)[("heartbeat_presence_streams", ())] == 2
+    streams[0].close()
+    assert samples(server)[("heartbeat_presence_streams", ())] == 1
 
 
 def test_store_state_and_reconnects():

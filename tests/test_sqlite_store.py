@@ -266,6 +266,33 @@ def test_a_directory_that_does_not_exist_is_refused(tmp_path):
     assert "cannot create" in _refused(tmp_path / "missing" / "heartbeat.db")
 
 
+def test_a_moved_deadline_is_kept_in_order_with_the_pings_and_leaves_of_its_turn(tmp_path):
+    path = tmp_path / "heartbeat.db"
+    store, clock, writer = make_store(path, timeout=10)
+    store.ping(Ping("alice", 1, "1", "held"))
+    store.ping(Ping("alice", 1, "1", "left"))
+    store.ping(Ping("alice", 1, "1", "pinged"))
+    clock.advance(0)
+    # One turn: a renewal of three devices (a presence stream's), one of which
+    # then leaves and one of which then pings (its ping's deadline wins).
+    store.rearm([("alice", "held"), ("alice", "left"), ("alice", "pinged")], 100)
+    store.leave("alice", "left")
+    store.ping(Ping("alice", 2, "2", "pinged"))
+    store.rearm([("alice", "never")], 100)
+    calls = writer.calls
+    clock.advance(0)
+    assert writer.calls == calls + 1
+    # Restarted 50 s later: the renewed device is online, the one that left is
+    # not, the pinged one fell due 10 s after its ping, and no device was made.
+    again, clock, _ = reopen(store, path, timeout=10, at=START + 50)
+    clock.advance(0)
+    devices = state_of(again, "alice").devices
+    assert {clientid: d.online for clientid, d in devices.items()} == {
+        "held": True, "left": False, "pinged": False}
+    clock.advance(51)
+    assert not state_of(again, "alice").user.online
+
+
 def test_memory_holds_the_online_the_watched_and_a_bounded_cache(tmp_path, monkeypatch):
     monkeypatch.setattr("heartbeat.store.sqlite.RESTING_USERS", 5)
     path = tmp_path / "heartbeat.db"

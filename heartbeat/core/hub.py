@@ -11,6 +11,7 @@ from twisted.python.failure import Failure
 
 from heartbeat.core.changes import ChangeFeed, Position, visibly_changed
 from heartbeat.core.deadlines import Deadlines
+from heartbeat.core.holder import PresenceHolder
 from heartbeat.core.presence import Presence, UserState
 from heartbeat.core.quiet import OptionStream, opening_state
 from heartbeat.core.sse import Event
@@ -108,7 +109,8 @@ class Hub:
     """
 
     def __init__(self, store: HubStore, clock: IReactorTime,
-                 feed: ChangeFeed | None = None, *, positions: bool = False) -> None:
+                 feed: ChangeFeed | None = None, *, positions: bool = False,
+                 holder: PresenceHolder | None = None) -> None:
         self._store = store
         # The change feed, if the store keeps one: ``changes=only`` streams'
         # ids and resume points are its positions.
@@ -118,6 +120,8 @@ class Hub:
         # else the hub finds the changes itself.
         self._positions = positions
         store.listener = self
+        # Keeps the devices of presence streams online (None: no presence streams).
+        self.holder = holder
         self._interest: dict[str, _Interest] = {}
         self.streams: set[Stream] = set()
         # The open streams of each user whose credentials opened them.
@@ -147,6 +151,8 @@ class Hub:
             self._owned.setdefault(stream.owner, set()).add(stream)
         if expires is not None:
             self._expiry.arm_at(stream, expires)
+        if stream.presence is not None and self.holder is not None:
+            self.holder.opened(stream.presence)
         plain = stream.options.plain
         interests = []
         for userid in stream.userids:
@@ -249,6 +255,8 @@ class Hub:
             if not owned:
                 del self._owned[stream.owner]  # type: ignore[arg-type]
         self._expiry.disarm(stream)
+        if stream.presence is not None and self.holder is not None:
+            self.holder.closed(stream.presence)
         for userid in stream.userids:
             interest = self._interest[userid]
             interest.forget(stream)

@@ -24,7 +24,7 @@ several processes share the store. The presence rules themselves are
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from twisted.internet.defer import Deferred
@@ -114,6 +114,14 @@ class Store(HubStore, Protocol):
         status hides (``HIDDEN_STATUSES``) only re-arms the deadline and is,
         to watchers, the device going offline, as in :meth:`leave`. Fails
         with :class:`StoreUnavailable` when the ping was not stored.
+        """
+
+    def rearm(self, devices: Sequence[tuple[str, str]], after: float) -> Deferred[None]:
+        """Each of ``devices`` (user, device) that has a deadline is due offline
+        ``after`` seconds from now: a presence stream's renewal, or its grace.
+
+        Nothing is published and nothing else changes; a device offline (left,
+        timed out) stays so. Fails with :class:`StoreUnavailable` when not stored.
         """
 
     def leave(self, userid: str, clientid: str) -> Deferred[None]:

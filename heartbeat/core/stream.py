@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from heartbeat.core.presence import Presence
+from heartbeat.core.presence import Ping, Presence
 from heartbeat.core.sse import KEEPALIVE, Event, Frame, event_id
 from heartbeat.core.stream_options import PLAIN, StreamOptions
 
@@ -57,11 +57,14 @@ class Stream:
     memory is bounded by its number of users; a stream paused for longer
     than ``blocked_timeout`` seconds is cut off. When not paused, ``send``
     is a plain write: fan-out stays cheap.
+
+    A presence stream (``presence``: the ping its opening is) also holds
+    its own device online while it is open (:mod:`heartbeat.core.holder`).
     """
 
     __slots__ = (
         "userids", "clientid", "owner", "last_event_id", "seen", "closed", "held", "transport",
-        "ends", "_clock", "_blocked_timeout", "_blocked", "_gone", "_lost",
+        "ends", "presence", "_clock", "_blocked_timeout", "_blocked", "_gone", "_lost",
     )
     # A stream with options is a :class:`heartbeat.core.quiet.OptionStream`.
     options: StreamOptions = PLAIN
@@ -74,12 +77,14 @@ class Stream:
         last_event_id: bytes | None = None,
         clientid: str | None = None,
         owner: str | None = None,
+        presence: Ping | None = None,
     ) -> None:
         self.userids = userids
         self.clientid = clientid
         # Whose credentials opened it (None: no user's), so a logout or an
         # erasure of that user can end it.
         self.owner = owner
+        self.presence = presence
         # What a reconnecting browser says it saw last (``Last-Event-ID``).
         self.last_event_id = last_event_id
         # The last change this stream was sent per user, to resend only what

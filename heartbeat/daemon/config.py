@@ -38,6 +38,7 @@ class Settings:
     database: str
     keepalive: float
     presence_timeout: float
+    leave_grace: float
     max_devices_per_user: int
     hidden_statuses: tuple[str, ...]
     jwt_secret: str | None
@@ -231,6 +232,7 @@ SETTINGS = (
     Setting("REDIS_WAIT_REPLICAS", "0", _count, "replicas that must acknowledge a ping (WAIT) before it is answered 200"),
     Setting("DATABASE", "heartbeat.db", _database, "the embedded store's SQLite file (without REDIS); :memory: keeps nothing"),
     Setting("PRESENCE_TIMEOUT", "60", _positive_float, "seconds of silence after which a device is offline"),
+    Setting("LEAVE_GRACE", "5", _seconds, "seconds a device stays online after its last presence stream ends"),
     Setting("MAX_DEVICES_PER_USER", "100", _positive_int, "devices kept per user; a new one beyond it forgets the least recently seen"),
     Setting("KEEPALIVE", "25", _positive_float, "seconds between keep-alive comments on streams"),
     Setting("HIDDEN_STATUSES", "", parse_hidden_statuses, "comma-separated statuses that make a user look offline (Beep: 3)"),

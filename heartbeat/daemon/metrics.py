@@ -57,6 +57,12 @@ class _LiveState:
             "heartbeat_keepalives_sent", "Keep-alive comments written to streams",
             value=hub.keepalives_sent,
         )
+        if hub.holder is not None:
+            yield GaugeMetricFamily(
+                "heartbeat_presence_streams",
+                "Open presence streams (presence=<status>) on this instance",
+                value=hub.holder.streams,
+            )
         yield GaugeMetricFamily(
             "heartbeat_store_available",
             "1 while the store can take pings, 0 while it is unreachable",

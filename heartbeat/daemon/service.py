@@ -237,6 +237,9 @@ class HeartbeatService(MultiService):
         await DeferredList([self.hub.close_all(), self.edge.drain(DRAIN_TIMEOUT)])
         if late.active():
             late.cancel()
+        if self.hub.holder is not None:
+            # The streams just ended: their devices' grace, before the store closes.
+            await self.hub.holder.close()
         if self.webhooks is not None:
             await self.webhooks.stopService()
         await self.store.close()

@@ -13,6 +13,7 @@ from twisted.web.server import Site
 
 from heartbeat.core.changes import ChangeFeed
 from heartbeat.core.hidden_statuses import Hiding
+from heartbeat.core.holder import PresenceHolder
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity
 from heartbeat.core.store_contract import Store
@@ -97,8 +98,9 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
     # The change feed: the in-process stores' own, one Redis's stream; none in a Cluster yet.
     feed: ChangeFeed | None = (
         store if isinstance(store, MemoryStore) else getattr(store, "change_feed", None))
+    holder = PresenceHolder(store, reactor, settings.presence_timeout, settings.leave_grace)
     # The in-process stores hand the hub each change's feed position with it.
-    hub = Hub(store, reactor, feed, positions=isinstance(store, MemoryStore))
+    hub = Hub(store, reactor, feed, positions=isinstance(store, MemoryStore), holder=holder)
     identity = Identity(settings.jwt_secret, settings.max_userid_length)
     identity.announce()
     metrics = Metrics(hub, store)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import heapq
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -115,6 +115,17 @@ class MemoryStore:
     def leave(self, userid: str, clientid: str) -> Deferred[None]:
         self._apply_leave(userid, clientid)
         return succeed(None)
+
+    def rearm(self, devices: Sequence[tuple[str, str]], after: float) -> Deferred[None]:
+        self._apply_rearm(devices, self._clock.seconds() + after)
+        return succeed(None)
+
+    def _apply_rearm(self, devices: Sequence[tuple[str, str]], deadline: float) -> None:
+        """Move the deadline of each device that has one (it is online, or hides)."""
+        deadlines = self._deadlines
+        for device in devices:
+            if device in deadlines:
+                deadlines.arm_at(device, deadline)
 
     def _apply_ping(self, ping: Ping, deadline: float) -> None:
         """Record ``ping``, its device due offline at ``deadline``, and publish it."""

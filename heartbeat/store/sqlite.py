@@ -34,7 +34,7 @@ import os
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -115,6 +115,8 @@ TRIM_INTERVAL = 1.0
 _PUT_USER = "INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?)"
 _PUT_DEVICE = "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?)"
 _LEAVE = "UPDATE devices SET deadline = NULL WHERE userid = ? AND clientid = ?"
+_REARM = ("UPDATE devices SET deadline = ? WHERE userid = ? AND clientid = ?"
+          " AND deadline IS NOT NULL")
 _PROBE = "INSERT OR REPLACE INTO meta VALUES ('written', ?)"
 _FORGET = "DELETE FROM devices WHERE userid = ? AND clientid = ?"
 _ONLINE_USERS = "SELECT DISTINCT userid FROM devices WHERE deadline IS NOT NULL"
@@ -138,17 +140,21 @@ Restored = tuple[Ping, list[tuple[Presence, float]]]
 
 @dataclass
 class Changes:
-    """One transaction's rows: a batch of pings and leaves, the latest of each kept.
+    """One transaction's rows: a batch of pings, leaves and deadlines moved,
+    the latest of each kept.
 
     A later ping of a device replaces an earlier one; a leave after a ping
-    in the same batch stores that ping with no deadline, so the order the
-    changes came in is what is stored.
+    in the same batch stores that ping with no deadline, and a deadline
+    moved after a ping moves that ping's; so the order the changes came in
+    is what is stored. Moved deadlines are written last, only for devices
+    still online then.
     """
 
     users: dict[str, tuple[str, int, str, str]] = field(default_factory=dict)
     devices: dict[tuple[str, str], tuple[str, str, int, str, float | None]] = field(
         default_factory=dict)
     leaves: dict[tuple[str, str], None] = field(default_factory=dict)
+    rearms: dict[tuple[str, str], float] = field(default_factory=dict)
     # Devices forgotten for MAX_DEVICES_PER_USER.
     forgets: dict[tuple[str, str], None] = field(default_factory=dict)
     # Users erased in this batch (an erasure ends its batch), each with the
@@ -164,28 +170,40 @@ class Changes:
         key = (ping.userid, ping.clientid)
         self.users[ping.userid] = (ping.userid, ping.time, ping.status, ping.clientid)
         self.leaves.pop(key, None)
+        self.rearms.pop(key, None)
         self.forgets.pop(key, None)
         self.devices[key] = (ping.userid, ping.clientid, ping.time, ping.status, deadline)
 
     def leave(self, userid: str, clientid: str) -> None:
         key = (userid, clientid)
+        self.rearms.pop(key, None)
         row = self.devices.get(key)
         if row is None:
             self.leaves[key] = None
         else:
             self.devices[key] = (*row[:4], None)
 
+    def rearm(self, devices: Sequence[tuple[str, str]], deadline: float) -> None:
+        for key in devices:
+            row = self.devices.get(key)
+            if row is None:
+                self.rearms[key] = deadline
+            elif row[4] is not None:
+                self.devices[key] = (*row[:4], deadline)
+
     def forget(self, userid: str, clientid: str) -> None:
         key = (userid, clientid)
         self.devices.pop(key, None)
         self.leaves.pop(key, None)
+        self.rearms.pop(key, None)
         self.forgets[key] = None
+
     def erase(self, change: Change, seq: int) -> None:
         """Erase ``change``'s user: the rows queued for them too, and record
         ``change`` (their erased change) as ``seq``."""
         userid = change.userid
         self.users.pop(userid, None)
-        for rows in (self.devices, self.leaves):
+        for rows in (self.devices, self.leaves, self.rearms):
             for key in [key for key in rows if key[0] == userid]:
                 del rows[key]
         self.erased[userid] = seq
@@ -290,6 +308,8 @@ class Database:
             conn.executemany(_PUT_USER, changes.users.values())
             conn.executemany(_PUT_DEVICE, changes.devices.values())
             conn.executemany(_LEAVE, changes.leaves)
+            conn.executemany(_REARM, ((deadline, userid, clientid)
+                                      for (userid, clientid), deadline in changes.rearms.items()))
             conn.executemany(_FORGET, changes.forgets)
             conn.executemany(_PUT_CHANGE, changes.feed)
             # After the batch's own rows: none of the user's before their erased change stays.
@@ -554,6 +574,14 @@ class _Delivered:
 
 
 @dataclass(frozen=True, slots=True)
+class _Rearm:
+    """Presence streams' deadlines moved: renewed, or their grace."""
+
+    devices: Sequence[tuple[str, str]]
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
 class _Forgot:
     """A device forgotten for MAX_DEVICES_PER_USER (by a new one, or when read back)."""
 
@@ -566,7 +594,7 @@ class _Erase:
     userid: str
 
 
-_Op = _Ping | _Offline | _Delivered | _Forgot | _Erase
+_Op = _Ping | _Offline | _Delivered | _Rearm | _Forgot | _Erase
 
 
 def _user_of(op: _Op) -> str | None:
@@ -790,6 +818,10 @@ class SQLiteStore(MemoryStore, Service):
         # Recorded like a leave, so its offline change is in the feed, once.
         self._queue(_Offline(*device, timeout=True), answered=False)
 
+    def rearm(self, devices: Sequence[tuple[str, str]], after: float) -> Deferred[None]:
+        # Kept on disk too, so a device held at a restart is not due at once after it.
+        return self._queue(_Rearm(devices, self._clock.seconds() + after))
+
     def erase(self, userid: str) -> Deferred[None]:
         return self._queue(_Erase(userid))
 
@@ -963,6 +995,10 @@ class SQLiteStore(MemoryStore, Service):
                 rows.meta[_DELIVERED_KEY + op.name] = str(op.position)
                 outcomes.append((op, (), NO_MARKS))
                 continue
+            if isinstance(op, _Rearm):
+                rows.rearm(op.devices, op.deadline)
+                outcomes.append((op, (), NO_MARKS))
+                continue
             if isinstance(op, _Forgot):
                 rows.forget(op.userid, op.clientid)
                 user(op.userid).forget(op.clientid)
@@ -1013,6 +1049,8 @@ class SQLiteStore(MemoryStore, Service):
                     self._erased(op.userid, marks)
                 elif isinstance(op, _Ping):
                     self._pinged(op.ping, op.deadline, presences, marks)
+                elif isinstance(op, _Rearm):
+                    self._apply_rearm(op.devices, op.deadline)
                 elif isinstance(op, _Offline):
                     if not op.timeout:
                         self._deadlines.disarm((op.userid, op.clientid))

@@ -17,10 +17,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from heartbeat.core.changes import ChangeFeed, Position
-from heartbeat.core.errors import Unavailable
+from heartbeat.core.errors import BadInput, Unavailable
 from heartbeat.core.hub import Hub
 from heartbeat.core.identity import Identity, Reading
-from heartbeat.core.ping_body import parse_status
+from heartbeat.core.ping_body import parse_status, validate_status
 from heartbeat.core.presence import Ping, UserState
 from heartbeat.core.quiet import OptionStream
 from heartbeat.core.request_view import RequestView
@@ -30,6 +30,7 @@ from heartbeat.core.stream_options import stream_options
 from heartbeat.core.user_query import posted_users, requested_users
 from heartbeat.web.cors import CorsPolicy
 from heartbeat.web.feed_route import ChangesRoute
+from heartbeat.web.peers import find_dead_peer
 
 
 class RouteSettings(Protocol):
@@ -102,6 +103,8 @@ class Api:
     def leave(self, request: RequestView, body: bytes) -> Deferred[None]:
         """``POST /leave``: the caller's device goes offline now; any body is ignored (sendBeacon)."""
         userid, clientid = self.identity.ping_user(request)
+        if self.hub.holder is not None:
+            self.hub.holder.left(userid, clientid)
         return self.store.leave(userid, clientid)
 
     def subscribe_one(self, request: RequestView, body: bytes, userid: str,
@@ -124,7 +127,9 @@ class Api:
         return self.identity.authorize_read(request, userids)
 
     def attach(self, stream: Stream, reading: Reading) -> None:
-        """Hand an open stream to the hub, to end when its token expires."""
+        """Hand an open stream to the hub, to end when its token expires or
+        its client is found gone."""
+        find_dead_peer(stream.transport, self.settings.presence_timeout)
         self.hub.attach(stream, reading.expires)
 
     def new_stream(self, reading: Reading, request: RequestView,
@@ -136,16 +141,32 @@ class Api:
         503 rather than a stream that ends.
         """
         options = stream_options(request)
+        presence = self._presence(request)
         limit = self.settings.max_streams
         if len(self.hub.streams) >= limit:
             raise Unavailable(f"too many open streams (limit {limit}), retry later", 5)
         last_event_id = request.getHeader(b"Last-Event-ID")
         blocked_timeout = self.settings.stream_blocked_timeout
-        if options.plain:
-            return Stream(reading.userids, self.clock, blocked_timeout, last_event_id, clientid,
-                          reading.owner)
-        return OptionStream(reading.userids, self.clock, blocked_timeout, last_event_id,
-                            clientid, options, reading.owner)
+        stream = (Stream(reading.userids, self.clock, blocked_timeout, last_event_id, clientid,
+                         reading.owner)
+                  if options.plain else
+                  OptionStream(reading.userids, self.clock, blocked_timeout, last_event_id,
+                               clientid, options, reading.owner))
+        stream.presence = presence
+        return stream
+
+    def _presence(self, request: RequestView) -> Ping | None:
+        """The ping a ``presence=<status>`` stream's opening is: its status is
+        checked as a ping's, and its device is the caller's (SPEC §2)."""
+        values = request.args.get(b"presence")
+        if values is None:
+            return None
+        try:
+            status = validate_status(values[0].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise BadInput("presence status is not valid UTF-8") from None
+        userid, clientid = self.identity.ping_user(request)
+        return Ping(userid, int(self.clock.seconds()), status, clientid)
 
     def status(self, request: RequestView) -> Deferred[tuple[bytes, Position | None]]:
         """``{"a": {"time": …, "status": …, "online": …, "devices": {…}}, "b": null}``

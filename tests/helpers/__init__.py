@@ -13,4 +13,5 @@
 - ``redis_ops``: certificates, Sentinels and a silent proxy for Redis in production.
 - ``redis_checks``: checks of a real redis-server that several test files make.
 - ``redis_cluster``: a real Redis Cluster, and moving a slot by hand.
+- ``vanish``: a stream's client that vanishes without a FIN, in a private network.
 """

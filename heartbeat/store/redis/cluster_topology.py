@@ -44,7 +44,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.logger import Logger
@@ -68,7 +69,7 @@ from heartbeat.store.redis.link import RedisLink
 from heartbeat.store.redis.lua import CAME_ONLINE, NEEDS_ARM, WENT_OFFLINE, Script, scripts
 from heartbeat.store.redis.tls import TrustRoot
 from heartbeat.store.redis.topology import Events, Outcome, Swept
-from heartbeat.store.redis.tuning import REPLY_TIMEOUT, WAIT_TIMEOUT_MS
+from heartbeat.store.redis.tuning import REARM_CACHE, REPLY_TIMEOUT, WAIT_TIMEOUT_MS
 
 log = Logger()
 
@@ -296,6 +297,29 @@ class ClusterTopology:
             self._count(partition, -1)
         return gone
 
+    def rearm(self, devices: list[tuple[str, str]], after: float) -> Deferred[None]:
+        """The index entries first (one arm.lua per partition), then the truth (one
+        rearm.lua per user slot), so the index still holds an entry no later than the
+        truth's deadline when it moves sooner (a presence stream's grace). A renewal
+        moves the truth later; the sweep then moves the entry to it, as after a ping."""
+        targets = [_deadline_of(self._prefix, userid, clientid) for userid, clientid in devices]
+        arming = []
+        for partition, group in _by(targets, lambda t: t.partition).items():
+            deadlines, _ = partition_keys(self._prefix, partition)
+            members = [target.member for target in group]
+            arming.append(self._run(_SCRIPTS.arm, deadlines, [deadlines], [after, *members]))
+        d = gatherResults(arming, consumeErrors=True)
+        return d.addCallback(self._rearm_truth, targets, after)
+
+    def _rearm_truth(self, _: object, targets: list[_DeviceDeadline],
+                     after: float) -> Deferred[None]:
+        steps = []
+        for _, group in _by(targets, lambda t: t.slot).items():
+            keys = [target.truth for target in group]
+            members = [target.clientid for target in group]
+            steps.append(self._run(_SCRIPTS.rearm, keys[0], keys, [after, *members]))
+        return gatherResults(steps, consumeErrors=True).addCallback(lambda _: None)
+
     def restore(self, latest: Ping, devices: Iterable[tuple[Presence, float]]) -> Deferred[None]:
         return fail(NotImplementedError("restoring into a Redis Cluster"))
 
@@ -438,6 +462,24 @@ class ClusterTopology:
     def _ready(self) -> None:
         if self._events is not None:
             self._events.ready()
+
+
+class _DeviceDeadline(NamedTuple):
+    """Where a device's deadline lives: its user's slot and truth, its index entry."""
+
+    slot: int
+    truth: str
+    clientid: str
+    partition: int
+    member: str
+
+
+@lru_cache(maxsize=REARM_CACHE)
+def _deadline_of(prefix: str, userid: str, clientid: str) -> _DeviceDeadline:
+    """The same at every renewal of a presence stream's device: made once."""
+    user = user_keys(prefix, userid, cluster=True)
+    return _DeviceDeadline(slot(user.key), user.deadlines, clientid, user.partition,
+                           deadline_member(userid, clientid))
 
 
 def _device(entry: tuple[str, str]) -> tuple[str, str]:

@@ -116,6 +116,7 @@ class Scripts:
     due: Script
     expire: Script
     read_many: Script
+    rearm: Script
     erase: Script
     notify: Script
     prune: Script

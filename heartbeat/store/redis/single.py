@@ -13,6 +13,7 @@ reads every partition.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
@@ -33,7 +34,7 @@ from heartbeat.store.redis.lua import scripts
 from heartbeat.store.redis.sentinel import route_for
 from heartbeat.store.redis.tls import TrustRoot
 from heartbeat.store.redis.topology import Events, Outcome, Swept
-from heartbeat.store.redis.tuning import REPLY_TIMEOUT, WAIT_TIMEOUT_MS
+from heartbeat.store.redis.tuning import REARM_CACHE, REPLY_TIMEOUT, WAIT_TIMEOUT_MS, chunks
 
 log = Logger()
 
@@ -158,6 +159,16 @@ class SingleTopology:
         keys = [user.key, user.devices, user.online, deadlines, count, self._feed]
         return _SCRIPTS.leave.run(self._conn(), keys, [
             userid, clientid, deadline_member(userid, clientid), self._retention_ms])
+
+    def rearm(self, devices: list[tuple[str, str]], after: float) -> Deferred[None]:
+        """In chunks (Redis runs one script at a time), all sent at once."""
+        conn = self._conn()
+        steps = []
+        for chunk in chunks(devices):
+            targets = [_deadline_of(self._prefix, userid, clientid) for userid, clientid in chunk]
+            keys = [key for key, _ in targets]
+            steps.append(_SCRIPTS.rearm.run(conn, keys, [after, *(m for _, m in targets)]))
+        return gatherResults(steps, consumeErrors=True).addCallback(lambda _: None)
 
     def restore(self, latest: Ping, devices: Iterable[tuple[Presence, float]]) -> Deferred[None]:
         """Each online device keeps its deadline, a wall-clock time: Redis's clock and
@@ -352,6 +363,13 @@ class SingleTopology:
     def _ready(self) -> None:
         if self._events is not None:
             self._events.ready()
+
+
+@lru_cache(maxsize=REARM_CACHE)
+def _deadline_of(prefix: str, userid: str, clientid: str) -> tuple[str, str]:
+    """A device's deadline partition and member: the same at every renewal, made once."""
+    partition = user_keys(prefix, userid).partition
+    return partition_keys(prefix, partition)[0], deadline_member(userid, clientid)
 
 
 def _connection_lost(failure: Failure) -> None:

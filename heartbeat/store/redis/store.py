@@ -26,7 +26,7 @@ due meanwhile, late.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
@@ -192,6 +192,13 @@ class RedisStore(Service):
             return fail(StoreUnavailable())
         d = maybeDeferred(self._topology.leave, userid, clientid)
         return d.addCallbacks(self._left, self._failed)
+
+    def rearm(self, devices: Sequence[tuple[str, str]], after: float) -> Deferred[None]:
+        """Presence streams' deadlines: the holder already sends one call per turn."""
+        if not self._topology.writable:
+            return fail(StoreUnavailable())
+        d = maybeDeferred(self._topology.rearm, list(devices), after)
+        return d.addErrback(self._failed)
 
     def get(self, userids: Iterable[str]) -> Deferred[dict[str, UserState | None]]:
         """The stored states, read with every other ``get`` of this reactor turn.

@@ -80,6 +80,9 @@ class Topology(Protocol):
     def leave(self, userid: str, clientid: str) -> Deferred[int]:
         """Take a device offline now: 1 if its user went offline."""
 
+    def rearm(self, devices: list[tuple[str, str]], after: float) -> Deferred[None]:
+        """Each device with a deadline is due ``after`` seconds from now (presence streams)."""
+
     def read(self, userids: list[str]) -> Deferred[list[Any]]:
         """Each user's stored row (``codec.from_row``), in order."""
 
