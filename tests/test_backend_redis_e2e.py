@@ -182,9 +182,18 @@ def test_backend_routes_through_sentinel(start_daemon, redis_server, tmp_path):
 
 def test_an_erasure_on_redis_is_one_erased_change_in_the_feed(start_daemon, redis_server):
     daemon = start_daemon(env={"REDIS": redis_server.address, "API_KEY": KEY})
-    ping_many(daemon.port, ["feed-gone"])
+    ping_many(daemon.port, ["feed-gone", "feed-kept"])
+    claim = {"X-User-Claim": json.dumps({"userid": "feed-gone", "clientid": "phone"})}
+    assert post_ping(daemon.port, "1", headers=claim)[0] == 200
+    before = json.loads(request(daemon.port, "GET", "/changes")[1])["changes"]
+    assert {c["type"] for c in before if c["userid"] == "feed-gone"} >= {"online", "status",
+                                                                       "device_online"}
     assert request(daemon.port, "DELETE", "/users/feed-gone")[0] == 204
     changes = json.loads(request(daemon.port, "GET", "/changes")[1])["changes"]
-    erased = [c for c in changes if c["type"] == "erased"]
-    assert [c["userid"] for c in erased] == ["feed-gone"]
-    assert erased[0].keys() == {"id", "type", "userid", "at"}
+    mine = [c for c in changes if c["userid"] == "feed-gone"]
+    assert [c["type"] for c in mine] == ["erased"]
+    assert mine[0].keys() == {"id", "type", "userid", "at"}
+    # Another user's changes stay, and no key is left named for the erased user.
+    assert [c for c in changes if c["userid"] == "feed-kept"] == [
+        c for c in before if c["userid"] == "feed-kept"]
+    assert keys_with(redis_server, "feed-gone") == []

@@ -226,10 +226,11 @@ async def test_prefix_names_keys_and_channels(make_store, redis_server):
     assert sorted(redis_server.command("PUBSUB", "CHANNELS").split()) == [
         b"hb/test/alice", b"{hb/test/}:control"]
     await store.ping(Ping("alice", 5, "1"))
-    # The compat key, then the user's and the deadline partition's keys and the change
-    # feed and its epoch, all prefixed.
+    # The compat key, then the user's and the deadline partition's keys, the change
+    # feed, its epoch and the list of the user's entries in it, all prefixed.
     keys = redis_server.command("KEYS", "*").split()
-    assert b"hb/test/alice" in keys and b"{hb/test/changes}" in keys and len(keys) == 7
+    assert b"hb/test/alice" in keys and b"{hb/test/changes}" in keys and len(keys) == 8
+    assert b"{hb/test/changes}:of:alice" in keys
     assert all(key.startswith((b"hb/test/", b"{hb/test/")) for key in keys)
     await until(lambda: store.listener.pings)
     assert store.listener.pings == [Presence("alice", 5, "1")]

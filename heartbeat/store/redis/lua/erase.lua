@@ -6,13 +6,14 @@
 -- (the partition's index entries are another slot's: the sweep drops them, finding
 -- nothing behind). ARGV: the erased event, the user, then on one Redis the deadline
 -- members of the devices known and the feed's retention. The feed's earlier entries
--- of the user are left to its retention. Returns 1 when the user was online (a
--- Cluster adjusts the count afterwards).
+-- of the user are deleted, so only the erased change is left. Returns 1 when the user
+-- was online (a Cluster adjusts the count afterwards).
 local online = redis.call('EXISTS', KEYS[3]) == 1
 if FEED then
   for i = 3, #ARGV - 1 do redis.call('ZREM', KEYS[4], ARGV[i]) end
   if online then redis.call('DECR', KEYS[5]) end
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  forget_own(ARGV[2])
 else
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 end

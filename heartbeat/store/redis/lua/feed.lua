@@ -1,10 +1,43 @@
 -- Records one change in the change feed (SPEC §8), in the step that makes it: a
 -- stream entry (type, user, time, status, online 1/0, at in ms, and the device for a
--- device's change), the stream trimmed of entries past the retention as it goes. A
+-- device's change), the stream trimmed of entries past the retention as it goes. Each
+-- user's entries are also listed under ``own_changes`` so an erasure can delete them
+-- (SPEC §2: all but its one erased change); the list drops what the trim took. A
 -- layout with no feed (FEED false: a Cluster) records nothing. Returns the change's
 -- position (``<epoch>_<id>``, feed.py's; the epoch key is feed.feed_keys's, made
 -- here if no reader has made it yet), or nil with no feed.
 local feed_epoch
+local function own_changes(userid)
+  return FEED .. ':of:' .. userid
+end
+-- Whether stream id ``a`` is older than ``b`` (both ``<ms>-<seq>``).
+local function older(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, bm = tonumber(am), tonumber(bm)
+  return am < bm or (am == bm and tonumber(as) < tonumber(bs))
+end
+local function list_own(userid, id)
+  local own = own_changes(userid)
+  redis.call('RPUSH', own, id)
+  local first = redis.call('XRANGE', FEED, '-', '+', 'COUNT', 1)[1]
+  local head = redis.call('LINDEX', own, 0)
+  while first and head and older(head, first[1]) do
+    redis.call('LPOP', own)
+    head = redis.call('LINDEX', own, 0)
+  end
+  redis.call('PEXPIRE', own, 2 * FEED_RETENTION)
+end
+-- Deletes every change of ``userid`` listed in the feed (an erasure's first step).
+local function forget_own(userid)
+  if not FEED then return end
+  local own = own_changes(userid)
+  local ids = redis.call('LRANGE', own, 0, -1)
+  for i = 1, #ids, 1000 do
+    redis.call('XDEL', FEED, unpack(ids, i, math.min(i + 999, #ids)))
+  end
+  redis.call('DEL', own)
+end
 local function record(kind, userid, clientid, time, status, online)
   if not FEED then return nil end
   local at = math.floor(now * 1000)
@@ -15,6 +48,7 @@ local function record(kind, userid, clientid, time, status, online)
     entry[#entry + 1] = clientid
   end
   local id = redis.call(unpack(entry))
+  if kind ~= 'erased' then list_own(userid, id) end
   if not feed_epoch then
     feed_epoch = redis.call('GET', FEED .. ':epoch')
     if not feed_epoch then
