@@ -18,7 +18,7 @@ import jwt
 import pytest
 
 from tests.helpers.browsers import checkout_site, chromium
-from tests.helpers.clients import SSEClient, get, post_ping
+from tests.helpers.clients import get, post_ping
 from tests.helpers.waiting import wait_for
 
 SECRET = "client-e2e-secret-at-least-32-bytes!!"
@@ -57,14 +57,6 @@ def metric(port: int, name: str) -> int:
 
 def open_streams(port: int) -> int:
     return metric(port, "heartbeat_open_streams")
-
-
-def offers_presence_streams(port: int) -> bool:
-    """The server's capability, from outside: ``presence=`` with a bad status is
-    ``400`` where presence streams exist (SPEC §2), an ignored parameter elsewhere."""
-    probe = SSEClient(port, "/subscribe?user=probe&presence=%0A", auth("probe"))
-    probe.close()
-    return probe.status == 400
 
 
 def online(port: int, user: str = ME) -> bool:
@@ -247,8 +239,6 @@ def test_a_token_expiring_in_3_s_is_refreshed_with_no_gap(hb_daemon, origin, bro
 
 def test_a_presence_stream_holds_the_device_with_no_pings(hb_daemon, origin, browser):
     daemon = hb_daemon(PRESENCE_TIMEOUT="2")
-    if not offers_presence_streams(daemon.port):
-        pytest.skip("this server has no presence streams (SPEC §2 presence=); the ping path is tested above")
     page = open_client(browser.new_context(), origin, daemon, watch=["alice"])
     page.wait_for_function("hb.connection.presence === 'stream'")
     wait_for(lambda: online(daemon.port), timeout=5)
