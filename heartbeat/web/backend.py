@@ -19,6 +19,7 @@ from twisted.web.iweb import IRequest
 from heartbeat.core.errors import BadInput, TooLarge, Unavailable
 from heartbeat.core.presence import UserState
 from heartbeat.core.request_view import RequestView
+from heartbeat.core.user_query import posted_users
 from heartbeat.web.api import Api, json_body, status_body
 from heartbeat.web.feed_route import check_api_key
 
@@ -42,7 +43,7 @@ def bulk_status(api: Api, request: IRequest) -> Deferred[bytes]:
     body = request.content.read(MAX_BULK_BODY + 1)
     if len(body) > MAX_BULK_BODY:
         raise TooLarge(f"request body is larger than {MAX_BULK_BODY} bytes")
-    userids = api.identity.check_userids(_body_users(body))
+    userids = api.identity.check_userids(posted_users(body, MAX_BULK_USERS))
     only_online = _flag(request, b"online", b"only")
     d = api.store.get(userids).addCallback(_online_only if only_online else status_body)
     return d.addCallback(json_body, request)
@@ -109,22 +110,6 @@ def _json(body: object) -> bytes:
 
 def _online_only(states: dict[str, UserState | None]) -> bytes:
     return status_body({u: s for u, s in states.items() if s is not None and s.user.online})
-
-
-def _body_users(body: bytes) -> list[str]:
-    try:
-        parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadInput('the body must be JSON: {"users": ["a", "b"]}') from None
-    users = parsed.get("users") if isinstance(parsed, dict) else None
-    if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
-        raise BadInput('the body must be {"users": [<user id>, ...]}')
-    distinct = list(dict.fromkeys(users))
-    if not distinct:
-        raise BadInput("name at least one user")
-    if len(distinct) > MAX_BULK_USERS:
-        raise BadInput(f"at most {MAX_BULK_USERS} users per request, got {len(distinct)}")
-    return distinct
 
 
 def _text(request: RequestView, name: bytes) -> str | None:
