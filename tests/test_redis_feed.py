@@ -6,6 +6,14 @@ Redis store's Lua; positions, retention and waits against Redis's own clock.
 
 from __future__ import annotations
 
+import json
+import random
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote
+
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
@@ -16,6 +24,11 @@ from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping
 from heartbeat.daemon.config import parse_redis
 from heartbeat.store.redis.store import RedisStore
+from tests.helpers.backend_calls import KEY, apply, changes_since, from_status, request
+from tests.helpers.claims import claim_header
+from tests.helpers.clients import get, post_ping
+from tests.helpers.redis_cluster import fresh_user
+from tests.helpers.waiting import wait_for
 
 
 class Quiet:
@@ -202,38 +215,114 @@ async def test_one_instance_holds_a_urls_claim_and_only_it_records_progress(make
     assert not await one.change_feed.set_delivered(url, position, "one")
 
 
-def test_status_cursor_and_changes_through_the_daemon_across_a_restart(start_daemon, redis_server):
-    import json
-    import signal
-
-    from tests.helpers.clients import get, post_ping
-
-    auth = {"Authorization": "Bearer k1"}
-    env = {"REDIS": redis_server.address, "API_KEY": "k1"}
+def test_status_cursor_and_changes_through_the_daemon_across_a_restart(start_daemon, any_redis):
+    """``/changes`` after ``/status``'s cursor has exactly what came since, across a
+    SIGKILL and a restart; a position past ``CHANGES_RETENTION``, or one of a flushed
+    Redis (another feed), is 410."""
+    alice, bob = fresh_user(), fresh_user()
+    env = {"REDIS": any_redis.url, "API_KEY": KEY}
     daemon = start_daemon(env=env)
-    assert post_ping(daemon.port, "0", userid="alice")[0] == 200
-    code, headers, body = get(daemon.port, "/status?user=alice&user=bob")
+    assert post_ping(daemon.port, "0", userid=alice)[0] == 200
+    code, headers, body = get(daemon.port, f"/status?user={alice}&user={bob}")
     cursor = headers["heartbeat-cursor"]
-    assert json.loads(body)["alice"]["online"] is True
-    assert post_ping(daemon.port, "1", userid="alice")[0] == 200
-    assert post_ping(daemon.port, "0", userid="bob")[0] == 200
+    assert json.loads(body)[alice]["online"] is True
+    assert post_ping(daemon.port, "1", userid=alice)[0] == 200
+    assert post_ping(daemon.port, "0", userid=bob)[0] == 200
     daemon.stop(signal.SIGKILL)
     again = start_daemon(env=env, port=daemon.port)
-    code, _, body = get(again.port, f"/changes?after={cursor}", headers=auth)
-    page = json.loads(body)
-    assert code == 200
-    assert [(c["type"], c["userid"]) for c in page["changes"]] == [
-        ("status", "alice"), ("online", "bob"), ("device_online", "bob")]
-    assert get(again.port, "/changes?after=zz99_1-0", headers=auth)[0] == 410
+    since = changes_since(again.port, cursor)
+    assert {u: [(c["type"], c["status"]) for c in since if c["userid"] == u]
+            for u in (alice, bob)} == {alice: [("status", "1")],
+                                       bob: [("online", "0"), ("device_online", "0")]}
+    assert [c["at"] for c in since] == sorted(c["at"] for c in since)  # oldest first
+    newest = json.loads(request(again.port, "GET", f"/changes?after={quote(cursor)}")[1])["next"]
+    # The same position is stale to an instance that keeps changes for a second.
+    brief = start_daemon(env={**env, "CHANGES_RETENTION": "1"})
+    wait_for(lambda: request(brief.port, "GET", f"/changes?after={quote(cursor)}")[0] == 410)
+    any_redis.flush()
+    code, body = request(again.port, "GET", f"/changes?after={quote(newest)}")
+    assert code == 410, body
+    assert json.loads(body)["error"]
+
+
+def test_status_and_its_cursor_then_changes_reconstruct_every_user_under_concurrent_pings(
+        start_daemon, any_redis):
+    """SPEC §8's resync while two instances take pings and leaves of 30 users (on every
+    node of a Cluster) from two threads: every ``/status`` read meanwhile, with the
+    changes after its ``Heartbeat-Cursor``, gives every user's final state exactly; and a
+    backend following ``/changes`` live (long polls) gets what a read afterwards gets."""
+    env = {"REDIS": any_redis.url, "API_KEY": KEY}
+    daemons = [start_daemon(env=env) for _ in range(2)]
+    users = [fresh_user() for _ in range(30)]
+    query = "/status?" + "&".join(f"user={u}" for u in users)
+
+    def resync() -> tuple[dict, str]:
+        code, headers, body = get(daemons[0].port, query)
+        assert code == 200, body
+        return from_status(json.loads(body)), headers["heartbeat-cursor"]
+
+    start, cursor = resync()
+    followed: list[dict] = []
+    done = threading.Event()
+
+    def follow(after: str) -> None:
+        while True:
+            finishing = done.is_set()
+            code, body = request(daemons[1].port, "GET",
+                                 f"/changes?limit=1000&wait=1&after={quote(after)}")
+            assert code == 200, body
+            page = json.loads(body)
+            followed.extend(page["changes"])
+            after = page["next"]
+            if finishing and not page["changes"]:
+                return
+
+    def load(seed: int) -> None:
+        chance = random.Random(seed)
+        for _ in range(400):
+            userid, clientid = chance.choice(users), chance.choice(("web", "phone"))
+            headers = claim_header(userid, clientid)
+            if chance.random() < 0.2:
+                assert post_ping(daemons[seed].port, "", None, headers=headers,
+                                 path="/leave")[0] == 200
+            else:
+                status = chance.choice("012")
+                assert post_ping(daemons[seed].port, status, None, headers=headers)[0] == 200
+
+    with ThreadPoolExecutor(3) as pool:
+        follower = pool.submit(follow, cursor)
+        loads = [pool.submit(load, seed) for seed in (0, 1)]
+        snapshots = []
+        try:
+            while not all(f.done() for f in loads):
+                snapshots.append(resync())
+                time.sleep(0.1)
+        finally:
+            done.set()
+        for f in loads:
+            f.result()
+        follower.result(timeout=30)
+    final, _ = resync()
+    assert len(snapshots) >= 3, len(snapshots)
+    afterwards = changes_since(daemons[0].port, cursor)
+    # The same changes, each user's in the same order (users may interleave differently).
+    assert {u: [c for c in followed if c["userid"] == u] for u in users} == {
+        u: [c for c in afterwards if c["userid"] == u] for u in users}
+
+    def rebuilt(state: dict, changes: list[dict]) -> dict:
+        for change in changes:
+            if change["userid"] in users:
+                apply(state, change)
+        return state
+
+    assert rebuilt(start, followed) == final
+    for state, position in snapshots:
+        assert rebuilt(state, changes_since(daemons[1].port, position)) == final
 
 
 def test_the_feed_through_sentinel_continues_on_the_promoted_replica(start_daemon, tmp_path):
-    import json
-
-    from tests.helpers.clients import get, post_ping
     from tests.helpers.processes import RedisServer
     from tests.helpers.redis_ops import Sentinel
-    from tests.helpers.waiting import wait_for
 
     auth = {"Authorization": "Bearer k"}
     master = RedisServer(tmp_path).start()

@@ -1,13 +1,16 @@
 """Webhooks from three instances on one redis-server (SPEC §8): one delivers, another
 takes over when it is killed mid-batch; what it had not confirmed arrives, and the
-repeats are counted."""
+repeats are counted. On a Redis Cluster, the same across a master failover."""
 
 from __future__ import annotations
 
 import json
 import signal
+import time
 
-from tests.helpers.clients import get, post_ping
+from tests.helpers.backend_calls import KEY, changes_since, in_user_order, statuses_changed
+from tests.helpers.clients import PingLoad, get, post_ping
+from tests.helpers.redis_cluster import moved_off, user_slot, users_on_every_master
 from tests.helpers.waiting import wait_for
 from tests.helpers.webhook_receiver import SECRET, Receiver
 
@@ -46,3 +49,73 @@ def test_the_instance_delivering_is_killed_mid_batch_and_another_delivers(
         assert all(i in first for i in got if got.count(i) > 1)
     finally:
         receiver.stop()
+
+
+def test_three_instances_on_a_cluster_deliver_every_acknowledged_change_across_a_failover(
+        start_daemon, redis_cluster):
+    """A master is SIGKILLed while pings go on; its replica is promoted. With
+    ``REDIS_WAIT_REPLICAS=1`` every change of a ping answered 200 survives, and reaches
+    the receiver (at least once, signed, each user's in order); repeats are counted."""
+    cluster = redis_cluster
+    receiver = Receiver().start()
+    users = users_on_every_master(cluster, 2)
+    victim = users[0]
+    master = cluster.owner(user_slot(victim))
+    try:
+        env = {"REDIS": cluster.url, "REDIS_WAIT_REPLICAS": "1", "API_KEY": KEY,
+               "WEBHOOK_URL": receiver.url, "WEBHOOK_SECRET": SECRET}
+        daemons = [start_daemon(env=env) for _ in range(3)]
+        cursor = get(daemons[0].port, "/status?" + "&".join(f"user={u}" for u in users))[1][
+            "heartbeat-cursor"]
+        load = PingLoad([d.port for d in daemons], users)
+        load.start()
+        try:
+            wait_for(lambda: load.answered(3))
+            master.stop()  # SIGKILL
+            wait_for(lambda: moved_off(cluster, victim, master), timeout=30)
+            # Back, as the promoted one's replica: a replica to WAIT for again.
+            master.start()
+            cluster.wait_ok()
+            acknowledged = len(load.acknowledged[victim])
+            wait_for(lambda: len(load.acknowledged[victim]) >= acknowledged + 3, timeout=30)
+        finally:
+            load.stop()
+        assert load.refused, "the failover refused no ping: it did not happen under load"
+
+        recorded = [c for c in changes_since(daemons[1].port, cursor) if c["userid"] in users]
+        for userid in users:
+            changed = statuses_changed(recorded, userid)
+            assert changed == sorted(set(changed)), (userid, changed)  # once each, in order
+            lost = sorted(set(load.acknowledged[userid]) - set(changed))
+            assert not lost, (userid, lost)
+        # The changes of acknowledged pings (a refused one's may be lost, or delivered
+        # from the dead master before it died).
+        wanted = [c for c in recorded if int(c["status"]) in load.acknowledged[c["userid"]]]
+
+        def delivered() -> list[dict]:
+            with receiver.lock:
+                return [c for c in receiver.accepted if c["userid"] in users]
+
+        def missing() -> set[str]:
+            return {c["id"] for c in wanted} - {c["id"] for c in delivered()}
+
+        deadline = time.monotonic() + 90
+        while missing() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        got = delivered()
+        ids = [c["id"] for c in got]
+        repeats = {i: ids.count(i) for i in set(ids) if ids.count(i) > 1}
+        summary = (f"{len(wanted)} changes of acknowledged pings, {len(set(ids))} delivered, "
+                   f"{sum(repeats.values()) - len(repeats)} repeats of {len(repeats)} changes, "
+                   f"{len(receiver.requests)} requests, {load.refused} pings refused")
+        print(f"webhooks across a Cluster failover: {summary}")
+        assert not missing(), f"not delivered: {sorted(missing())}; {summary}"
+        assert receiver.bad_signatures == 0, summary
+        by_id = {c["id"]: c for c in wanted}
+        assert all(c == by_id[c["id"]] for c in got if c["id"] in by_id), summary
+        in_user_order(got, wanted)
+    finally:
+        receiver.stop()
+        if master.proc is None or master.proc.poll() is not None:
+            master.start()
+            cluster.wait_ok()

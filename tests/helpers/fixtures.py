@@ -14,6 +14,7 @@ import pytest
 
 from tests.helpers.clients import health
 from tests.helpers.processes import Daemon, RedisServer, free_port, need_binary
+from tests.helpers.redis_cluster import RedisCluster
 from tests.helpers.waiting import wait_for
 
 
@@ -84,25 +85,30 @@ def start_tls_daemon(start_daemon, tls_certificate, tls_trust) -> Callable[..., 
 class AnyRedis:
     """One redis-server or a Redis Cluster: its ``REDIS`` and a FLUSHALL of every master."""
 
-    def __init__(self, url: str, masters: list[RedisServer]) -> None:
+    def __init__(self, url: str, masters: Callable[[], list[RedisServer]]) -> None:
         self.url = url
-        self._masters = masters
+        self._masters = masters  # asked each time: a failover changes them
 
     def flush(self) -> None:
-        for master in self._masters:
+        for master in self._masters():
             master.command("FLUSHALL")
 
 
-@pytest.fixture(params=["single", "cluster"])
-def any_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AnyRedis]:
-    """A test run on one Redis, then on a Cluster: a rule both layouts share."""
-    from tests.helpers.redis_cluster import RedisCluster
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """One Redis Cluster for a whole test module (it takes seconds to build): its tests
+    use users of their own, and leave it with every master up."""
+    cluster = RedisCluster(Path(tmp_path_factory.mktemp("cluster"))).start()
+    yield cluster
+    cluster.stop()
 
+
+@pytest.fixture(params=["single", "cluster"])
+def any_redis(request: pytest.FixtureRequest) -> AnyRedis:
+    """A test run on a redis-server of its own, then on the module's Redis Cluster:
+    a rule both layouts share."""
     if request.param == "single":
-        server = RedisServer(tmp_path).start()
-        yield AnyRedis(server.address, [server])
-        server.stop()
-    else:
-        cluster = RedisCluster(tmp_path).start()
-        yield AnyRedis(cluster.url, [cluster.node(address) for address in cluster.masters()])
-        cluster.stop()
+        server = request.getfixturevalue("redis_server")
+        return AnyRedis(server.address, lambda: [server])
+    cluster = request.getfixturevalue("redis_cluster")
+    return AnyRedis(cluster.url, lambda: [cluster.node(address) for address in cluster.masters()])
