@@ -8,6 +8,7 @@ from __future__ import annotations
 import ssl
 import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -85,13 +86,55 @@ def start_tls_daemon(start_daemon, tls_certificate, tls_trust) -> Callable[..., 
 class AnyRedis:
     """One redis-server or a Redis Cluster: its ``REDIS`` and a FLUSHALL of every master."""
 
-    def __init__(self, url: str, masters: Callable[[], list[RedisServer]]) -> None:
+    def __init__(self, url: str, masters: list[RedisServer],
+                 cluster: RedisCluster | None = None) -> None:
         self.url = url
-        self._masters = masters  # asked each time: a failover changes them
+        self._masters = masters
+        # The Cluster, for tests that move its slots by hand (None: one redis-server).
+        self.cluster = cluster
 
     def flush(self) -> None:
-        for master in self._masters():
+        for master in self._masters:
             master.command("FLUSHALL")
+
+    def publish(self, channel: str, message: str) -> None:
+        """Publish as another service does: on one Redis, ``PUBLISH``; in a Cluster,
+        ``SPUBLISH`` on the master of the channel's slot (where heartbeat listens)."""
+        if self.cluster is None:
+            self._masters[0].command("PUBLISH", channel, message)
+        else:
+            from heartbeat.store.redis.keys import slot
+
+            self.cluster.owner(slot(channel)).command("SPUBLISH", channel, message)
+
+
+@contextmanager
+def _redis_of(kind: str, directory: Path) -> Iterator[AnyRedis]:
+    if kind == "single":
+        server = RedisServer(directory).start()
+        yield AnyRedis(server.address, [server])
+        server.stop()
+    else:
+        cluster = RedisCluster(directory).start()
+        yield AnyRedis(cluster.url, [cluster.node(address) for address in cluster.masters()],
+                       cluster)
+        cluster.stop()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def any_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AnyRedis]:
+    """A test run on one Redis, then on a Cluster: a rule both layouts share."""
+    with _redis_of(request.param, tmp_path) as redis:
+        yield redis
+
+
+@pytest.fixture(scope="module", params=["single", "cluster"])
+def module_redis(request: pytest.FixtureRequest,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnyRedis]:
+    """As ``any_redis``, one of each for a module's tests (a Cluster takes seconds to
+    build): each test flushes it first."""
+    with _redis_of(request.param, tmp_path_factory.mktemp(request.param)) as redis:
+        yield redis
 
 
 @pytest.fixture(scope="module")
@@ -101,14 +144,3 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     cluster = RedisCluster(Path(tmp_path_factory.mktemp("cluster"))).start()
     yield cluster
     cluster.stop()
-
-
-@pytest.fixture(params=["single", "cluster"])
-def any_redis(request: pytest.FixtureRequest) -> AnyRedis:
-    """A test run on a redis-server of its own, then on the module's Redis Cluster:
-    a rule both layouts share."""
-    if request.param == "single":
-        server = request.getfixturevalue("redis_server")
-        return AnyRedis(server.address, lambda: [server])
-    cluster = request.getfixturevalue("redis_cluster")
-    return AnyRedis(cluster.url, lambda: [cluster.node(address) for address in cluster.masters()])
