@@ -66,6 +66,7 @@ from heartbeat.store.redis.keys import (
     CLUSTER_SLOTS,
     PARTITIONS,
     UserKeys,
+    build_slot_tags,
     partition_keys,
     slot,
     user_keys,
@@ -104,6 +105,7 @@ class ClusterTopology:
         self._prefix = prefix
         # MAX_DEVICES_PER_USER, which the ping script applies.
         self._max_devices = max_devices
+        build_slot_tags()
         # The change feed's stream of each user slot, the last key of every script that
         # records changes, and its retention (ms), their last argument (lua/feed.lua).
         self._feeds = slot_streams(prefix)
