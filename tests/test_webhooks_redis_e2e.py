@@ -8,6 +8,7 @@ import json
 import signal
 import time
 
+from heartbeat.store.redis.keys import slot
 from tests.helpers.backend_calls import KEY, changes_since, in_user_order, statuses_changed
 from tests.helpers.clients import PingLoad, get, post_ping
 from tests.helpers.redis_cluster import moved_off, user_slot, users_on_every_master
@@ -59,8 +60,10 @@ def test_three_instances_on_a_cluster_deliver_every_acknowledged_change_across_a
     cluster = redis_cluster
     receiver = Receiver().start()
     users = users_on_every_master(cluster, 2)
-    victim = users[0]
-    master = cluster.owner(user_slot(victim))
+    # The master killed holds the feed's own keys (the README's ``{heartbeat:changes}``:
+    # its epoch, where each webhook is, who delivers), and users' changes.
+    master = cluster.owner(slot("{heartbeat:changes}"))
+    victim = next(userid for userid in users if cluster.owner(user_slot(userid)) is master)
     try:
         env = {"REDIS": cluster.url, "REDIS_WAIT_REPLICAS": "1", "API_KEY": KEY,
                "WEBHOOK_URL": receiver.url, "WEBHOOK_SECRET": SECRET}
