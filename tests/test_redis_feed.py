@@ -31,7 +31,7 @@ from heartbeat.store.redis.keys import slot
 from heartbeat.store.redis.store import RedisStore
 from tests.helpers.backend_calls import KEY, apply, changes_since, from_status, request
 from tests.helpers.claims import claim_header
-from tests.helpers.clients import get, post_ping
+from tests.helpers.clients import SSEClient, get, post_ping
 from tests.helpers.redis_cluster import fresh_user
 from tests.helpers.waiting import wait_for
 
@@ -318,6 +318,11 @@ def test_status_cursor_and_changes_through_the_daemon_across_a_restart(start_dae
     assert code == 200
     assert [(c["type"], c["userid"], c["status"]) for c in json.loads(body)["changes"]] == [
         ("status", "bob", "2")]
+    # The same as a stream, resumed by Last-Event-ID from the cursor.
+    resumed = SSEClient(again.port, "/changes", headers={**auth, "Last-Event-ID": cursor})
+    assert [resumed.event() for _ in range(4)] == page["changes"] + json.loads(body)["changes"]
+    resumed.no_event(0.3)
+    resumed.close()
     assert get(again.port, "/changes?after=zz99_1-0", headers=auth)[0] == 410
     # The cursor is stale to an instance that keeps changes for a second; and a flushed
     # Redis is another feed, whose positions are gone however recent.
