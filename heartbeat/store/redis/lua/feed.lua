@@ -2,9 +2,10 @@
 -- stream entry (type, user, time, status, online 1/0, at in ms, and the device for a
 -- device's change), the stream trimmed of entries past the retention as it goes and
 -- expiring (twice the retention) with its last change, so a Cluster slot's stream that
--- stops changing leaves nothing behind. Each user's entries are also listed under
--- ``own_changes`` so an erasure can delete them (SPEC §2: all but its one erased
--- change); the list drops what the trim took. Returns the change's position: on one
+-- stops changing leaves nothing behind. An erasure deletes the user's entries (SPEC
+-- §2: all but its one erased change): on one Redis each user's are also listed under
+-- ``own_changes`` (the list drops what the trim took); a Cluster's slot stream is read
+-- whole instead (layout_cluster.lua). Returns the change's position: on one
 -- Redis ``<epoch>_<id>`` (feed.py's; the epoch key is feed.feed_keys's, made here if no
 -- reader has made it yet), in a Cluster the entry's id (layout_cluster.lua).
 local feed_epoch
@@ -29,8 +30,21 @@ local function list_own(userid, id)
   end
   redis.call('PEXPIRE', own, 2 * FEED_RETENTION)
 end
--- Deletes every change of ``userid`` listed in the feed (an erasure's first step).
+-- Deletes every change of ``userid`` in the feed (an erasure's first step).
 local function forget_own(userid)
+  if not FEED_OWN_LISTS then
+    local start = '-'
+    repeat
+      local found = redis.call('XRANGE', FEED, start, '+', 'COUNT', 1000)
+      local ids = {}
+      for _, entry in ipairs(found) do
+        if entry[2][4] == userid then ids[#ids + 1] = entry[1] end
+      end
+      if #ids > 0 then redis.call('XDEL', FEED, unpack(ids)) end
+      if #found > 0 then start = '(' .. found[#found][1] end
+    until #found < 1000
+    return
+  end
   local own = own_changes(userid)
   local ids = redis.call('LRANGE', own, 0, -1)
   for i = 1, #ids, 1000 do
@@ -48,7 +62,7 @@ local function record(kind, userid, clientid, time, status, online)
   end
   local id = redis.call(unpack(entry))
   redis.call('PEXPIRE', FEED, 2 * FEED_RETENTION)
-  if kind ~= 'erased' then list_own(userid, id) end
+  if FEED_OWN_LISTS and kind ~= 'erased' then list_own(userid, id) end
   if not FEED_EPOCH then return id end
   if not feed_epoch then
     feed_epoch = redis.call('GET', FEED_EPOCH)

@@ -6,6 +6,10 @@ local PUBLISH = 'SPUBLISH'
 -- (epoch, slot) by the Python side (feed.ClusterReader).
 local FEED, FEED_RETENTION = KEYS[#KEYS], tonumber(ARGV[#ARGV])
 local FEED_EPOCH = false
+-- A slot's stream holds only that slot's users' changes: an erasure reads it whole to
+-- find the user's, so no list is kept (a key no script names would be refused while
+-- its slot migrates).
+local FEED_OWN_LISTS = false
 -- The deadlines a ping arms are the truth in the user's slot; the sweep reads an index
 -- in another slot, which holds an entry no later than every deadline the truth holds
 -- (cluster_topology). So a device with a deadline may be stored at once; one without
