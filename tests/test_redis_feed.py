@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import quote
 
 import pytest
 import pytest_twisted
@@ -29,7 +27,13 @@ from heartbeat.daemon.config import parse_redis
 from heartbeat.store.redis.feed import slot_streams
 from heartbeat.store.redis.keys import slot
 from heartbeat.store.redis.store import RedisStore
-from tests.helpers.backend_calls import KEY, apply, changes_since, from_status, request
+from tests.helpers.backend_calls import (
+    KEY,
+    FeedFollower,
+    apply,
+    changes_since,
+    from_status,
+)
 from tests.helpers.claims import claim_header
 from tests.helpers.clients import SSEClient, get, post_ping
 from tests.helpers.redis_cluster import fresh_user
@@ -403,20 +407,8 @@ def test_status_and_its_cursor_then_changes_reconstruct_every_user_under_concurr
         return from_status(json.loads(body)), headers["heartbeat-cursor"]
 
     start, cursor = resync()
-    followed: list[dict] = []
-    done = threading.Event()
-
-    def follow(after: str) -> None:
-        while True:
-            finishing = done.is_set()
-            code, body = request(daemons[1].port, "GET",
-                                 f"/changes?limit=1000&wait=1&after={quote(after)}")
-            assert code == 200, body
-            page = json.loads(body)
-            followed.extend(page["changes"])
-            after = page["next"]
-            if finishing and not page["changes"]:
-                return
+    follower = FeedFollower(daemons[1].port, cursor)
+    follower.start()
 
     def load(seed: int) -> None:
         chance = random.Random(seed)
@@ -430,19 +422,16 @@ def test_status_and_its_cursor_then_changes_reconstruct_every_user_under_concurr
                 status = chance.choice("012")
                 assert post_ping(daemons[seed].port, status, None, headers=headers)[0] == 200
 
-    with ThreadPoolExecutor(3) as pool:
-        follower = pool.submit(follow, cursor)
+    snapshots = []
+    with ThreadPoolExecutor(2) as pool:
         loads = [pool.submit(load, seed) for seed in (0, 1)]
-        snapshots = []
-        try:
-            while not all(f.done() for f in loads):
-                snapshots.append(resync())
-                time.sleep(0.1)
-        finally:
-            done.set()
+        while not all(f.done() for f in loads):
+            snapshots.append(resync())
+            time.sleep(0.1)
         for f in loads:
             f.result()
-        follower.result(timeout=30)
+    followed = follower.stop()
+    assert follower.unavailable == 0
     final, _ = resync()
     assert len(snapshots) >= 3, len(snapshots)
     afterwards = changes_since(daemons[0].port, cursor)

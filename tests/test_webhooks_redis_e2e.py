@@ -9,7 +9,13 @@ import signal
 import time
 
 from heartbeat.store.redis.keys import slot
-from tests.helpers.backend_calls import KEY, changes_since, in_user_order, statuses_changed
+from tests.helpers.backend_calls import (
+    KEY,
+    FeedFollower,
+    changes_since,
+    in_user_order,
+    statuses_changed,
+)
 from tests.helpers.clients import PingLoad, get, post_ping
 from tests.helpers.redis_cluster import moved_off, user_slot, users_on_every_master
 from tests.helpers.waiting import wait_for
@@ -70,6 +76,8 @@ def test_three_instances_on_a_cluster_deliver_every_acknowledged_change_across_a
         daemons = [start_daemon(env=env) for _ in range(3)]
         cursor = get(daemons[0].port, "/status?" + "&".join(f"user={u}" for u in users))[1][
             "heartbeat-cursor"]
+        follower = FeedFollower(daemons[2].port, cursor)
+        follower.start()
         load = PingLoad([d.port for d in daemons], users)
         load.start()
         try:
@@ -83,6 +91,7 @@ def test_three_instances_on_a_cluster_deliver_every_acknowledged_change_across_a
             wait_for(lambda: len(load.acknowledged[victim]) >= acknowledged + 3, timeout=30)
         finally:
             load.stop()
+        followed = follower.stop()
         assert load.refused, "the failover refused no ping: it did not happen under load"
 
         recorded = [c for c in changes_since(daemons[1].port, cursor) if c["userid"] in users]
@@ -110,13 +119,17 @@ def test_three_instances_on_a_cluster_deliver_every_acknowledged_change_across_a
         repeats = {i: ids.count(i) for i in set(ids) if ids.count(i) > 1}
         summary = (f"{len(wanted)} changes of acknowledged pings, {len(set(ids))} delivered, "
                    f"{sum(repeats.values()) - len(repeats)} repeats of {len(repeats)} changes, "
-                   f"{len(receiver.requests)} requests, {load.refused} pings refused")
+                   f"{len(receiver.requests)} requests, {load.refused} pings refused, "
+                   f"{follower.unavailable} long polls refused")
         print(f"webhooks across a Cluster failover: {summary}")
         assert not missing(), f"not delivered: {sorted(missing())}; {summary}"
         assert receiver.bad_signatures == 0, summary
         by_id = {c["id"]: c for c in wanted}
         assert all(c == by_id[c["id"]] for c in got if c["id"] in by_id), summary
         in_user_order(got, wanted)
+        # A backend that followed /changes through the failover read them all too.
+        assert not {c["id"] for c in wanted} - {c["id"] for c in followed}, summary
+        in_user_order(followed, wanted)
     finally:
         receiver.stop()
         if master.proc is None or master.proc.poll() is not None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import threading
+import time
 from urllib.parse import quote
 
 from tests.helpers.clients import post_ping
@@ -95,6 +97,48 @@ def changes_since(port: int, after: str | None = None) -> list[dict]:
         after = page["next"]
         if not page["changes"]:
             return found
+
+
+class FeedFollower(threading.Thread):
+    """A backend following ``GET /changes`` live, by long polls from ``after``, until
+    stopped and a page comes back empty; a ``503`` (the store away) is asked again."""
+
+    def __init__(self, port: int, after: str) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.after = after
+        self.changes: list[dict] = []
+        self.unavailable = 0
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while True:
+                finishing = self.stopping.is_set()
+                code, body = request(self.port, "GET",
+                                     f"/changes?limit=1000&wait=1&after={quote(self.after)}")
+                if code == 503:
+                    self.unavailable += 1
+                    time.sleep(0.1)
+                    continue
+                assert code == 200, (code, body)
+                page = json.loads(body)
+                self.changes += page["changes"]
+                self.after = page["next"]
+                if finishing and not page["changes"]:
+                    return
+        except BaseException as error:  # handed to the test by stop()
+            self.error = error
+
+    def stop(self) -> list[dict]:
+        """Every change read, once the feed has been read to its end."""
+        self.stopping.set()
+        self.join(60)
+        assert not self.is_alive(), "the follower never reached the feed's end"
+        if self.error is not None:
+            raise self.error
+        return self.changes
 
 
 def statuses_changed(changes: list[dict], userid: str) -> list[int]:
