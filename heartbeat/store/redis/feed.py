@@ -14,8 +14,9 @@ both: pages, when a position is gone, waiting, the webhooks' claims.
 
 Reads also answer Redis's own time, so whether a position is past
 ``CHANGES_RETENTION`` is judged by the clock that stamped the entries.
-Other instances' changes are noticed by polling the feed's tip while
-someone waits (a long poll, a webhook sender).
+Other instances' changes are noticed by looking, while someone waits (a
+long poll, a webhook sender), for a change after the earliest waiter's
+position.
 """
 
 from __future__ import annotations
