@@ -7,7 +7,6 @@ import math
 import random
 from typing import Any
 
-from twisted.application.internet import TimerService
 from twisted.application.service import IServiceCollection, MultiService, Service
 from twisted.internet.defer import (
     Deferred,
@@ -134,7 +133,7 @@ class ListeningService(Service):
 
 
 class HeartbeatService(MultiService):
-    """Owns the listening port, the hub's keep-alive timer and the store.
+    """Owns the listening port and the store.
 
     ``MultiService`` stops children concurrently; here order matters (stop
     accepting, end the open streams, let pings in flight finish and every
@@ -148,7 +147,6 @@ class HeartbeatService(MultiService):
         edge: Edge,
         hub: Hub,
         store: Store,
-        keepalive: float,
         clock: IReactorTime,
         log_observer: ILogObserver | None = None,
         listen_setting: str = "",
@@ -166,9 +164,6 @@ class HeartbeatService(MultiService):
         self.webhooks: Service | None = None
         self.listening = ListeningService(endpoint, edge, listen_setting, clock)
         self.listening.setServiceParent(self)
-        self.keepalive = TimerService(keepalive, hub.keepalive)
-        self.keepalive.clock = clock
-        self.keepalive.setServiceParent(self)
 
     def setServiceParent(self, parent: IServiceCollection) -> None:
         """Also give twistd's application the log observer ``LOG_FORMAT`` chose.
@@ -228,7 +223,6 @@ class HeartbeatService(MultiService):
             log.info("draining for {seconds:g}s before stopping", seconds=self.drain_seconds)
             await self._spread_stream_ends(self.drain_seconds)
         await self.listening.stopService()
-        await self.keepalive.stopService()
         # Streams own their connections; every other connection is the edge's.
         streams = tuple(self.hub.streams)
         late = self.clock.callLater(DRAIN_TIMEOUT, _abort, streams)
