@@ -41,9 +41,13 @@ class Canned:
         self.alone: dict[int, Any] = {}
         self.asked: list[tuple[Any, list[object]]] = []
         self.held = [(A, [0, 5, 9]), (B, [12000])]
+        self.refreshed = 0
 
     def masters(self) -> list[tuple[Any, list[int]]]:
         return self.held
+
+    def refresh_soon(self) -> None:
+        self.refreshed += 1
 
     def run_at(self, server: Any, script: Any, keys: list[str], args: list[object]) -> Deferred:
         self.asked.append((server, args))
@@ -123,6 +127,7 @@ def test_a_slot_read_nowhere_is_never_skipped(alone):
     after = Position("ep", ("700-0", "3"))
     page = result(feed.changes(after, 10))
     assert page.changes == () and page.next == after
+    assert cluster.refreshed  # the slot was not where the map said
     with pytest.raises(StoreUnavailable):
         result(feed.changes(None, 10))
 

@@ -424,6 +424,7 @@ class ClusterReader:
             raise StoreUnavailable()
         if count <= 0 or not failed:
             return _part_of(epoch, times, found, since, count, end_ms, True)
+        self._cluster.refresh_soon()  # a slot not where the map said: read the map again
         if len(failed) > ALONE:
             return _part_of(epoch, times, found, since, count, end_ms, False)
         alone = [self._read_alone(n, since, count, retention_ms, end_ms) for n in failed]
