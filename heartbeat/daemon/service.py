@@ -26,8 +26,9 @@ from heartbeat.core.hub import Hub
 from heartbeat.core.store_contract import Store
 from heartbeat.core.stream import Stream
 from heartbeat.daemon import systemd
-from heartbeat.twisted_internals import take_bursts
+from heartbeat.twisted_internals import listening_socket, take_bursts
 from heartbeat.web.edge import Edge
+from heartbeat.web.peers import find_dead_peers
 from heartbeat.web.responses import out_of_descriptors
 
 log = Logger()
@@ -72,9 +73,12 @@ class ListeningService(Service):
     """
 
     def __init__(
-        self, endpoint: IStreamServerEndpoint, factory: Factory, setting: str, reactor: Any
+        self, endpoint: IStreamServerEndpoint, factory: Factory, setting: str, reactor: Any,
+        dead_peer_within: float | None = None,
     ) -> None:
         self._endpoint = endpoint
+        # Connections whose client vanished are dropped within this (peers.py).
+        self._dead_peer_within = dead_peer_within
         self._reactor = reactor
         self.factory = factory
         self._setting = setting
@@ -105,6 +109,9 @@ class ListeningService(Service):
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
         take_bursts(port, lambda: out_of_descriptors(int(self._reactor.seconds())))
+        sock = listening_socket(port)
+        if sock is not None and self._dead_peer_within is not None:
+            find_dead_peers(sock, self._dead_peer_within)
         self._port = port
         waiting, self._waiting = self._waiting, []
         for d in waiting:
@@ -162,7 +169,8 @@ class HeartbeatService(MultiService):
         self._ready: Deferred[object] | None = None
         self.workers: Service | None = None
         self.webhooks: Service | None = None
-        self.listening = ListeningService(endpoint, edge, listen_setting, clock)
+        self.listening = ListeningService(endpoint, edge, listen_setting, clock,
+                                          edge.api.settings.presence_timeout)
         self.listening.setServiceParent(self)
 
     def setServiceParent(self, parent: IServiceCollection) -> None:
