@@ -10,6 +10,7 @@ import pytest
 from tests.helpers.fixtures import (  # noqa: F401
     any_redis,
     daemon,
+    module_redis,
     redis_server,
     start_daemon,
     start_tls_daemon,

@@ -307,7 +307,7 @@ def test_a_device_with_no_deadline_is_armed_then_stored_in_order():
     redis.calls[1][3].callback("1000.000000")
     name, _, args, stored = redis.calls[2]
     assert name == "ping" and args[2] == "970.000000"  # refused if run after half a timeout
-    assert args[4::6] == ["alice", "alice"] and args[7::6] == ["new", "old"]
+    assert args[4:-1:6] == ["alice", "alice"] and args[7::6] == ["new", "old"]
     stored.callback([CAME_ONLINE, STORED])
     assert answer == [[(CAME_ONLINE, None), (STORED, None)]]
 

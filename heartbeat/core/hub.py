@@ -320,9 +320,9 @@ class Hub:
         """A change the store found visible (it gave its feed position): to the
         ``changes=only`` streams of its view.
 
-        A change the store did not judge (a Cluster's, another service's
-        message on the Redis bus): the same rule is applied here, once per
-        change, to what the bus said last.
+        A change the store did not judge (another service's message on the
+        Redis bus, or a Cluster's heard before its feed's epoch was read): the
+        same rule is applied here, once per change, to what the bus said last.
         """
         quiet = interest.quiet.get(change.clientid)
         if not quiet:

@@ -95,7 +95,7 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
     """The service tree of ``settings``; a ``DATABASE`` it cannot use raises ``DatabaseUnusable``."""
     log_settings(settings)
     store = make_store(settings, reactor)
-    # The change feed: the in-process stores' own, one Redis's stream; none in a Cluster yet.
+    # The change feed: the in-process stores' own, or the Redis store's streams.
     feed: ChangeFeed | None = (
         store if isinstance(store, MemoryStore) else getattr(store, "change_feed", None))
     holder = PresenceHolder(store, reactor, settings.presence_timeout, settings.leave_grace)

@@ -12,7 +12,7 @@ reads every partition.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -27,10 +27,10 @@ from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.store.changelog import DEFAULT_RETENTION
 from heartbeat.store.redis.address import RedisAddress
 from heartbeat.store.redis.codec import deadline_member, from_member, ping_args
-from heartbeat.store.redis.feed import RedisFeed, feed_keys
+from heartbeat.store.redis.feed import RedisFeed, SingleReader, feed_keys
 from heartbeat.store.redis.keys import PARTITIONS, partition_keys, user_keys
 from heartbeat.store.redis.link import RedisLink, peer
-from heartbeat.store.redis.lua import scripts
+from heartbeat.store.redis.lua import Script, scripts
 from heartbeat.store.redis.sentinel import route_for
 from heartbeat.store.redis.tls import TrustRoot
 from heartbeat.store.redis.topology import Events, Outcome, Swept
@@ -201,9 +201,12 @@ class SingleTopology:
 
     def change_feed(self) -> RedisFeed:
         """The change feed its scripts record (lua/feed.lua)."""
+        def run(script: Script, keys: Sequence[str], args: Sequence[object]) -> Deferred[Any]:
+            return maybeDeferred(lambda: script.run(self._conn(), keys, args))
+
         return RedisFeed(
-            self._prefix, self._retention_ms / 1000, self._reactor, _SCRIPTS,
-            lambda script, keys, args: script.run(self._conn(), keys, args),
+            self._prefix, self._retention_ms / 1000, self._reactor,
+            SingleReader(self._prefix, _SCRIPTS, run), _SCRIPTS, run,
             lambda *command: maybeDeferred(lambda: self._conn().execute_command(*command)),
         )
 

@@ -73,7 +73,7 @@ def topology_for(reactor: Any, address: RedisAddress, prefix: str,
     if address.kind == "cluster":
         from heartbeat.store.redis.cluster_topology import ClusterTopology
 
-        return ClusterTopology(reactor, address, prefix, trust, max_devices)
+        return ClusterTopology(reactor, address, prefix, trust, changes_retention, max_devices)
     from heartbeat.store.redis.single import SingleTopology
 
     return SingleTopology(reactor, address, prefix, trust, changes_retention, max_devices)
@@ -109,7 +109,7 @@ class RedisStore(Service):
         # DEVICE_RETENTION: None keeps devices for ever (tests that do not prune).
         self._retention = None if retention is None else DeviceRetention(
             topology, prefix, self._cluster, retention, reactor)
-        # The change feed (SPEC §8), where the topology keeps one (one Redis, Sentinel).
+        # The change feed (SPEC §8); a stand-in topology (tests) may keep none.
         make_feed = getattr(topology, "change_feed", None)
         self.change_feed: RedisFeed | None = None if make_feed is None else make_feed()
         self.reconnects = topology.reconnects
@@ -356,7 +356,7 @@ class RedisStore(Service):
             if userid is not None and self.listener is not None:
                 self.listener.disconnect(userid)
             return
-        relay(self.listener, self._prefix, channel, text)
+        relay(self.listener, self._prefix, channel, text, self.change_feed)
 
     def bus_lost(self) -> None:
         if self.listener is not None:
