@@ -40,13 +40,19 @@ class Canned:
         self.answers: dict[Any, list[Any]] = {}
         self.alone: dict[int, Any] = {}
         self.asked: list[tuple[Any, list[object]]] = []
+        self.held = [(A, [0, 5, 9]), (B, [12000])]
+        self.refreshed = 0
 
     def masters(self) -> list[tuple[Any, list[int]]]:
-        return [(A, [0, 5, 9]), (B, [12000])]
+        return self.held
+
+    def refresh_soon(self) -> None:
+        self.refreshed += 1
 
     def run_at(self, server: Any, script: Any, keys: list[str], args: list[object]) -> Deferred:
         self.asked.append((server, args))
-        return succeed(self.answers[server])
+        answer = self.answers[server]
+        return succeed(answer(args) if callable(answer) else answer)
 
     def commands(self, slot: int) -> Any:
         cluster = self
@@ -61,9 +67,9 @@ class Canned:
         return Slot()
 
 
-def feed_over(cluster: Canned) -> RedisFeed:
+def feed_over(cluster: Canned, retention: float = 0.5) -> RedisFeed:
     reader = ClusterReader(cluster, "hb:", _SCRIPTS)  # type: ignore[arg-type]
-    return RedisFeed("hb:", 3600, Clock(), reader, _SCRIPTS,
+    return RedisFeed("hb:", retention, Clock(), reader, _SCRIPTS,
                      lambda *_: pytest.fail("no claims here"), lambda *_: pytest.fail("no"))
 
 
@@ -89,8 +95,10 @@ def test_entries_merge_by_stream_id_then_slot_up_to_the_earliest_masters_clock()
     assert page.changes[0].id == "ep-998-0.0"
     # Not full: it goes on from the tip, before 1000-0 (B's clock may still stamp it).
     assert page.next == Position("ep", (f"999-{MAX_SEQ}", "16383"))
-    # The failed slot was read alone, from the oldest kept, its stream named as its key.
-    assert cluster.asked[-1] == (9, ["", 0, 10, 3600000, slot_streams("hb:")[9]])
+    # The failed slot was read alone, from the oldest kept by the masters' clock (1000 ms,
+    # less the retention), through the window's end, its stream named as its key.
+    assert cluster.asked[-1] == (9, [f"499-{MAX_SEQ}", 1, 10, 500, "10499",
+                                     slot_streams("hb:")[9]])
 
 
 def test_a_full_page_ends_at_its_last_change_and_each_slot_resumes_exactly():
@@ -104,9 +112,9 @@ def test_a_full_page_ends_at_its_last_change_and_each_slot_resumes_exactly():
     result(feed.changes(page.next, 2))
     # After 999-0 of slot 5: slots 0 and 5 read after that id, 9 and 12000 from it.
     (_, on_a), (_, on_b) = cluster.asked
-    assert on_a[:4] == ["999-0", 2, 2, 3600000] and on_a[4:] == slot_streams("hb:")[0:1] + [
-        slot_streams("hb:")[5], slot_streams("hb:")[9]]
-    assert on_b[:4] == ["999-0", 0, 2, 3600000]
+    assert on_a[:5] == ["999-0", 2, 2, 500, "10999"] and on_a[5:] == [
+        slot_streams("hb:")[n] for n in (0, 5, 9)]
+    assert on_b[:5] == ["999-0", 0, 2, 500, "10999"]
 
 
 @pytest.mark.parametrize("alone", [ResponseError("MOVED 9 10.0.0.3:7000"), ["1002", 1, NOT_LOCAL]])
@@ -116,9 +124,10 @@ def test_a_slot_read_nowhere_is_never_skipped(alone):
     cluster.answers[B] = ["1001", 1, [entry("999-0")]]
     cluster.alone[9] = alone
     feed = feed_over(cluster)
-    after = Position("ep", ("500-0", "3"))
+    after = Position("ep", ("700-0", "3"))
     page = result(feed.changes(after, 10))
     assert page.changes == () and page.next == after
+    assert cluster.refreshed  # the slot was not where the map said
     with pytest.raises(StoreUnavailable):
         result(feed.changes(None, 10))
 
@@ -128,7 +137,8 @@ def test_positions_of_another_shape_epoch_or_far_ahead_are_gone_a_little_ahead_w
     cluster.answers[A] = ["1000"]
     cluster.answers[B] = ["1001"]
     feed = feed_over(cluster)
-    for gone in ("ep_999-0", "ep_999-0.16384", "ep_999.3", "other_999-0.3", "ep_5000-0.3"):
+    for gone in ("ep_999-0", "ep_999-0.16384", "ep_999.3", "other_999-0.3", "ep_5000-0.3",
+                 "ep_100-0.3"):
         with pytest.raises(PositionGone):
             result(feed.changes(Position.parse(gone), 10))
     ahead = Position("ep", ("1000-0", "3"))  # past the tip, within the masters' skew
@@ -146,3 +156,31 @@ def test_a_bus_position_is_made_whole_with_the_epoch_read_and_the_users_slot():
     from heartbeat.store.redis.keys import slot
 
     assert str(feed.bus_position("hb:alice", "999-0")) == f"ep_999-0.{slot('hb:alice')}"
+
+
+def test_a_reader_far_behind_reads_window_by_window_and_a_short_page_reads_on():
+    cluster = Canned()
+    found = {"11000": [1, [entry("5000-0", "a")]], "31000": [1, [entry("30000-0", "b")]]}
+    cluster.answers[A] = lambda args: ["100000", *found.get(args[4], [])]
+    cluster.answers[B] = ["100000"]
+    feed = feed_over(cluster, retention=3600)
+    page = result(feed.changes(Position("ep", ("1000-0", "3")), 10))
+    assert [c.userid for c in page.changes] == ["a", "b"]
+    assert page.next == Position("ep", (f"99999-{MAX_SEQ}", "16383"))
+    # Each window twice the last while pages come back short, until past the tip.
+    assert [args[4] for server, args in cluster.asked if server == A] == [
+        "11000", "31000", "71000", "151000"]
+
+
+def test_the_window_shrinks_when_the_masters_send_far_more_than_a_page():
+    cluster = Canned()
+    cluster.held = [(A, list(range(6))), (B, [12000])]
+    cluster.answers[A] = ["100000", *[x for n in range(6) for x in (
+        n + 1, [entry(f"{2000 + 10 * n}-0")])]]
+    cluster.answers[B] = ["100000", 1, [entry("3000-0")]]
+    reader = ClusterReader(cluster, "hb:", _SCRIPTS)  # type: ignore[arg-type]
+    read = result(reader.read("ep", Position("ep", ("1000-0", "3")), 1, 3600000))
+    # Every stream sent its one: the page is complete up to the earliest of them.
+    assert [str(p) for p, _ in read.entries] == ["ep_2000-0.0"]
+    assert read.tip == Position("ep", ("2000-0", "0"))
+    assert reader._window_ms == 2500

@@ -14,8 +14,9 @@ both: pages, when a position is gone, waiting, the webhooks' claims.
 
 Reads also answer Redis's own time, so whether a position is past
 ``CHANGES_RETENTION`` is judged by the clock that stamped the entries.
-Other instances' changes are noticed by polling the feed's tip while
-someone waits (a long poll, a webhook sender).
+Other instances' changes are noticed by looking, while someone waits (a
+long poll, a webhook sender), for a change after the earliest waiter's
+position.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from bisect import bisect_right
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from twisted.internet.defer import Deferred, DeferredList, fail, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
@@ -38,11 +39,16 @@ from heartbeat.store.redis.lua import Scripts
 if TYPE_CHECKING:
     from heartbeat.store.redis.cluster import Cluster
 
-# Seconds between looks at the feed's tip while a reader waits.
+# Seconds between looks at the feed while a reader waits: one Redis, and a Cluster,
+# where a look costs every master a call over all its slots.
 POLL_INTERVAL = 0.25
+CLUSTER_POLL_INTERVAL = 1.0
 # A Cluster read's slots that the masters could not read (migrating) are read one
 # by one through the routing, up to this many; more, and the read returns nothing new.
 ALONE = 64
+# A Cluster read's first window of stream time after its position (ms), and its least.
+WINDOW_MS = 10_000
+MIN_WINDOW_MS = 10
 # A position past the tip is gone if its time is this far past the readers' clock
 # (ms); nearer, it is a change just recorded, read as nothing new yet.
 AHEAD_MS = 1000
@@ -90,7 +96,8 @@ class FeedRead:
     ``tip``: every entry at or before it was there to be read, every entry
     added after the read is after it. ``entries``: each entry read (its
     position, its fields), in order, none past the tip. ``newest``: the
-    newest entry seen at or before the tip (None: none).
+    newest entry at or before the tip, where the reader sees it at no cost
+    (one stream's last; else None).
     """
 
     epoch: str
@@ -101,13 +108,16 @@ class FeedRead:
 
 
 class FeedReader(Protocol):
+    # Seconds between looks while someone waits.
+    poll_interval: float
+
     def fits(self, position: Position) -> bool:
         """Whether ``position`` has the shape of this feed's (else it is gone)."""
 
     def read(self, epoch: str, after: Position | None, count: int,
              retention_ms: int) -> Deferred[FeedRead]:
-        """Up to ``count`` entries after ``after`` (None: from the oldest kept); 0: none
-        but the newest; -1: only the tip. ``epoch`` is kept if the feed has none yet."""
+        """Up to ``count`` entries after ``after`` (None: from the oldest kept); 0 or less:
+        only the tip. ``epoch`` is kept if the feed has none yet."""
 
     def bus_position(self, epoch: str | None, channel: str, text: str) -> Position:
         """The position a bus message on ``channel`` gives as ``text`` (``with_feed``);
@@ -128,7 +138,8 @@ class RedisFeed:
         # The feed's epoch as last read (None before the first read).
         self.epoch: str | None = None
         self.changes_recorded = 0
-        self._waiting: list[tuple[tuple[int, ...], Deferred[None]]] = []
+        # Each waiter's position, where it falls (Position.order), and its Deferred.
+        self._waiting: list[tuple[tuple[int, ...], Position, Deferred[None]]] = []
         self._poll = LoopingCall(self._look)
         self._poll.clock = clock
 
@@ -173,7 +184,7 @@ class RedisFeed:
         return Page(tuple(c for c, _ in kept), next_position, tuple(p for _, p in kept))
 
     def wait(self, after: Position) -> Deferred[None]:
-        entry: tuple[tuple[int, ...], Deferred[None]]
+        entry: tuple[tuple[int, ...], Position, Deferred[None]]
 
         def cancel(_: Deferred[None]) -> None:
             if entry in self._waiting:
@@ -182,30 +193,38 @@ class RedisFeed:
                 self._poll.stop()
 
         d: Deferred[None] = Deferred(cancel)
-        mark = after.order if self._reader.fits(after) else ()
-        entry = (mark, d)
+        if not self._reader.fits(after):  # read on at once: it is gone
+            d.callback(None)
+            return d
+        entry = (after.order, after, d)
         self._waiting.append(entry)
         if not self._poll.running:
-            self._poll.start(POLL_INTERVAL, now=True)
+            self._poll.start(self._reader.poll_interval, now=True)
         return d
 
     def _look(self) -> Deferred[None] | None:
+        """Read one change after the earliest waiter's position (a Cluster's
+        masters then send only the streams that have one)."""
         if not self._waiting:
             if self._poll.running:
                 self._poll.stop()
             return None
-        d = self._read(None, 0).addCallback(self._looked)
+        _, earliest, _ = min(self._waiting, key=lambda entry: entry[0])
+        d = self._read(earliest, 1).addCallback(self._looked)
         return d.addErrback(lambda _: None)  # Redis away: look again next time
 
     def _looked(self, read: FeedRead) -> None:
-        if read.newest is None:
+        seen = [position.order for position, _ in read.entries[-1:]]
+        if read.newest is not None:
+            seen.append(read.newest.order)
+        if not seen:
             return
-        newest = read.newest.order
-        due = [(mark, d) for mark, d in self._waiting if mark < newest]
-        self._waiting = [(mark, d) for mark, d in self._waiting if mark >= newest]
+        newest = max(seen)
+        due = [d for mark, _, d in self._waiting if mark < newest]
+        self._waiting = [entry for entry in self._waiting if entry[0] >= newest]
         if not self._waiting and self._poll.running:
             self._poll.stop()
-        for _, d in due:
+        for d in due:
             d.callback(None)
 
     def delivered(self, name: str) -> Deferred[Position | None]:
@@ -228,12 +247,14 @@ class RedisFeed:
         if self._poll.running:
             self._poll.stop()
         waiting, self._waiting = self._waiting, []
-        for _, d in waiting:
+        for _, _, d in waiting:
             d.cancel()
 
 
 class SingleReader:
     """One Redis's stream, read by ``lua/changes.lua``."""
+
+    poll_interval = POLL_INTERVAL
 
     def __init__(self, prefix: str, scripts: Scripts, run: Run) -> None:
         self._stream, self._epoch_key, _ = feed_keys(prefix)
@@ -264,6 +285,18 @@ class SingleReader:
         return Position.parse(text)  # made whole by the script (layout_single.lua)
 
 
+class _Part(NamedTuple):
+    """One read of every slot of a Cluster: the entries up to ``read.tip`` (all of
+    them); ``last``: that is the feed's tip (or a slot could be read nowhere), no later
+    window to read now; ``failed``: a slot could be read nowhere; ``raw``: entries the
+    masters sent."""
+
+    read: FeedRead
+    last: bool
+    failed: bool = False
+    raw: int = 0
+
+
 class ClusterReader:
     """A Cluster's streams, one per user slot, read as one feed.
 
@@ -285,12 +318,22 @@ class ClusterReader:
     between masters takes its stream to the other's clock). So every entry
     at or before the tip was there to be read.
 
+    Each stream is read after the position up to ``limit`` entries, and only
+    so far in stream time (a window, which grows while pages come back short
+    and shrinks when the masters send many more entries than a page holds):
+    a reader far behind would otherwise be sent every slot's ``limit``
+    entries for each page. A read is complete up to the earliest of the
+    tip, the window's end and the last entry of any stream that sent its
+    ``limit``; a short page reads the next window at once.
+
     A slot a master could not read (migrating away: its stream has gone to
     the target; or no longer its own) is read alone through the routing,
     which follows ``MOVED`` and ``ASK``. If that fails too, no slot is ever
-    skipped: the read returns nothing new, its tip the position read after
-    (the reader asks again), or fails without one.
+    skipped: the read returns nothing past where it is complete (the reader
+    asks again), or fails if that is nowhere.
     """
+
+    poll_interval = CLUSTER_POLL_INTERVAL
 
     def __init__(self, cluster: Cluster, prefix: str, scripts: Scripts) -> None:
         self._cluster = cluster
@@ -298,6 +341,9 @@ class ClusterReader:
         self._epoch_key = feed_keys(prefix)[1]
         self._read_slots = scripts.slot_changes
         self._epoch = scripts.feed_epoch
+        self._window_ms = WINDOW_MS
+        # Each master's streams, for the slot map they were named from.
+        self._named: tuple[list[tuple[Any, list[int]]], list[list[str]]] | None = None
 
     @staticmethod
     def fits(position: Position) -> bool:
@@ -308,22 +354,56 @@ class ClusterReader:
 
     def read(self, epoch: str, after: Position | None, count: int,
              retention_ms: int) -> Deferred[FeedRead]:
-        start, upto = ("", -1) if after is None else (after.marks[0], int(after.marks[1]))
-        masters = self._cluster.masters()
+        if count <= 0:
+            return self._part(epoch, after, -1, retention_ms, None).addCallback(
+                lambda part: part.read)
+        return ensureDeferred(self._pages(epoch, after, count, retention_ms))
+
+    async def _pages(self, epoch: str, after: Position | None, count: int,
+                     retention_ms: int) -> FeedRead:
+        since = after
+        if since is None:  # from the oldest kept, by the masters' clock
+            now_ms = (await self._part(epoch, None, -1, retention_ms, None)).read.now_ms
+            since = _ending(epoch, now_ms - retention_ms - 1)
+        got: list[tuple[Position, Sequence[Any]]] = []
+        while True:
+            end_ms = since.order[0] + self._window_ms
+            part = await self._part(epoch, since, count - len(got), retention_ms, end_ms)
+            if part.failed and after is None and not got:
+                raise StoreUnavailable()
+            got += part.read.entries[:count - len(got)]
+            if part.raw > 4 * count:
+                self._window_ms = max(MIN_WINDOW_MS, self._window_ms // 4)
+            if len(got) >= count or part.last:
+                return FeedRead(part.read.epoch, part.read.now_ms, part.read.tip, got)
+            self._window_ms = min(retention_ms, self._window_ms * 2)
+            since = part.read.tip
+
+    def _part(self, epoch: str, since: Position | None, count: int, retention_ms: int,
+              end_ms: int | None) -> Deferred[_Part]:
+        start, upto = ("", -1) if since is None else (since.marks[0], int(since.marks[1]))
+        end = "" if end_ms is None else str(end_ms)
+        masters, names = self._names()
         reads = []
-        for server, slots in masters:
-            args: list[object] = [start, bisect_right(slots, upto), count, retention_ms]
-            if count >= 0:
-                args += [self._streams[n] for n in slots]
+        for (server, slots), streams in zip(masters, names):
+            args: list[object] = [start, bisect_right(slots, upto), count, retention_ms, end]
+            if count > 0:
+                args += streams
             reads.append(self._cluster.run_at(server, self._read_slots, [], args))
         epoch_slot = slot(self._epoch_key)
         made = self._epoch.run(self._cluster.commands(epoch_slot), [self._epoch_key], [epoch])
         d = gatherResults([made, DeferredList(reads, consumeErrors=True)], consumeErrors=True)
-        return d.addCallback(self._merge, masters, after, count, retention_ms)
+        return d.addCallback(self._merge, masters, since, count, retention_ms, end_ms)
+
+    def _names(self) -> tuple[list[tuple[Any, list[int]]], list[list[str]]]:
+        masters = self._cluster.masters()
+        if self._named is None or self._named[0] is not masters:
+            self._named = masters, [[self._streams[n] for n in slots] for _, slots in masters]
+        return self._named
 
     def _merge(self, answers: list[Any], masters: list[tuple[Any, list[int]]],
-               after: Position | None, count: int, retention_ms: int
-               ) -> Deferred[FeedRead] | FeedRead:
+               since: Position | None, count: int, retention_ms: int, end_ms: int | None
+               ) -> Deferred[_Part] | _Part:
         epoch, replies = answers
         times: list[int] = []
         found: list[tuple[int, list[Any]]] = []
@@ -343,52 +423,69 @@ class ClusterReader:
         if not times or (count > 0 and not complete):
             raise StoreUnavailable()
         if count <= 0 or not failed:
-            return self._feed_read(epoch, times, found, after, count, True)
+            return _part_of(epoch, times, found, since, count, end_ms, True)
+        self._cluster.refresh_soon()  # a slot not where the map said: read the map again
         if len(failed) > ALONE:
-            return self._feed_read(epoch, times, found, after, count, False)
-        alone = [self._read_alone(n, after, count, retention_ms) for n in failed]
+            return _part_of(epoch, times, found, since, count, end_ms, False)
+        alone = [self._read_alone(n, since, count, retention_ms, end_ms) for n in failed]
         d = DeferredList(alone, consumeErrors=True)
-        return d.addCallback(self._with_alone, epoch, times, found, failed, after, count)
+        return d.addCallback(self._with_alone, epoch, times, found, failed, since, count,
+                             end_ms)
 
-    def _read_alone(self, n: int, after: Position | None, count: int,
-                    retention_ms: int) -> Deferred[Any]:
-        start, upto = ("", -1) if after is None else (after.marks[0], int(after.marks[1]))
+    def _read_alone(self, n: int, since: Position | None, count: int, retention_ms: int,
+                    end_ms: int | None) -> Deferred[Any]:
+        start, upto = ("", -1) if since is None else (since.marks[0], int(since.marks[1]))
         stream = self._streams[n]
-        args = [start, int(n <= upto), count, retention_ms, stream]
+        args = [start, int(n <= upto), count, retention_ms,
+                "" if end_ms is None else str(end_ms), stream]
         return self._read_slots.run(self._cluster.commands(n), [stream], args)
 
-    def _with_alone(self, replies: list[tuple[bool, Any]], epoch: str, times: list[int],
+    @staticmethod
+    def _with_alone(replies: list[tuple[bool, Any]], epoch: str, times: list[int],
                     found: list[tuple[int, list[Any]]], failed: list[int],
-                    after: Position | None, count: int) -> FeedRead:
+                    since: Position | None, count: int, end_ms: int | None) -> _Part:
         for n, (ok, reply) in zip(failed, replies):
             if not ok or (len(reply) > 1 and not isinstance(reply[2], list)):
-                return self._feed_read(epoch, times, found, after, count, False)
+                return _part_of(epoch, times, found, since, count, end_ms, False)
             times.append(int(reply[0]))
             if len(reply) > 1:
                 found.append((n, reply[2]))
-        return self._feed_read(epoch, times, found, after, count, True)
-
-    @staticmethod
-    def _feed_read(epoch: str, times: list[int], found: list[tuple[int, list[Any]]],
-                   after: Position | None, count: int, complete: bool) -> FeedRead:
-        now_ms = min(times)
-        if not complete:  # a slot unread: nothing past ``after``
-            if after is None:
-                raise StoreUnavailable()
-            return FeedRead(epoch, now_ms, after, [])
-        tip = Position(epoch, (f"{now_ms - 1}-{MAX_SEQ}", str(CLUSTER_SLOTS - 1)))
-        limit = tip.order
-        entries = sorted(
-            (position.order, position, fields)
-            for position, fields in (
-                (Position(epoch, (entry[0], str(n))), entry[1])
-                for n, stream in found for entry in stream)
-            if position.order <= limit)
-        if count == 0:
-            return FeedRead(epoch, now_ms, tip, [], entries[-1][1] if entries else None)
-        return FeedRead(epoch, now_ms, tip, [(p, f) for _, p, f in entries[:max(count, 0)]])
+        return _part_of(epoch, times, found, since, count, end_ms, True)
 
     def bus_position(self, epoch: str | None, channel: str, text: str) -> Position:
         if epoch is None:
             raise PositionGone()
         return Position.parse(f"{epoch}_{text}.{slot(channel)}")
+
+
+def _ending(epoch: str, ms: int) -> Position:
+    """The position after every entry of millisecond ``ms``, before every later one."""
+    return Position(epoch, (f"{ms}-{MAX_SEQ}", str(CLUSTER_SLOTS - 1)))
+
+
+def _part_of(epoch: str, times: list[int], found: list[tuple[int, list[Any]]],
+             since: Position | None, count: int, end_ms: int | None, complete: bool) -> _Part:
+    """What the masters sent, merged: every entry up to where the read is complete."""
+    now_ms = min(times)
+    if not complete:  # a slot unread: nothing past ``since``
+        if since is None:
+            raise StoreUnavailable()
+        return _Part(FeedRead(epoch, now_ms, since, []), True, True)
+    tip = _ending(epoch, now_ms - 1)
+    last = True
+    if end_ms is not None and end_ms < now_ms - 1:
+        tip, last = _ending(epoch, end_ms), False
+    bound = tip.order
+    for n, stream in found:
+        if count > 0 and len(stream) >= count:  # its later entries were not sent
+            full = Position(epoch, (stream[-1][0], str(n)))
+            if full.order < bound:
+                tip, bound, last = full, full.order, False
+    entries = sorted(
+        (position.order, position, fields)
+        for position, fields in (
+            (Position(epoch, (entry[0], str(n))), entry[1])
+            for n, stream in found for entry in stream)
+        if position.order <= bound)
+    raw = sum(len(stream) for _, stream in found)
+    return _Part(FeedRead(epoch, now_ms, tip, [(p, f) for _, p, f in entries]), last, raw=raw)
