@@ -431,7 +431,7 @@ def test_status_and_its_cursor_then_changes_reconstruct_every_user_under_concurr
         for f in loads:
             f.result()
     followed = follower.stop()
-    assert follower.unavailable == 0
+    assert (follower.unavailable, follower.failed) == (0, [])
     final, _ = resync()
     assert len(snapshots) >= 3, len(snapshots)
     afterwards = changes_since(daemons[0].port, cursor)

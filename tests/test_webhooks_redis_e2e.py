@@ -137,7 +137,8 @@ def test_three_instances_on_a_cluster_deliver_every_acknowledged_change_across_a
         summary = (f"{len(wanted)} changes of acknowledged pings, {len(set(ids))} delivered, "
                    f"{sum(repeats.values()) - len(repeats)} repeats of {len(repeats)} changes, "
                    f"{len(receiver.requests)} requests, {load.refused} pings refused, "
-                   f"{follower.unavailable} long polls refused")
+                   f"long polls answered 503 {follower.unavailable} times, another 5xx "
+                   f"{len(follower.failed)} times")
         print(f"webhooks across a Cluster failover: {summary}")
         assert not missing(), f"not delivered: {sorted(missing())}; {summary}"
         assert receiver.bad_signatures == 0, summary
@@ -147,6 +148,9 @@ def test_three_instances_on_a_cluster_deliver_every_acknowledged_change_across_a
         # A backend that followed /changes through the failover read them all too.
         assert not {c["id"] for c in wanted} - {c["id"] for c in followed}, summary
         in_user_order(followed, wanted)
+        if follower.failed:  # SPEC §2: the store away is 503; remove once it is
+            pytest.xfail(f"/changes answered {follower.failed[0]} as the master of the "
+                         "feed's epoch key died (500, not 503)")
     finally:
         receiver.stop()
         if master.proc is None or master.proc.poll() is not None:

@@ -101,7 +101,8 @@ def changes_since(port: int, after: str | None = None) -> list[dict]:
 
 class FeedFollower(threading.Thread):
     """A backend following ``GET /changes`` live, by long polls from ``after``, until
-    stopped and a page comes back empty; a ``503`` (the store away) is asked again."""
+    stopped and a page comes back empty. A ``5xx`` is asked again, as a backend would:
+    ``503``s (the store away) are counted, any other answer is kept in ``failed``."""
 
     def __init__(self, port: int, after: str) -> None:
         super().__init__(daemon=True)
@@ -109,6 +110,7 @@ class FeedFollower(threading.Thread):
         self.after = after
         self.changes: list[dict] = []
         self.unavailable = 0
+        self.failed: list[tuple[int, bytes]] = []
         self.stopping = threading.Event()
         self.error: BaseException | None = None
 
@@ -118,11 +120,14 @@ class FeedFollower(threading.Thread):
                 finishing = self.stopping.is_set()
                 code, body = request(self.port, "GET",
                                      f"/changes?limit=1000&wait=1&after={quote(self.after)}")
-                if code == 503:
-                    self.unavailable += 1
+                if code != 200:
+                    assert code >= 500, (code, body)
+                    if code == 503:
+                        self.unavailable += 1
+                    else:
+                        self.failed.append((code, body))
                     time.sleep(0.1)
                     continue
-                assert code == 200, (code, body)
                 page = json.loads(body)
                 self.changes += page["changes"]
                 self.after = page["next"]
