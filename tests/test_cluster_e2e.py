@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from heartbeat.store.redis.keys import slot
-from tests.helpers.backend_calls import KEY, changes_since, statuses_changed
+from tests.helpers.backend_calls import KEY, FeedFollower, changes_since, statuses_changed
 from tests.helpers.claims import claim_header
 from tests.helpers.clients import PingLoad, SSEClient, get, post_ping
 from tests.helpers.processes import need_binary
@@ -147,6 +147,8 @@ def test_slots_of_watched_users_resharded_under_load_lose_nothing(cluster, start
     streams = {userid: SSEClient(watcher.port, f"/subscribe/{userid}") for userid in users}
     for userid in users:
         wait_for(lambda userid=userid: shard_subscribers(cluster, userid) == 1)
+    follower = FeedFollower(watcher.port, cursor)  # a backend reading the feed live
+    follower.start()
     pinger = PingLoad([pinger_daemon.port], users)
     pinger.start()
     try:
@@ -155,6 +157,7 @@ def test_slots_of_watched_users_resharded_under_load_lose_nothing(cluster, start
         time.sleep(1)
     finally:
         pinger.stop()
+    followed = follower.stop()
 
     for userid in users:
         node = cluster.owner(slot("heartbeat:" + userid))
@@ -168,11 +171,14 @@ def test_slots_of_watched_users_resharded_under_load_lose_nothing(cluster, start
     for stream in streams.values():
         stream.close()
     changes = changes_since(pinger_daemon.port, cursor)
+    assert follower.failed == []
     for userid in users:
         changed = statuses_changed(changes, userid)
         assert changed == sorted(set(changed)), (userid, changed)
         lost = sorted(set(pinger.acknowledged[userid]) - set(changed))
         assert not lost, (userid, lost)
+        # Read live, through the move: the same.
+        assert statuses_changed(followed, userid) == changed, userid
     assert pinger.refused <= 5 * len(users), pinger.refused
 
 
