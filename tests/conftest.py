@@ -9,9 +9,9 @@ import pytest
 # every test's.
 from tests.helpers.fixtures import (  # noqa: F401
     any_redis,
+    cluster,
     daemon,
     module_redis,
-    redis_cluster,
     redis_server,
     start_daemon,
     start_tls_daemon,

@@ -5,8 +5,6 @@ id), disconnect ending streams on both instances, device retention."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -22,7 +20,6 @@ from tests.helpers.backend_calls import (
 )
 from tests.helpers.clients import SSEClient, get, post_ping
 from tests.helpers.processes import RedisServer
-from tests.helpers.redis_cluster import RedisCluster
 from tests.helpers.waiting import wait_for
 
 
@@ -129,13 +126,6 @@ def test_erase_and_disconnect_across_instances(start_daemon, redis_server, tmp_p
 def test_a_device_past_device_retention_is_forgotten_on_redis(start_daemon, redis_server):
     a, b = two_instances(start_daemon, redis_server.address, DEVICE_RETENTION="2s")
     old_device_is_forgotten(a.port, b.port)
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    cluster = RedisCluster(Path(tmp_path_factory.mktemp("backend-cluster"))).start()
-    yield cluster
-    cluster.stop()
 
 
 def test_paging_25000_online_users_across_a_cluster(cluster, start_daemon):

@@ -10,8 +10,7 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -32,13 +31,6 @@ from tests.helpers.waiting import wait_for
 
 TIMEOUT = 2
 LATEST = TIMEOUT + 5
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    cluster = RedisCluster(Path(tmp_path_factory.mktemp("cluster"))).start()
-    yield cluster
-    cluster.stop()
 
 
 def ping(port: int, userid: str, status: str, clientid: str = "c1") -> int:

@@ -143,7 +143,7 @@ def redis_url(request: pytest.FixtureRequest, layout: str) -> str:
     """``REDIS`` of a redis-server of the test's own ("redis"), or of the module's Cluster."""
     if layout == "redis":
         return request.getfixturevalue("redis_server").address
-    return request.getfixturevalue("redis_cluster").url
+    return request.getfixturevalue("cluster").url
 
 
 @pytest.fixture(params=["embedded", "redis", "cluster"])

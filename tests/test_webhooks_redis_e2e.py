@@ -34,7 +34,7 @@ def feed_redis(request: pytest.FixtureRequest) -> tuple[str, RedisServer]:
     if request.param == "single":
         server = request.getfixturevalue("redis_server")
         return server.address, server
-    cluster = request.getfixturevalue("redis_cluster")
+    cluster = request.getfixturevalue("cluster")
     return cluster.url, cluster.owner(slot("{heartbeat:changes}"))
 
 
@@ -77,11 +77,10 @@ def test_the_instance_delivering_is_killed_mid_batch_and_another_delivers(
 
 
 def test_three_instances_on_a_cluster_deliver_every_acknowledged_change_across_a_failover(
-        start_daemon, redis_cluster):
+        start_daemon, cluster):
     """A master is SIGKILLed while pings go on; its replica is promoted. With
     ``REDIS_WAIT_REPLICAS=1`` every change of a ping answered 200 survives, and reaches
     the receiver (at least once, signed, each user's in order); repeats are counted."""
-    cluster = redis_cluster
     receiver = Receiver().start()
     users = users_on_every_master(cluster, 2)
     # The master killed holds the feed's own keys (the README's ``{heartbeat:changes}``:

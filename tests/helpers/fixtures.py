@@ -138,7 +138,7 @@ def module_redis(request: pytest.FixtureRequest,
 
 
 @pytest.fixture(scope="module")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     """One Redis Cluster for a whole test module (it takes seconds to build): its tests
     use users of their own, and leave it with every master up."""
     cluster = RedisCluster(Path(tmp_path_factory.mktemp("cluster"))).start()
