@@ -250,7 +250,7 @@ class Hub:
             self.delivered += 1
 
     def _stored_failed(self, failure: Failure) -> None:
-        log.failure("reading stored presence failed", failure, log_level=LogLevel.warn)
+        log.failure("reading stored presence failed", failure, level=LogLevel.warn)
 
     def detach(self, stream: Stream) -> None:
         """Forget ``stream``; unsubscribe users nobody here watches any more."""
@@ -272,7 +272,7 @@ class Hub:
             if not interest.watched:
                 del self._interest[userid]
                 self._store.unsubscribe(userid).addErrback(
-                    lambda f: log.failure("unsubscribe failed", f, log_level=LogLevel.warn)
+                    lambda f: log.failure("unsubscribe failed", f, level=LogLevel.warn)
                 )
 
     def deliver(self, change: Presence, position: Position | None = None,
@@ -413,4 +413,4 @@ class Hub:
 
 def _subscribe_failed(failure: Failure) -> None:
     # The store resubscribes and resyncs when it comes back.
-    log.failure("subscribe failed", failure, log_level=LogLevel.warn)
+    log.failure("subscribe failed", failure, level=LogLevel.warn)
