@@ -148,11 +148,22 @@ class RedisFeed:
         self._command = command
         # The feed's epoch as last read (None before the first read).
         self.epoch: str | None = None
+        # Changes this instance's scripts recorded (for /metrics), as they answered.
         self.changes_recorded = 0
         # Each waiter's position, where it falls (Position.order), and its Deferred.
         self._waiting: list[tuple[tuple[int, ...], Position, Deferred[None]]] = []
         self._poll = LoopingCall(self._look)
         self._poll.clock = clock
+
+    def counted(self, reply: list[Any]) -> list[Any]:
+        """The reply of a script that records changes, their number (its last
+        element: lua/feed.lua) counted and taken off."""
+        self.changes_recorded += int(reply.pop())
+        return reply
+
+    def counted_one(self, reply: list[Any]) -> Any:
+        """As :meth:`counted`, for a script that answers one value: that value."""
+        return self.counted(reply)[0]
 
     def _read(self, after: Position | None, count: int) -> Deferred[FeedRead]:
         # A new epoch each time: a flushed Redis must not get an earlier one back.
