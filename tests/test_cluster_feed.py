@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from txredisapi import ConnectionError as RedisConnectionError
 from txredisapi import ResponseError
 
 from heartbeat.core.changes import Position, PositionGone
@@ -35,6 +36,8 @@ class Canned:
     answered with what the test set, and recorded."""
 
     complete = True
+    # What the epoch key's master answers instead of the epoch (its failover).
+    epoch_error: Exception | None = None
 
     def __init__(self) -> None:
         self.answers: dict[Any, list[Any]] = {}
@@ -60,6 +63,8 @@ class Canned:
         class Slot:
             def execute_command(self, *command: object) -> Deferred:
                 if command[3] == feed_keys("hb:")[1]:
+                    if cluster.epoch_error is not None:
+                        return fail(cluster.epoch_error)
                     return succeed("ep")  # the epoch
                 cluster.asked.append((slot, list(command[4:])))
                 answer = cluster.alone[slot]
@@ -184,3 +189,19 @@ def test_the_window_shrinks_when_the_masters_send_far_more_than_a_page():
     assert [str(p) for p, _ in read.entries] == ["ep_2000-0.0"]
     assert read.tip == Position("ep", ("2000-0", "0"))
     assert reader._window_ms == 2500
+
+
+@pytest.mark.parametrize("error", [RedisConnectionError("Lost connection"),
+                                   ResponseError("CLUSTERDOWN The cluster is down")])
+def test_the_epoch_keys_master_failing_over_makes_reads_unavailable_not_an_error(error):
+    # SPEC §2: the store unreachable is a 503 with Retry-After, for /changes and for
+    # /status's cursor alike, not a 500.
+    cluster = Canned()
+    cluster.answers[A] = ["1000"]
+    cluster.answers[B] = ["1001"]
+    cluster.epoch_error = error
+    feed = feed_over(cluster)
+    with pytest.raises(StoreUnavailable):
+        result(feed.changes(None, 10))
+    with pytest.raises(StoreUnavailable):
+        result(feed.position())

@@ -119,10 +119,14 @@ async def test_the_scripts_record_each_transitions_changes_and_a_repeat_none(mak
          [("online", "bob", None, "2", True), ("device_online", "bob", "", "2", True)]),
     ]
     position = await feed.position()
+    recorded = 0
     for step, expected in steps:
         await step()
         page = await read(feed, position)
         assert kinds(page) == expected
+        # Each script's answer counts the changes it recorded (/metrics).
+        recorded += len(expected)
+        assert store.changes_recorded == recorded
         position = page.next
     # bob's deadline passes: the sweep records his device, then him, offline, once.
     await until(lambda: store.online_users() == 0, timeout=10)
@@ -131,7 +135,7 @@ async def test_the_scripts_record_each_transitions_changes_and_a_repeat_none(mak
                            ("offline", "bob", None, "2", False)]
     everything = await read(feed, None)
     ids = [c.id for c in everything.changes]
-    assert len(set(ids)) == len(ids) == 11
+    assert len(set(ids)) == len(ids) == 11 == store.changes_recorded
     # A change's id is its position's text, the epoch's ``_`` made a ``-``.
     assert ids == [str(p).replace("_", "-", 1) for p in everything.positions]
     assert [str(p) for p in everything.positions][-1] == str(page.positions[-1])
@@ -165,6 +169,8 @@ async def test_the_bus_carries_each_changes_feed_position_and_another_services_n
     await sender.ping(Ping("alice", 3, "1", "web"))  # status
     await sender.leave("alice", "web")  # device_offline, then offline
     await until(lambda: len(told.told) == 8)
+    # Each instance counts the changes it recorded, not those it heard.
+    assert (sender.changes_recorded, hearer.changes_recorded) == (5, 0)
     page = await read(feed, start, 100)
     at = {(c.type, c.clientid): str(p) for c, p in zip(page.changes, page.positions)}
     assert told.told == [
@@ -183,6 +189,7 @@ async def test_the_bus_carries_each_changes_feed_position_and_another_services_n
     await until(lambda: len(told.told) == 10)
     [erased] = (await read(feed, page.next, 100)).positions
     assert told.told[-1] == (None, "", str(erased), True)
+    assert (sender.changes_recorded, hearer.changes_recorded) == (6, 0)
 
 
 def by_user(changes) -> dict[str, list[str]]:
@@ -307,8 +314,12 @@ def test_status_cursor_and_changes_through_the_daemon_across_a_restart(start_dae
     code, headers, body = get(daemon.port, "/status?user=alice&user=bob")
     cursor = headers["heartbeat-cursor"]
     assert json.loads(body)["alice"]["online"] is True
+    assert post_ping(daemon.port, "0", userid="alice")[0] == 200
     assert post_ping(daemon.port, "1", userid="alice")[0] == 200
     assert post_ping(daemon.port, "0", userid="bob")[0] == 200
+    # online + device_online, nothing, status, then bob's two.
+    recorded = "heartbeat_changes_recorded_total 5.0\n"
+    assert recorded in get(daemon.port, "/metrics")[2].decode()
     daemon.stop(signal.SIGKILL)
     again = start_daemon(env=env, port=daemon.port)
     code, _, body = get(again.port, f"/changes?after={cursor}", headers=auth)
@@ -317,11 +328,13 @@ def test_status_cursor_and_changes_through_the_daemon_across_a_restart(start_dae
     assert [(c["type"], c["userid"]) for c in page["changes"]] == [
         ("status", "alice"), ("online", "bob"), ("device_online", "bob")]
     # Resumed from where the page ended: only what came since.
+    assert "heartbeat_changes_recorded_total 0.0\n" in get(again.port, "/metrics")[2].decode()
     assert post_ping(again.port, "2", userid="bob")[0] == 200
     code, _, body = get(again.port, f"/changes?after={page['next']}&wait=5", headers=auth)
     assert code == 200
     assert [(c["type"], c["userid"], c["status"]) for c in json.loads(body)["changes"]] == [
         ("status", "bob", "2")]
+    assert "heartbeat_changes_recorded_total 1.0\n" in get(again.port, "/metrics")[2].decode()
     # The same as a stream, resumed by Last-Event-ID from the cursor.
     resumed = SSEClient(again.port, "/changes", headers={**auth, "Last-Event-ID": cursor})
     assert [resumed.event() for _ in range(4)] == page["changes"] + json.loads(body)["changes"]

@@ -119,6 +119,7 @@ class ClusterTopology:
         self._was_ready = False
         # Per user, fired once their last batch in flight is stored (or failed).
         self._flying: dict[str, Deferred[None]] = {}
+        self.change_feed = self._change_feed()
 
     # Health.
 
@@ -236,6 +237,7 @@ class ClusterTopology:
             if isinstance(result, Failure):
                 _fill(result, group, outcomes)
                 continue
+            result = self.change_feed.counted(result)
             if not wait_replicas:  # as below, without a Deferred per slot
                 again = self._answer([(r, None) for r in result], group, outcomes, timeout, 0)
                 if again is not None:
@@ -305,6 +307,7 @@ class ClusterTopology:
         user = self._users(userid)
         keys = [*_user_slot_keys(user), self._feeds[slot(user.key)]]
         d = self._run(_SCRIPTS.leave, user.key, keys, [userid, clientid, clientid, self._retention_ms])
+        d.addCallback(self.change_feed.counted_one)
         return d.addCallback(self._left, user.partition)
 
     def _left(self, gone: Any, partition: int) -> Any:
@@ -357,8 +360,9 @@ class ClusterTopology:
         d = self._run_all(_SCRIPTS.read_many, calls)
         return d.addCallback(_in_order, groups, len(userids))
 
-    def change_feed(self) -> RedisFeed:
-        """The change feed its scripts record (lua/feed.lua): a stream per user slot."""
+    def _change_feed(self) -> RedisFeed:
+        """The change feed its scripts record (lua/feed.lua): a stream per user slot; it
+        counts what they record."""
         cluster = self._cluster
 
         def run(script: Script, keys: Sequence[str], args: Sequence[object]) -> Deferred[Any]:
@@ -378,6 +382,7 @@ class ClusterTopology:
         user = self._users(userid)
         keys = [*_user_slot_keys(user), self._feeds[slot(user.key)]]
         d = self._run(_SCRIPTS.erase, user.key, keys, [message, userid, self._retention_ms])
+        d.addCallback(self.change_feed.counted_one)
         return d.addCallback(self._left, user.partition)
 
     def notify(self, channel: str, message: str) -> Deferred[object]:
@@ -439,6 +444,7 @@ class ClusterTopology:
                 args += (clientid, userid, clientid)
             d = self._run(_SCRIPTS.expire, keys[0], [*keys, self._feeds[user_slot]],
                           [*args, self._retention_ms])
+            d.addCallback(self.change_feed.counted)
             checks.append(d.addCallback(_checked, group))
         d = gatherResults(checks, consumeErrors=True).addCallback(self._reindex, partition)
         return d.addCallback(

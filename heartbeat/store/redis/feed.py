@@ -27,9 +27,20 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, gatherResults
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    FirstError,
+    ensureDeferred,
+    fail,
+    gatherResults,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
+from txredisapi import ConnectionError as RedisConnectionError
+from txredisapi import ResponseError
+from txredisapi import TimeoutError as RedisTimeoutError
 
 from heartbeat.core.changes import Change, Page, Position, PositionGone, new_epoch
 from heartbeat.core.store_contract import StoreUnavailable
@@ -137,16 +148,27 @@ class RedisFeed:
         self._command = command
         # The feed's epoch as last read (None before the first read).
         self.epoch: str | None = None
+        # Changes this instance's scripts recorded (for /metrics), as they answered.
         self.changes_recorded = 0
         # Each waiter's position, where it falls (Position.order), and its Deferred.
         self._waiting: list[tuple[tuple[int, ...], Position, Deferred[None]]] = []
         self._poll = LoopingCall(self._look)
         self._poll.clock = clock
 
+    def counted(self, reply: list[Any]) -> list[Any]:
+        """The reply of a script that records changes, their number (its last
+        element: lua/feed.lua) counted and taken off."""
+        self.changes_recorded += int(reply.pop())
+        return reply
+
+    def counted_one(self, reply: list[Any]) -> Any:
+        """As :meth:`counted`, for a script that answers one value: that value."""
+        return self.counted(reply)[0]
+
     def _read(self, after: Position | None, count: int) -> Deferred[FeedRead]:
         # A new epoch each time: a flushed Redis must not get an earlier one back.
         d = self._reader.read(new_epoch(), after, count, self.retention_ms)
-        return d.addCallback(self._seen)
+        return d.addCallbacks(self._seen, _unavailable)
 
     def _seen(self, read: FeedRead) -> FeedRead:
         self.epoch = read.epoch
@@ -456,6 +478,16 @@ class ClusterReader:
         if epoch is None:
             raise PositionGone()
         return Position.parse(f"{epoch}_{text}.{slot(channel)}")
+
+
+def _unavailable(failure: Failure) -> Failure:
+    """Redis away or refusing (a master's failover: a lost connection, ``CLUSTERDOWN``,
+    a timeout) makes a read of the feed a 503 with ``Retry-After``, as for pings."""
+    if isinstance(failure.value, FirstError):
+        failure = failure.value.subFailure
+    if failure.check(RedisConnectionError, RedisTimeoutError, ResponseError):
+        return Failure(StoreUnavailable())
+    return failure
 
 
 def _ending(epoch: str, ms: int) -> Position:

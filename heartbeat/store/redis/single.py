@@ -84,6 +84,7 @@ class SingleTopology:
         )
         self._route.follow(self._command_link)
         self._route.follow(self._subscriber_link)
+        self.change_feed = self._change_feed()
 
     @property
     def available(self) -> bool:
@@ -143,6 +144,7 @@ class SingleTopology:
             keys += (user.key, user.devices, user.online, deadlines, count)
             args += ping_args(ping, deadline_member(ping.userid, ping.clientid), hides)
         d = _SCRIPTS.ping.run(conn, [*keys, self._feed], [*args, self._retention_ms])
+        d.addCallback(self.change_feed.counted)
         if wait_replicas:
             d.addCallback(self._wait, conn, wait_replicas)
         else:
@@ -157,8 +159,9 @@ class SingleTopology:
         user = user_keys(self._prefix, userid)
         deadlines, count = partition_keys(self._prefix, user.partition)
         keys = [user.key, user.devices, user.online, deadlines, count, self._feed]
-        return _SCRIPTS.leave.run(self._conn(), keys, [
+        d = _SCRIPTS.leave.run(self._conn(), keys, [
             userid, clientid, deadline_member(userid, clientid), self._retention_ms])
+        return d.addCallback(self.change_feed.counted_one)
 
     def rearm(self, devices: list[tuple[str, str]], after: float) -> Deferred[None]:
         """In chunks (Redis runs one script at a time), all sent at once."""
@@ -199,8 +202,8 @@ class SingleTopology:
             keys += (user.key, user.devices, user.online)
         return _SCRIPTS.read_many.run(self._conn(), keys)
 
-    def change_feed(self) -> RedisFeed:
-        """The change feed its scripts record (lua/feed.lua)."""
+    def _change_feed(self) -> RedisFeed:
+        """The change feed its scripts record (lua/feed.lua), which counts what they record."""
         def run(script: Script, keys: Sequence[str], args: Sequence[object]) -> Deferred[Any]:
             return maybeDeferred(lambda: script.run(self._conn(), keys, args))
 
@@ -225,8 +228,9 @@ class SingleTopology:
         user = user_keys(self._prefix, userid)
         keys = [user.key, user.devices, user.online, *partition_keys(self._prefix, user.partition),
                 self._feed]
-        return _SCRIPTS.erase.run(self._conn(), keys,
-                                  [message, userid, *members, self._retention_ms])
+        d = _SCRIPTS.erase.run(self._conn(), keys,
+                               [message, userid, *members, self._retention_ms])
+        return d.addCallback(self.change_feed.counted_one)
 
     def notify(self, channel: str, message: str) -> Deferred[object]:
         return _SCRIPTS.notify.run(self._conn(), [channel], [message])
@@ -272,6 +276,7 @@ class SingleTopology:
             args += (member, *device)
         again = any(count >= batch for count in full)
         d = _SCRIPTS.expire.run(conn, [*keys, self._feed], [*args, self._retention_ms])
+        d.addCallback(self.change_feed.counted)
         return d.addCallback(
             lambda out: Swept(online, sum(int(g) for g in out[::2]), again, lost))
 

@@ -110,8 +110,7 @@ class RedisStore(Service):
         self._retention = None if retention is None else DeviceRetention(
             topology, prefix, self._cluster, retention, reactor)
         # The change feed (SPEC §8); a stand-in topology (tests) may keep none.
-        make_feed = getattr(topology, "change_feed", None)
-        self.change_feed: RedisFeed | None = None if make_feed is None else make_feed()
+        self.change_feed: RedisFeed | None = getattr(topology, "change_feed", None)
         self.reconnects = topology.reconnects
         self._reactor = reactor
         self._prefix = prefix
@@ -145,6 +144,11 @@ class RedisStore(Service):
     def liveness_failures(self) -> dict[str, int]:
         """Per connection: times it was dropped for not answering a PING."""
         return self._topology.liveness_failures
+
+    @property
+    def changes_recorded(self) -> int:
+        """Changes this instance's scripts recorded in the feed (none without one)."""
+        return 0 if self.change_feed is None else self.change_feed.changes_recorded
 
     def online_users(self) -> int | None:
         """As the last sweep counted them (None before the first)."""

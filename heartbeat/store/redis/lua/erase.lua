@@ -7,7 +7,8 @@
 -- behind), then the feed. ARGV: the erased event, the user, then on one Redis the
 -- deadline members of the devices known, then the feed's retention. The feed's earlier
 -- entries of the user are deleted, so only the erased change is left. Returns 1 when
--- the user was online (a Cluster adjusts the count afterwards).
+-- the user was online (a Cluster adjusts the count afterwards), else 0, then the
+-- changes recorded (feed.lua).
 local online = redis.call('EXISTS', KEYS[3]) == 1
 if #KEYS == 6 then
   for i = 3, #ARGV - 1 do redis.call('ZREM', KEYS[4], ARGV[i]) end
@@ -18,5 +19,4 @@ else
 end
 forget_own(ARGV[2])
 emit(KEYS[1], with_feed(ARGV[1], record('erased', ARGV[2], false, 0, '', false), nil))
-if online then return 1 end
-return 0
+return {online and 1 or 0, recorded}
