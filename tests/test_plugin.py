@@ -3,7 +3,6 @@
 import gc
 import subprocess
 
-from twisted.application.internet import TimerService
 from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import IPlugin, getPlugins
@@ -27,7 +26,7 @@ def test_make_service_builds_the_tree_without_listening():
     assert isinstance(service, HeartbeatService)
     children = list(service)
     assert service.listening in children
-    assert service.keepalive.step == 5 and isinstance(service.keepalive, TimerService)
+    assert service.hub.keepalive_every == 5  # each stream's comment, on the hub's wheel
     assert reactor.tcpServers == []
     service.startService()
     port, _, backlog, interface = reactor.tcpServers[0]

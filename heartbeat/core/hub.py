@@ -132,7 +132,7 @@ class Hub:
         # Each stream's next keep-alive comment, ``keepalive`` seconds after the
         # last (None: none sent). Per stream on the wheel, not all streams at
         # one tick: one turn writing to every stream stalls every ping behind it.
-        self._keepalive = keepalive
+        self.keepalive_every = keepalive
         self._keepalives: Deadlines[Stream] = Deadlines(
             clock, self._keepalive_due, min(1.0, keepalive or 1.0))
         # Plain counts for /metrics, read when scraped: an addition per ping
@@ -157,8 +157,8 @@ class Hub:
             self._owned.setdefault(stream.owner, set()).add(stream)
         if expires is not None:
             self._expiry.arm_at(stream, expires)
-        if self._keepalive is not None:
-            self._keepalives.arm(stream, self._keepalive)
+        if self.keepalive_every is not None:
+            self._keepalives.arm(stream, self.keepalive_every)
         if stream.presence is not None and self.holder is not None:
             self.holder.opened(stream.presence)
         plain = stream.options.plain
@@ -402,8 +402,8 @@ class Hub:
     def _keepalive_due(self, stream: Stream) -> None:
         self.keepalives_sent += 1
         stream.comment()
-        if self._keepalive is not None:
-            self._keepalives.arm(stream, self._keepalive)
+        if self.keepalive_every is not None:
+            self._keepalives.arm(stream, self.keepalive_every)
 
     def close_all(self) -> Deferred[object]:
         """End every open stream cleanly, as at shutdown; fires when all are gone."""
