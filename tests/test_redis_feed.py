@@ -97,6 +97,7 @@ async def test_the_scripts_record_each_transitions_changes_and_a_repeat_none(mak
     ids = [c.id for c in everything.changes]
     assert len(set(ids)) == len(ids) == 11
     assert [str(p) for p in everything.positions][-1] == str(page.positions[-1])
+    assert [Position.parse(c.id) for c in everything.changes] == list(everything.positions)
     assert (await feed.changes(everything.next, 10)).changes == ()
 
 
@@ -225,6 +226,16 @@ def test_status_cursor_and_changes_through_the_daemon_across_a_restart(start_dae
     assert [(c["type"], c["userid"]) for c in page["changes"]] == [
         ("status", "alice"), ("online", "bob"), ("device_online", "bob")]
     assert get(again.port, "/changes?after=zz99_1-0", headers=auth)[0] == 410
+    # A change's id resumes as its position does.
+    _, _, body = get(again.port, f"/changes?after={cursor}&limit=1", headers=auth)
+    first = json.loads(body)
+    [change] = first["changes"]
+    code, _, body = get(again.port, f"/changes?after={change['id']}", headers=auth)
+    by_id = json.loads(body)["changes"]
+    assert code == 200 and change["id"] != first["next"]
+    _, _, body = get(again.port, f"/changes?after={first['next']}", headers=auth)
+    assert by_id == json.loads(body)["changes"]  # not "next": the tip moves with Redis time
+    assert [c["type"] for c in by_id] == ["online", "device_online"]
 
 
 def test_the_feed_through_sentinel_continues_on_the_promoted_replica(start_daemon, tmp_path):

@@ -45,8 +45,9 @@ def feed_keys(prefix: str) -> tuple[str, str, str]:
 def change_of(epoch: str, entry: Sequence[Any]) -> Change:
     entry_id, flat = entry
     fields = dict(zip(flat[::2], flat[1::2]))
-    return Change(fields["t"], fields["u"], int(fields["tm"]), fields["s"], fields["o"] == "1",
-                  int(fields["at"]), fields.get("c"), f"{epoch}-{entry_id}")
+    change = Change(fields["t"], fields["u"], int(fields["tm"]), fields["s"], fields["o"] == "1",
+                    int(fields["at"]), fields.get("c"))
+    return change.stamped(Position(epoch, (entry_id,)))
 
 
 def _newest(answer: list[Any]) -> tuple[int, int]:
