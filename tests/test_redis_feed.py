@@ -14,50 +14,7 @@ from twisted.internet.task import deferLater
 from heartbeat.core.changes import Position, PositionGone
 from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping
-from heartbeat.daemon.config import parse_redis
-from heartbeat.store.redis.store import RedisStore
-
-
-class Quiet:
-    """A listener for a store whose bus this test does not read."""
-
-    resyncs = 0
-
-    def deliver(self, change, position=None, judged=None) -> None: ...
-    def bus_lost(self) -> None: ...
-
-    def resync(self) -> None:
-        self.resyncs += 1
-
-
-async def until(predicate, timeout: float = 10) -> None:
-    """Let the reactor run until ``predicate()`` holds."""
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        assert reactor.seconds() < deadline, f"still not true after {timeout}s"
-        await deferLater(reactor, 0.01)
-
-
-async def started(store: RedisStore) -> RedisStore:
-    await until(lambda: store.available and store.listener.resyncs)
-    return store
-
-
-@pytest_twisted.async_yield_fixture
-async def make_store(redis_server):
-    stores: list[RedisStore] = []
-
-    def make(timeout: float = 60, retention: float = 3600) -> RedisStore:
-        store = RedisStore(parse_redis(redis_server.address), "heartbeat:", reactor, timeout,
-                           hiding=Hiding.of(("3",)), changes_retention=retention)
-        store.listener = Quiet()
-        store.startService()
-        stores.append(store)
-        return store
-
-    yield make
-    for store in stores:
-        await store.stopService()
+from tests.helpers.redis_stores import Recorder, started, until
 
 
 def kinds(page) -> list[tuple]:
@@ -65,8 +22,8 @@ def kinds(page) -> list[tuple]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_scripts_record_each_transitions_changes_and_a_repeat_none(make_store):
-    store = await started(make_store(timeout=1))
+async def test_the_scripts_record_each_transitions_changes_and_a_repeat_none(make_redis_store):
+    store = await started(make_redis_store(timeout=1, hiding=Hiding.of(("3",))))
     feed = store.change_feed
     steps = [
         (lambda: store.ping(Ping("alice", 1, "0", "web")),
@@ -101,10 +58,11 @@ async def test_the_scripts_record_each_transitions_changes_and_a_repeat_none(mak
     assert (await feed.changes(everything.next, 10)).changes == ()
 
 
-class Told(Quiet):
+class Told(Recorder):
     """A listener that keeps what the bus told of each change: its view, position, judged."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.told: list[tuple[str | None, str, str | None, bool | None]] = []
 
     def deliver(self, change, position=None, judged=None) -> None:
@@ -114,8 +72,8 @@ class Told(Quiet):
 
 @pytest_twisted.ensureDeferred
 async def test_the_bus_carries_each_changes_feed_position_and_another_services_none(
-        make_store, redis_server):
-    sender, hearer = await started(make_store()), await started(make_store())
+        make_redis_store, redis_server):
+    sender, hearer = await started(make_redis_store()), await started(make_redis_store())
     hearer.listener = told = Told()
     await hearer.subscribe("alice")
     feed = sender.change_feed
@@ -147,8 +105,8 @@ async def test_the_bus_carries_each_changes_feed_position_and_another_services_n
 
 
 @pytest_twisted.ensureDeferred
-async def test_pages_positions_retention_and_strangers(make_store, redis_server):
-    store = await started(make_store(retention=2))
+async def test_pages_positions_retention_and_strangers(make_redis_store, redis_server):
+    store = await started(make_redis_store(changes_retention=2))
     feed = store.change_feed
     start = await feed.position()
     for n in range(3):
@@ -173,8 +131,8 @@ async def test_pages_positions_retention_and_strangers(make_store, redis_server)
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_waiter_wakes_on_a_change_another_instance_made(make_store):
-    one, other = await started(make_store()), await started(make_store())
+async def test_a_waiter_wakes_on_a_change_another_instance_made(make_redis_store):
+    one, other = await started(make_redis_store()), await started(make_redis_store())
     position = await one.change_feed.position()
     waiting = one.change_feed.wait(position)
     await deferLater(reactor, 0.3, lambda: None)
@@ -186,9 +144,9 @@ async def test_a_waiter_wakes_on_a_change_another_instance_made(make_store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_one_instance_holds_a_urls_claim_and_only_it_records_progress(make_store):
+async def test_one_instance_holds_a_urls_claim_and_only_it_records_progress(make_redis_store):
     url = "https://a.example/h"
-    one, other = await started(make_store()), await started(make_store())
+    one, other = await started(make_redis_store()), await started(make_redis_store())
     assert await one.change_feed.delivered(url) is None
     assert await one.change_feed.claim(url, "one", 0.3)
     assert not await other.change_feed.claim(url, "other", 0.3)
