@@ -18,6 +18,8 @@ What is used, and why:
   ``_buildAddr``, ``sessionno``, ``transport``), to keep the kernel's accept
   queue empty under a reconnect burst, and to answer connections when no
   descriptor is left.
+- :func:`listening_socket`: ``tcp.Port.socket``, the listening socket, to set
+  options every accepted connection inherits once rather than per connection.
 - :func:`endpoint_types`: ``twisted.internet.endpoints._serverParsers``, the
   endpoint prefixes built into Twisted, to tell ``host:port`` from an
   endpoint string.
@@ -121,6 +123,13 @@ def take_bursts(port: IListeningPort, refusal: Callable[[], bytes]) -> None:
         assert isinstance(port, AcceptingPort)
         port.refusal = None if isinstance(port.factory, TLSMemoryBIOFactory) else refusal
         port.reserve = _reserve()
+
+
+def listening_socket(port: IListeningPort) -> socket.socket | None:
+    """The socket ``port`` listens on, if a TCP port (plain or TLS)."""
+    if isinstance(port, tcp.Port) and isinstance(port.socket, socket.socket):
+        return port.socket
+    return None
 
 
 def _reserve() -> int | None:

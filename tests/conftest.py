@@ -10,13 +10,14 @@ import pytest
 from tests.helpers.fixtures import (  # noqa: F401
     any_redis,
     daemon,
+    module_redis,
     redis_server,
     start_daemon,
     start_tls_daemon,
     tls_certificate,
     tls_trust,
 )
-from tests.helpers.redis_stores import make_redis_store  # noqa: F401
+from tests.helpers.redis_stores import make_redis_store, redis_address  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

@@ -227,6 +227,6 @@ def test_a_store_without_a_feed_answers_503_after_the_key_check():
     client = StubTreq(app.resource())
     assert call(client, "GET", "/changes")[0] == 401
     code, headers, body = call(client, "GET", "/changes", headers=AUTH)
-    assert code == 503 and "Cluster" in json.loads(body)["error"] and headers["retry-after"]
+    assert code == 503 and "no change feed" in json.loads(body)["error"] and headers["retry-after"]
     code, headers, _ = call(client, "GET", "/status?user=a")
     assert code == 200 and "heartbeat-cursor" not in headers

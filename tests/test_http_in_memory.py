@@ -82,14 +82,27 @@ def test_client_route_is_that_device_s_stream():
 def test_keepalive_comment_every_interval():
     server = MemoryServer(KEEPALIVE="10")
     conn, _ = subscribe(server)
-    server.service.keepalive.startService()
-    conn.take()  # TimerService ticks once at start
+    conn.take()
     server.clock.advance(9.9)
     assert conn.take() == b""
     server.clock.advance(0.1)
     assert chunks(conn.take()) == [b":\n"]
     server.clock.advance(10)
     assert chunks(conn.take()) == [b":\n"]
+
+
+def test_keepalives_follow_each_streams_own_start():
+    # Not one tick for every stream: a turn writing a comment to each of 10,000
+    # streams at once holds up every ping behind it.
+    server = MemoryServer(KEEPALIVE="10")
+    early, _ = subscribe(server)
+    server.clock.advance(5)
+    late, _ = subscribe(server)
+    early.take(), late.take()
+    server.clock.advance(5)
+    assert (chunks(early.take()), late.take()) == ([b":\n"], b"")
+    server.clock.advance(5)
+    assert (early.take(), chunks(late.take())) == (b"", [b":\n"])
 
 
 def test_disconnect_removes_the_stream_at_once():

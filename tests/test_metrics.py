@@ -57,7 +57,7 @@ def test_streams_users_events_and_keepalives():
     assert got[("heartbeat_subscribed_users", ())] == 2
 
     assert server.ping_raw("alice", "0", "text/plain")[0] == 200  # fanned out to 2 streams
-    server.hub.keepalive()
+    server.clock.advance(server.settings.keepalive)
     got = samples(server)
     assert got[("heartbeat_events_delivered_total", ())] == 2
     assert got[("heartbeat_keepalives_sent_total", ())] == 3

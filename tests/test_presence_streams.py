@@ -13,7 +13,7 @@ from heartbeat.core.holder import PresenceHolder, renewal_period
 from heartbeat.core.presence import Ping
 from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.store.memory import MemoryStore
-from heartbeat.web.peers import find_dead_peer
+from heartbeat.web.peers import find_dead_peers
 from tests.helpers.claims import claim, claim_header
 from tests.helpers.in_memory import MemoryServer, response, seen, watch
 from tests.test_sqlite_store import Listener
@@ -302,43 +302,37 @@ def test_post_leave_is_immediate_with_a_presence_stream_open():
     assert seen(watcher) == [("0", True), ("0", False)]
 
 
-# Dead clients: the stream socket's keepalive and user timeout.
+# Dead clients: keepalive and user timeout, set on the listening socket.
 
-class Wrapper:
-    """A transport over another (TLS over TCP, a twisted.web request's)."""
-
-    def __init__(self, transport: object) -> None:
-        self.transport = transport
-
-    def getHandle(self) -> object:
-        return object()
-
-
-class Tcp:
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-    def getHandle(self) -> socket.socket:
-        return self.sock
+def _dead_peer_options(sock: socket.socket) -> tuple[int, int | None, int | None]:
+    keepalive = sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+    user_timeout = (sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+                    if hasattr(socket, "TCP_USER_TIMEOUT") else None)
+    probing = None
+    if hasattr(socket, "TCP_KEEPIDLE"):
+        idle = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+        interval = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
+        assert idle >= 1
+        probing = idle + sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) * interval
+    return keepalive, user_timeout, probing
 
 
-@pytest.mark.parametrize("wrap", [Tcp, lambda s: Wrapper(Wrapper(Tcp(s)))])
-def test_a_stream_socket_is_told_to_find_a_vanished_client_within_the_timeout(wrap):
-    with socket.socket() as sock:
-        find_dead_peer(wrap(sock), 60)
-        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
-        if hasattr(socket, "TCP_USER_TIMEOUT"):
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 60_000
-        if hasattr(socket, "TCP_KEEPIDLE"):
-            idle = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
-            interval = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
-            probes = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
-            assert idle + probes * interval <= 60 and idle >= 1
+def test_every_accepted_connection_is_told_to_find_a_vanished_client_within_the_timeout():
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        find_dead_peers(listening, 60)
+        with socket.create_connection(listening.getsockname()):
+            accepted, _ = listening.accept()
+            with accepted:
+                keepalive, user_timeout, probing = _dead_peer_options(accepted)
+    assert keepalive == 1
+    assert user_timeout in (None, 60_000)
+    assert probing is None or probing <= 60
 
 
-def test_a_unix_socket_or_no_socket_is_left_alone():
-    a, b = socket.socketpair()
-    with a, b:
-        find_dead_peer(Tcp(a), 60)
-        assert a.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
-    find_dead_peer(object(), 60)
+def test_a_unix_listening_socket_is_left_alone(tmp_path):
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(tmp_path / "s"))
+        find_dead_peers(listening, 60)
+        assert listening.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0

@@ -1,7 +1,10 @@
-"""The change feed on a real redis-server (SPEC §8): the scripts record what the rule says.
+"""The change feed on a real redis-server and a real Cluster (SPEC §8): the scripts
+record what the rule says.
 
 The same transitions as ``test_change_feed``'s in-process stores, through the
 Redis store's Lua; positions, retention and waits against Redis's own clock.
+Each store test runs on one Redis, then on a Cluster, where each slot keeps its
+own stream and a read merges them.
 """
 
 from __future__ import annotations
@@ -14,11 +17,34 @@ from twisted.internet.task import deferLater
 from heartbeat.core.changes import Position, PositionGone
 from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping
+from heartbeat.core.store_contract import StoreUnavailable
+from heartbeat.store.redis.feed import slot_streams
+from heartbeat.store.redis.keys import slot
 from tests.helpers.redis_stores import Recorder, started, until
+
+
+@pytest.fixture
+def redis(module_redis):
+    """One Redis, then a Cluster, empty."""
+    module_redis.flush()
+    return module_redis
+
+
+@pytest.fixture
+def redis_address(redis) -> str:
+    """Where ``make_redis_store``'s stores connect: that Redis, or that Cluster."""
+    return redis.url
 
 
 def kinds(page) -> list[tuple]:
     return [(c.type, c.userid, c.clientid, c.status, c.online) for c in page.changes]
+
+
+async def read(feed, after, limit=1000, userids=None):
+    """``feed.changes``, once the millisecond of a change just made has passed: a
+    Cluster's feed shows a change once every master's clock is past it."""
+    await deferLater(reactor, 0.005, lambda: None)
+    return await feed.changes(after, limit, userids)
 
 
 @pytest_twisted.ensureDeferred
@@ -40,21 +66,28 @@ async def test_the_scripts_record_each_transitions_changes_and_a_repeat_none(mak
          [("online", "bob", None, "2", True), ("device_online", "bob", "", "2", True)]),
     ]
     position = await feed.position()
+    recorded = 0
     for step, expected in steps:
         await step()
-        page = await feed.changes(position, 1000)
+        page = await read(feed, position)
         assert kinds(page) == expected
+        # Each script's answer counts the changes it recorded (/metrics).
+        recorded += len(expected)
+        assert store.changes_recorded == recorded
         position = page.next
     # bob's deadline passes: the sweep records his device, then him, offline, once.
     await until(lambda: store.online_users() == 0, timeout=10)
-    page = await feed.changes(position, 1000)
+    page = await read(feed, position)
     assert kinds(page) == [("device_offline", "bob", "", "2", False),
                            ("offline", "bob", None, "2", False)]
-    everything = await feed.changes(None, 1000)
+    everything = await read(feed, None)
     ids = [c.id for c in everything.changes]
-    assert len(set(ids)) == len(ids) == 11
+    assert len(set(ids)) == len(ids) == 11 == store.changes_recorded
+    # A change's id is its position's text, the epoch's ``_`` made a ``-``; it reads
+    # back as that position.
+    assert ids == [p.change_id for p in everything.positions]
+    assert [Position.parse(i) for i in ids] == list(everything.positions)
     assert [str(p) for p in everything.positions][-1] == str(page.positions[-1])
-    assert [Position.parse(c.id) for c in everything.changes] == list(everything.positions)
     assert (await feed.changes(everything.next, 10)).changes == ()
 
 
@@ -72,10 +105,13 @@ class Told(Recorder):
 
 @pytest_twisted.ensureDeferred
 async def test_the_bus_carries_each_changes_feed_position_and_another_services_none(
-        make_redis_store, redis_server):
+        make_redis_store, redis):
     sender, hearer = await started(make_redis_store()), await started(make_redis_store())
     hearer.listener = told = Told()
     await hearer.subscribe("alice")
+    # The hub reads a position as streams open; a Cluster's bus messages are completed
+    # with the epoch it read.
+    await hearer.change_feed.position()
     feed = sender.change_feed
     start = await feed.position()
     await sender.ping(Ping("alice", 1, "0", "web"))  # online + device_online
@@ -83,7 +119,9 @@ async def test_the_bus_carries_each_changes_feed_position_and_another_services_n
     await sender.ping(Ping("alice", 3, "1", "web"))  # status
     await sender.leave("alice", "web")  # device_offline, then offline
     await until(lambda: len(told.told) == 8)
-    page = await feed.changes(start, 100)
+    # Each instance counts the changes it recorded, not those it heard.
+    assert (sender.changes_recorded, hearer.changes_recorded) == (5, 0)
+    page = await read(feed, start, 100)
     at = {(c.type, c.clientid): str(p) for c, p in zip(page.changes, page.positions)}
     assert told.told == [
         (None, "0", at[("online", None)], True), ("web", "0", at[("device_online", "web")], True),
@@ -93,31 +131,42 @@ async def test_the_bus_carries_each_changes_feed_position_and_another_services_n
     ]
     # A message another service publishes (the compat fields only) still arrives,
     # judged by nobody: the hub applies its own rule.
-    redis_server.command("PUBLISH", "heartbeat:alice",
-                         '{"userid":"alice","time":9,"status":"2","online":true}')
+    redis.publish("heartbeat:alice", '{"userid":"alice","time":9,"status":"2","online":true}')
     await until(lambda: len(told.told) == 9)
     assert told.told[-1] == (None, "2", None, None)
     # An erasure's event carries its erased change's position.
     await sender.erase("alice")
     await until(lambda: len(told.told) == 10)
-    [erased] = (await feed.changes(page.next, 100)).positions
+    [erased] = (await read(feed, page.next, 100)).positions
     assert told.told[-1] == (None, "", str(erased), True)
+    assert (sender.changes_recorded, hearer.changes_recorded) == (6, 0)
+
+
+def by_user(changes) -> dict[str, list[str]]:
+    """Each user's change types, in the order read (the feed's order is each user's)."""
+    users: dict[str, list[str]] = {}
+    for change in changes:
+        users.setdefault(change.userid, []).append(change.type)
+    return users
 
 
 @pytest_twisted.ensureDeferred
-async def test_pages_positions_retention_and_strangers(make_redis_store, redis_server):
+async def test_pages_positions_retention_and_strangers(make_redis_store, redis):
     store = await started(make_redis_store(changes_retention=2))
     feed = store.change_feed
     start = await feed.position()
     for n in range(3):
         await store.ping(Ping(f"u{n}", 1, "0"))
-    first = await feed.changes(start, 4)
-    assert [c.userid for c in first.changes] == ["u0", "u0", "u1", "u1"]
+    first = await read(feed, start, 4)
+    assert len(first.changes) == 4 and first.next == first.positions[-1]
     rest = await feed.changes(first.next, 100)
-    assert [c.userid for c in rest.changes] == ["u2", "u2"]
+    assert by_user(first.changes + rest.changes) == {
+        f"u{n}": ["online", "device_online"] for n in range(3)}
     only = await feed.changes(start, 100, {"u1"})
     assert [c.type for c in only.changes] == ["online", "device_online"]
-    for stranger in (Position("zz99", rest.next.marks), Position(rest.next.epoch, ("99999999999999-0",))):
+    ahead = ("99999999999999-0", *rest.next.marks[1:])
+    for stranger in (Position("zz99", rest.next.marks), Position(rest.next.epoch, ahead),
+                     Position(rest.next.epoch, ("1", "2", "3"))):
         with pytest.raises(PositionGone):
             await feed.changes(stranger, 10)
     await deferLater(reactor, 2.1, lambda: None)
@@ -125,9 +174,50 @@ async def test_pages_positions_retention_and_strangers(make_redis_store, redis_s
         await feed.changes(start, 10)
     assert (await feed.changes(None, 10)).changes == ()  # all past retention
     # A flushed Redis is a new feed: its positions from before are gone.
-    redis_server.command("FLUSHALL")
+    redis.flush()
+    assert (await feed.position()).epoch != rest.next.epoch
     with pytest.raises(PositionGone):
         await feed.changes(rest.next, 10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_users_changes_page_through_in_order_each_once(make_redis_store):
+    store = await started(make_redis_store())
+    feed = store.change_feed
+    start = await feed.position()
+    users = [f"many{n}" for n in range(24)]  # in every master's slots, on a Cluster
+    for status in ("0", "1"):
+        for userid in users:
+            await store.ping(Ping(userid, 1, status))
+    await deferLater(reactor, 0.005, lambda: None)
+    seen, positions, after = [], [], start
+    while True:
+        page = await feed.changes(after, 7)
+        seen += page.changes
+        positions += page.positions
+        if not page.changes:
+            break
+        after = page.next
+    assert by_user(seen) == {userid: ["online", "device_online", "status"] for userid in users}
+    assert [p.order for p in positions] == sorted({p.order for p in positions})
+    assert len({c.id for c in seen}) == len(seen) == 3 * len(users)
+    few = await feed.changes(start, 1000, {"many3", "many17"})
+    assert by_user(few.changes) == {u: ["online", "device_online", "status"]
+                                    for u in ("many3", "many17")}
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_erasure_leaves_only_its_erased_change(make_redis_store):
+    store = await started(make_redis_store())
+    feed = store.change_feed
+    start = await feed.position()
+    await store.ping(Ping("alice", 1, "0", "web"))
+    await store.ping(Ping("alice", 2, "1", "phone"))
+    await store.ping(Ping("bob", 2, "0"))
+    await store.erase("alice")
+    page = await read(feed, start)
+    assert by_user(page.changes) == {"alice": ["erased"],
+                                     "bob": ["online", "device_online"]}
 
 
 @pytest_twisted.ensureDeferred
@@ -161,21 +251,25 @@ async def test_one_instance_holds_a_urls_claim_and_only_it_records_progress(make
     assert not await one.change_feed.set_delivered(url, position, "one")
 
 
-def test_status_cursor_and_changes_through_the_daemon_across_a_restart(start_daemon, redis_server):
+def test_status_cursor_and_changes_through_the_daemon_across_a_restart(start_daemon, redis):
     import json
     import signal
 
     from tests.helpers.clients import get, post_ping
 
     auth = {"Authorization": "Bearer k1"}
-    env = {"REDIS": redis_server.address, "API_KEY": "k1"}
+    env = {"REDIS": redis.url, "API_KEY": "k1"}
     daemon = start_daemon(env=env)
     assert post_ping(daemon.port, "0", userid="alice")[0] == 200
     code, headers, body = get(daemon.port, "/status?user=alice&user=bob")
     cursor = headers["heartbeat-cursor"]
     assert json.loads(body)["alice"]["online"] is True
+    assert post_ping(daemon.port, "0", userid="alice")[0] == 200
     assert post_ping(daemon.port, "1", userid="alice")[0] == 200
     assert post_ping(daemon.port, "0", userid="bob")[0] == 200
+    # online + device_online, nothing, status, then bob's two.
+    recorded = "heartbeat_changes_recorded_total 5.0\n"
+    assert recorded in get(daemon.port, "/metrics")[2].decode()
     daemon.stop(signal.SIGKILL)
     again = start_daemon(env=env, port=daemon.port)
     code, _, body = get(again.port, f"/changes?after={cursor}", headers=auth)
@@ -183,6 +277,14 @@ def test_status_cursor_and_changes_through_the_daemon_across_a_restart(start_dae
     assert code == 200
     assert [(c["type"], c["userid"]) for c in page["changes"]] == [
         ("status", "alice"), ("online", "bob"), ("device_online", "bob")]
+    # Resumed from where the page ended: only what came since.
+    assert "heartbeat_changes_recorded_total 0.0\n" in get(again.port, "/metrics")[2].decode()
+    assert post_ping(again.port, "2", userid="bob")[0] == 200
+    code, _, body = get(again.port, f"/changes?after={page['next']}&wait=5", headers=auth)
+    assert code == 200
+    assert [(c["type"], c["userid"], c["status"]) for c in json.loads(body)["changes"]] == [
+        ("status", "bob", "2")]
+    assert "heartbeat_changes_recorded_total 1.0\n" in get(again.port, "/metrics")[2].decode()
     assert get(again.port, "/changes?after=zz99_1-0", headers=auth)[0] == 410
     # A change's id resumes as its position does.
     _, _, body = get(again.port, f"/changes?after={cursor}&limit=1", headers=auth)
@@ -193,7 +295,61 @@ def test_status_cursor_and_changes_through_the_daemon_across_a_restart(start_dae
     assert code == 200 and change["id"] != first["next"]
     _, _, body = get(again.port, f"/changes?after={first['next']}", headers=auth)
     assert by_id == json.loads(body)["changes"]  # not "next": the tip moves with Redis time
-    assert [c["type"] for c in by_id] == ["online", "device_online"]
+    assert [(c["type"], c["userid"]) for c in by_id] == [
+        ("online", "bob"), ("device_online", "bob"), ("status", "bob")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slot_migrating_is_read_where_its_stream_is_and_never_skipped(make_redis_store, redis):
+    """A migrating slot's stream gone to the target is read there (ASK); while it can be
+    read nowhere, a read returns nothing new rather than skip it."""
+    cluster = redis.cluster
+    if cluster is None:
+        pytest.skip("slots migrate in a Cluster only")
+    store = await started(make_redis_store())
+    feed = store.change_feed
+    start = await feed.position()
+    moving = slot("heartbeat:mover")
+    source = cluster.owner(moving)
+    target = next(cluster.node(a) for a in cluster.masters() if a != source.address)
+    source_id, target_id = cluster.node_id(source), cluster.node_id(target)
+    await store.ping(Ping("mover", 1, "0"))
+    others = [u for u in (f"stay{n}" for n in range(40))
+              if cluster.owner(slot("heartbeat:" + u)) is not source][:4]
+    for userid in others:
+        await store.ping(Ping(userid, 1, "0"))
+    everyone = {u: ["online", "device_online"] for u in ["mover", *others]}
+
+    target.command("CLUSTER", "SETSLOT", str(moving), "IMPORTING", source_id)
+    source.command("CLUSTER", "SETSLOT", str(moving), "MIGRATING", target_id)
+    stream = slot_streams("heartbeat:")[moving]
+    source.command("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", stream)
+    assert by_user((await read(feed, start)).changes) == everyone
+
+    # The target no longer imports: the stream can be read nowhere, so nothing is
+    # returned, not even the change made since in another slot.
+    target.command("CLUSTER", "SETSLOT", str(moving), "STABLE")
+    await store.ping(Ping(others[0], 2, "1"))
+    stuck = await read(feed, start)
+    assert stuck.changes == () and stuck.next == start
+    with pytest.raises(StoreUnavailable):
+        await feed.changes(None, 10)
+
+    target.command("CLUSTER", "SETSLOT", str(moving), "IMPORTING", source_id)
+    everyone[others[0]].append("status")
+    assert by_user((await read(feed, start)).changes) == everyone
+
+    # The rest of the slot moves, and its next change is recorded on the target.
+    while keys := source.command("CLUSTER", "GETKEYSINSLOT", str(moving), "10").split():
+        source.command("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS",
+                       *(k.decode() for k in keys))
+    for node in cluster.alive():
+        node.command("CLUSTER", "SETSLOT", str(moving), "NODE", target_id)
+    await store.ping(Ping("mover", 2, "1"))
+    everyone["mover"].append("status")
+    page = await read(feed, start)
+    assert by_user(page.changes) == everyone
+    assert len({c.id for c in page.changes}) == len(page.changes)
 
 
 def test_the_feed_through_sentinel_continues_on_the_promoted_replica(start_daemon, tmp_path):

@@ -292,7 +292,7 @@ def test_pings_of_devices_with_a_deadline_are_one_call_per_slot_and_no_arming():
     assert [name for name, *_ in redis.calls] == ["ping", "ping"]  # two slots, sent at once
     for _, _, args, d in redis.calls:
         assert args[2] == ""  # not armed: a device with no deadline comes back
-        d.callback([STORED])
+        d.callback([STORED, 0])  # then the changes it recorded: none
     assert answer == [[(STORED, None), (STORED, None)]]
 
 
@@ -302,14 +302,15 @@ def test_a_device_with_no_deadline_is_armed_then_stored_in_order():
     pings = [(Ping("alice", 1, "0", "new"), False), (Ping("alice", 2, "1", "old"), False)]
     answer = results([topology.store(pings, 60, 0)])
     (_, _, _, first), = redis.calls
-    first.callback([NEEDS_ARM, NEEDS_ARM])  # the second waits behind the first, in order
+    first.callback([NEEDS_ARM, NEEDS_ARM, 0])  # the second waits behind the first, in order
     assert [name for name, *_ in redis.calls] == ["ping", "arm"]
     redis.calls[1][3].callback("1000.000000")
     name, _, args, stored = redis.calls[2]
     assert name == "ping" and args[2] == "970.000000"  # refused if run after half a timeout
-    assert args[4::6] == ["alice", "alice"] and args[7::6] == ["new", "old"]
-    stored.callback([CAME_ONLINE, STORED])
+    assert args[4:-1:6] == ["alice", "alice"] and args[7::6] == ["new", "old"]
+    stored.callback([CAME_ONLINE, STORED, 4])  # online, device_online; status, device_online
     assert answer == [[(CAME_ONLINE, None), (STORED, None)]]
+    assert topology.change_feed.changes_recorded == 4
 
 
 def test_a_user_s_later_pings_wait_for_their_earlier_ones():
@@ -320,13 +321,13 @@ def test_a_user_s_later_pings_wait_for_their_earlier_ones():
                                      (Ping("bob", 2, "1", "c"), False)], 60, 0)])
     # bob goes at once; alice's later ping waits for her first to be stored.
     assert [args[4] for _, _, args, _ in redis.calls] == ["alice", "bob"]
-    redis.calls[1][3].callback([STORED])
-    redis.calls[0][3].callback([NEEDS_ARM])
+    redis.calls[1][3].callback([STORED, 1])
+    redis.calls[0][3].callback([NEEDS_ARM, 0])
     redis.calls[2][3].callback("1000.000000")  # arm
     assert [args[4] for _, _, args, _ in redis.calls[3:]] == ["alice"]
     assert redis.calls[3][2][7] == "new"
-    redis.calls[3][3].callback([CAME_ONLINE])
+    redis.calls[3][3].callback([CAME_ONLINE, 2])
     assert first == [[(CAME_ONLINE, None)]]
     assert [args[7] for _, _, args, _ in redis.calls[4:]] == ["old"]
-    redis.calls[4][3].callback([STORED])
+    redis.calls[4][3].callback([STORED, 2])
     assert later == [[(STORED, None), (STORED, None)]]

@@ -35,7 +35,7 @@ def test_a_stalled_subscriber_holds_one_ping_and_the_others_get_every_ping():
     for n in range(PINGS):
         wire.store.ping(Ping("alice", n, str(n)))
         most_held = max(most_held, len(slow_stream.held))
-    wire.hub.keepalive()
+    wire.clock.advance(wire.settings.keepalive)  # a keep-alive is no write for a held stream
 
     assert most_held == 1
     assert len(slow.transport.value()) == written

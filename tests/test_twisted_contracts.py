@@ -13,11 +13,13 @@ import re
 import socket
 from pathlib import Path
 
+import pytest_twisted
 from twisted.internet import abstract, endpoints, tcp
 from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory
 from twisted.web import http, server
 
-from heartbeat.twisted_internals import endpoint_types
+from heartbeat.twisted_internals import endpoint_types, listening_socket
 from heartbeat.web.handoff import SiteChannel
 
 
@@ -44,6 +46,20 @@ def test_the_accept_internals_accepting_port_uses_exist():
     assert port.reactor is not None and port.factory is None and not port.connected
     assert callable(tcp.Port.stopReading) and callable(tcp.Port.startReading)
     assert "reason" in inspect.signature(tcp.Port.connectionLost).parameters
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_listening_tcp_port_holds_its_socket_where_listening_socket_reads_it():
+    from twisted.internet import reactor
+
+    port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+    try:
+        sock = listening_socket(port)
+        assert isinstance(sock, socket.socket)
+        assert sock.getsockname()[1] == port.getHost().port
+    finally:
+        await port.stopListening()
+    assert listening_socket(object()) is None  # type: ignore[arg-type]
 
 
 def test_the_endpoint_parser_table_exists():

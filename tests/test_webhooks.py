@@ -52,8 +52,6 @@ def test_durations(value, seconds):
     ({"WEBHOOK_URL": URL, "WEBHOOK_SECRET": "whsec_not base64!!"}, "WEBHOOK_SECRET"),
     ({"WEBHOOK_EVENTS": "online,typing"}, "WEBHOOK_EVENTS"),
     ({"WEBHOOK_EVENTS": ","}, "WEBHOOK_EVENTS"),
-    ({"WEBHOOK_URL": URL, "WEBHOOK_SECRET": SECRET, "REDIS": "redis+cluster://h:1"},
-     "WEBHOOK_URL"),
 ])
 def test_bad_webhook_settings_name_the_setting_in_one_line(env, names):
     with pytest.raises(UsageError, match=f"^bad setting {names}") as refused:

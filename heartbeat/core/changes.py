@@ -188,6 +188,12 @@ class Position:
         return cls(epoch, (str(seq),))
 
     @property
+    def order(self) -> tuple[int, ...]:
+        """Where it falls in its feed: two positions of one feed, with as many marks,
+        compare by it (a sequence number; a stream id; a Cluster's stream id, then slot)."""
+        return tuple(int(part) for mark in self.marks for part in mark.split("-"))
+
+    @property
     def seq(self) -> int:
         """The sequence number of a one-mark position (the in-process stores')."""
         return int(self.marks[0].split("-")[0]) if len(self.marks) == 1 else -1

@@ -110,7 +110,7 @@ class Hub:
 
     def __init__(self, store: HubStore, clock: IReactorTime,
                  feed: ChangeFeed | None = None, *, positions: bool = False,
-                 holder: PresenceHolder | None = None) -> None:
+                 holder: PresenceHolder | None = None, keepalive: float | None = None) -> None:
         self._store = store
         # The change feed, if the store keeps one: ``changes=only`` streams'
         # ids and resume points are its positions.
@@ -129,6 +129,12 @@ class Hub:
         # Streams opened with a token that has ``exp`` end then (SPEC §1), so a
         # client reads only while it holds a valid token.
         self._expiry: Deadlines[Stream] = Deadlines(clock, _expire)
+        # Each stream's next keep-alive comment, ``keepalive`` seconds after the
+        # last (None: none sent). Per stream on the wheel, not all streams at
+        # one tick: one turn writing to every stream stalls every ping behind it.
+        self._keepalive = keepalive
+        self._keepalives: Deadlines[Stream] = Deadlines(
+            clock, self._keepalive_due, min(1.0, keepalive or 1.0))
         # Plain counts for /metrics, read when scraped: an addition per ping
         # fanned out is all they cost here.
         self.delivered = 0
@@ -151,6 +157,8 @@ class Hub:
             self._owned.setdefault(stream.owner, set()).add(stream)
         if expires is not None:
             self._expiry.arm_at(stream, expires)
+        if self._keepalive is not None:
+            self._keepalives.arm(stream, self._keepalive)
         if stream.presence is not None and self.holder is not None:
             self.holder.opened(stream.presence)
         plain = stream.options.plain
@@ -242,7 +250,7 @@ class Hub:
             self.delivered += 1
 
     def _stored_failed(self, failure: Failure) -> None:
-        log.failure("reading stored presence failed", failure, log_level=LogLevel.warn)
+        log.failure("reading stored presence failed", failure, level=LogLevel.warn)
 
     def detach(self, stream: Stream) -> None:
         """Forget ``stream``; unsubscribe users nobody here watches any more."""
@@ -255,6 +263,7 @@ class Hub:
             if not owned:
                 del self._owned[stream.owner]  # type: ignore[arg-type]
         self._expiry.disarm(stream)
+        self._keepalives.disarm(stream)
         if stream.presence is not None and self.holder is not None:
             self.holder.closed(stream.presence)
         for userid in stream.userids:
@@ -263,7 +272,7 @@ class Hub:
             if not interest.watched:
                 del self._interest[userid]
                 self._store.unsubscribe(userid).addErrback(
-                    lambda f: log.failure("unsubscribe failed", f, log_level=LogLevel.warn)
+                    lambda f: log.failure("unsubscribe failed", f, level=LogLevel.warn)
                 )
 
     def deliver(self, change: Presence, position: Position | None = None,
@@ -311,9 +320,9 @@ class Hub:
         """A change the store found visible (it gave its feed position): to the
         ``changes=only`` streams of its view.
 
-        A change the store did not judge (a Cluster's, another service's
-        message on the Redis bus): the same rule is applied here, once per
-        change, to what the bus said last.
+        A change the store did not judge (another service's message on the
+        Redis bus, or a Cluster's heard before its feed's epoch was read): the
+        same rule is applied here, once per change, to what the bus said last.
         """
         quiet = interest.quiet.get(change.clientid)
         if not quiet:
@@ -390,11 +399,11 @@ class Hub:
                 stream.send(Event(replace(seen, online=False)))
                 self.delivered += 1
 
-    def keepalive(self) -> None:
-        streams = tuple(self.streams)
-        self.keepalives_sent += len(streams)
-        for stream in streams:
-            stream.comment()
+    def _keepalive_due(self, stream: Stream) -> None:
+        self.keepalives_sent += 1
+        stream.comment()
+        if self._keepalive is not None:
+            self._keepalives.arm(stream, self._keepalive)
 
     def close_all(self) -> Deferred[object]:
         """End every open stream cleanly, as at shutdown; fires when all are gone."""
@@ -404,4 +413,4 @@ class Hub:
 
 def _subscribe_failed(failure: Failure) -> None:
     # The store resubscribes and resyncs when it comes back.
-    log.failure("subscribe failed", failure, log_level=LogLevel.warn)
+    log.failure("subscribe failed", failure, level=LogLevel.warn)

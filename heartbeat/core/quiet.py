@@ -35,16 +35,12 @@ RESUME_PAGE = 1000
 
 def _covered(position: Position | None, cursor: Position | None) -> bool:
     """Whether a state read at ``cursor`` already includes the change at ``position``
-    (both one-mark positions of one feed: a sequence number, or a Redis stream id)."""
+    (both positions of one feed, :attr:`~heartbeat.core.changes.Position.order`)."""
     if position is None or cursor is None or position.epoch != cursor.epoch:
         return False
-    if len(position.marks) != 1 or len(cursor.marks) != 1:
+    if len(position.marks) != len(cursor.marks):
         return False
-    return _mark(position) <= _mark(cursor)
-
-
-def _mark(position: Position) -> tuple[int, ...]:
-    return tuple(int(part) for part in position.marks[0].split("-"))
+    return position.order <= cursor.order
 
 
 class OptionStream(Stream):

@@ -297,8 +297,6 @@ def _check_together(settings: Settings) -> None:
         raise UsageError("bad setting REDIS_WAIT_REPLICAS: replicas need REDIS")
     if settings.webhook_url and settings.webhook_secret is None:
         raise UsageError("bad setting WEBHOOK_SECRET: it is needed with WEBHOOK_URL")
-    if settings.webhook_url and redis is not None and redis.kind == "cluster":
-        raise UsageError("bad setting WEBHOOK_URL: a Redis Cluster keeps no change feed yet")
     if settings.workers > 1 and settings.redis is None:
         raise UsageError("bad setting WORKERS: more than 1 worker needs REDIS")
     if settings.workers > 1 and settings.listen.startswith("ssl:"):

@@ -7,7 +7,6 @@ import math
 import random
 from typing import Any
 
-from twisted.application.internet import TimerService
 from twisted.application.service import IServiceCollection, MultiService, Service
 from twisted.internet.defer import (
     Deferred,
@@ -27,8 +26,9 @@ from heartbeat.core.hub import Hub
 from heartbeat.core.store_contract import Store
 from heartbeat.core.stream import Stream
 from heartbeat.daemon import systemd
-from heartbeat.twisted_internals import take_bursts
+from heartbeat.twisted_internals import listening_socket, take_bursts
 from heartbeat.web.edge import Edge
+from heartbeat.web.peers import find_dead_peers
 from heartbeat.web.responses import out_of_descriptors
 
 log = Logger()
@@ -73,9 +73,12 @@ class ListeningService(Service):
     """
 
     def __init__(
-        self, endpoint: IStreamServerEndpoint, factory: Factory, setting: str, reactor: Any
+        self, endpoint: IStreamServerEndpoint, factory: Factory, setting: str, reactor: Any,
+        dead_peer_within: float | None = None,
     ) -> None:
         self._endpoint = endpoint
+        # Connections whose client vanished are dropped within this (peers.py).
+        self._dead_peer_within = dead_peer_within
         self._reactor = reactor
         self.factory = factory
         self._setting = setting
@@ -106,6 +109,9 @@ class ListeningService(Service):
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
         take_bursts(port, lambda: out_of_descriptors(int(self._reactor.seconds())))
+        sock = listening_socket(port)
+        if sock is not None and self._dead_peer_within is not None:
+            find_dead_peers(sock, self._dead_peer_within)
         self._port = port
         waiting, self._waiting = self._waiting, []
         for d in waiting:
@@ -134,7 +140,7 @@ class ListeningService(Service):
 
 
 class HeartbeatService(MultiService):
-    """Owns the listening port, the hub's keep-alive timer and the store.
+    """Owns the listening port and the store.
 
     ``MultiService`` stops children concurrently; here order matters (stop
     accepting, end the open streams, let pings in flight finish and every
@@ -148,7 +154,6 @@ class HeartbeatService(MultiService):
         edge: Edge,
         hub: Hub,
         store: Store,
-        keepalive: float,
         clock: IReactorTime,
         log_observer: ILogObserver | None = None,
         listen_setting: str = "",
@@ -164,11 +169,9 @@ class HeartbeatService(MultiService):
         self._ready: Deferred[object] | None = None
         self.workers: Service | None = None
         self.webhooks: Service | None = None
-        self.listening = ListeningService(endpoint, edge, listen_setting, clock)
+        self.listening = ListeningService(endpoint, edge, listen_setting, clock,
+                                          edge.api.settings.presence_timeout)
         self.listening.setServiceParent(self)
-        self.keepalive = TimerService(keepalive, hub.keepalive)
-        self.keepalive.clock = clock
-        self.keepalive.setServiceParent(self)
 
     def setServiceParent(self, parent: IServiceCollection) -> None:
         """Also give twistd's application the log observer ``LOG_FORMAT`` chose.
@@ -228,7 +231,6 @@ class HeartbeatService(MultiService):
             log.info("draining for {seconds:g}s before stopping", seconds=self.drain_seconds)
             await self._spread_stream_ends(self.drain_seconds)
         await self.listening.stopService()
-        await self.keepalive.stopService()
         # Streams own their connections; every other connection is the edge's.
         streams = tuple(self.hub.streams)
         late = self.clock.callLater(DRAIN_TIMEOUT, _abort, streams)

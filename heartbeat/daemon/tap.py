@@ -95,12 +95,13 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
     """The service tree of ``settings``; a ``DATABASE`` it cannot use raises ``DatabaseUnusable``."""
     log_settings(settings)
     store = make_store(settings, reactor)
-    # The change feed: the in-process stores' own, one Redis's stream; none in a Cluster yet.
+    # The change feed: the in-process stores' own, or the Redis store's streams.
     feed: ChangeFeed | None = (
         store if isinstance(store, MemoryStore) else getattr(store, "change_feed", None))
     holder = PresenceHolder(store, reactor, settings.presence_timeout, settings.leave_grace)
     # The in-process stores hand the hub each change's feed position with it.
-    hub = Hub(store, reactor, feed, positions=isinstance(store, MemoryStore), holder=holder)
+    hub = Hub(store, reactor, feed, positions=isinstance(store, MemoryStore), holder=holder,
+              keepalive=settings.keepalive)
     identity = Identity(settings.jwt_secret, settings.max_userid_length)
     identity.announce()
     metrics = Metrics(hub, store)
@@ -108,7 +109,7 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> HeartbeatS
     site = Site(HeartbeatApp(api).resource(), reactor=reactor)
     edge = Edge(api, site, ROUTES, reactor, settings.max_header_bytes, settings.request_timeout)
     service = HeartbeatService(
-        endpoint, edge, hub, store, settings.keepalive, reactor, log_observer(settings),
+        endpoint, edge, hub, store, reactor, log_observer(settings),
         settings.listen, settings.drain_seconds,
     )
     if IService.providedBy(store):

@@ -834,7 +834,7 @@ class SQLiteStore(MemoryStore, Service):
         d = self._run(self._db.prune, cutoff, now)
         d.addCallback(self._forget, cutoff)
         d.addErrback(lambda f: log.failure("forgetting old devices failed", f,
-                                           log_level=LogLevel.warn))
+                                           level=LogLevel.warn))
         d.addCallback(self._prune_later)
 
     def _prune_later(self, _: object) -> None:

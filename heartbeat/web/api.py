@@ -30,7 +30,6 @@ from heartbeat.core.stream_options import stream_options
 from heartbeat.core.user_query import posted_users, requested_users
 from heartbeat.web.cors import CorsPolicy
 from heartbeat.web.feed_route import ChangesRoute
-from heartbeat.web.peers import find_dead_peer
 
 
 class RouteSettings(Protocol):
@@ -127,9 +126,8 @@ class Api:
         return self.identity.authorize_read(request, userids)
 
     def attach(self, stream: Stream, reading: Reading) -> None:
-        """Hand an open stream to the hub, to end when its token expires or
-        its client is found gone."""
-        find_dead_peer(stream.transport, self.settings.presence_timeout)
+        """Hand an open stream to the hub, to end when its token expires (a client
+        found gone ends it too: see ``peers``)."""
         self.hub.attach(stream, reading.expires)
 
     def new_stream(self, reading: Reading, request: RequestView,

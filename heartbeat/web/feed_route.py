@@ -93,7 +93,7 @@ def wants_stream(request: RequestView) -> bool:
 
 
 class ChangesRoute:
-    """``GET /changes`` over one feed (None: this store has no feed yet)."""
+    """``GET /changes`` over one feed (None: a store that keeps none, a stand-in's)."""
 
     def __init__(self, feed: ChangeFeed | None, keys: tuple[str, ...], clock: IReactorTime,
                  streams: set[Callable[[], None]]) -> None:
@@ -106,7 +106,7 @@ class ChangesRoute:
     def _feed(self, request: RequestView) -> ChangeFeed:
         check_api_key(request, self.keys)
         if self.feed is None:
-            raise Unavailable("a Redis Cluster keeps no change feed yet", 60)
+            raise Unavailable("this store keeps no change feed", 60)
         return self.feed
 
     def page(self, request: RequestView) -> Deferred[bytes]:

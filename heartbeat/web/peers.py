@@ -8,6 +8,8 @@ sooner when asked: TCP keepalive probes an idle connection, and
 event, a probe) stays unacknowledged, or stuck behind a zero window, that
 long. Both are set so a vanished client is noticed within ``within``
 seconds; the connection is then lost as any other, and its stream ends.
+They hold for every connection (a ping's too: an idle keep-alive connection
+costs a probe now and then, and one whose client is gone is closed sooner).
 
 A client that is alive but not reading (a frozen background tab) still
 acknowledges what it receives, so it is not cut off by this.
@@ -26,27 +28,15 @@ log = Logger()
 PROBES = 3
 
 
-def _socket_of(transport: object) -> socket.socket | None:
-    """The TCP socket under ``transport`` (TCP, TLS over TCP, a twisted.web request)."""
-    for _ in range(4):
-        get_handle = getattr(transport, "getHandle", None)
-        handle = get_handle() if get_handle is not None else None
-        if isinstance(handle, socket.socket):
-            return handle if handle.type == socket.SOCK_STREAM else None
-        transport = getattr(transport, "transport", None) or getattr(transport, "_request", None)
-        if transport is None:
-            return None
-    return None
+def find_dead_peers(listening: socket.socket, within: float) -> None:
+    """Ask the kernel to drop a connection accepted on ``listening`` if its peer is gone for
+    ``within`` s.
 
-
-def find_dead_peer(transport: object, within: float) -> None:
-    """Ask the kernel to drop ``transport``'s connection if its peer is gone for ``within`` s.
-
-    Only where the platform has the options (Linux has all four; others get
-    what they have); unix sockets and anything else are left alone.
+    Set on the listening socket, once: every connection accepted on it inherits
+    the options (Linux copies all four), so a stream costs no system call for
+    them. Only where the platform has the options; a unix socket is left alone.
     """
-    sock = _socket_of(transport)
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+    if listening.family not in (socket.AF_INET, socket.AF_INET6):
         return
     # Idle, then PROBES probes: the last unanswered one falls at about ``within``.
     interval = max(1, math.floor(within / (PROBES + 1)))
@@ -60,7 +50,6 @@ def find_dead_peer(transport: object, within: float) -> None:
     try:
         for level, option, value in options:
             if option is not None:
-                sock.setsockopt(level, option, value)
+                listening.setsockopt(level, option, value)
     except OSError as e:
-        # The connection may already be gone; its loss is reported as usual.
-        log.debug("cannot set keepalive on a stream socket: {error}", error=e)
+        log.warn("cannot set keepalive on the listening socket: {error}", error=e)

@@ -8,12 +8,14 @@ from __future__ import annotations
 import ssl
 import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.clients import health
 from tests.helpers.processes import Daemon, RedisServer, free_port, need_binary
+from tests.helpers.redis_cluster import RedisCluster
 from tests.helpers.waiting import wait_for
 
 
@@ -84,25 +86,52 @@ def start_tls_daemon(start_daemon, tls_certificate, tls_trust) -> Callable[..., 
 class AnyRedis:
     """One redis-server or a Redis Cluster: its ``REDIS`` and a FLUSHALL of every master."""
 
-    def __init__(self, url: str, masters: list[RedisServer]) -> None:
+    def __init__(self, url: str, masters: list[RedisServer],
+                 cluster: RedisCluster | None = None) -> None:
         self.url = url
         self._masters = masters
+        # The Cluster, for tests that move its slots by hand (None: one redis-server).
+        self.cluster = cluster
 
     def flush(self) -> None:
         for master in self._masters:
             master.command("FLUSHALL")
 
+    def publish(self, channel: str, message: str) -> None:
+        """Publish as another service does: on one Redis, ``PUBLISH``; in a Cluster,
+        ``SPUBLISH`` on the master of the channel's slot (where heartbeat listens)."""
+        if self.cluster is None:
+            self._masters[0].command("PUBLISH", channel, message)
+        else:
+            from heartbeat.store.redis.keys import slot
+
+            self.cluster.owner(slot(channel)).command("SPUBLISH", channel, message)
+
+
+@contextmanager
+def _redis_of(kind: str, directory: Path) -> Iterator[AnyRedis]:
+    if kind == "single":
+        server = RedisServer(directory).start()
+        yield AnyRedis(server.address, [server])
+        server.stop()
+    else:
+        cluster = RedisCluster(directory).start()
+        yield AnyRedis(cluster.url, [cluster.node(address) for address in cluster.masters()],
+                       cluster)
+        cluster.stop()
+
 
 @pytest.fixture(params=["single", "cluster"])
 def any_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AnyRedis]:
     """A test run on one Redis, then on a Cluster: a rule both layouts share."""
-    from tests.helpers.redis_cluster import RedisCluster
+    with _redis_of(request.param, tmp_path) as redis:
+        yield redis
 
-    if request.param == "single":
-        server = RedisServer(tmp_path).start()
-        yield AnyRedis(server.address, [server])
-        server.stop()
-    else:
-        cluster = RedisCluster(tmp_path).start()
-        yield AnyRedis(cluster.url, [cluster.node(address) for address in cluster.masters()])
-        cluster.stop()
+
+@pytest.fixture(scope="module", params=["single", "cluster"])
+def module_redis(request: pytest.FixtureRequest,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnyRedis]:
+    """As ``any_redis``, one of each for a module's tests (a Cluster takes seconds to
+    build): each test flushes it first."""
+    with _redis_of(request.param, tmp_path_factory.mktemp(request.param)) as redis:
+        yield redis

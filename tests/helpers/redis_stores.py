@@ -1,8 +1,9 @@
-"""Redis stores run in the test's own reactor against a real redis-server.
+"""Redis stores run in the test's own reactor against a real Redis.
 
-``make_redis_store`` (a fixture, imported by ``conftest.py``) starts them and
-stops them after the test; ``Recorder`` is their listener; ``until`` lets the
-reactor run until something holds; ``started`` waits until a store serves.
+``make_redis_store`` (a fixture, imported by ``conftest.py`` with
+``redis_address``, where it connects) starts them and stops them after the
+test; ``Recorder`` is their listener; ``until`` lets the reactor run until
+something holds; ``started`` waits until a store serves.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
@@ -54,16 +56,23 @@ async def started(store: RedisStore) -> RedisStore:
     return store
 
 
+@pytest.fixture
+def redis_address(redis_server: RedisServer) -> str:
+    """Where ``make_redis_store``'s stores connect: the test's redis-server (a module
+    overrides it to run its tests on one Redis, then on a Cluster)."""
+    return redis_server.address
+
+
 @pytest_twisted.async_yield_fixture
-async def make_redis_store(redis_server: RedisServer) -> AsyncIterator[Callable[..., RedisStore]]:
+async def make_redis_store(redis_address: str) -> AsyncIterator[Callable[..., RedisStore]]:
     """``make_redis_store(redis=..., prefix=..., timeout=..., **options)``: a started
-    store with a ``Recorder`` (on ``redis_server`` unless ``redis`` names another;
+    store with a ``Recorder`` (on ``redis_address`` unless ``redis`` names another;
     ``options`` are ``RedisStore``'s), stopped after the test."""
     stores: list[RedisStore] = []
 
     def make(redis: str | None = None, prefix: str = "heartbeat:", timeout: float = 60,
              **options: Any) -> RedisStore:
-        store = RedisStore(parse_redis(redis or redis_server.address), prefix, reactor, timeout,
+        store = RedisStore(parse_redis(redis or redis_address), prefix, reactor, timeout,
                            **options)
         store.listener = Recorder()
         store.startService()

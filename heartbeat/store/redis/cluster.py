@@ -142,6 +142,8 @@ class Cluster:
         self._on_lost = on_lost
         self._seeds = address.servers
         self._owners: list[Server | None] = [None] * CLUSTER_SLOTS
+        # Each master's slots, made from ``_owners`` when first asked for after a change.
+        self._masters: list[tuple[Server, list[int]]] | None = None
         self._nodes: dict[Server, _Node] = {}
         self._refreshing = False
         self._refresher = LoopingCall(self.refresh)
@@ -176,6 +178,24 @@ class Cluster:
 
     def owner(self, slot: int) -> Server | None:
         return self._owners[slot]
+
+    def masters(self) -> list[tuple[Server, list[int]]]:
+        """Each master and the slots it holds (ascending), as the map says."""
+        if self._masters is None:
+            held: dict[Server, list[int]] = {}
+            for n, server in enumerate(self._owners):
+                if server is not None:
+                    held.setdefault(server, []).append(n)
+            self._masters = list(held.items())
+        return self._masters
+
+    def run_at(self, server: Server, script: Script, keys: list[str],
+               args: list[object]) -> Deferred[Any]:
+        """``script`` on ``server`` itself, whatever its keys' slots (no redirect followed)."""
+        node = self._nodes.get(server)
+        if node is None or node.conn is None:
+            return fail(StoreUnavailable())
+        return script.run(node.conn, keys, args)
 
     def commands(self, slot: int) -> SlotCommands:
         """What :class:`~heartbeat.store.redis.lua.Script` runs on, for ``slot``."""
@@ -278,6 +298,7 @@ class Cluster:
         """``slot`` lives on ``server`` now (a ``MOVED``): use it, and re-read the map."""
         if self._owners[slot] != server:
             self._owners[slot] = server
+            self._masters = None
             self._node(server)
             self._on_map()
         self.refresh_soon()
@@ -325,6 +346,7 @@ class Cluster:
             return
         before = set(self._owners)
         self._owners = owners
+        self._masters = None
         masters = {server for server in owners if server is not None}
         for server in masters:
             self._node(server)

@@ -38,12 +38,16 @@ later batches, so that they are stored in the order they came.
 The online-user count per partition is kept beside the index, adjusted
 after the user's step reports the change: an instance dying between the two
 leaves it off by one (it is a gauge, floored at 0).
+
+The change feed is recorded in the same steps, in a stream of the user's
+slot (``feed.slot_streams``): each slot has its own, read together as one
+feed by ``feed.ClusterReader``.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -53,9 +57,11 @@ from twisted.python.failure import Failure
 
 from heartbeat.core.presence import MAX_DEVICES_PER_USER, Ping, Presence
 from heartbeat.core.store_contract import StoreUnavailable
+from heartbeat.store.changelog import DEFAULT_RETENTION
 from heartbeat.store.redis.address import RedisAddress
 from heartbeat.store.redis.cluster import Cluster, ShardedSubscriber
 from heartbeat.store.redis.codec import deadline_member, from_member, ping_args
+from heartbeat.store.redis.feed import ClusterReader, RedisFeed, slot_streams
 from heartbeat.store.redis.keys import (
     CLUSTER_SLOTS,
     PARTITIONS,
@@ -84,7 +90,8 @@ def _by(items: Iterable[Any], key: Callable[[Any], int]) -> dict[int, list[Any]]
 
 
 def _user_slot_keys(user: UserKeys) -> list[str]:
-    """The keys of ping.lua, leave.lua and expire.lua for a user (no count: another slot)."""
+    """The keys of ping.lua, leave.lua and expire.lua for a user (no count: another slot;
+    the feed's stream of the slot follows the last user's)."""
     return [user.key, user.devices, user.online, user.deadlines]
 
 
@@ -92,12 +99,17 @@ class ClusterTopology:
     """A command link per master, one sharded subscriber per node, commands routed by slot."""
 
     def __init__(self, reactor: Any, address: RedisAddress, prefix: str,
-                 trust: TrustRoot | None, max_devices: int = MAX_DEVICES_PER_USER) -> None:
+                 trust: TrustRoot | None, changes_retention: float = DEFAULT_RETENTION,
+                 max_devices: int = MAX_DEVICES_PER_USER) -> None:
         self._reactor = reactor
         self._prefix = prefix
         # MAX_DEVICES_PER_USER, which the ping script applies.
         self._max_devices = max_devices
         build_slot_tags()
+        # The change feed's stream of each user slot, the last key of every script that
+        # records changes, and its retention (ms), their last argument (lua/feed.lua).
+        self._feeds = slot_streams(prefix)
+        self._retention_ms = int(changes_retention * 1000)
         self._events: Events | None = None
         self._cluster = Cluster(reactor, address, trust, REPLY_TIMEOUT, self._map_changed,
                                 self._commands_ready, self._commands_lost)
@@ -107,6 +119,7 @@ class ClusterTopology:
         self._was_ready = False
         # Per user, fired once their last batch in flight is stored (or failed).
         self._flying: dict[str, Deferred[None]] = {}
+        self.change_feed = self._change_feed()
 
     # Health.
 
@@ -210,6 +223,8 @@ class ClusterTopology:
                 for (_, (ping, hides)), user in members:
                     keys += _user_slot_keys(user)
                     args += ping_args(ping, ping.clientid, hides)
+                keys.append(self._feeds[user_slot])
+                args.append(self._retention_ms)
                 groups.append([item for item, _ in members])
                 calls.append((user_slot, keys, args))
         d = self._run_all(_SCRIPTS.ping, calls)
@@ -222,6 +237,7 @@ class ClusterTopology:
             if isinstance(result, Failure):
                 _fill(result, group, outcomes)
                 continue
+            result = self.change_feed.counted(result)
             if not wait_replicas:  # as below, without a Deferred per slot
                 again = self._answer([(r, None) for r in result], group, outcomes, timeout, 0)
                 if again is not None:
@@ -289,7 +305,9 @@ class ClusterTopology:
 
     def leave(self, userid: str, clientid: str) -> Deferred[int]:
         user = self._users(userid)
-        d = self._run(_SCRIPTS.leave, user.key, _user_slot_keys(user), [userid, clientid, clientid])
+        keys = [*_user_slot_keys(user), self._feeds[slot(user.key)]]
+        d = self._run(_SCRIPTS.leave, user.key, keys, [userid, clientid, clientid, self._retention_ms])
+        d.addCallback(self.change_feed.counted_one)
         return d.addCallback(self._left, user.partition)
 
     def _left(self, gone: Any, partition: int) -> Any:
@@ -342,13 +360,29 @@ class ClusterTopology:
         d = self._run_all(_SCRIPTS.read_many, calls)
         return d.addCallback(_in_order, groups, len(userids))
 
+    def _change_feed(self) -> RedisFeed:
+        """The change feed its scripts record (lua/feed.lua): a stream per user slot; it
+        counts what they record."""
+        cluster = self._cluster
+
+        def run(script: Script, keys: Sequence[str], args: Sequence[object]) -> Deferred[Any]:
+            return script.run(cluster.commands(slot(keys[0])), keys, args)
+
+        return RedisFeed(
+            self._prefix, self._retention_ms / 1000, self._reactor,
+            ClusterReader(cluster, self._prefix, _SCRIPTS), _SCRIPTS, run,
+            lambda *command: cluster.execute(slot(str(command[1])), *command),
+        )
+
     # Erasure, the control channel, scans.
 
     def erase(self, userid: str, message: str) -> Deferred[int]:
         """In the user's slot; their partition's index entries are dropped by the
         sweep when due (nothing is behind them), its count adjusted here."""
         user = self._users(userid)
-        d = self._run(_SCRIPTS.erase, user.key, _user_slot_keys(user), [message, userid])
+        keys = [*_user_slot_keys(user), self._feeds[slot(user.key)]]
+        d = self._run(_SCRIPTS.erase, user.key, keys, [message, userid, self._retention_ms])
+        d.addCallback(self.change_feed.counted_one)
         return d.addCallback(self._left, user.partition)
 
     def notify(self, channel: str, message: str) -> Deferred[object]:
@@ -401,14 +435,16 @@ class ClusterTopology:
         if not entries:
             return Swept(online, 0, False, lost)
         checks = []
-        for _, group in _by(entries, lambda entry: slot(self._prefix + _device(entry)[0])).items():
+        for user_slot, group in _by(entries, lambda entry: slot(self._prefix + _device(entry)[0])).items():
             keys: list[str] = []
             args: list[object] = [4]
             for entry in group:
                 userid, clientid = _device(entry)
                 keys += _user_slot_keys(self._users(userid))
                 args += (clientid, userid, clientid)
-            d = self._run(_SCRIPTS.expire, keys[0], keys, args)
+            d = self._run(_SCRIPTS.expire, keys[0], [*keys, self._feeds[user_slot]],
+                          [*args, self._retention_ms])
+            d.addCallback(self.change_feed.counted)
             checks.append(d.addCallback(_checked, group))
         d = gatherResults(checks, consumeErrors=True).addCallback(self._reindex, partition)
         return d.addCallback(

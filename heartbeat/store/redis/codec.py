@@ -7,7 +7,7 @@ read or wrote; every instance of every version must read it alike.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from heartbeat.core import fast_json
@@ -74,17 +74,19 @@ def from_member(member: str) -> tuple[str, str] | None:
 Message = tuple[tuple[Presence, ...], dict[str | None, Position] | None]
 
 
-def from_message(userid: str, text: str) -> Message:
+def from_message(userid: str, text: str,
+                 position: Callable[[str], Position] = Position.parse) -> Message:
     """The changes a message on ``userid``'s channel carries, and their positions.
 
     A JSON object with ``time`` and ``status`` (and optionally ``online``,
     default true) is the user's change; with a string ``clientid`` too, the
     device's, and when it is online (a ping) the user's as well. Its
     ``feed`` object (``lua/feed.lua``'s ``with_feed``) gives the position of
-    each view that changed, ``user`` and ``device``; a message without it
-    (another service's) says nothing of the feed. The Go service's ``"time
-    status"`` text is still read, as the user's change. Anything else is
-    ignored.
+    each view that changed, ``user`` and ``device``, as ``position`` reads
+    them (a Cluster's scripts give only the entry's id); a message without
+    it (another service's) says nothing of the feed. The Go service's
+    ``"time status"`` text is still read, as the user's change. Anything
+    else is ignored.
     """
     if not text.startswith("{"):
         stamp, _, text_status = text.partition(" ")
@@ -97,13 +99,13 @@ def from_message(userid: str, text: str) -> Message:
     if not isinstance(event, dict):
         return (), None
     if event.get("erased") is True:
-        return (erased(userid),), _positions(event.get("feed"), None)
+        return (erased(userid),), _positions(event.get("feed"), None, position)
     time, status, online = event.get("time"), event.get("status"), event.get("online", True)
     if (type(time) is not int or time < 0 or not isinstance(status, str) or not status
             or not isinstance(online, bool)):
         return (), None
     clientid = event.get("clientid")
-    positions = _positions(event.get("feed"), clientid)
+    positions = _positions(event.get("feed"), clientid, position)
     user = Presence(userid, time, status, online)
     if not isinstance(clientid, str):
         return (user,), positions
@@ -111,7 +113,8 @@ def from_message(userid: str, text: str) -> Message:
     return ((user, device) if online else (device,)), positions
 
 
-def _positions(feed: object, clientid: object) -> dict[str | None, Position] | None:
+def _positions(feed: object, clientid: object,
+               position: Callable[[str], Position]) -> dict[str | None, Position] | None:
     if not isinstance(feed, dict):
         return None
     positions: dict[str | None, Position] = {}
@@ -119,9 +122,9 @@ def _positions(feed: object, clientid: object) -> dict[str | None, Position] | N
         text = feed.get(key)
         if isinstance(text, str) and (view is None or isinstance(view, str)):
             try:
-                positions[view] = Position.parse(text)
+                positions[view] = position(text)
             except PositionGone:
-                return None  # not heartbeat's: read as if it said nothing
+                return None  # not heartbeat's (or no epoch known yet): as if it said nothing
     return positions
 
 

@@ -6,7 +6,9 @@ fragments it needs on its first line (``--! needs: codes now emit ...``);
 it is built as the layout's fragment (``layout_single.lua`` or
 ``layout_cluster.lua``: ``PUBLISH`` or ``SPUBLISH``), then those fragments
 in order, then its own body, so a step written once in a fragment runs in
-both layouts. Scripts are called by hash (``EVALSHA``) and sent in full
+both layouts. A script whose first line is a shebang (``#!lua flags=…``,
+which Redis reads only there) keeps it first, its needs on the next line.
+Scripts are called by hash (``EVALSHA``) and sent in full
 (``EVAL``) only when Redis does not know them yet (``NOSCRIPT``: a fresh or
 restarted server, or ``SCRIPT FLUSH``).
 """
@@ -41,11 +43,15 @@ def source(name: str) -> str:
 def build(name: str, layout: Layout) -> str:
     """Script ``name`` for ``layout``: the layout, the fragments it needs, its body."""
     body = source(name)
+    shebang = ""
+    if body.startswith("#!"):
+        shebang, _, body = body.partition("\n")
+        shebang += "\n"
     first, _, rest = body.partition("\n")
     needs = first[len(_NEEDS):].split() if first.startswith(_NEEDS) else []
     if needs:
         body = rest
-    return "".join([source(f"layout_{layout}"), *(source(n) for n in needs), body])
+    return "".join([shebang, source(f"layout_{layout}"), *(source(n) for n in needs), body])
 
 
 def _codes() -> dict[str, int]:
@@ -120,16 +126,17 @@ class Scripts:
     erase: Script
     notify: Script
     prune: Script
-    # The change feed's read, and its webhooks' claims and progress (one Redis; a
-    # Cluster keeps no feed yet).
+    # The change feed's read (one Redis), and its webhooks' claims and progress.
     changes: Script
     claim: Script
     delivered: Script
     # One Redis only.
     restore: Script
-    # A Cluster only (cluster_topology).
+    # A Cluster only (cluster_topology; feed.ClusterReader).
     arm: Script
     reindex: Script
+    slot_changes: Script
+    feed_epoch: Script
 
 
 @cache

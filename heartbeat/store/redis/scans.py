@@ -26,8 +26,11 @@ from typing import Any, Literal
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+from txredisapi import ConnectionError as RedisConnectionError
 
 from heartbeat.core.errors import BadInput
+from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.store.memory import prune_interval
 from heartbeat.store.redis.keys import user_keys
 from heartbeat.store.redis.topology import Topology
@@ -153,8 +156,7 @@ class DeviceRetention:
         self._next_walk = now + prune_interval(self._retention)
         self._busy = True
         d = ensureDeferred(self._walk(now - self._retention))
-        d.addErrback(lambda f: log.failure("forgetting old devices failed", f,
-                                           log_level=LogLevel.warn))
+        d.addErrback(_walk_failed)
         d.addBoth(self._done)
 
     def _done(self, _: object) -> None:
@@ -174,3 +176,12 @@ class DeviceRetention:
                                      for k in keys) if u is not None]
                 if users:
                     await self._topology.prune(users, cutoff)
+
+
+def _walk_failed(failure: Failure) -> None:
+    """A walk cut short by Redis going away (a failover, a restart) is expected and
+    told in one line: the next walk starts over. Anything else keeps its traceback."""
+    if failure.check(RedisConnectionError, StoreUnavailable):
+        log.warn("forgetting old devices stopped: {why}", why=failure.getErrorMessage())
+    else:
+        log.failure("forgetting old devices failed", failure, level=LogLevel.warn)

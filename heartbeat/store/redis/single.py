@@ -12,7 +12,7 @@ reads every partition.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -27,10 +27,10 @@ from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.store.changelog import DEFAULT_RETENTION
 from heartbeat.store.redis.address import RedisAddress
 from heartbeat.store.redis.codec import deadline_member, from_member, ping_args
-from heartbeat.store.redis.feed import RedisFeed, feed_keys
+from heartbeat.store.redis.feed import RedisFeed, SingleReader, feed_keys
 from heartbeat.store.redis.keys import PARTITIONS, partition_keys, user_keys
 from heartbeat.store.redis.link import RedisLink, peer
-from heartbeat.store.redis.lua import scripts
+from heartbeat.store.redis.lua import Script, scripts
 from heartbeat.store.redis.sentinel import route_for
 from heartbeat.store.redis.tls import TrustRoot
 from heartbeat.store.redis.topology import Events, Outcome, Swept
@@ -84,6 +84,7 @@ class SingleTopology:
         )
         self._route.follow(self._command_link)
         self._route.follow(self._subscriber_link)
+        self.change_feed = self._change_feed()
 
     @property
     def available(self) -> bool:
@@ -143,6 +144,7 @@ class SingleTopology:
             keys += (user.key, user.devices, user.online, deadlines, count)
             args += ping_args(ping, deadline_member(ping.userid, ping.clientid), hides)
         d = _SCRIPTS.ping.run(conn, [*keys, self._feed], [*args, self._retention_ms])
+        d.addCallback(self.change_feed.counted)
         if wait_replicas:
             d.addCallback(self._wait, conn, wait_replicas)
         else:
@@ -157,8 +159,9 @@ class SingleTopology:
         user = user_keys(self._prefix, userid)
         deadlines, count = partition_keys(self._prefix, user.partition)
         keys = [user.key, user.devices, user.online, deadlines, count, self._feed]
-        return _SCRIPTS.leave.run(self._conn(), keys, [
+        d = _SCRIPTS.leave.run(self._conn(), keys, [
             userid, clientid, deadline_member(userid, clientid), self._retention_ms])
+        return d.addCallback(self.change_feed.counted_one)
 
     def rearm(self, devices: list[tuple[str, str]], after: float) -> Deferred[None]:
         """In chunks (Redis runs one script at a time), all sent at once."""
@@ -199,11 +202,14 @@ class SingleTopology:
             keys += (user.key, user.devices, user.online)
         return _SCRIPTS.read_many.run(self._conn(), keys)
 
-    def change_feed(self) -> RedisFeed:
-        """The change feed its scripts record (lua/feed.lua)."""
+    def _change_feed(self) -> RedisFeed:
+        """The change feed its scripts record (lua/feed.lua), which counts what they record."""
+        def run(script: Script, keys: Sequence[str], args: Sequence[object]) -> Deferred[Any]:
+            return maybeDeferred(lambda: script.run(self._conn(), keys, args))
+
         return RedisFeed(
-            self._prefix, self._retention_ms / 1000, self._reactor, _SCRIPTS,
-            lambda script, keys, args: script.run(self._conn(), keys, args),
+            self._prefix, self._retention_ms / 1000, self._reactor,
+            SingleReader(self._prefix, _SCRIPTS, run), _SCRIPTS, run,
             lambda *command: maybeDeferred(lambda: self._conn().execute_command(*command)),
         )
 
@@ -222,8 +228,9 @@ class SingleTopology:
         user = user_keys(self._prefix, userid)
         keys = [user.key, user.devices, user.online, *partition_keys(self._prefix, user.partition),
                 self._feed]
-        return _SCRIPTS.erase.run(self._conn(), keys,
-                                  [message, userid, *members, self._retention_ms])
+        d = _SCRIPTS.erase.run(self._conn(), keys,
+                               [message, userid, *members, self._retention_ms])
+        return d.addCallback(self.change_feed.counted_one)
 
     def notify(self, channel: str, message: str) -> Deferred[object]:
         return _SCRIPTS.notify.run(self._conn(), [channel], [message])
@@ -269,6 +276,7 @@ class SingleTopology:
             args += (member, *device)
         again = any(count >= batch for count in full)
         d = _SCRIPTS.expire.run(conn, [*keys, self._feed], [*args, self._retention_ms])
+        d.addCallback(self.change_feed.counted)
         return d.addCallback(
             lambda out: Swept(online, sum(int(g) for g in out[::2]), again, lost))
 

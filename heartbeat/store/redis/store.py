@@ -73,7 +73,7 @@ def topology_for(reactor: Any, address: RedisAddress, prefix: str,
     if address.kind == "cluster":
         from heartbeat.store.redis.cluster_topology import ClusterTopology
 
-        return ClusterTopology(reactor, address, prefix, trust, max_devices)
+        return ClusterTopology(reactor, address, prefix, trust, changes_retention, max_devices)
     from heartbeat.store.redis.single import SingleTopology
 
     return SingleTopology(reactor, address, prefix, trust, changes_retention, max_devices)
@@ -109,9 +109,8 @@ class RedisStore(Service):
         # DEVICE_RETENTION: None keeps devices for ever (tests that do not prune).
         self._retention = None if retention is None else DeviceRetention(
             topology, prefix, self._cluster, retention, reactor)
-        # The change feed (SPEC §8), where the topology keeps one (one Redis, Sentinel).
-        make_feed = getattr(topology, "change_feed", None)
-        self.change_feed: RedisFeed | None = None if make_feed is None else make_feed()
+        # The change feed (SPEC §8); a stand-in topology (tests) may keep none.
+        self.change_feed: RedisFeed | None = getattr(topology, "change_feed", None)
         self.reconnects = topology.reconnects
         self._reactor = reactor
         self._prefix = prefix
@@ -145,6 +144,11 @@ class RedisStore(Service):
     def liveness_failures(self) -> dict[str, int]:
         """Per connection: times it was dropped for not answering a PING."""
         return self._topology.liveness_failures
+
+    @property
+    def changes_recorded(self) -> int:
+        """Changes this instance's scripts recorded in the feed (none without one)."""
+        return 0 if self.change_feed is None else self.change_feed.changes_recorded
 
     def online_users(self) -> int | None:
         """As the last sweep counted them (None before the first)."""
@@ -356,7 +360,7 @@ class RedisStore(Service):
             if userid is not None and self.listener is not None:
                 self.listener.disconnect(userid)
             return
-        relay(self.listener, self._prefix, channel, text)
+        relay(self.listener, self._prefix, channel, text, self.change_feed)
 
     def bus_lost(self) -> None:
         if self.listener is not None:

@@ -1,7 +1,7 @@
 --! needs: now
 -- The change feed's read (one Redis). KEYS: the feed's stream, its epoch key. ARGV:
 -- an epoch to keep if the feed has none yet, where to read after ('' for the oldest
--- kept), the most entries (0: none, only the tip), the retention (ms). Returns the
+-- kept), the most entries (0 or less: none, only the tip), the retention (ms). Returns the
 -- epoch, the time (ms), the floor (every entry added after this read is above it),
 -- the newest entry's id ('' for none) and the entries.
 local epoch = redis.call('GET', KEYS[2])

@@ -5,7 +5,8 @@
 -- (5, or 4 with no count), then per entry its deadline member, user and device. An
 -- entry still due is removed and its device taken offline in the same atomic step,
 -- so an entry claimed twice goes offline once. Returns per entry 1 if its user went
--- offline else 0, then its deadline if it is not due yet, else ''.
+-- offline else 0, then its deadline if it is not due yet, else ''; last, the changes
+-- recorded (feed.lua).
 local stride = tonumber(ARGV[1])
 local out = {}
 for i = 1, (#ARGV - 1) / 3 do
@@ -22,4 +23,5 @@ for i = 1, (#ARGV - 1) / 3 do
   end
   out[2 * i - 1], out[2 * i] = gone, pending
 end
+out[#out + 1] = recorded
 return out

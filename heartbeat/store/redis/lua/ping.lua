@@ -9,6 +9,7 @@
 -- Returns per ping a code of codes.lua or an error's text: the other pings are
 -- stored all the same. Not armed, a ping whose index does not hold it, and every
 -- later ping of its user in the call, is NEEDS_ARM: kept in order, for the retry.
+-- Then the changes recorded (feed.lua).
 local timeout, stride = tonumber(ARGV[1]), tonumber(ARGV[2])
 local armed = ARGV[3] ~= ''
 local limit = tonumber(ARGV[4])
@@ -30,4 +31,5 @@ for i = 1, #KEYS / stride do
       deadline, limit)
   end
 end
+results[#results + 1] = recorded
 return results
