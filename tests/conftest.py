@@ -9,6 +9,7 @@ import pytest
 # every test's.
 from tests.helpers.fixtures import (  # noqa: F401
     any_redis,
+    cluster,
     daemon,
     module_redis,
     redis_server,

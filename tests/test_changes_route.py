@@ -25,6 +25,7 @@ from heartbeat.store.memory import MemoryStore
 from heartbeat.store.sqlite import Database, SQLiteStore
 from heartbeat.web.api import Api
 from heartbeat.web.klein_app import HeartbeatApp
+from tests.helpers.backend_calls import apply, from_status
 from tests.helpers.sqlite_writer import Writer
 from tests.helpers.stub_http import call, settled
 
@@ -165,21 +166,6 @@ def test_status_carries_the_cursor_it_includes():
     code, headers, body = call(client, "GET", "/status?user=alice")
     _, page = changes(client)
     assert headers["heartbeat-cursor"] == page["next"]
-
-
-def apply(state: dict, change: dict) -> None:
-    """What a backend keeps from the feed: each user's online, status and devices."""
-    user = state.setdefault(change["userid"], {"devices": {}})
-    if "clientid" in change:
-        user["devices"][change["clientid"]] = change["online"]
-    else:
-        user["online"], user["status"] = change["online"], change["status"]
-
-
-def from_status(body: dict) -> dict:
-    return {userid: {"online": s["online"], "status": s["status"],
-                     "devices": {c: d["online"] for c, d in s["devices"].items()}}
-            for userid, s in body.items() if s is not None}
 
 
 USERS = ["a", "b"]

@@ -9,48 +9,28 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
-from itertools import count
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from heartbeat.store.redis.keys import slot
+from tests.helpers.backend_calls import KEY, FeedFollower, changes_since, statuses_changed
 from tests.helpers.claims import claim_header
-from tests.helpers.clients import SSEClient, get, post_ping
+from tests.helpers.clients import PingLoad, SSEClient, get, post_ping
 from tests.helpers.processes import need_binary
-from tests.helpers.redis_cluster import RedisCluster, migrate_slot
+from tests.helpers.redis_cluster import (
+    RedisCluster,
+    fresh_user,
+    migrate_slot,
+    moved_off,
+    shard_subscribers,
+    users_on_every_master,
+)
 from tests.helpers.waiting import wait_for
 
 TIMEOUT = 2
 LATEST = TIMEOUT + 5
-_ids = count()
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    cluster = RedisCluster(Path(tmp_path_factory.mktemp("cluster"))).start()
-    yield cluster
-    cluster.stop()
-
-
-def users_on_every_master(cluster: RedisCluster, per_master: int = 2) -> list[str]:
-    """Fresh user ids, ``per_master`` of them in each master's slots."""
-    wanted: dict[str, list[str]] = {address: [] for address in cluster.masters()}
-    while any(len(users) < per_master for users in wanted.values()):
-        userid = f"user{next(_ids)}"
-        owner = cluster.owner(slot("heartbeat:" + userid)).address
-        if len(wanted[owner]) < per_master:
-            wanted[owner].append(userid)
-    return [userid for users in wanted.values() for userid in users]
-
-
-def shard_subscribers(cluster: RedisCluster, userid: str) -> int:
-    channel = "heartbeat:" + userid
-    reply = cluster.owner(slot(channel)).command("PUBSUB", "SHARDNUMSUB", channel)
-    return int(reply.split()[1])
 
 
 def ping(port: int, userid: str, status: str, clientid: str = "c1") -> int:
@@ -58,7 +38,7 @@ def ping(port: int, userid: str, status: str, clientid: str = "c1") -> int:
 
 
 def cluster_daemons(start_daemon, cluster: RedisCluster, count: int = 2) -> list:
-    args = ["--redis", cluster.url, "--presence-timeout", str(TIMEOUT)]
+    args = ["--redis", cluster.url, "--presence-timeout", str(TIMEOUT), "--api-key", KEY]
     return [start_daemon(args) for _ in range(count)]
 
 
@@ -105,33 +85,6 @@ def test_offline_events_come_once_from_every_instance_sweeping(cluster, start_da
         stream.close()
 
 
-class Pinger(threading.Thread):
-    """Pings each user with a rising counter until stopped; remembers what was acknowledged."""
-
-    def __init__(self, port: int, users: list[str]) -> None:
-        super().__init__(daemon=True)
-        self.port = port
-        self.users = users
-        self.acknowledged: dict[str, int] = {}
-        self.refused = 0
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        n = 0
-        while not self.stopping.is_set():
-            n += 1
-            for userid in self.users:
-                if ping(self.port, userid, str(n)) == 200:
-                    self.acknowledged[userid] = n
-                else:
-                    self.refused += 1
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join()
-
-
 def last_status(stream: SSEClient, wanted: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -161,7 +114,7 @@ def with_redis_cli(cluster: RedisCluster) -> tuple[list[str], str, Callable[[], 
     moving = set(sorted(n for start, end in masters[source] for n in range(start, end + 1))[:300])
     users: list[str] = []
     while len(users) < 3:
-        userid = f"user{next(_ids)}"
+        userid = fresh_user()
         if slot("heartbeat:" + userid) in moving:
             users.append(userid)
 
@@ -178,19 +131,25 @@ def with_redis_cli(cluster: RedisCluster) -> tuple[list[str], str, Callable[[], 
 
 @pytest.mark.parametrize("reshard", [slot_by_slot, with_redis_cli], ids=["slot-by-slot", "redis-cli"])
 def test_slots_of_watched_users_resharded_under_load_lose_nothing(cluster, start_daemon, reshard):
+    """Not in the streams, nor in the change feed, where each user's changes keep their order."""
     pinger_daemon, watcher = cluster_daemons(start_daemon, cluster)
     users, target, move = reshard(cluster)
+    cursor = get(watcher.port, "/status?" + "&".join(f"user={u}" for u in users))[1][
+        "heartbeat-cursor"]
     streams = {userid: SSEClient(watcher.port, f"/subscribe/{userid}") for userid in users}
     for userid in users:
         wait_for(lambda userid=userid: shard_subscribers(cluster, userid) == 1)
-    pinger = Pinger(pinger_daemon.port, users)
+    follower = FeedFollower(watcher.port, cursor)  # a backend reading the feed live
+    follower.start()
+    pinger = PingLoad([pinger_daemon.port], users)
     pinger.start()
     try:
-        wait_for(lambda: len(pinger.acknowledged) == len(users))
+        wait_for(lambda: pinger.answered(1))
         move()
         time.sleep(1)
     finally:
         pinger.stop()
+    followed = follower.stop()
 
     for userid in users:
         node = cluster.owner(slot("heartbeat:" + userid))
@@ -198,19 +157,21 @@ def test_slots_of_watched_users_resharded_under_load_lose_nothing(cluster, start
         stored = node.command("HGET", "heartbeat:" + userid, "status").decode().strip()
         # Nothing acknowledged was lost: the stored ping is the last one answered 200
         # (or one after it that was stored but whose answer was a 503).
-        assert int(stored) >= pinger.acknowledged[userid]
+        assert int(stored) >= pinger.acknowledged[userid][-1]
         last_status(streams[userid], stored)
         wait_for(lambda userid=userid: shard_subscribers(cluster, userid) == 1)
-    assert pinger.refused <= 5 * len(users), pinger.refused
     for stream in streams.values():
         stream.close()
-
-
-def victim_moved(cluster: RedisCluster, userid: str, master) -> bool:
-    try:
-        return cluster.owner(slot("heartbeat:" + userid)) is not master
-    except LookupError:  # no master for the slot yet
-        return False
+    changes = changes_since(pinger_daemon.port, cursor)
+    assert follower.failed == []
+    for userid in users:
+        changed = statuses_changed(changes, userid)
+        assert changed == sorted(set(changed)), (userid, changed)
+        lost = sorted(set(pinger.acknowledged[userid]) - set(changed))
+        assert not lost, (userid, lost)
+        # Read live, through the move: the same.
+        assert statuses_changed(followed, userid) == changed, userid
+    assert pinger.refused <= 5 * len(users), pinger.refused
 
 
 def test_a_master_killed_is_followed_to_its_promoted_replica(cluster, start_daemon):
@@ -232,7 +193,7 @@ def test_a_master_killed_is_followed_to_its_promoted_replica(cluster, start_daem
         while ping(pinger.port, victim, "after") != 200:
             refused += 1
             assert time.monotonic() - killed < 20, "no replica took over"
-            if promoted is None and victim_moved(cluster, victim, master):
+            if promoted is None and moved_off(cluster, victim, master):
                 promoted = time.monotonic()
         stored = time.monotonic()
         promoted = promoted or stored

@@ -7,10 +7,11 @@ import http.client
 import json
 import threading
 import time
+from urllib.parse import quote
 
 import pytest
 
-from heartbeat.core.changes import Position, PositionGone
+from tests.helpers.backend_calls import AUTH, KEY
 from tests.helpers.claims import claim
 from tests.helpers.clients import SSEClient, get, post_ping
 from tests.helpers.processes import Daemon
@@ -138,16 +139,22 @@ def test_batch_under_load_sends_at_most_one_batch_per_window_with_the_latest(dae
     assert min(gaps) > 1.5, gaps  # sent by the server 2 s apart; read with some jitter
 
 
-@pytest.fixture(params=["embedded", "redis"])
+def redis_url(request: pytest.FixtureRequest, layout: str) -> str:
+    """``REDIS`` of a redis-server of the test's own ("redis"), or of the module's Cluster."""
+    if layout == "redis":
+        return request.getfixturevalue("redis_server").address
+    return request.getfixturevalue("cluster").url
+
+
+@pytest.fixture(params=["embedded", "redis", "cluster"])
 def pinged_and_watched(request, start_daemon) -> tuple[Daemon, Daemon]:
     """(the daemon pings go to, the one streams read): one embedded daemon, or two
-    daemons on one redis-server, the change crossing the bus."""
+    daemons on one redis-server or on a Redis Cluster, the change crossing the bus."""
     if request.param == "embedded":
-        daemon = start_daemon()
+        daemon = start_daemon(env={"API_KEY": KEY})
         return daemon, daemon
-    redis_server = request.getfixturevalue("redis_server")
-    args = ["--redis", redis_server.address]
-    return start_daemon(args), start_daemon(args)
+    env = {"REDIS": redis_url(request, request.param), "API_KEY": KEY}
+    return start_daemon(env=env), start_daemon(env=env)
 
 
 def test_reconnecting_after_10_of_256_changed_gets_exactly_those_10(pinged_and_watched):
@@ -160,11 +167,11 @@ def test_reconnecting_after_10_of_256_changed_gets_exactly_those_10(pinged_and_w
     path = "/subscribe?" + query(*USERS) + "&changes=only"
     first = stream(watched, path)
     opening = {first.message()[1] for _ in USERS}
-    assert len(opening) == 1 and is_position(opening.pop())
+    assert len(opening) == 1 and is_position(watched, opening.pop())
     pinger.ping(USERS[0], "0")  # no change: no event
     pinger.ping(USERS[0], "5")
     _, live, data = first.message()
-    assert data["userid"] == USERS[0] and data["status"] == "5" and is_position(live)
+    assert data["userid"] == USERS[0] and data["status"] == "5" and is_position(watched, live)
     first.no_event(0.3)
     first.close()
     changed = USERS[100:110]
@@ -176,7 +183,7 @@ def test_reconnecting_after_10_of_256_changed_gets_exactly_those_10(pinged_and_w
     resumed = [again.message() for _ in changed]
     assert sorted(data["userid"] for _, _, data in resumed) == sorted(changed)
     assert {data["status"] for _, _, data in resumed} == {"1"}
-    assert all(is_position(eid) for _, eid, _ in resumed)
+    assert all(is_position(pinged, eid) for _, eid, _ in resumed)
     again.no_event(0.5)
     # A stale or foreign id: the full state.
     full = stream(watched, path, headers={"Last-Event-ID": "1800000000-abcdef012345"})
@@ -184,12 +191,10 @@ def test_reconnecting_after_10_of_256_changed_gets_exactly_those_10(pinged_and_w
     pinger.close()
 
 
-def is_position(event_id: str) -> bool:
-    try:
-        Position.parse(event_id)
-    except PositionGone:
-        return False
-    return True
+def is_position(daemon: Daemon, event_id: str) -> bool:
+    """Whether ``event_id`` is a position of the daemon's change feed (the daemon
+    needs ``API_KEY``): ``/changes`` reads on from it."""
+    return get(daemon.port, f"/changes?limit=1&after={quote(event_id)}", headers=AUTH)[0] == 200
 
 
 def test_post_subscribe_takes_1000_users(start_daemon):
@@ -222,7 +227,7 @@ def test_any_other_option_value_is_400_on_every_route(daemon):
 
 def test_changes_only_across_two_instances_on_redis(redis_server, start_daemon):
     """The same one-per-change events across the bus, each id a feed position."""
-    args = ["--redis", redis_server.address, "--presence-timeout", "2"]
+    args = ["--redis", redis_server.address, "--presence-timeout", "2", "--api-key", KEY]
     one, two = start_daemon(args), start_daemon(args)
     user = stream(two, "/subscribe?user=alice&user=bob&changes=only")
     device = stream(two, "/subscribe/alice/client/phone?changes=only&snapshot=1")
@@ -236,10 +241,10 @@ def test_changes_only_across_two_instances_on_redis(redis_server, start_daemon):
     user.no_event(0.5)
     pinger.ping("alice", "1")
     _, position, data = user.message()
-    assert data["status"] == "1" and is_position(position)
+    assert data["status"] == "1" and is_position(two, position)
     pinger.ping("alice", "1", clientid="phone")
     _, position, data = device.message()
-    assert data["online"] is True and is_position(position)
+    assert data["online"] is True and is_position(two, position)
     user.no_event(0.3)
     pinger.ping("alice", "", clientid="phone", path="/leave")
     assert device.event()["online"] is False
@@ -248,19 +253,21 @@ def test_changes_only_across_two_instances_on_redis(redis_server, start_daemon):
     pinger.close()
 
 
-def test_resume_across_two_instances_on_redis(redis_server, start_daemon):
+@pytest.mark.parametrize("layout", ["redis", "cluster"])
+def test_resume_across_two_instances_on_redis(request, start_daemon, layout):
     """The Redis feed gives the stream's first events a position: a client that comes
-    back, to the other instance, gets only the users that changed since."""
-    args = ["--redis", redis_server.address]
+    back, to the other instance, gets only the users that changed since (users of
+    their own: a Cluster serves the whole module)."""
+    args = ["--redis", redis_url(request, layout)]
     one, two = start_daemon(args), start_daemon(args)
-    users = USERS[:40]
+    users = [f"resumer-{i}" for i in range(40)]
     pinger = Pinger(one.port)
     for userid in users:
         pinger.ping(userid, "0")
     path = "/subscribe?" + query(*users) + "&changes=only&snapshot=1"
     first = stream(two, path)
     name, position, data = first.message()
-    assert name == "snapshot" and len(data["users"]) == 40 and "_" in position
+    assert name == "snapshot" and len(data["users"]) == 40 and position
     first.close()
     changed = users[7:10]
     for userid in changed:

@@ -9,6 +9,11 @@ own stream and a read merges them.
 
 from __future__ import annotations
 
+import json
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
@@ -20,7 +25,18 @@ from heartbeat.core.presence import Ping
 from heartbeat.core.store_contract import StoreUnavailable
 from heartbeat.store.redis.feed import slot_streams
 from heartbeat.store.redis.keys import slot
+from tests.helpers.backend_calls import (
+    KEY,
+    FeedFollower,
+    apply,
+    changes_since,
+    from_status,
+)
+from tests.helpers.claims import claim_header
+from tests.helpers.clients import SSEClient, get, post_ping
+from tests.helpers.redis_cluster import fresh_user
 from tests.helpers.redis_stores import Recorder, started, until
+from tests.helpers.waiting import wait_for
 
 
 @pytest.fixture
@@ -285,6 +301,11 @@ def test_status_cursor_and_changes_through_the_daemon_across_a_restart(start_dae
     assert [(c["type"], c["userid"], c["status"]) for c in json.loads(body)["changes"]] == [
         ("status", "bob", "2")]
     assert "heartbeat_changes_recorded_total 1.0\n" in get(again.port, "/metrics")[2].decode()
+    # The same as a stream, resumed by Last-Event-ID from the cursor.
+    resumed = SSEClient(again.port, "/changes", headers={**auth, "Last-Event-ID": cursor})
+    assert [resumed.event() for _ in range(4)] == page["changes"] + json.loads(body)["changes"]
+    resumed.no_event(0.3)
+    resumed.close()
     assert get(again.port, "/changes?after=zz99_1-0", headers=auth)[0] == 410
     # A change's id resumes as its position does.
     _, _, body = get(again.port, f"/changes?after={cursor}&limit=1", headers=auth)
@@ -297,6 +318,13 @@ def test_status_cursor_and_changes_through_the_daemon_across_a_restart(start_dae
     assert by_id == json.loads(body)["changes"]  # not "next": the tip moves with Redis time
     assert [(c["type"], c["userid"]) for c in by_id] == [
         ("online", "bob"), ("device_online", "bob"), ("status", "bob")]
+    # The cursor is stale to an instance that keeps changes for a second; and a flushed
+    # Redis is another feed, whose positions are gone however recent.
+    brief = start_daemon(env={**env, "CHANGES_RETENTION": "1"})
+    wait_for(lambda: get(brief.port, f"/changes?after={cursor}", headers=auth)[0] == 410)
+    redis.flush()
+    code, _, body = get(again.port, f"/changes?after={page['next']}", headers=auth)
+    assert code == 410 and json.loads(body)["error"]
 
 
 @pytest_twisted.ensureDeferred
@@ -350,6 +378,66 @@ async def test_a_slot_migrating_is_read_where_its_stream_is_and_never_skipped(ma
     page = await read(feed, start)
     assert by_user(page.changes) == everyone
     assert len({c.id for c in page.changes}) == len(page.changes)
+
+
+def test_status_and_its_cursor_then_changes_reconstruct_every_user_under_concurrent_pings(
+        start_daemon, redis):
+    """SPEC §8's resync while two instances take pings and leaves of 30 users (on every
+    node of a Cluster) from two threads: every ``/status`` read meanwhile, with the
+    changes after its ``Heartbeat-Cursor``, gives every user's final state exactly; and a
+    backend following ``/changes`` live (long polls) gets what a read afterwards gets."""
+    env = {"REDIS": redis.url, "API_KEY": KEY}
+    daemons = [start_daemon(env=env) for _ in range(2)]
+    users = [fresh_user() for _ in range(30)]
+    query = "/status?" + "&".join(f"user={u}" for u in users)
+
+    def resync() -> tuple[dict, str]:
+        code, headers, body = get(daemons[0].port, query)
+        assert code == 200, body
+        return from_status(json.loads(body)), headers["heartbeat-cursor"]
+
+    start, cursor = resync()
+    follower = FeedFollower(daemons[1].port, cursor)
+    follower.start()
+
+    def load(seed: int) -> None:
+        chance = random.Random(seed)
+        for _ in range(400):
+            userid, clientid = chance.choice(users), chance.choice(("web", "phone"))
+            headers = claim_header(userid, clientid)
+            if chance.random() < 0.2:
+                assert post_ping(daemons[seed].port, "", None, headers=headers,
+                                 path="/leave")[0] == 200
+            else:
+                status = chance.choice("012")
+                assert post_ping(daemons[seed].port, status, None, headers=headers)[0] == 200
+
+    snapshots = []
+    with ThreadPoolExecutor(2) as pool:
+        loads = [pool.submit(load, seed) for seed in (0, 1)]
+        while not all(f.done() for f in loads):
+            snapshots.append(resync())
+            time.sleep(0.1)
+        for f in loads:
+            f.result()
+    followed = follower.stop()
+    assert (follower.unavailable, follower.failed) == (0, [])
+    final, _ = resync()
+    assert len(snapshots) >= 3, len(snapshots)
+    afterwards = changes_since(daemons[0].port, cursor)
+    # The same changes, each user's in the same order (users may interleave differently).
+    assert {u: [c for c in followed if c["userid"] == u] for u in users} == {
+        u: [c for c in afterwards if c["userid"] == u] for u in users}
+
+    def rebuilt(state: dict, changes: list[dict]) -> dict:
+        for change in changes:
+            if change["userid"] in users:
+                apply(state, change)
+        return state
+
+    assert rebuilt(start, followed) == final
+    for state, position in snapshots:
+        assert rebuilt(state, changes_since(daemons[1].port, position)) == final
 
 
 def test_the_feed_through_sentinel_continues_on_the_promoted_replica(start_daemon, tmp_path):

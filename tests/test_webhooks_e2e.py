@@ -12,6 +12,7 @@ import json
 import signal
 import time
 
+from tests.helpers.backend_calls import in_user_order
 from tests.helpers.clients import SSEClient, get, post_ping
 from tests.helpers.webhook_receiver import SECRET, Receiver
 
@@ -33,17 +34,6 @@ def feed(port: int, after: str = "") -> dict:
 def env(receiver: Receiver, **more: str) -> dict[str, str]:
     return {"API_KEY": KEY, "WEBHOOK_URL": receiver.url, "WEBHOOK_SECRET": SECRET,
             "PRESENCE_TIMEOUT": "2", **more}
-
-
-def in_user_order(delivered: list[dict], recorded: list[dict]) -> None:
-    """Each user's changes, first deliveries only, come in the order recorded."""
-    first: dict[str, dict] = {}
-    for change in delivered:
-        first.setdefault(change["id"], change)
-    order = [c["id"] for c in delivered if first.pop(c["id"], None) is not None]
-    for userid in {c["userid"] for c in recorded}:
-        mine = [c["id"] for c in recorded if c["userid"] == userid]
-        assert [i for i in order if i in set(mine)] == mine
 
 
 def test_every_change_arrives_signed_and_in_user_order_after_500s_a_timeout_and_an_outage(

@@ -1,4 +1,5 @@
-"""The app's backend, as end-to-end tests call it: the API key, its routes, many pings fast."""
+"""The app's backend, as tests call it: the API key, its routes, many pings fast, and the
+change feed read and applied as a backend does (SPEC §8)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import http.client
 import json
 import re
 import socket
+import threading
+import time
 from collections import Counter
+from urllib.parse import quote
 
 from tests.helpers.clients import post_ping
 from tests.helpers.waiting import wait_for
@@ -81,3 +85,99 @@ def old_device_is_forgotten(first: int, second: int, userid: str = "r") -> None:
     assert post_ping(second, "1", userid=userid)[0] == 200  # device c1, online
     assert set(status(second, [userid])[userid]["devices"]) == {"old", "c1"}
     wait_for(lambda: set(status(second, [userid])[userid]["devices"]) == {"c1"}, 15)
+
+
+def changes_since(port: int, after: str | None = None) -> list[dict]:
+    """Every change ``GET /changes`` has after ``after`` (without it: from the oldest
+    kept), page after page until one comes back empty."""
+    found: list[dict] = []
+    while True:
+        query = "/changes?limit=1000" + ("" if after is None else f"&after={quote(after)}")
+        code, body = request(port, "GET", query)
+        assert code == 200, (code, body)
+        page = json.loads(body)
+        found += page["changes"]
+        after = page["next"]
+        if not page["changes"]:
+            return found
+
+
+class FeedFollower(threading.Thread):
+    """A backend following ``GET /changes`` live, by long polls from ``after``, until
+    stopped and a page comes back empty. A ``5xx`` is asked again, as a backend would:
+    ``503``s (the store away) are counted, any other answer is kept in ``failed``."""
+
+    def __init__(self, port: int, after: str) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.after = after
+        self.changes: list[dict] = []
+        self.unavailable = 0
+        self.failed: list[tuple[int, bytes]] = []
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while True:
+                finishing = self.stopping.is_set()
+                code, body = request(self.port, "GET",
+                                     f"/changes?limit=1000&wait=1&after={quote(self.after)}")
+                if code != 200:
+                    assert code >= 500, (code, body)
+                    if code == 503:
+                        self.unavailable += 1
+                    else:
+                        self.failed.append((code, body))
+                    time.sleep(0.1)
+                    continue
+                page = json.loads(body)
+                self.changes += page["changes"]
+                self.after = page["next"]
+                if finishing and not page["changes"]:
+                    return
+        except BaseException as error:  # handed to the test by stop()
+            self.error = error
+
+    def stop(self) -> list[dict]:
+        """Every change read, once the feed has been read to its end."""
+        self.stopping.set()
+        self.join(60)
+        assert not self.is_alive(), "the follower never reached the feed's end"
+        if self.error is not None:
+            raise self.error
+        return self.changes
+
+
+def statuses_changed(changes: list[dict], userid: str) -> list[int]:
+    """The statuses of ``userid``'s own changes (``online``, ``status``), in feed order,
+    as the integers ``PingLoad`` sent."""
+    return [int(c["status"]) for c in changes
+            if c["userid"] == userid and c["type"] in ("online", "status")]
+
+
+def apply(state: dict, change: dict) -> None:
+    """What a backend keeps from the feed: each user's online, status and devices."""
+    user = state.setdefault(change["userid"], {"devices": {}})
+    if "clientid" in change:
+        user["devices"][change["clientid"]] = change["online"]
+    else:
+        user["online"], user["status"] = change["online"], change["status"]
+
+
+def from_status(body: dict) -> dict:
+    """The same of a ``/status`` answer."""
+    return {userid: {"online": s["online"], "status": s["status"],
+                     "devices": {c: d["online"] for c, d in s["devices"].items()}}
+            for userid, s in body.items() if s is not None}
+
+
+def in_user_order(delivered: list[dict], recorded: list[dict]) -> None:
+    """Each user's changes, first deliveries only, come in the order recorded."""
+    first: dict[str, dict] = {}
+    for change in delivered:
+        first.setdefault(change["id"], change)
+    order = [c["id"] for c in delivered if first.pop(c["id"], None) is not None]
+    for userid in {c["userid"] for c in recorded}:
+        mine = [c["id"] for c in recorded if c["userid"] == userid]
+        assert [i for i in order if i in set(mine)] == mine, userid

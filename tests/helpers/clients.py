@@ -6,10 +6,12 @@ import http.client
 import json
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Mapping
+from itertools import cycle
 
-from tests.helpers.claims import claim
+from tests.helpers.claims import claim, claim_header
 
 
 class SSEClient:
@@ -177,3 +179,47 @@ def health(port: int, tls: ssl.SSLContext | None = None) -> dict:
     status, _, body = get(port, "/health", tls=tls)
     assert status == 200, (status, body)
     return json.loads(body)
+
+
+class PingLoad(threading.Thread):
+    """Pings each user in turn, through each port in turn, with a rising counter as its
+    status (so every ping is a change), until stopped.
+
+    ``acknowledged[userid]`` holds every status answered ``200``, in order; what a
+    ``503`` refused may or may not have been stored.
+    """
+
+    def __init__(self, ports: list[int], users: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.ports = cycle(ports)
+        self.users = users
+        self.acknowledged: dict[str, list[int]] = {userid: [] for userid in users}
+        self.refused = 0
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        n = 0
+        try:
+            while not self.stopping.is_set():
+                n += 1
+                for userid in self.users:
+                    code = post_ping(next(self.ports), str(n), None, headers=claim_header(userid))[0]
+                    if code == 200:
+                        self.acknowledged[userid].append(n)
+                    else:
+                        assert code == 503, code
+                        self.refused += 1
+                time.sleep(0.01)
+        except BaseException as error:  # handed to the test by stop()
+            self.error = error
+
+    def answered(self, at_least: int) -> bool:
+        """Whether every user has had ``at_least`` pings acknowledged."""
+        return all(len(acked) >= at_least for acked in self.acknowledged.values())
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
+        if self.error is not None:
+            raise self.error

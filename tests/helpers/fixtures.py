@@ -135,3 +135,12 @@ def module_redis(request: pytest.FixtureRequest,
     build): each test flushes it first."""
     with _redis_of(request.param, tmp_path_factory.mktemp(request.param)) as redis:
         yield redis
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """One Redis Cluster for a whole test module (it takes seconds to build): its tests
+    use users of their own, and leave it with every master up."""
+    cluster = RedisCluster(Path(tmp_path_factory.mktemp("cluster"))).start()
+    yield cluster
+    cluster.stop()

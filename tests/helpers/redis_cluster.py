@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import time
+from itertools import count
 from pathlib import Path
 
+from heartbeat.store.redis.keys import slot
 from tests.helpers.processes import RedisServer, free_port, need_binary
 
 # Small, so a killed master's replica is promoted within a few seconds.
@@ -123,3 +125,42 @@ def migrate_slot(cluster: RedisCluster, slot: int, target: RedisServer,
         time.sleep(pause)
     for node in (target, source, *(n for n in cluster.alive() if n not in (target, source))):
         node.command("CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+
+
+_ids = count()
+
+
+def fresh_user() -> str:
+    """A user id no other test of the run has used."""
+    return f"user{next(_ids)}"
+
+
+def user_slot(userid: str) -> int:
+    """The hash slot of ``userid``'s keys and channel (the default prefix)."""
+    return slot("heartbeat:" + userid)
+
+
+def users_on_every_master(cluster: RedisCluster, per_master: int = 2) -> list[str]:
+    """Fresh user ids, ``per_master`` of them in each master's slots."""
+    wanted: dict[str, list[str]] = {address: [] for address in cluster.masters()}
+    while any(len(users) < per_master for users in wanted.values()):
+        userid = fresh_user()
+        owner = cluster.owner(user_slot(userid)).address
+        if len(wanted[owner]) < per_master:
+            wanted[owner].append(userid)
+    return [userid for users in wanted.values() for userid in users]
+
+
+def shard_subscribers(cluster: RedisCluster, userid: str) -> int:
+    """How many sharded subscribers ``userid``'s channel has on its master."""
+    channel = "heartbeat:" + userid
+    reply = cluster.owner(slot(channel)).command("PUBSUB", "SHARDNUMSUB", channel)
+    return int(reply.split()[1])
+
+
+def moved_off(cluster: RedisCluster, userid: str, master: RedisServer) -> bool:
+    """Whether a master other than ``master`` now serves ``userid``'s slot."""
+    try:
+        return cluster.owner(user_slot(userid)) is not master
+    except LookupError:  # no master for the slot yet
+        return False
