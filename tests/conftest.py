@@ -18,6 +18,7 @@ from tests.helpers.fixtures import (  # noqa: F401
     tls_certificate,
     tls_trust,
 )
+from tests.helpers.redis_stores import make_redis_store, redis_address  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

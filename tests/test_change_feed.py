@@ -96,9 +96,33 @@ def test_pages_limits_and_users(kind, tmp_path):
     rest = read(store, first.next)
     assert len(rest.changes) == 7 and rest.next == read(store).next
     assert str(Position.parse(str(rest.next))) == str(rest.next)
+    everything = read(store)
+    assert [Position.parse(c.id) for c in everything.changes] == list(everything.positions)
     only = read(store, None, 1000, {"u3"})
     assert [c.type for c in only.changes] == ["online", "device_online"]
     assert only.next == rest.next
+
+
+@pytest.mark.parametrize("text, position", [
+    ("e95279ff_5", Position("e95279ff", ("5",))),
+    ("e95279ff-5", Position("e95279ff", ("5",))),
+    ("ab12_1796185312417-3", Position("ab12", ("1796185312417-3",))),
+    ("ab12-1796185312417-3", Position("ab12", ("1796185312417-3",))),
+    ("ab12-1796185312417-3.7", Position("ab12", ("1796185312417-3", "7"))),
+])
+def test_a_position_reads_from_its_text_or_its_changes_id(text, position):
+    assert Position.parse(text) == position
+    assert text in (str(position), position.change_id)
+    assert Position.parse(position.change_id) == Position.parse(str(position)) == position
+
+
+@pytest.mark.parametrize("text", [
+    "", "e95279ff", "e95279ff_", "e95279ff-", "_5", "-5", "e9__5", "e9_-5", "e9_5.", "e9_5.x",
+    "e9 5", "e9_5 ", "a" * 33 + "_5", "e9_1-2-3",
+])
+def test_what_is_neither_a_position_nor_a_changes_id_is_gone(text):
+    with pytest.raises(PositionGone):
+        Position.parse(text)
 
 
 @pytest.mark.parametrize("kind", STORES)

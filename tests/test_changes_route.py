@@ -8,6 +8,7 @@ the changes read after it give every user's state exactly.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -21,22 +22,31 @@ from heartbeat.core.identity import Identity
 from heartbeat.core.presence import Ping
 from heartbeat.daemon.config import load_settings
 from heartbeat.store.memory import MemoryStore
+from heartbeat.store.sqlite import Database, SQLiteStore
 from heartbeat.web.api import Api
 from heartbeat.web.klein_app import HeartbeatApp
 from tests.helpers.backend_calls import apply, from_status
+from tests.helpers.sqlite_writer import Writer
 from tests.helpers.stub_http import call, settled
 
 KEY = "k-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-def make_client(**env: str) -> tuple[StubTreq, MemoryStore, Clock]:
+def make_client(db: Path | None = None, **env: str) -> tuple[StubTreq, MemoryStore, Clock]:
+    """The app over the memory store, or over the SQLite store of the file ``db``
+    (its writes committed at the clock's next turn)."""
     env.setdefault("API_KEY", f"old-key,{KEY}")
     clock = Clock()
     clock.advance(1_800_000_000)
     settings = load_settings({}, environ=env, dotenv={})
-    store = MemoryStore(clock, 10, Hiding.of(settings.hidden_statuses),
-                        changes_retention=settings.changes_retention)
+    hiding = Hiding.of(settings.hidden_statuses)
+    if db is None:
+        store = MemoryStore(clock, 10, hiding, changes_retention=settings.changes_retention)
+    else:
+        store = SQLiteStore(Database.open(str(db)), clock, 10, hiding, writer=Writer(),
+                            changes_retention=settings.changes_retention)
+        store.startService()
     app = HeartbeatApp(Api(store, Hub(store, clock), clock,
                            Identity(None, settings.max_userid_length), settings, None, store))
     return StubTreq(app.resource()), store, clock
@@ -94,6 +104,22 @@ def test_changes_pages_from_the_oldest_and_resumes_from_next():
     assert [c["type"] for c in rest["changes"]] == ["status"]
     code, empty = changes(client, f"?after={rest['next']}")
     assert empty == {"changes": [], "next": rest["next"]}
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_after_a_changes_id_is_after_its_position(kind, tmp_path):
+    client, store, clock = make_client(tmp_path / "heartbeat.db" if kind == "sqlite" else None)
+    store.ping(Ping("alice", 1, "0", "web"))
+    store.ping(Ping("bob", 1, "0", "web"))
+    clock.advance(0)
+    _, first = changes(client, "?limit=1")
+    [change] = first["changes"]
+    assert change["id"] != first["next"]
+    by_id = changes(client, f"?after={change['id']}")
+    assert by_id == changes(client, f"?after={first['next']}")
+    assert by_id[0] == 200
+    assert [(c["type"], c["userid"]) for c in by_id[1]["changes"]] == [
+        ("device_online", "alice"), ("online", "bob"), ("device_online", "bob")]
 
 
 def test_a_stale_position_is_410():

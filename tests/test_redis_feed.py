@@ -23,10 +23,8 @@ from heartbeat.core.changes import Position, PositionGone
 from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping
 from heartbeat.core.store_contract import StoreUnavailable
-from heartbeat.daemon.config import parse_redis
 from heartbeat.store.redis.feed import slot_streams
 from heartbeat.store.redis.keys import slot
-from heartbeat.store.redis.store import RedisStore
 from tests.helpers.backend_calls import (
     KEY,
     FeedFollower,
@@ -37,32 +35,8 @@ from tests.helpers.backend_calls import (
 from tests.helpers.claims import claim_header
 from tests.helpers.clients import SSEClient, get, post_ping
 from tests.helpers.redis_cluster import fresh_user
+from tests.helpers.redis_stores import Recorder, started, until
 from tests.helpers.waiting import wait_for
-
-
-class Quiet:
-    """A listener for a store whose bus this test does not read."""
-
-    resyncs = 0
-
-    def deliver(self, change, position=None, judged=None) -> None: ...
-    def bus_lost(self) -> None: ...
-
-    def resync(self) -> None:
-        self.resyncs += 1
-
-
-async def until(predicate, timeout: float = 10) -> None:
-    """Let the reactor run until ``predicate()`` holds."""
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        assert reactor.seconds() < deadline, f"still not true after {timeout}s"
-        await deferLater(reactor, 0.01)
-
-
-async def started(store: RedisStore) -> RedisStore:
-    await until(lambda: store.available and store.listener.resyncs)
-    return store
 
 
 @pytest.fixture
@@ -72,21 +46,10 @@ def redis(module_redis):
     return module_redis
 
 
-@pytest_twisted.async_yield_fixture
-async def make_store(redis):
-    stores: list[RedisStore] = []
-
-    def make(timeout: float = 60, retention: float = 3600) -> RedisStore:
-        store = RedisStore(parse_redis(redis.url), "heartbeat:", reactor, timeout,
-                           hiding=Hiding.of(("3",)), changes_retention=retention)
-        store.listener = Quiet()
-        store.startService()
-        stores.append(store)
-        return store
-
-    yield make
-    for store in stores:
-        await store.stopService()
+@pytest.fixture
+def redis_address(redis) -> str:
+    """Where ``make_redis_store``'s stores connect: that Redis, or that Cluster."""
+    return redis.url
 
 
 def kinds(page) -> list[tuple]:
@@ -101,8 +64,8 @@ async def read(feed, after, limit=1000, userids=None):
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_scripts_record_each_transitions_changes_and_a_repeat_none(make_store):
-    store = await started(make_store(timeout=1))
+async def test_the_scripts_record_each_transitions_changes_and_a_repeat_none(make_redis_store):
+    store = await started(make_redis_store(timeout=1, hiding=Hiding.of(("3",))))
     feed = store.change_feed
     steps = [
         (lambda: store.ping(Ping("alice", 1, "0", "web")),
@@ -136,16 +99,19 @@ async def test_the_scripts_record_each_transitions_changes_and_a_repeat_none(mak
     everything = await read(feed, None)
     ids = [c.id for c in everything.changes]
     assert len(set(ids)) == len(ids) == 11 == store.changes_recorded
-    # A change's id is its position's text, the epoch's ``_`` made a ``-``.
-    assert ids == [str(p).replace("_", "-", 1) for p in everything.positions]
+    # A change's id is its position's text, the epoch's ``_`` made a ``-``; it reads
+    # back as that position.
+    assert ids == [p.change_id for p in everything.positions]
+    assert [Position.parse(i) for i in ids] == list(everything.positions)
     assert [str(p) for p in everything.positions][-1] == str(page.positions[-1])
     assert (await feed.changes(everything.next, 10)).changes == ()
 
 
-class Told(Quiet):
+class Told(Recorder):
     """A listener that keeps what the bus told of each change: its view, position, judged."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.told: list[tuple[str | None, str, str | None, bool | None]] = []
 
     def deliver(self, change, position=None, judged=None) -> None:
@@ -155,8 +121,8 @@ class Told(Quiet):
 
 @pytest_twisted.ensureDeferred
 async def test_the_bus_carries_each_changes_feed_position_and_another_services_none(
-        make_store, redis):
-    sender, hearer = await started(make_store()), await started(make_store())
+        make_redis_store, redis):
+    sender, hearer = await started(make_redis_store()), await started(make_redis_store())
     hearer.listener = told = Told()
     await hearer.subscribe("alice")
     # The hub reads a position as streams open; a Cluster's bus messages are completed
@@ -201,8 +167,8 @@ def by_user(changes) -> dict[str, list[str]]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_pages_positions_retention_and_strangers(make_store, redis):
-    store = await started(make_store(retention=2))
+async def test_pages_positions_retention_and_strangers(make_redis_store, redis):
+    store = await started(make_redis_store(changes_retention=2))
     feed = store.change_feed
     start = await feed.position()
     for n in range(3):
@@ -231,8 +197,8 @@ async def test_pages_positions_retention_and_strangers(make_store, redis):
 
 
 @pytest_twisted.ensureDeferred
-async def test_many_users_changes_page_through_in_order_each_once(make_store):
-    store = await started(make_store())
+async def test_many_users_changes_page_through_in_order_each_once(make_redis_store):
+    store = await started(make_redis_store())
     feed = store.change_feed
     start = await feed.position()
     users = [f"many{n}" for n in range(24)]  # in every master's slots, on a Cluster
@@ -257,8 +223,8 @@ async def test_many_users_changes_page_through_in_order_each_once(make_store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_erasure_leaves_only_its_erased_change(make_store):
-    store = await started(make_store())
+async def test_an_erasure_leaves_only_its_erased_change(make_redis_store):
+    store = await started(make_redis_store())
     feed = store.change_feed
     start = await feed.position()
     await store.ping(Ping("alice", 1, "0", "web"))
@@ -271,8 +237,8 @@ async def test_an_erasure_leaves_only_its_erased_change(make_store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_waiter_wakes_on_a_change_another_instance_made(make_store):
-    one, other = await started(make_store()), await started(make_store())
+async def test_a_waiter_wakes_on_a_change_another_instance_made(make_redis_store):
+    one, other = await started(make_redis_store()), await started(make_redis_store())
     position = await one.change_feed.position()
     waiting = one.change_feed.wait(position)
     await deferLater(reactor, 0.3, lambda: None)
@@ -284,9 +250,9 @@ async def test_a_waiter_wakes_on_a_change_another_instance_made(make_store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_one_instance_holds_a_urls_claim_and_only_it_records_progress(make_store):
+async def test_one_instance_holds_a_urls_claim_and_only_it_records_progress(make_redis_store):
     url = "https://a.example/h"
-    one, other = await started(make_store()), await started(make_store())
+    one, other = await started(make_redis_store()), await started(make_redis_store())
     assert await one.change_feed.delivered(url) is None
     assert await one.change_feed.claim(url, "one", 0.3)
     assert not await other.change_feed.claim(url, "other", 0.3)
@@ -341,6 +307,17 @@ def test_status_cursor_and_changes_through_the_daemon_across_a_restart(start_dae
     resumed.no_event(0.3)
     resumed.close()
     assert get(again.port, "/changes?after=zz99_1-0", headers=auth)[0] == 410
+    # A change's id resumes as its position does.
+    _, _, body = get(again.port, f"/changes?after={cursor}&limit=1", headers=auth)
+    first = json.loads(body)
+    [change] = first["changes"]
+    code, _, body = get(again.port, f"/changes?after={change['id']}", headers=auth)
+    by_id = json.loads(body)["changes"]
+    assert code == 200 and change["id"] != first["next"]
+    _, _, body = get(again.port, f"/changes?after={first['next']}", headers=auth)
+    assert by_id == json.loads(body)["changes"]  # not "next": the tip moves with Redis time
+    assert [(c["type"], c["userid"]) for c in by_id] == [
+        ("online", "bob"), ("device_online", "bob"), ("status", "bob")]
     # The cursor is stale to an instance that keeps changes for a second; and a flushed
     # Redis is another feed, whose positions are gone however recent.
     brief = start_daemon(env={**env, "CHANGES_RETENTION": "1"})
@@ -351,13 +328,13 @@ def test_status_cursor_and_changes_through_the_daemon_across_a_restart(start_dae
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_slot_migrating_is_read_where_its_stream_is_and_never_skipped(make_store, redis):
+async def test_a_slot_migrating_is_read_where_its_stream_is_and_never_skipped(make_redis_store, redis):
     """A migrating slot's stream gone to the target is read there (ASK); while it can be
     read nowhere, a read returns nothing new rather than skip it."""
     cluster = redis.cluster
     if cluster is None:
         pytest.skip("slots migrate in a Cluster only")
-    store = await started(make_store())
+    store = await started(make_redis_store())
     feed = store.change_feed
     start = await feed.position()
     moving = slot("heartbeat:mover")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
@@ -16,32 +14,13 @@ from txredisapi import MonitorProtocol
 from heartbeat.core.hidden_statuses import Hiding
 from heartbeat.core.presence import Ping, Presence, UserState
 from heartbeat.core.store_contract import StoreUnavailable
-from heartbeat.daemon.config import load_settings, parse_redis
+from heartbeat.daemon.config import load_settings
 from heartbeat.daemon.tap import build_service
 from heartbeat.store.memory import MemoryStore
 from heartbeat.store.redis.store import RedisStore
 from heartbeat.store.redis.tuning import READ_CHUNK
 from tests.helpers.processes import RedisServer, free_port
-
-
-class Recorder:
-    """A listener that remembers what the store handed it: users' changes in
-    ``pings``, devices' in ``devices``."""
-
-    def __init__(self) -> None:
-        self.pings: list[Presence] = []
-        self.devices: list[Presence] = []
-        self.resyncs = 0
-        self.losses = 0
-
-    def deliver(self, change: Presence, position: object = None, judged: object = None) -> None:
-        (self.pings if change.clientid is None else self.devices).append(change)
-
-    def bus_lost(self) -> None:
-        self.losses += 1
-
-    def resync(self) -> None:
-        self.resyncs += 1
+from tests.helpers.redis_stores import started, until
 
 
 def state(ping: Ping) -> UserState:
@@ -51,47 +30,14 @@ def state(ping: Ping) -> UserState:
                                               ping.clientid)})
 
 
-async def until(predicate: Callable[[], object], timeout: float = 10) -> None:
-    """Let the reactor run until ``predicate()`` holds; fail after ``timeout``."""
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"still not true after {timeout}s")
-        await deferLater(reactor, 0.01)
-
-
-@pytest_twisted.async_yield_fixture
-async def make_store(redis_server):
-    """``make_store(redis=..., prefix=...)``: a started store, closed afterwards."""
-    stores: list[RedisStore] = []
-
-    def make(redis: str | None = None, prefix: str = "heartbeat:",
-             hiding: Hiding = Hiding()) -> RedisStore:
-        store = RedisStore(parse_redis(redis or redis_server.address), prefix, reactor, 60,
-                           hiding=hiding)
-        store.listener = Recorder()
-        store.startService()
-        stores.append(store)
-        return store
-
-    yield make
-    for store in stores:
-        await store.stopService()
-
-
-async def started(store: RedisStore) -> RedisStore:
-    await until(lambda: store.available and store.listener.resyncs)
-    return store
-
-
 def numsub(redis_server: RedisServer, channel: str) -> int:
     return int(redis_server.command("PUBSUB", "NUMSUB", channel).split()[1])
 
 
 @pytest_twisted.ensureDeferred
-async def test_ping_is_stored_as_a_hash_and_reaches_another_instance(make_store, redis_server):
-    sender = await started(make_store())
-    receiver = await started(make_store())
+async def test_ping_is_stored_as_a_hash_and_reaches_another_instance(make_redis_store, redis_server):
+    sender = await started(make_redis_store())
+    receiver = await started(make_redis_store())
     await receiver.subscribe("alice")
     await sender.ping(Ping("alice", 1700000000, "0 on a call"))
     assert redis_server.command("HGETALL", "heartbeat:alice").split(b"\n")[:4] == [
@@ -115,8 +61,8 @@ class Monitor(MonitorProtocol):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_ping_is_one_script_call_that_falls_back_to_eval(make_store, redis_server):
-    store = await started(make_store())
+async def test_a_ping_is_one_script_call_that_falls_back_to_eval(make_redis_store, redis_server):
+    store = await started(make_redis_store())
     monitor = await ClientCreator(reactor, Monitor).connectTCP("127.0.0.1", redis_server.port)
     # Written raw: txredisapi's monitor() leaves a reply waiting forever.
     monitor.transport.write(b"MONITOR\r\n")
@@ -145,8 +91,8 @@ async def test_a_ping_is_one_script_call_that_falls_back_to_eval(make_store, red
 
 
 @pytest_twisted.ensureDeferred
-async def test_gets_of_one_reactor_turn_are_one_script_call(make_store, redis_server):
-    store = await started(make_store())
+async def test_gets_of_one_reactor_turn_are_one_script_call(make_redis_store, redis_server):
+    store = await started(make_redis_store())
     await store.ping(Ping("alice", 1, "a"))
     await store.ping(Ping("bob", 2, "b"))
     await store.get(["warm-up"])  # the script is known from here on
@@ -166,8 +112,8 @@ async def test_gets_of_one_reactor_turn_are_one_script_call(make_store, redis_se
 
 
 @pytest_twisted.ensureDeferred
-async def test_pings_of_one_reactor_turn_are_one_script_call_in_order(make_store, redis_server):
-    store = await started(make_store())
+async def test_pings_of_one_reactor_turn_are_one_script_call_in_order(make_redis_store, redis_server):
+    store = await started(make_redis_store())
     await store.subscribe("alice")
     await store.ping(Ping("warm-up", 1, "0"))  # the script is known from here on
     monitor = await ClientCreator(reactor, Monitor).connectTCP("127.0.0.1", redis_server.port)
@@ -186,8 +132,8 @@ async def test_pings_of_one_reactor_turn_are_one_script_call_in_order(make_store
 
 
 @pytest_twisted.ensureDeferred
-async def test_pings_that_hide_in_one_batch_take_the_device_offline_once(make_store):
-    store = await started(make_store(hiding=Hiding.of(("3",))))
+async def test_pings_that_hide_in_one_batch_take_the_device_offline_once(make_redis_store):
+    store = await started(make_redis_store(hiding=Hiding.of(("3",))))
     await store.subscribe("alice")
     await store.subscribe("bob")
     pings = [Ping("alice", 2, "0", "c"), Ping("alice", 3, "3", "c"), Ping("bob", 4, "3", "c"),
@@ -205,8 +151,8 @@ async def test_pings_that_hide_in_one_batch_take_the_device_offline_once(make_st
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_ping_redis_refuses_fails_alone(make_store, redis_server):
-    store = await started(make_store())
+async def test_a_ping_redis_refuses_fails_alone(make_redis_store, redis_server):
+    store = await started(make_redis_store())
     redis_server.command("SET", "heartbeat:bob", "not-a-hash")
     alice, bob, carol = (store.ping(Ping(user, 5, "1")) for user in ("alice", "bob", "carol"))
     await alice
@@ -219,8 +165,8 @@ async def test_a_ping_redis_refuses_fails_alone(make_store, redis_server):
 
 
 @pytest_twisted.ensureDeferred
-async def test_prefix_names_keys_and_channels(make_store, redis_server):
-    store = await started(make_store(prefix="hb/test/"))
+async def test_prefix_names_keys_and_channels(make_redis_store, redis_server):
+    store = await started(make_redis_store(prefix="hb/test/"))
     await store.subscribe("alice")
     # The user's channel, and the instances' control channel (disconnect), held from the start.
     assert sorted(redis_server.command("PUBSUB", "CHANNELS").split()) == [
@@ -242,17 +188,17 @@ async def test_prefix_names_keys_and_channels(make_store, redis_server):
     ("redis://127.0.0.1:{port}/3", "3"),
 ])
 @pytest_twisted.ensureDeferred
-async def test_every_redis_form_reaches_its_database(make_store, redis_server, form, db):
-    store = await started(make_store(form.format(port=redis_server.port)))
+async def test_every_redis_form_reaches_its_database(make_redis_store, redis_server, form, db):
+    store = await started(make_redis_store(form.format(port=redis_server.port)))
     await store.ping(Ping("alice", 7, "2"))
     assert redis_server.command("-n", db, "HGET", "heartbeat:alice", "status") == b"2\n"
 
 
 @pytest_twisted.ensureDeferred
-async def test_password_and_database_from_a_url(make_store, tmp_path):
+async def test_password_and_database_from_a_url(make_redis_store, tmp_path):
     server = RedisServer(tmp_path, password="s@cret").start()
     try:
-        store = await started(make_store(f"redis://:s%40cret@127.0.0.1:{server.port}/2"))
+        store = await started(make_redis_store(f"redis://:s%40cret@127.0.0.1:{server.port}/2"))
         await store.subscribe("alice")
         await store.ping(Ping("alice", 9, "3"))
         await until(lambda: store.listener.pings)
@@ -262,7 +208,7 @@ async def test_password_and_database_from_a_url(make_store, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_wrong_password_is_logged_and_pings_get_503(make_store, tmp_path):
+async def test_a_wrong_password_is_logged_and_pings_get_503(make_redis_store, tmp_path):
     server = RedisServer(tmp_path, password="right").start()
     errors: list[str] = []
 
@@ -272,7 +218,7 @@ async def test_a_wrong_password_is_logged_and_pings_get_503(make_store, tmp_path
 
     globalLogPublisher.addObserver(observe)
     try:
-        store = make_store(f"redis://:wrong@127.0.0.1:{server.port}")
+        store = make_redis_store(f"redis://:wrong@127.0.0.1:{server.port}")
         await until(lambda: errors)
         assert "could not auth" in errors[0] and "REDIS" in errors[0]
         assert not store.available
@@ -284,8 +230,8 @@ async def test_a_wrong_password_is_logged_and_pings_get_503(make_store, tmp_path
 
 
 @pytest_twisted.ensureDeferred
-async def test_channels_follow_subscribe_and_unsubscribe(make_store, redis_server):
-    store = await started(make_store())
+async def test_channels_follow_subscribe_and_unsubscribe(make_redis_store, redis_server):
+    store = await started(make_redis_store())
     await store.subscribe("alice")
     assert numsub(redis_server, "heartbeat:alice") == 1
     assert redis_server.command("PUBSUB", "NUMPAT") == b"0\n"
@@ -294,9 +240,9 @@ async def test_channels_follow_subscribe_and_unsubscribe(make_store, redis_serve
 
 
 @pytest_twisted.ensureDeferred
-async def test_redis_down_at_start_then_up(make_store, tmp_path):
+async def test_redis_down_at_start_then_up(make_redis_store, tmp_path):
     port = free_port()
-    store = make_store(f"127.0.0.1:{port}")
+    store = make_redis_store(f"127.0.0.1:{port}")
     assert not store.available
     with pytest.raises(StoreUnavailable):
         await store.ping(Ping("alice", 1, "0"))
@@ -318,8 +264,8 @@ async def test_redis_down_at_start_then_up(make_store, tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_after_redis_restarts_channels_are_resubscribed_and_hub_resyncs(
-        make_store, redis_server):
-    watcher = await started(make_store())
+        make_redis_store, redis_server):
+    watcher = await started(make_redis_store())
     await watcher.subscribe("alice")
     await watcher.subscribe("bob")
     redis_server.stop()
@@ -333,7 +279,7 @@ async def test_after_redis_restarts_channels_are_resubscribed_and_hub_resyncs(
     await until(lambda: watcher.available and watcher.listener.resyncs > resyncs)
     assert numsub(redis_server, "heartbeat:alice") == 1
     assert numsub(redis_server, "heartbeat:bob") == 1
-    sender = await started(make_store())
+    sender = await started(make_redis_store())
     await sender.ping(Ping("bob", 2, "1"))
     await until(lambda: watcher.listener.pings)
     assert watcher.listener.pings == [Presence("bob", 2, "1")]
@@ -362,10 +308,10 @@ def test_replicas_count_what_wait_answered_and_only_enough_is_enough():
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_resync_of_20000_users_is_read_in_short_script_calls(make_store, redis_server):
+async def test_a_resync_of_20000_users_is_read_in_short_script_calls(make_redis_store, redis_server):
     """Redis runs one script at a time: one read of every watched user would stall
     every other instance's pings for its whole length, so reads go in chunks."""
-    store = await started(make_store())
+    store = await started(make_redis_store())
     users = [f"user{n}" for n in range(20000)]
     for first in range(0, len(users), 500):
         await gatherResults([store.ping(Ping(userid, 1700000000, "0 here", "phone"))

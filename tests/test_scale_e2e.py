@@ -87,7 +87,11 @@ def test_thousands_of_one_users_devices_going_offline_do_not_stall_another_users
     code, _, body = get(daemon.port, "/status?user=many")
     assert code == 200 and json.loads(body)["many"]["online"] is False
     assert len(json.loads(body)["many"]["devices"]) == 5000
-    assert len(latencies) > 50 and max(latencies) < 0.1, sorted(latencies)[-5:]
+    # A stall is one ping waiting it out (5,000 devices' timeouts took seconds); a busy
+    # machine's scheduler is a rare ping just over 100 ms.
+    slow = [latency for latency in latencies if latency >= 0.1]
+    assert len(latencies) > 50 and max(latencies) < 0.5, sorted(latencies)[-5:]
+    assert len(slow) <= len(latencies) // 50, sorted(latencies)[-5:]
 
 
 def test_the_101st_device_forgets_the_least_recently_seen(start_daemon):

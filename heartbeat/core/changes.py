@@ -38,8 +38,8 @@ class Change:
     On a device change ``clientid`` names the device and ``time``,
     ``status`` and ``online`` are the device's; ``at`` is when it happened
     (epoch milliseconds). ``id`` is given by the store as it records the
-    change, unique across the feed's lifetimes, so a receiver can drop
-    repeats by it.
+    change (:meth:`stamped`), unique across the feed's lifetimes, so a
+    receiver can drop repeats by it.
     """
 
     type: str
@@ -60,8 +60,10 @@ class Change:
         body.update(time=self.time, status=self.status, online=self.online, at=self.at)
         return body
 
-    def stamped(self, change_id: str) -> Change:
-        return replace(self, id=change_id)
+    def stamped(self, position: Position) -> Change:
+        """This change, recorded at ``position``: its id is the position's
+        :attr:`~Position.change_id`, so a backend may resume from it."""
+        return replace(self, id=position.change_id)
 
 
 def erased_change(userid: str, at: int) -> Change:
@@ -162,7 +164,8 @@ class PositionGone(Refused):
 
 
 _MARK = re.compile(r"[0-9]+(?:-[0-9]+)?")
-_EPOCH = re.compile(r"[A-Za-z0-9]{1,32}")
+# An epoch, then the separator: ``_`` in a position's text, ``-`` in a change's id.
+_EPOCH = re.compile(r"([A-Za-z0-9]{1,32})[_-]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +175,9 @@ class Position:
     ``epoch`` names the feed's lifetime (a new database, a ``:memory:``
     process), so a position of another lifetime is gone, not misread;
     ``marks`` are the store's own (a sequence number; a stream id per
-    partition). Text: ``<epoch>_<mark>[.<mark>…]``, URL-safe.
+    partition). Text: ``<epoch>_<mark>[.<mark>…]``, URL-safe; the id of
+    the change just before it is the same with ``-`` for ``_``
+    (:attr:`change_id`), and :meth:`parse` takes either.
     """
 
     epoch: str
@@ -196,14 +201,22 @@ class Position:
     def __str__(self) -> str:
         return self.epoch + "_" + ".".join(self.marks)
 
+    @property
+    def change_id(self) -> str:
+        """The id of the change this position is just after (``Change.id``)."""
+        return self.epoch + "-" + ".".join(self.marks)
+
     @classmethod
     def parse(cls, text: str) -> Position:
-        """``text`` as a position; one that is not a position at all is gone."""
-        epoch, _, rest = text.partition("_")
-        marks = tuple(rest.split("."))
-        if not _EPOCH.fullmatch(epoch) or not all(_MARK.fullmatch(m) for m in marks):
+        """``text`` (a position, or a change's id) as a position; one that is
+        neither is gone."""
+        epoch = _EPOCH.match(text)
+        if epoch is None:
             raise PositionGone()
-        return cls(epoch, marks)
+        marks = tuple(text[epoch.end():].split("."))
+        if not all(_MARK.fullmatch(m) for m in marks):
+            raise PositionGone()
+        return cls(epoch.group(1), marks)
 
 
 def new_epoch() -> str:

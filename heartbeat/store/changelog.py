@@ -53,7 +53,7 @@ class ChangeLog:
         self._delivered: dict[str, Position] = {}
 
     def stamp(self, seq: int, change: Change) -> Change:
-        return change.stamped(f"{self.epoch}-{seq}")
+        return change.stamped(Position.at(self.epoch, seq))
 
     def append(self, changes: Iterable[Change]) -> list[Position]:
         """Record ``changes`` (memory only): numbered, kept, waiters woken; their positions."""

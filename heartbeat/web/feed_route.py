@@ -57,8 +57,8 @@ def parse_position(text: bytes | None) -> Position | None:
     try:
         return Position.parse(text.decode("ascii").strip())
     except (UnicodeDecodeError, PositionGone):
-        raise BadInput("after is not a change-feed position (take one from /changes or "
-                       "/status's Heartbeat-Cursor)") from None
+        raise BadInput("after is not a change-feed position (take a change's id or next "
+                       "from /changes, or /status's Heartbeat-Cursor)") from None
 
 
 def parse_limit(text: bytes | None) -> int:

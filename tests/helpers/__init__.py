@@ -15,5 +15,7 @@
 - ``redis_ops``: certificates, Sentinels and a silent proxy for Redis in production.
 - ``redis_checks``: checks of a real redis-server that several test files make.
 - ``redis_cluster``: a real Redis Cluster, moving a slot by hand, users on every master.
+- ``redis_stores``: Redis stores in the test's own reactor (``make_redis_store``, a
+  fixture), their ``Recorder`` listener, and ``until`` (``wait_for`` in the reactor).
 - ``vanish``: a stream's client that vanishes without a FIN, in a private network.
 """

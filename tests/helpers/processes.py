@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
+import random
 import resource
 import shutil
 import signal
@@ -11,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -39,10 +41,50 @@ def die_with_parent() -> None:
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+# Where the workers' blocks of ports start (below the kernel's ephemeral range).
+_FIRST_PORT = 10000
+
+
+def _worker_ports() -> Iterator[int] | None:
+    """Under pytest-xdist, this worker's own block of ports below the kernel's
+    ephemeral range, taken in turn from a random one (another run's worker of
+    the same number is elsewhere in it); None in a run of one process."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        return None
+    count = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    block = (low - _FIRST_PORT) // count
+    start = _FIRST_PORT + int(worker.removeprefix("gw")) * block
+    first = random.randrange(block)
+    return itertools.cycle([*range(start + first, start + block), *range(start, start + first)])
+
+
+_PORTS = _worker_ports()
+
+
 def free_port() -> int:
+    """A loopback port nothing uses now, for a server a test is about to start.
+
+    The kernel's pick (``bind`` to port 0) is random over its ephemeral range,
+    so with several workers another worker could be handed the same port
+    before this one's server binds it: under pytest-xdist each worker takes
+    the ports of its own block instead, skipping any in use.
+    """
+    if _PORTS is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    return next(port for port in _PORTS if _unused(port))
+
+
+def _unused(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 15,

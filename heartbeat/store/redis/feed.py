@@ -93,11 +93,11 @@ def slot_streams(prefix: str) -> list[str]:
 
 
 def change_of(position: Position, fields: Sequence[Any]) -> Change:
-    """The change of a stream entry at ``position``; its id is the position's text with
-    ``-`` for its first ``_`` (unique across the feed's lifetimes)."""
+    """The change of a stream entry at ``position`` (its id: the position's ``change_id``)."""
     values = dict(zip(fields[::2], fields[1::2]))
-    return Change(values["t"], values["u"], int(values["tm"]), values["s"], values["o"] == "1",
-                  int(values["at"]), values.get("c"), str(position).replace("_", "-", 1))
+    change = Change(values["t"], values["u"], int(values["tm"]), values["s"], values["o"] == "1",
+                    int(values["at"]), values.get("c"))
+    return change.stamped(position)
 
 
 @dataclass(frozen=True)
