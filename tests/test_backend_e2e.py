@@ -162,7 +162,8 @@ def test_disconnect_ends_the_users_own_streams(backend):
 
 def test_probes_while_redis_is_stopped(start_daemon, redis_server):
     daemon = start_daemon(env={"REDIS": redis_server.address, "JWT_SECRET": "s" * 32})
-    assert get(daemon.port, "/readyz")[0] == 200
+    # Ready once the store has read what it keeps, maybe a moment after /health answers.
+    wait_for(lambda: get(daemon.port, "/readyz")[0] == 200, 10)
     redis_server.stop()
     wait_for(lambda: get(daemon.port, "/readyz")[0] == 503, 20)
     assert get(daemon.port, "/livez")[0] == 200

@@ -10,6 +10,7 @@ import time
 
 from tests.helpers.clients import SSEClient, get, post_ping
 from tests.helpers.processes import Daemon, room_for_streams
+from tests.helpers.waiting import wait_for
 
 STREAMS = 1000
 DRAIN = 3
@@ -41,7 +42,8 @@ def test_sigterm_drains_over_drain_seconds(start_daemon):
     n = room_for_streams(STREAMS)
     assert n >= STREAMS, "the open-file limit leaves too little room for the test"
     daemon: Daemon = start_daemon(env={"DRAIN_SECONDS": str(DRAIN)})
-    assert get(daemon.port, "/readyz")[0] == 200
+    # Ready once the store has read what it keeps, maybe a moment after /health answers.
+    wait_for(lambda: get(daemon.port, "/readyz")[0] == 200, 10)
     streams = [SSEClient(daemon.port, f"/subscribe/u{i % 200}") for i in range(n)]
     pings: list[tuple[float, int]] = []
     stop_pinging = threading.Event()
