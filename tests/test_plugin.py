@@ -41,7 +41,7 @@ def test_starting_takes_start_up_objects_out_of_garbage_collection_building_does
     service.startService()
     # conftest's autouse fixture undoes both after the test.
     assert gc.get_freeze_count() > 10_000
-    assert gc.get_threshold()[0] >= 10_000
+    assert gc.get_threshold() == threshold  # Python's: larger young generations pause longer
 
 
 def test_tac_file_runs_the_same_service(tmp_path):

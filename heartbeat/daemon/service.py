@@ -45,22 +45,21 @@ DRAIN_RETRY_MS = (1000, 5000)
 
 
 class SettleGarbageCollector(Service):
-    """Start-up's last step: keep the cyclic garbage collector off what start-up
-    built, and make its young collections rarer.
+    """Start-up's last step: keep the cyclic garbage collector off what start-up built.
 
-    Each connection allocates objects, so with Python's default thresholds a
-    burst of connections runs young collections often and, now and then, a
-    full one through every module, class and function the daemon imported.
-    What start-up built lives as long as the process: frozen, no collection
-    walks it again. Process-wide, so only the daemon's own tree has this step
-    (``makeService``); tests that start one get it undone (``tests/conftest.py``).
+    What start-up built (every module, class and function the daemon
+    imported) lives as long as the process: frozen, no full collection walks
+    it again. The thresholds stay Python's: larger young generations make
+    each middle collection walk more survivors at once, a pause every
+    stream's next event waits behind. Process-wide, so only the daemon's own
+    tree has this step (``makeService``); tests that start one get it undone
+    (``tests/conftest.py``).
     """
 
     def startService(self) -> None:
         super().startService()
         gc.collect()
         gc.freeze()
-        gc.set_threshold(10_000, 10, 10)
 
 
 class ListeningService(Service):
