@@ -403,8 +403,7 @@ class ClusterReader:
 
     def _part(self, epoch: str, since: Position | None, count: int, retention_ms: int,
               end_ms: int | None) -> Deferred[_Part]:
-        start, upto = ("", -1) if since is None else (since.marks[0], int(since.marks[1]))
-        end = "" if end_ms is None else str(end_ms)
+        start, upto, end = _bounds(since, end_ms)
         masters, names = self._names()
         reads = []
         for (server, slots), streams in zip(masters, names):
@@ -456,10 +455,9 @@ class ClusterReader:
 
     def _read_alone(self, n: int, since: Position | None, count: int, retention_ms: int,
                     end_ms: int | None) -> Deferred[Any]:
-        start, upto = ("", -1) if since is None else (since.marks[0], int(since.marks[1]))
+        start, upto, end = _bounds(since, end_ms)
         stream = self._streams[n]
-        args = [start, int(n <= upto), count, retention_ms,
-                "" if end_ms is None else str(end_ms), stream]
+        args = [start, int(n <= upto), count, retention_ms, end, stream]
         return self._read_slots.run(self._cluster.commands(n), [stream], args)
 
     @staticmethod
@@ -488,6 +486,14 @@ def _unavailable(failure: Failure) -> Failure:
     if failure.check(RedisConnectionError, RedisTimeoutError, ResponseError):
         return Failure(StoreUnavailable())
     return failure
+
+
+def _bounds(since: Position | None, end_ms: int | None) -> tuple[str, int, str]:
+    """``lua/slot_changes.lua``'s bounds for a read after ``since`` up to ``end_ms``: the
+    stream id to start from ('' for the oldest kept), the last slot read after it rather
+    than from it (-1: none), and the last millisecond ('' for all)."""
+    start, upto = ("", -1) if since is None else (since.marks[0], int(since.marks[1]))
+    return start, upto, "" if end_ms is None else str(end_ms)
 
 
 def _ending(epoch: str, ms: int) -> Position:
