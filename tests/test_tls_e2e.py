@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
 import time
 
@@ -65,3 +66,20 @@ def test_a_tls_stream_delivers_and_is_uncounted_once_its_client_leaves(start_tls
     stream.close()
     wait_for(lambda: health(daemon.port, tls_trust)["streams"] == 0)
     conn.close()
+
+
+def test_an_http_1_0_client_offering_only_http_1_0_by_alpn_is_served(start_tls_daemon,
+                                                                        tls_certificate):
+    # As `curl --http1.0 https://…` does: ALPN "http/1.0" alone. With no protocol in
+    # common the handshake was aborted (SPEC §5: HTTP/1.0, over TLS too).
+    daemon = start_tls_daemon()
+    context = ssl.create_default_context(cafile=str(tls_certificate[1]))
+    context.set_alpn_protocols(["http/1.0"])
+    with context.wrap_socket(socket.create_connection(("localhost", daemon.port), timeout=10),
+                             server_hostname="localhost") as sock:
+        assert sock.selected_alpn_protocol() in ("http/1.0", None)
+        sock.sendall(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 ")

@@ -598,8 +598,9 @@ class Edge(Factory):
         return self if interface is IProtocolNegotiationFactory else None
 
     def acceptableProtocols(self) -> list[bytes]:
-        """What ALPN may choose: HTTP/1.1 only."""
-        return [b"http/1.1"]
+        """What ALPN may choose: HTTP/1.1, or HTTP/1.0 for a client that offers only
+        that (``curl --http1.0``); with nothing in common the handshake is aborted."""
+        return [b"http/1.1", b"http/1.0"]
 
     def second(self) -> int:
         return int(self.clock.seconds())
