@@ -226,8 +226,9 @@ def test_a_path_that_is_not_utf8_is_a_json_400():
     assert response.status == 400 and response.json()["error"]
 
 
-def test_alpn_is_http_1_1_by_adaptation_only():
-    """See ``Edge.__conform__``: declared, Twisted 25.5 and older would break TLS."""
+def test_alpn_is_http_1_1_then_1_0_by_adaptation_only():
+    """See ``Edge.__conform__``: declared, Twisted 25.5 and older would break TLS.
+    HTTP/1.0 is there for a client offering only it (``curl --http1.0``), never h2."""
     edge = Wire().edge
     assert not IProtocolNegotiationFactory.providedBy(edge)
-    assert IProtocolNegotiationFactory(edge).acceptableProtocols() == [b"http/1.1"]
+    assert IProtocolNegotiationFactory(edge).acceptableProtocols() == [b"http/1.1", b"http/1.0"]
